@@ -1,0 +1,3 @@
+from beacon.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""`beacon <command> ...`: dispatch to one module per command group.
+
+Each command is ``module:function`` taking the remaining argv and returning an exit code. Modules are
+imported lazily so `beacon kv get` does not pay for the agent's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "agent": ("beacon.cli.agent", "Run a Beacon agent (-dev for a one-process cluster)"),
+    "members": ("beacon.cli.members", "List the cluster's members"),
+    "kv": ("beacon.cli.kv", "Read and write the KV store (get, put, delete)"),
+    "catalog": ("beacon.cli.catalog", "List catalog services and nodes"),
+    "services": ("beacon.cli.services", "Register and deregister services on the local agent"),
+    "version": ("beacon.cli.version", "Print the version"),
+}
+
+
+def register_command(name: str, module: str, summary: str) -> None:
+    COMMANDS[name] = (module, summary)
+
+
+def _usage() -> str:
+    lines = ["Usage: beacon <command> [args]", "", "Commands:"]
+    for name, (_, summary) in sorted(COMMANDS.items()):
+        lines.append(f"    {name:<12} {summary}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "-help", "help"):
+        print(_usage())
+        return 0 if args else 1
+    if args[0] in ("-v", "--version", "-version"):
+        args[0] = "version"
+    entry = COMMANDS.get(args[0])
+    if entry is None:
+        print(f"Unknown command: {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 1
+    module = importlib.import_module(entry[0])
+    try:
+        return int(module.run(args[1:]) or 0)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,170 @@
+"""Beacon's data model: plain dataclasses with no I/O.
+
+Field names are snake_case. Consul's PascalCase JSON lives only at the HTTP boundary
+(`beacon.agent.http.encode`). Every record that the state machine stores can round-trip through
+`to_dict`/`from_dict` with only JSON-compatible values, which is what commands, snapshots and the
+Raft log carry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+HealthStatus = Literal["passing", "warning", "critical"]
+HEALTH_STATUSES: tuple[str, ...] = ("passing", "warning", "critical")
+# Worse statuses sort later: used to aggregate an instance's checks.
+STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
+
+SERF_CHECK_ID = "serfHealth"
+SERF_CHECK_NAME = "Serf Health Status"
+SERF_ALIVE_OUTPUT = "Agent alive and reachable"
+SERF_DEAD_OUTPUT = "Agent not live or unreachable"
+NODE_MAINT_CHECK_ID = "_node_maintenance"
+SERVICE_MAINT_PREFIX = "_service_maintenance:"
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(slots=True)
+class Node:
+    node: str
+    address: str
+    id: str = ""
+    datacenter: str = ""
+    tagged_addresses: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+    create_index: int = 0
+    modify_index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Node:
+        return _from_dict(cls, data)
+
+    def same_content(self, other: Node) -> bool:
+        return (self.node, self.address, self.id, self.datacenter, self.tagged_addresses, self.meta) == (
+            other.node, other.address, other.id, other.datacenter, other.tagged_addresses, other.meta)
+
+
+@dataclass(slots=True)
+class Service:
+    """A service instance as the catalog stores it (one per node and service ID)."""
+
+    id: str
+    service: str
+    tags: list[str] = field(default_factory=list)
+    address: str = ""
+    port: int = 0
+    meta: dict[str, str] = field(default_factory=dict)
+    tagged_addresses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=lambda: {"Passing": 1, "Warning": 1})
+    enable_tag_override: bool = False
+    kind: str = ""
+    node: str = ""
+    create_index: int = 0
+    modify_index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Service:
+        return _from_dict(cls, data)
+
+    def content(self) -> tuple[Any, ...]:
+        return (self.id, self.service, self.tags, self.address, self.port, self.meta,
+                self.tagged_addresses, self.weights, self.enable_tag_override, self.kind, self.node)
+
+
+@dataclass(slots=True)
+class HealthCheck:
+    node: str
+    check_id: str
+    name: str = ""
+    status: str = "critical"
+    notes: str = ""
+    output: str = ""
+    service_id: str = ""
+    service_name: str = ""
+    service_tags: list[str] = field(default_factory=list)
+    type: str = ""
+    interval: str = ""
+    timeout: str = ""
+    exposed_port: int = 0
+    definition: dict[str, Any] = field(default_factory=dict)
+    create_index: int = 0
+    modify_index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HealthCheck:
+        return _from_dict(cls, data)
+
+    def content(self) -> tuple[Any, ...]:
+        return (self.node, self.check_id, self.name, self.status, self.notes, self.output,
+                self.service_id, self.service_name, self.service_tags, self.type, self.interval,
+                self.timeout, self.exposed_port, self.definition)
+
+
+@dataclass(slots=True)
+class KVEntry:
+    key: str
+    value: bytes | None = None
+    flags: int = 0
+    session: str = ""
+    lock_index: int = 0
+    create_index: int = 0
+    modify_index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["value"] = None if self.value is None else self.value.hex()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KVEntry:
+        entry = _from_dict(cls, data)
+        if isinstance(entry.value, str):
+            entry.value = bytes.fromhex(entry.value)
+        return entry
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    node: str
+    name: str = ""
+    lock_delay_ns: int = 15_000_000_000
+    behavior: str = "release"
+    ttl: str = ""
+    node_checks: list[str] = field(default_factory=lambda: [SERF_CHECK_ID])
+    service_checks: list[dict[str, str]] = field(default_factory=list)
+    create_index: int = 0
+    modify_index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Session:
+        return _from_dict(cls, data)
+
+
+def aggregate_status(checks: list[HealthCheck]) -> str:
+    """Worst status among checks; an instance with no checks is passing."""
+    worst = "passing"
+    for c in checks:
+        if STATUS_RANK.get(c.status, 2) > STATUS_RANK[worst]:
+            worst = c.status
+    return worst

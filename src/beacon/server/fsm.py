@@ -1,0 +1,677 @@
+"""The replicated state machine: catalog (nodes, services, checks), KV and sessions.
+
+Every write is a command ``(MessageType, payload)`` applied by :meth:`StateStore.apply`. Apply is
+pure and deterministic: no clock, no randomness, no I/O. A command carries any time or ID it needs,
+filled in by the proposer. Every replica applying the same commands in the same order reaches the
+same state and the same indexes.
+
+Indexes (Consul's rules):
+
+* ``self.index`` advances by one for every applied command.
+* Every row keeps ``create_index``/``modify_index``. A write that changes nothing keeps the old
+  ``modify_index`` and wakes nobody.
+* Tables keep their own index (``nodes``, ``services``, ``checks``, ``kvs``, ``sessions``); each service
+  name, node and KV key keeps one too, so a blocking query can wait on exactly what it reads.
+* Deleting a KV key leaves a tombstone with the delete's index, so a prefix read's index never goes
+  backwards.
+
+Reads return ``(index, result)``. After each apply the store reports the *watch keys* that changed
+(see :mod:`beacon.server.watch`) to ``on_change``; that is how blocking queries wake.
+
+Errors are returned as the command's result (``CommandError``), never raised out of apply, so a bad
+command cannot make one replica diverge from the others.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from beacon.model import (
+    STATUS_RANK,
+    HealthCheck,
+    KVEntry,
+    Node,
+    Service,
+    Session,
+)
+
+IGNORE_UNKNOWN_FLAG = 128
+
+
+class MessageType(IntEnum):
+    """Append-only: never renumber, never reuse."""
+
+    REGISTER = 1
+    DEREGISTER = 2
+    KVS = 3
+    SESSION = 4
+    TXN = 5
+    NOOP = 6
+    CHECK_STATUS = 7
+
+
+class CommandError(Exception):
+    """A command that applies as a no-op with an error result (not a crash)."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CommandError, (self.message, self.status))
+
+
+Command = tuple[int, dict[str, Any]]
+ChangeCallback = Callable[[int, set[str]], None]
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    index: int
+    value: Any = None
+    error: CommandError | None = None
+
+
+def _lower(name: str) -> str:
+    return name.lower()
+
+
+class StateStore:
+    """Indexed, snapshot-able state with a lock so reads on one thread see whole applies."""
+
+    def __init__(self, on_change: ChangeCallback | None = None) -> None:
+        self.lock = threading.RLock()
+        self.on_change = on_change
+        self._handlers: dict[int, Callable[[int, dict[str, Any]], Any]] = {}
+        self._register_handlers()
+        self._reset()
+
+    # ------------------------------------------------------------------ plumbing
+    def _reset(self) -> None:
+        self.index = 0
+        self.tables: dict[str, int] = {
+            "nodes": 0, "services": 0, "checks": 0, "kvs": 0, "sessions": 0,
+        }
+        self.nodes: dict[str, Node] = {}
+        self.services: dict[tuple[str, str], Service] = {}
+        self.services_by_node: dict[str, set[str]] = {}
+        self.services_by_name: dict[str, set[tuple[str, str]]] = {}
+        self.checks: dict[tuple[str, str], HealthCheck] = {}
+        self.checks_by_node: dict[str, set[str]] = {}
+        self.service_index: dict[str, int] = {}
+        self.node_index: dict[str, int] = {}
+        self.kv: dict[str, KVEntry] = {}
+        self.kv_keys: list[str] = []
+        self.tombstones: dict[str, int] = {}
+        self.sessions: dict[str, Session] = {}
+        # key -> time (seconds, proposer's clock) before which the key cannot be locked again.
+        self.lock_delays: dict[str, float] = {}
+        self._changes: set[str] = set()
+
+    def _register_handlers(self) -> None:
+        table = {
+            MessageType.REGISTER: self._apply_register,
+            MessageType.DEREGISTER: self._apply_deregister,
+            MessageType.KVS: self._apply_kvs,
+            MessageType.NOOP: lambda idx, p: None,
+            MessageType.CHECK_STATUS: self._apply_check_status,
+        }
+        for mtype, fn in table.items():
+            if mtype in self._handlers:
+                raise RuntimeError(f"duplicate handler for {mtype!r}")
+            self._handlers[int(mtype)] = fn
+
+    def register_handler(self, mtype: int, fn: Callable[[int, dict[str, Any]], Any]) -> None:
+        """Extension point for later command families (sessions, txn)."""
+        if mtype in self._handlers:
+            raise RuntimeError(f"duplicate handler for message type {mtype}")
+        self._handlers[mtype] = fn
+
+    def apply(self, command: Command) -> ApplyResult:
+        """Apply one command; return its result. Errors are results, not exceptions."""
+        mtype, payload = command
+        with self.lock:
+            handler = self._handlers.get(mtype & ~IGNORE_UNKNOWN_FLAG)
+            if handler is None:
+                if mtype & IGNORE_UNKNOWN_FLAG:
+                    self.index += 1
+                    return ApplyResult(self.index)
+                raise RuntimeError(f"unknown command type {mtype}; refusing to diverge")
+            self.index += 1
+            idx = self.index
+            self._changes = set()
+            try:
+                value = handler(idx, payload)
+                result = ApplyResult(idx, value)
+            except CommandError as exc:
+                result = ApplyResult(idx, None, exc)
+            changes = self._changes
+            self._changes = set()
+        if changes and self.on_change is not None:
+            self.on_change(idx, changes)
+        return result
+
+    def _touch(self, *keys: str) -> None:
+        self._changes.update(keys)
+
+    def _bump_table(self, name: str, idx: int) -> None:
+        self.tables[name] = idx
+        self._touch(name)
+
+    def _bump_service(self, name: str, idx: int) -> None:
+        self.service_index[_lower(name)] = idx
+        self._touch("svc:" + _lower(name))
+
+    def _bump_node(self, node: str, idx: int) -> None:
+        self.node_index[_lower(node)] = idx
+        self._touch("node:" + _lower(node))
+
+    def _bump_services_on_node(self, node_key: str, idx: int) -> None:
+        for sid in self.services_by_node.get(node_key, ()):
+            self._bump_service(self.services[(node_key, sid)].service, idx)
+
+    @property
+    def catalog_index(self) -> int:
+        t = self.tables
+        return max(t["nodes"], t["services"], t["checks"], 1)
+
+    # ------------------------------------------------------------------ catalog writes
+    def _apply_register(self, idx: int, p: dict[str, Any]) -> bool:
+        node_name = p.get("node") or ""
+        if not node_name:
+            raise CommandError("Must provide node")
+        node_key = _lower(node_name)
+        existing = self.nodes.get(node_key)
+        if not p.get("skip_node_update") or existing is None:
+            address = p.get("address") or ""
+            if not address and existing is None:
+                raise CommandError("Must provide address if SkipNodeUpdate is not set")
+            self._ensure_node(idx, Node(
+                node=node_name,
+                address=address or (existing.address if existing else ""),
+                id=p.get("id") or (existing.id if existing else ""),
+                datacenter=p.get("datacenter") or "",
+                tagged_addresses=dict(p.get("tagged_addresses") or {}),
+                meta=dict(p.get("node_meta") or {}),
+            ))
+        svc = p.get("service")
+        if svc:
+            service = Service.from_dict(svc)
+            if not service.service:
+                raise CommandError("Must provide service name")
+            service.id = service.id or service.service
+            service.node = self.nodes[node_key].node
+            self._ensure_service(idx, node_key, service)
+        for chk in p.get("checks") or []:
+            check = HealthCheck.from_dict(chk)
+            check.node = self.nodes[node_key].node
+            self._ensure_check(idx, node_key, check)
+        return True
+
+    def _ensure_node(self, idx: int, node: Node) -> None:
+        key = _lower(node.node)
+        old = self.nodes.get(key)
+        if old is not None:
+            if old.same_content(node):
+                return
+            node.create_index = old.create_index
+        else:
+            node.create_index = idx
+        node.modify_index = idx
+        self.nodes[key] = node
+        self._bump_table("nodes", idx)
+        self._bump_node(node.node, idx)
+        self._bump_services_on_node(key, idx)
+        if old is not None and old.address != node.address:
+            # Node address is part of every service answer on it.
+            self._bump_table("services", idx)
+
+    def _ensure_service(self, idx: int, node_key: str, service: Service) -> None:
+        key = (node_key, service.id)
+        old = self.services.get(key)
+        if old is not None:
+            if old.content() == service.content():
+                return
+            service.create_index = old.create_index
+            if _lower(old.service) != _lower(service.service):
+                self._unindex_service_name(old)
+                self._bump_service(old.service, idx)
+        else:
+            service.create_index = idx
+        service.modify_index = idx
+        self.services[key] = service
+        self.services_by_node.setdefault(node_key, set()).add(service.id)
+        self.services_by_name.setdefault(_lower(service.service), set()).add(key)
+        self._bump_table("services", idx)
+        self._bump_service(service.service, idx)
+        self._bump_node(service.node, idx)
+        # Checks carry the service's name and tags.
+        for cid in self.checks_by_node.get(node_key, set()):
+            chk = self.checks[(node_key, cid)]
+            if chk.service_id == service.id and (
+                    chk.service_name != service.service or chk.service_tags != service.tags):
+                chk.service_name = service.service
+                chk.service_tags = list(service.tags)
+                chk.modify_index = idx
+                self._bump_table("checks", idx)
+
+    def _unindex_service_name(self, svc: Service) -> None:
+        name_key = _lower(svc.service)
+        members = self.services_by_name.get(name_key)
+        if members is not None:
+            members.discard((_lower(svc.node), svc.id))
+            if not members:
+                del self.services_by_name[name_key]
+
+    def _ensure_check(self, idx: int, node_key: str, check: HealthCheck) -> None:
+        if not check.check_id:
+            check.check_id = check.name
+        if not check.check_id:
+            raise CommandError("Missing check ID")
+        if check.status not in STATUS_RANK or check.status == "maintenance":
+            raise CommandError(f"Invalid check status: '{check.status}'")
+        if check.service_id:
+            svc = self.services.get((node_key, check.service_id))
+            if svc is None:
+                raise CommandError(f"Missing service registration for ServiceID \"{check.service_id}\"")
+            check.service_name = svc.service
+            check.service_tags = list(svc.tags)
+        else:
+            check.service_name = ""
+            check.service_tags = []
+        key = (node_key, check.check_id)
+        old = self.checks.get(key)
+        if old is not None:
+            if old.content() == check.content():
+                return
+            check.create_index = old.create_index
+        else:
+            check.create_index = idx
+        check.modify_index = idx
+        self.checks[key] = check
+        self.checks_by_node.setdefault(node_key, set()).add(check.check_id)
+        self._bump_table("checks", idx)
+        self._bump_node(check.node, idx)
+        if check.service_id:
+            self._bump_service(check.service_name, idx)
+        else:
+            self._bump_services_on_node(node_key, idx)
+        if old is not None and old.service_id and old.service_id != check.service_id:
+            old_svc = self.services.get((node_key, old.service_id))
+            if old_svc is not None:
+                self._bump_service(old_svc.service, idx)
+
+    def _apply_check_status(self, idx: int, p: dict[str, Any]) -> bool:
+        """Status/output update of an existing check (the hot path of health checking)."""
+        node_key = _lower(p["node"])
+        old = self.checks.get((node_key, p["check_id"]))
+        if old is None:
+            raise CommandError(f"Unknown check \"{p['check_id']}\"", 404)
+        updated = HealthCheck.from_dict(old.to_dict())
+        updated.status = p["status"]
+        updated.output = p.get("output", old.output)
+        self._ensure_check(idx, node_key, updated)
+        return True
+
+    def _apply_deregister(self, idx: int, p: dict[str, Any]) -> bool:
+        node_name = p.get("node") or ""
+        if not node_name:
+            raise CommandError("Must provide node")
+        node_key = _lower(node_name)
+        if p.get("service_id"):
+            self._delete_service(idx, node_key, p["service_id"])
+        elif p.get("check_id"):
+            self._delete_check(idx, node_key, p["check_id"])
+        else:
+            self._delete_node(idx, node_key)
+        return True
+
+    def _delete_check(self, idx: int, node_key: str, check_id: str) -> None:
+        chk = self.checks.pop((node_key, check_id), None)
+        if chk is None:
+            return
+        ids = self.checks_by_node.get(node_key)
+        if ids is not None:
+            ids.discard(check_id)
+            if not ids:
+                del self.checks_by_node[node_key]
+        self._bump_table("checks", idx)
+        self._bump_node(chk.node, idx)
+        if chk.service_id:
+            self._bump_service(chk.service_name, idx)
+        else:
+            self._bump_services_on_node(node_key, idx)
+
+    def _delete_service(self, idx: int, node_key: str, service_id: str) -> None:
+        svc = self.services.get((node_key, service_id))
+        if svc is None:
+            return
+        for cid in [c for c in self.checks_by_node.get(node_key, ())
+                    if self.checks[(node_key, c)].service_id == service_id]:
+            self._delete_check(idx, node_key, cid)
+        del self.services[(node_key, service_id)]
+        ids = self.services_by_node.get(node_key)
+        if ids is not None:
+            ids.discard(service_id)
+            if not ids:
+                del self.services_by_node[node_key]
+        self._unindex_service_name(svc)
+        self._bump_table("services", idx)
+        self._bump_service(svc.service, idx)
+        self._bump_node(svc.node, idx)
+
+    def _delete_node(self, idx: int, node_key: str) -> None:
+        node = self.nodes.get(node_key)
+        if node is None:
+            return
+        for sid in list(self.services_by_node.get(node_key, ())):
+            self._delete_service(idx, node_key, sid)
+        for cid in list(self.checks_by_node.get(node_key, ())):
+            self._delete_check(idx, node_key, cid)
+        del self.nodes[node_key]
+        self._bump_table("nodes", idx)
+        self._bump_node(node.node, idx)
+        for sess in [s for s in self.sessions.values() if _lower(s.node) == node_key]:
+            self.invalidate_session(idx, sess.id)
+
+    # ------------------------------------------------------------------ KV writes
+    def _apply_kvs(self, idx: int, p: dict[str, Any]) -> Any:
+        op = p["op"]
+        key = p.get("key", "")
+        if op == "set":
+            self.kv_set(idx, key, p.get("value"), p.get("flags", 0))
+            return True
+        if op == "cas":
+            return self.kv_cas(idx, key, p.get("value"), p.get("flags", 0), p["index"])
+        if op == "delete":
+            self.kv_delete(idx, key)
+            return True
+        if op == "delete-cas":
+            return self.kv_delete_cas(idx, key, p["index"])
+        if op == "delete-tree":
+            self.kv_delete_tree(idx, key)
+            return True
+        if op == "lock":
+            return self.kv_lock(idx, key, p.get("value"), p.get("flags", 0), p["session"], p.get("now", 0.0))
+        if op == "unlock":
+            return self.kv_unlock(idx, key, p.get("value"), p.get("flags", 0), p["session"])
+        raise CommandError(f"Invalid KV operation \"{op}\"", 400)
+
+    def _kv_touch(self, key: str) -> None:
+        self._touch("kv:" + key)
+
+    def kv_set(self, idx: int, key: str, value: bytes | None, flags: int = 0,
+               session: str | None = None, lock_index: int | None = None) -> KVEntry:
+        old = self.kv.get(key)
+        entry = KVEntry(key=key, value=value, flags=flags)
+        if old is not None:
+            entry.create_index = old.create_index
+            entry.lock_index = old.lock_index if lock_index is None else lock_index
+            entry.session = old.session if session is None else session
+            if (old.value, old.flags, old.session, old.lock_index) == (
+                    entry.value, entry.flags, entry.session, entry.lock_index):
+                return old
+        else:
+            entry.create_index = idx
+            entry.lock_index = lock_index or 0
+            entry.session = session or ""
+            bisect.insort(self.kv_keys, key)
+            self.tombstones.pop(key, None)
+        entry.modify_index = idx
+        self.kv[key] = entry
+        self._bump_table("kvs", idx)
+        self._kv_touch(key)
+        return entry
+
+    def kv_cas(self, idx: int, key: str, value: bytes | None, flags: int, cas_index: int) -> bool:
+        old = self.kv.get(key)
+        if cas_index == 0 and old is not None:
+            return False
+        if cas_index != 0 and (old is None or old.modify_index != cas_index):
+            return False
+        self.kv_set(idx, key, value, flags)
+        return True
+
+    def kv_delete(self, idx: int, key: str) -> bool:
+        if self.kv.pop(key, None) is None:
+            return False
+        pos = bisect.bisect_left(self.kv_keys, key)
+        del self.kv_keys[pos]
+        self.tombstones[key] = idx
+        self._bump_table("kvs", idx)
+        self._kv_touch(key)
+        return True
+
+    def kv_delete_cas(self, idx: int, key: str, cas_index: int) -> bool:
+        old = self.kv.get(key)
+        if old is None or old.modify_index != cas_index:
+            return False
+        return self.kv_delete(idx, key)
+
+    def kv_delete_tree(self, idx: int, prefix: str) -> None:
+        for key in self._keys_with_prefix(prefix):
+            self.kv_delete(idx, key)
+
+    def kv_lock(self, idx: int, key: str, value: bytes | None, flags: int, session: str,
+                now: float) -> bool:
+        sess = self.sessions.get(session)
+        if sess is None:
+            raise CommandError(f"Invalid session \"{session}\"")
+        old = self.kv.get(key)
+        if old is not None and old.session:
+            if old.session != session:
+                return False
+            self.kv_set(idx, key, value, flags)
+            return True
+        if now and now < self.lock_delays.get(key, 0.0):
+            return False
+        lock_index = (old.lock_index if old else 0) + 1
+        self.kv_set(idx, key, value, flags, session=session, lock_index=lock_index)
+        return True
+
+    def kv_unlock(self, idx: int, key: str, value: bytes | None, flags: int, session: str) -> bool:
+        old = self.kv.get(key)
+        if old is None or old.session != session:
+            return False
+        self.kv_set(idx, key, value, flags, session="")
+        return True
+
+    def invalidate_session(self, idx: int, session_id: str) -> None:
+        """Drop a session and release (or delete) the keys it holds."""
+        sess = self.sessions.pop(session_id, None)
+        if sess is None:
+            return
+        self._bump_table("sessions", idx)
+        self._touch("session:" + session_id)
+        for key in [k for k, e in self.kv.items() if e.session == session_id]:
+            if sess.behavior == "delete":
+                self.kv_delete(idx, key)
+            else:
+                entry = self.kv[key]
+                self.kv_set(idx, key, entry.value, entry.flags, session="")
+
+    # ------------------------------------------------------------------ reads
+    def _keys_with_prefix(self, prefix: str) -> list[str]:
+        keys = self.kv_keys
+        lo = bisect.bisect_left(keys, prefix)
+        if not prefix:
+            return keys[lo:]
+        hi = bisect.bisect_left(keys, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        return keys[lo:hi]
+
+    def kv_get(self, key: str) -> tuple[int, KVEntry | None]:
+        with self.lock:
+            entry = self.kv.get(key)
+            if entry is not None:
+                return entry.modify_index, entry
+            return self.tombstones.get(key, 0) or self.tables["kvs"], None
+
+    def kv_list(self, prefix: str) -> tuple[int, list[KVEntry]]:
+        with self.lock:
+            entries = [self.kv[k] for k in self._keys_with_prefix(prefix)]
+            idx = max((e.modify_index for e in entries), default=0)
+            if self.tombstones:
+                idx = max([idx] + [i for k, i in self.tombstones.items() if k.startswith(prefix)])
+            if idx == 0:
+                idx = self.tables["kvs"]
+            return idx, entries
+
+    def kv_list_keys(self, prefix: str, separator: str = "") -> tuple[int, list[str]]:
+        idx, entries = self.kv_list(prefix)
+        if not separator:
+            return idx, [e.key for e in entries]
+        out: list[str] = []
+        seen: set[str] = set()
+        plen = len(prefix)
+        for e in entries:
+            pos = e.key.find(separator, plen)
+            k = e.key if pos < 0 else e.key[:pos + len(separator)]
+            if k not in seen:
+                seen.add(k)
+                out.append(k)
+        return idx, out
+
+    def get_node(self, name: str) -> Node | None:
+        return self.nodes.get(_lower(name))
+
+    def list_nodes(self) -> tuple[int, list[Node]]:
+        with self.lock:
+            return self.tables["nodes"], sorted(self.nodes.values(), key=lambda n: n.node)
+
+    def list_services(self) -> tuple[int, dict[str, list[str]]]:
+        """Service name -> union of tags across instances."""
+        with self.lock:
+            out: dict[str, list[str]] = {}
+            for keys in self.services_by_name.values():
+                for key in keys:
+                    svc = self.services[key]
+                    tags = out.setdefault(svc.service, [])
+                    for t in svc.tags:
+                        if t not in tags:
+                            tags.append(t)
+            return self.tables["services"], dict(sorted(out.items()))
+
+    def service_nodes(self, name: str) -> tuple[int, list[tuple[Node, Service]]]:
+        with self.lock:
+            idx = self.service_index.get(_lower(name), 0) or max(self.tables["services"], 1)
+            rows = []
+            for key in sorted(self.services_by_name.get(_lower(name), ())):
+                svc = self.services[key]
+                rows.append((self.nodes[key[0]], svc))
+            return idx, rows
+
+    def node_services(self, name: str) -> tuple[int, Node | None, list[Service]]:
+        with self.lock:
+            key = _lower(name)
+            node = self.nodes.get(key)
+            idx = self.node_index.get(key, 0) or max(self.tables["nodes"], self.tables["services"], 1)
+            if node is None:
+                return idx, None, []
+            svcs = [self.services[(key, sid)] for sid in sorted(self.services_by_node.get(key, ()))]
+            return idx, node, svcs
+
+    def node_checks(self, name: str) -> tuple[int, list[HealthCheck]]:
+        with self.lock:
+            key = _lower(name)
+            idx = self.node_index.get(key, 0) or max(self.tables["checks"], 1)
+            return idx, [self.checks[(key, c)] for c in sorted(self.checks_by_node.get(key, ()))]
+
+    def _instance_checks(self, node_key: str, service_id: str) -> list[HealthCheck]:
+        out = []
+        for cid in sorted(self.checks_by_node.get(node_key, ())):
+            chk = self.checks[(node_key, cid)]
+            if not chk.service_id or chk.service_id == service_id:
+                out.append(chk)
+        return out
+
+    def service_checks(self, name: str) -> tuple[int, list[HealthCheck]]:
+        with self.lock:
+            idx = self.service_index.get(_lower(name), 0) or max(self.tables["checks"], 1)
+            out = []
+            for node_key, sid in sorted(self.services_by_name.get(_lower(name), ())):
+                for cid in sorted(self.checks_by_node.get(node_key, ())):
+                    chk = self.checks[(node_key, cid)]
+                    if chk.service_id == sid:
+                        out.append(chk)
+            return idx, out
+
+    def checks_in_state(self, state: str) -> tuple[int, list[HealthCheck]]:
+        with self.lock:
+            out = [c for _, c in sorted(self.checks.items())
+                   if state == "any" or c.status == state]
+            return max(self.tables["checks"], 1), out
+
+    def health_service(self, name: str) -> tuple[int, list[tuple[Node, Service, list[HealthCheck]]]]:
+        """Every instance of a service with its node and checks (node checks included)."""
+        with self.lock:
+            idx = self.service_index.get(_lower(name), 0) or max(self.catalog_index, 1)
+            rows = []
+            for key in sorted(self.services_by_name.get(_lower(name), ())):
+                rows.append((self.nodes[key[0]], self.services[key], self._instance_checks(*key)))
+            return idx, rows
+
+    def all_check_ids(self, node: str) -> Iterable[str]:
+        return self.checks_by_node.get(_lower(node), ())
+
+    # ------------------------------------------------------------------ snapshot
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "version": 1,
+                "index": self.index,
+                "tables": dict(self.tables),
+                "service_index": dict(self.service_index),
+                "node_index": dict(self.node_index),
+                "nodes": [n.to_dict() for n in self.nodes.values()],
+                "services": [s.to_dict() for s in self.services.values()],
+                "checks": [c.to_dict() for c in self.checks.values()],
+                "kv": [e.to_dict() for e in self.kv.values()],
+                "tombstones": dict(self.tombstones),
+                "sessions": [s.to_dict() for s in self.sessions.values()],
+                "lock_delays": dict(self.lock_delays),
+            }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Replace the whole state; every watcher wakes (Consul's abandon channel)."""
+        if snap.get("version") != 1:
+            raise ValueError(f"unsupported snapshot version {snap.get('version')!r}")
+        fresh = StateStore()
+        fresh.index = snap["index"]
+        fresh.tables.update(snap["tables"])
+        fresh.service_index = dict(snap["service_index"])
+        fresh.node_index = dict(snap["node_index"])
+        for n in snap["nodes"]:
+            node = Node.from_dict(n)
+            fresh.nodes[_lower(node.node)] = node
+        for s in snap["services"]:
+            svc = Service.from_dict(s)
+            key = (_lower(svc.node), svc.id)
+            fresh.services[key] = svc
+            fresh.services_by_node.setdefault(key[0], set()).add(svc.id)
+            fresh.services_by_name.setdefault(_lower(svc.service), set()).add(key)
+        for c in snap["checks"]:
+            chk = HealthCheck.from_dict(c)
+            fresh.checks[(_lower(chk.node), chk.check_id)] = chk
+            fresh.checks_by_node.setdefault(_lower(chk.node), set()).add(chk.check_id)
+        for e in snap["kv"]:
+            entry = KVEntry.from_dict(e)
+            fresh.kv[entry.key] = entry
+        fresh.kv_keys = sorted(fresh.kv)
+        fresh.tombstones = dict(snap["tombstones"])
+        for s in snap["sessions"]:
+            sess = Session.from_dict(s)
+            fresh.sessions[sess.id] = sess
+        fresh.lock_delays = dict(snap.get("lock_delays", {}))
+        with self.lock:
+            for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
+                         "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
+                         "tombstones", "sessions", "lock_delays"):
+                setattr(self, attr, getattr(fresh, attr))
+        if self.on_change is not None:
+            self.on_change(self.index, {"*"})
