@@ -1,0 +1,200 @@
+"""/v1/catalog/*: the server's catalog, Raft-indexed, blocking."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from beacon.agent.http.core import (
+    HTTPError,
+    Reply,
+    Router,
+    apply_filter,
+    blocking_query,
+    query_options,
+    read_json,
+)
+from beacon.agent.http.decode import DecodeError, Fields, validate_meta
+from beacon.agent.http.encode import catalog_service_json, node_json, service_node_json
+from beacon.model import Node
+from beacon.server.fsm import MessageType
+
+if TYPE_CHECKING:
+    from beacon.agent.agent import Agent
+
+router = Router()
+
+
+def node_meta_filter(req: web.Request) -> list[tuple[str, str]]:
+    out = []
+    for item in req.query.getall("node-meta", []):
+        k, _, v = item.partition(":")
+        out.append((k, v))
+    return out
+
+
+def meta_matches(node: Node, wanted: list[tuple[str, str]]) -> bool:
+    return all(node.meta.get(k) == v for k, v in wanted)
+
+
+def has_tags(tags: list[str], wanted: list[str]) -> bool:
+    low = {t.lower() for t in tags}
+    return all(w.lower() in low for w in wanted)
+
+
+async def _write(agent: Agent, command: tuple[int, dict[str, Any]]) -> Any:
+    result = await agent.submit(command)
+    if result.error is not None:
+        raise HTTPError(result.error.status, result.error.message)
+    return result.value
+
+
+@router.put("/v1/catalog/register")
+async def catalog_register(req: web.Request, agent: Agent) -> Reply:
+    f = Fields(await read_json(req))
+    payload: dict[str, Any] = {
+        "node": f.str("Node"), "address": f.str("Address"), "id": f.str("ID"),
+        "datacenter": f.str("Datacenter") or agent.config.datacenter,
+        "tagged_addresses": f.str_map("TaggedAddresses"), "node_meta": f.str_map("NodeMeta"),
+        "skip_node_update": f.bool("SkipNodeUpdate"),
+    }
+    if not payload["node"]:
+        raise HTTPError(500, "Must provide node")
+    if not payload["address"] and not payload["skip_node_update"]:
+        raise HTTPError(500, "Must provide address if SkipNodeUpdate is not set")
+    validate_meta(payload["node_meta"], "Node")
+    svc = f.obj("Service")
+    if svc is not None:
+        from beacon.agent.http.decode import decode_service
+
+        raw = dict(svc.raw)
+        if not Fields(raw).str("Name") and Fields(raw).str("Service"):
+            raw["Name"] = Fields(raw).str("Service")
+        try:
+            service, _ = decode_service(raw)
+        except DecodeError as exc:
+            raise HTTPError(500, str(exc)) from None
+        payload["service"] = service.to_dict()
+    checks = []
+    raw_checks = []
+    if f.get("Check") is not None:
+        raw_checks.append(f.get("Check"))
+    raw_checks += f.get("Checks") or []
+    for rc in raw_checks:
+        cf = Fields(rc, "Check")
+        status = cf.str("Status") or "critical"
+        if status not in ("passing", "warning", "critical"):
+            raise HTTPError(500, f"Invalid check status: '{status}'")
+        definition = cf.get("Definition") or {}
+        checks.append({"check_id": cf.str("CheckID", "ID") or cf.str("Name"), "name": cf.str("Name"),
+                       "status": status, "notes": cf.str("Notes"), "output": cf.str("Output"),
+                       "service_id": cf.str("ServiceID"), "type": cf.str("Type"),
+                       "definition": definition if isinstance(definition, dict) else {}})
+    if checks:
+        payload["checks"] = checks
+    await _write(agent, (MessageType.REGISTER, payload))
+    return Reply(True)
+
+
+@router.put("/v1/catalog/deregister")
+async def catalog_deregister(req: web.Request, agent: Agent) -> Reply:
+    f = Fields(await read_json(req))
+    node = f.str("Node")
+    if not node:
+        raise HTTPError(500, "Must provide node")
+    await _write(agent, (MessageType.DEREGISTER, {"node": node, "service_id": f.str("ServiceID"),
+                                                  "check_id": f.str("CheckID")}))
+    return Reply(True)
+
+
+@router.get("/v1/catalog/datacenters")
+async def catalog_datacenters(req: web.Request, agent: Agent) -> Reply:
+    return Reply([agent.config.datacenter])
+
+
+@router.get("/v1/catalog/nodes")
+async def catalog_nodes(req: web.Request, agent: Agent) -> Reply:
+    opts = query_options(req, agent)
+    meta = node_meta_filter(req)
+    store = agent.store
+
+    def read() -> tuple[int, list[dict[str, Any]]]:
+        idx, nodes = store.list_nodes()
+        return idx, [node_json(n) for n in nodes if meta_matches(n, meta)]
+
+    idx, items = await blocking_query(agent, opts, ["nodes"], read)
+    return Reply(apply_filter(opts, items), index=idx)
+
+
+@router.get("/v1/catalog/services")
+async def catalog_services(req: web.Request, agent: Agent) -> Reply:
+    opts = query_options(req, agent)
+    meta = node_meta_filter(req)
+    store = agent.store
+
+    def read() -> tuple[int, dict[str, list[str]]]:
+        if not meta and opts.filter is None:
+            return store.list_services()
+        with store.lock:
+            out: dict[str, list[str]] = {}
+            for (node_key, _), svc in sorted(store.services.items()):
+                node = store.nodes[node_key]
+                if not meta_matches(node, meta):
+                    continue
+                if opts.filter is not None and not opts.filter(service_node_json(node, svc)):
+                    continue
+                tags = out.setdefault(svc.service, [])
+                tags += [t for t in svc.tags if t not in tags]
+            return store.tables["services"], dict(sorted(out.items()))
+
+    idx, items = await blocking_query(agent, opts, ["services", "nodes"], read)
+    return Reply(items, index=idx)
+
+
+@router.get("/v1/catalog/service/{name:.+}")
+async def catalog_service(req: web.Request, agent: Agent) -> Reply:
+    opts = query_options(req, agent)
+    name = req.match_info["name"]
+    tags = req.query.getall("tag", [])
+    meta = node_meta_filter(req)
+
+    def read() -> tuple[int, list[dict[str, Any]]]:
+        idx, rows = agent.store.service_nodes(name)
+        return idx, [service_node_json(n, s) for n, s in rows
+                     if has_tags(s.tags, tags) and meta_matches(n, meta)]
+
+    idx, items = await blocking_query(agent, opts, ["svc:" + name.lower()], read)
+    return Reply(apply_filter(opts, items), index=idx)
+
+
+@router.get("/v1/catalog/node/{node:.+}")
+async def catalog_node(req: web.Request, agent: Agent) -> Reply:
+    opts = query_options(req, agent)
+    name = req.match_info["node"]
+
+    def read() -> tuple[int, Any]:
+        idx, node, services = agent.store.node_services(name)
+        if node is None:
+            return idx, None
+        svcs = {s.id: catalog_service_json(s) for s in services}
+        if opts.filter is not None:
+            svcs = {k: v for k, v in svcs.items() if opts.filter(v)}
+        return idx, {"Node": node_json(node), "Services": svcs}
+
+    idx, body = await blocking_query(agent, opts, ["node:" + name.lower()], read)
+    return Reply(body, index=idx)
+
+
+@router.get("/v1/catalog/node-services/{node:.+}")
+async def catalog_node_services(req: web.Request, agent: Agent) -> Reply:
+    opts = query_options(req, agent)
+    name = req.match_info["node"]
+
+    def read() -> tuple[int, Any]:
+        idx, node, services = agent.store.node_services(name)
+        svcs = apply_filter(opts, [catalog_service_json(s) for s in services])
+        return idx, {"Node": node_json(node) if node else None, "Services": svcs}
+
+    idx, body = await blocking_query(agent, opts, ["node:" + name.lower()], read)
+    return Reply(body, index=idx)

@@ -1,0 +1,251 @@
+"""What every HTTP endpoint shares: routing with Consul's 405/OPTIONS rules, typed errors, query
+options, blocking queries and the X-Consul-* headers.
+
+Handlers take ``(request, agent)`` and return a :class:`Reply` (or raise :class:`HTTPError`); one
+middleware turns that into bytes, status and headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from beacon.agent.http.bexpr import FilterError, compile_filter
+from beacon.agent.http.decode import DecodeError
+from beacon.durations import parse_duration
+from beacon.server.consensus import NoLeaderError
+
+if TYPE_CHECKING:
+    from beacon.agent.agent import Agent
+
+log = logging.getLogger("beacon.http")
+
+AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Reply:
+    body: Any = None              # JSON-able value, or bytes/str for raw bodies
+    status: int = 200
+    index: int | None = None      # sets X-Consul-Index (+ leader headers) when not None
+    raw: bool = False             # body is already bytes/str
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    empty: bool = False           # 200 with an empty body (agent writes)
+
+
+Handler = Callable[[web.Request, "Agent"], Awaitable[Reply]]
+
+
+@dataclass
+class QueryOptions:
+    index: int = 0
+    wait: float = 0.0
+    stale: bool = False
+    consistent: bool = False
+    filter: Callable[[Any], bool] | None = None
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """Presence-based flags: `?recurse`, `?recurse=false` (still true), as Consul does."""
+    return name in request.query
+
+
+def parse_bool(value: str, what: str) -> bool:
+    v = value.strip()
+    if v in ("", "1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if v in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise HTTPError(400, f"Invalid value for {what}")
+
+
+def query_options(request: web.Request, agent: Agent) -> QueryOptions:
+    q = request.query
+    opts = QueryOptions()
+    if "ns" in q and q["ns"] or request.headers.get("X-Consul-Namespace"):
+        raise HTTPError(400, 'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature')
+    dc = q.get("dc")
+    if dc and dc.lower() != agent.config.datacenter:
+        raise HTTPError(500, "No path to datacenter")
+    if "index" in q:
+        try:
+            opts.index = int(q["index"])
+            if opts.index < 0:
+                raise ValueError
+        except ValueError:
+            raise HTTPError(400, "Invalid index") from None
+    if "wait" in q:
+        try:
+            opts.wait = parse_duration(q["wait"])
+        except ValueError:
+            raise HTTPError(400, "Invalid wait time") from None
+    opts.stale = "stale" in q
+    opts.consistent = "consistent" in q
+    if opts.stale and opts.consistent:
+        raise HTTPError(400, "Cannot specify ?stale with ?consistent, conflicting semantics.")
+    if q.get("filter"):
+        try:
+            opts.filter = compile_filter(q["filter"])
+        except FilterError as exc:
+            raise HTTPError(400, str(exc)) from None
+    return opts
+
+
+def apply_filter(opts: QueryOptions, items: list[Any]) -> list[Any]:
+    if opts.filter is None:
+        return items
+    return [x for x in items if opts.filter(x)]
+
+
+async def blocking_query(agent: Agent, opts: QueryOptions, keys: Iterable[str],
+                         read: Callable[[], tuple[int, Any]], prefixes: Iterable[str] = ()) -> tuple[int, Any]:
+    """Consul's blocking query: return at once for index 0 or a newer index; else wait for a change
+    of what was read (the watch keys), up to `wait` (default 5m, cap 10m) plus up to wait/16 jitter."""
+    if not opts.stale and not agent.consensus.known_leader():
+        raise NoLeaderError()
+    index, result = read()
+    if opts.index == 0 or index > opts.index:
+        return index, result
+    cfg = agent.config
+    wait = opts.wait or cfg.default_query_time
+    wait = min(wait, cfg.max_query_time)
+    wait = min(wait + random.random() * wait / 16, cfg.max_query_time)
+    keys = list(keys)
+    prefixes = list(prefixes)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    hub = agent.hub
+    while True:
+        fut = hub.watch(keys, prefixes)
+        try:
+            index, result = read()
+            if index > opts.index:
+                return index, result
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return index, result
+            await asyncio.wait((fut,), timeout=remaining)
+            if not fut.done():
+                return read()
+        finally:
+            hub.unwatch(fut, keys, prefixes)
+
+
+class Router:
+    """Path patterns -> {method: handler}. Unknown path 404, wrong method 405 with Allow."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, dict[str, Handler]] = {}
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        self.routes.setdefault(path, {})[method] = handler
+
+    def get(self, path: str) -> Callable[[Handler], Handler]:
+        return self._decorator("GET", path)
+
+    def put(self, path: str) -> Callable[[Handler], Handler]:
+        return self._decorator("PUT", path)
+
+    def _decorator(self, method: str, path: str) -> Callable[[Handler], Handler]:
+        def deco(fn: Handler) -> Handler:
+            self.add(method, path, fn)
+            return fn
+        return deco
+
+    def install(self, app: web.Application) -> None:
+        for path, methods in self.routes.items():
+            app.router.add_route("*", path, _dispatcher(methods))
+
+
+def _dispatcher(methods: dict[str, Handler]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    allow = ", ".join(["OPTIONS", *sorted(methods)])
+    # Consul's Go client always writes with PUT; some tools POST. Accept POST where PUT is.
+    table = dict(methods)
+    if "PUT" in table and "POST" not in table:
+        table["POST"] = table["PUT"]
+    if "GET" in table:
+        table.setdefault("HEAD", table["GET"])
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return web.Response(status=200, headers={"Allow": allow})
+        handler = table.get(request.method)
+        if handler is None:
+            return web.Response(status=405, text=f"method {request.method} not allowed",
+                                headers={"Allow": allow})
+        reply = await handler(request, request.app[AGENT_KEY])
+        return render(request, reply)
+
+    return dispatch
+
+
+def render(request: web.Request, reply: Reply) -> web.StreamResponse:
+    agent = request.app[AGENT_KEY]
+    headers = dict(reply.headers)
+    if reply.index is not None:
+        headers["X-Consul-Index"] = str(max(1, reply.index))
+        headers["X-Consul-KnownLeader"] = "true" if agent.consensus.known_leader() else "false"
+        headers["X-Consul-LastContact"] = str(agent.consensus.last_contact_ms())
+        headers["X-Consul-Effective-Consistency"] = (
+            "stale" if "stale" in request.query else "consistent" if "consistent" in request.query else "leader")
+    if reply.empty:
+        return web.Response(status=reply.status, headers=headers)
+    if reply.raw:
+        body = reply.body if isinstance(reply.body, bytes) else str(reply.body).encode()
+        return web.Response(status=reply.status, body=body, content_type=reply.content_type, headers=headers)
+    if agent.config.dev or "pretty" in request.query:
+        text = json.dumps(reply.body, indent=4) + "\n"
+    else:
+        text = json.dumps(reply.body, separators=(",", ":"))
+    resp = web.Response(status=reply.status, body=text.encode(), headers=headers)
+    resp.content_type = "application/json"
+    if len(text) > 1024 and "gzip" in request.headers.get("Accept-Encoding", ""):
+        resp.enable_compression()
+    return resp
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HTTPError as exc:
+        return web.Response(status=exc.status, text=exc.message, content_type="text/plain")
+    except DecodeError as exc:
+        return web.Response(status=400, text=str(exc), content_type="text/plain")
+    except NoLeaderError as exc:
+        return web.Response(status=500, text=str(exc), content_type="text/plain")
+    except web.HTTPException:
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return web.Response(status=500, text=f"Internal error: {exc}", content_type="text/plain")
+
+
+async def read_json(request: web.Request, required: bool = True) -> Any:
+    body = await request.read()
+    if not body.strip():
+        if required:
+            raise HTTPError(400, "Request decode failed: EOF")
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"Request decode failed: {exc}") from None

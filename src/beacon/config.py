@@ -1,0 +1,310 @@
+"""Agent configuration: defaults < config files (JSON or YAML, Consul's keys) < command-line flags.
+
+`load_config` returns one :class:`AgentConfig`. Unknown keys in files are warned about (and kept out);
+a value of the wrong shape fails with :class:`ConfigError` naming the key and the file. Library code
+never exits: the CLI turns ConfigError into one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+log = logging.getLogger("beacon.config")
+
+LogLevel = Literal["trace", "debug", "info", "warn", "error"]
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "err", "error")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class AgentConfig:
+    node_name: str = ""
+    datacenter: str = "dc1"
+    server: bool = False
+    dev: bool = False
+    bootstrap_expect: int = 0
+    bind_addr: str = "127.0.0.1"
+    advertise_addr: str = ""
+    client_addr: str = "127.0.0.1"
+    http_port: int = 8500
+    dns_port: int = 8600
+    server_port: int = 8300
+    http_addr: str = ""  # addresses.http overrides client_addr for HTTP
+    dns_addr: str = ""
+    data_dir: str = ""
+    domain: str = "consul"
+    recursors: list[str] = field(default_factory=list)
+    dns_config: dict[str, Any] = field(default_factory=dict)
+    services: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    enable_script_checks: bool = False
+    enable_local_script_checks: bool = False
+    log_level: str = "info"
+    log_json: bool = False
+    pid_file: str = ""
+    retry_join: list[str] = field(default_factory=list)
+    encrypt: str = ""
+    node_meta: dict[str, str] = field(default_factory=dict)
+    check_update_interval: float = 300.0
+    default_query_time: float = 300.0
+    max_query_time: float = 600.0
+    kv_max_value_size: int = 512 * 1024
+    ui: bool = True
+    engine_enabled: bool = False
+    engine_socket: str = ""
+    engine_isolation: str = "auto"
+    registrator_enabled: bool = False
+    config_files: list[str] = field(default_factory=list)
+
+    @property
+    def http_bind(self) -> str:
+        return self.http_addr or self.client_addr
+
+    @property
+    def dns_bind(self) -> str:
+        return self.dns_addr or self.client_addr
+
+    @property
+    def advertise(self) -> str:
+        return self.advertise_addr or self.bind_addr
+
+
+def _bool(key: str, v: Any, src: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise ConfigError(f"{src}: '{key}' must be a boolean, got {v!r}")
+
+
+def _int(key: str, v: Any, src: str, minimum: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, str) and v.lstrip("-").isdigit():
+            v = int(v)
+        else:
+            raise ConfigError(f"{src}: '{key}' must be an integer, got {v!r}")
+    if minimum is not None and v < minimum:
+        raise ConfigError(f"{src}: '{key}' must be >= {minimum}, got {v}")
+    return v
+
+
+def _str(key: str, v: Any, src: str) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(f"{src}: '{key}' must be a string, got {v!r}")
+    return v
+
+
+def _str_list(key: str, v: Any, src: str) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{src}: '{key}' must be a list of strings, got {v!r}")
+    return list(v)
+
+
+def _duration(key: str, v: Any, src: str) -> float:
+    from beacon.durations import parse_duration
+
+    try:
+        return parse_duration(v)
+    except ValueError as exc:
+        raise ConfigError(f"{src}: '{key}': {exc}") from exc
+
+
+def _port(key: str, v: Any, src: str) -> int:
+    port = _int(key, v, src, minimum=-1)
+    if port > 65535:
+        raise ConfigError(f"{src}: '{key}' must be a port number (or -1 to disable), got {port}")
+    return port
+
+
+def _dict(key: str, v: Any, src: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ConfigError(f"{src}: '{key}' must be an object, got {v!r}")
+    return v
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.endswith((".yaml", ".yml")):
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold an object at the top level")
+    return data
+
+
+def config_dir_files(path: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config dir {path}: {exc.strerror}") from exc
+    return [os.path.join(path, n) for n in names
+            if n.endswith((".json", ".yaml", ".yml")) and os.path.isfile(os.path.join(path, n))]
+
+
+def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
+    """Merge one file's keys into cfg: later scalars win, lists append (Consul's rule)."""
+    for key, value in data.items():
+        k = key.lower()
+        if k in ("datacenter",):
+            cfg.datacenter = _str(key, value, src).lower()
+        elif k == "node_name":
+            cfg.node_name = _str(key, value, src)
+        elif k == "server":
+            cfg.server = _bool(key, value, src)
+        elif k == "bootstrap_expect":
+            cfg.bootstrap_expect = _int(key, value, src, minimum=0)
+        elif k == "bind_addr":
+            cfg.bind_addr = _str(key, value, src)
+        elif k == "advertise_addr":
+            cfg.advertise_addr = _str(key, value, src)
+        elif k == "client_addr":
+            cfg.client_addr = _str(key, value, src)
+        elif k == "ports":
+            for pk, pv in _dict(key, value, src).items():
+                name = f"ports.{pk}"
+                if pk == "http":
+                    cfg.http_port = _port(name, pv, src)
+                elif pk == "dns":
+                    cfg.dns_port = _port(name, pv, src)
+                elif pk == "server":
+                    cfg.server_port = _port(name, pv, src)
+                elif pk in ("https", "grpc", "grpc_tls", "serf_lan", "serf_wan", "sidecar_min_port",
+                            "sidecar_max_port", "expose_min_port", "expose_max_port"):
+                    _port(name, pv, src)
+                else:
+                    log.warning("%s: unknown key '%s' ignored", src, name)
+        elif k == "addresses":
+            for ak, av in _dict(key, value, src).items():
+                if ak == "http":
+                    cfg.http_addr = _str(f"addresses.{ak}", av, src)
+                elif ak == "dns":
+                    cfg.dns_addr = _str(f"addresses.{ak}", av, src)
+                elif ak in ("https", "grpc", "grpc_tls"):
+                    _str(f"addresses.{ak}", av, src)
+                else:
+                    log.warning("%s: unknown key 'addresses.%s' ignored", src, ak)
+        elif k == "data_dir":
+            cfg.data_dir = _str(key, value, src)
+        elif k == "domain":
+            cfg.domain = _str(key, value, src).strip(".").lower()
+        elif k == "recursors":
+            cfg.recursors += _str_list(key, value, src)
+        elif k == "dns_config":
+            from beacon.dns import DNSConfig
+
+            merged = {**cfg.dns_config, **_dict(key, value, src)}
+            try:
+                DNSConfig.from_consul_json(merged)
+            except ValueError as exc:
+                raise ConfigError(f"{src}: dns_config: {exc}") from exc
+            cfg.dns_config = merged
+        elif k in ("service", "services"):
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                cfg.services.append(_dict(key, item, src))
+        elif k in ("check", "checks"):
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                cfg.checks.append(_dict(key, item, src))
+        elif k == "enable_script_checks":
+            cfg.enable_script_checks = _bool(key, value, src)
+        elif k == "enable_local_script_checks":
+            cfg.enable_local_script_checks = _bool(key, value, src)
+        elif k == "log_level":
+            cfg.log_level = _log_level(_str(key, value, src), f"{src}: '{key}'")
+        elif k == "log_json":
+            cfg.log_json = _bool(key, value, src)
+        elif k == "pid_file":
+            cfg.pid_file = _str(key, value, src)
+        elif k in ("retry_join", "start_join"):
+            cfg.retry_join += _str_list(key, value, src)
+        elif k == "encrypt":
+            cfg.encrypt = _str(key, value, src)
+        elif k == "node_meta":
+            cfg.node_meta.update({str(a): _str(f"node_meta.{a}", b, src)
+                                  for a, b in _dict(key, value, src).items()})
+        elif k == "check_update_interval":
+            cfg.check_update_interval = _duration(key, value, src)
+        elif k == "default_query_time":
+            cfg.default_query_time = _duration(key, value, src)
+        elif k == "max_query_time":
+            cfg.max_query_time = _duration(key, value, src)
+        elif k == "limits":
+            for lk, lv in _dict(key, value, src).items():
+                if lk == "kv_max_value_size":
+                    cfg.kv_max_value_size = _int(f"limits.{lk}", lv, src, minimum=1)
+        elif k == "ui":
+            cfg.ui = _bool(key, value, src)
+        elif k == "ui_config":
+            cfg.ui = _bool("ui_config.enabled", _dict(key, value, src).get("enabled", True), src)
+        elif k == "engine":
+            for ek, ev in _dict(key, value, src).items():
+                if ek == "enabled":
+                    cfg.engine_enabled = _bool(f"engine.{ek}", ev, src)
+                elif ek == "socket":
+                    cfg.engine_socket = _str(f"engine.{ek}", ev, src)
+                elif ek == "isolation":
+                    cfg.engine_isolation = _choice(f"engine.{ek}", ev, src, ("auto", "netns", "process"))
+                else:
+                    log.warning("%s: unknown key 'engine.%s' ignored", src, ek)
+        elif k == "registrator":
+            cfg.registrator_enabled = _bool("registrator.enabled",
+                                            _dict(key, value, src).get("enabled", False), src)
+        elif k in ("log_file", "leave_on_terminate", "skip_leave_on_interrupt", "rejoin_after_leave",
+                   "disable_update_check", "performance", "telemetry", "acl", "primary_datacenter",
+                   "connect", "enable_debug", "disable_host_node_id", "raft_protocol"):
+            log.debug("%s: key '%s' accepted and not used by Beacon", src, key)
+        else:
+            log.warning("%s: unknown key '%s' ignored", src, key)
+
+
+def _choice(key: str, v: Any, src: str, choices: tuple[str, ...]) -> str:
+    s = _str(key, v, src)
+    if s not in choices:
+        raise ConfigError(f"{src}: '{key}' must be one of {', '.join(choices)}, got {s!r}")
+    return s
+
+
+def _log_level(value: str, where: str) -> str:
+    v = value.lower()
+    if v not in LOG_LEVELS:
+        raise ConfigError(f"{where} must be one of trace, debug, info, warn, error; got {value!r}")
+    return {"warning": "warn", "err": "error"}.get(v, v)
+
+
+def validate(cfg: AgentConfig) -> None:
+    if not cfg.node_name:
+        cfg.node_name = socket.gethostname().split(".")[0] or "beacon"
+    if cfg.dev:
+        cfg.server = True
+    if not cfg.dev and not cfg.data_dir:
+        raise ConfigError("data_dir is required unless -dev is given (-data-dir DIR)")
+    if cfg.http_port == -1 and cfg.dns_port == -1:
+        log.warning("both the HTTP API and DNS are disabled")
+    if cfg.bootstrap_expect and not cfg.server:
+        raise ConfigError("bootstrap_expect requires server mode (-server)")
+    if cfg.default_query_time > cfg.max_query_time:
+        raise ConfigError(f"default_query_time ({cfg.default_query_time}s) cannot exceed "
+                          f"max_query_time ({cfg.max_query_time}s)")
