@@ -151,6 +151,9 @@ class StateStore:
                 result = ApplyResult(idx, value)
             except CommandError as exc:
                 result = ApplyResult(idx, None, exc)
+            except (TypeError, KeyError, ValueError, AttributeError) as exc:
+                # A malformed payload fails the same way on every replica: an error result, not a crash.
+                result = ApplyResult(idx, None, CommandError(f"invalid command: {exc!r}", 400))
             changes = self._changes
             self._changes = set()
         if changes and self.on_change is not None:
@@ -209,8 +212,7 @@ class StateStore:
             service.node = self.nodes[node_key].node
             self._ensure_service(idx, node_key, service)
         for chk in p.get("checks") or []:
-            check = HealthCheck.from_dict(chk)
-            check.node = self.nodes[node_key].node
+            check = HealthCheck.from_dict({**chk, "node": self.nodes[node_key].node})
             self._ensure_check(idx, node_key, check)
         return True
 

@@ -1,0 +1,159 @@
+"""Shared fixtures: real agent processes on real sockets.
+
+`start_agent(*flags)` launches `python -m beacon agent -dev` (this checkout's code, via PYTHONPATH) with
+ephemeral ports, waits for its "==> Ready" line and returns a handle with the ports it bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(REPO, "src")
+
+
+def beacon_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+def beacon_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "beacon", *args]
+
+
+@dataclass
+class AgentProcess:
+    proc: subprocess.Popen[str]
+    http_port: int
+    dns_port: int | None
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def http_addr(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def request(self, method: str, path: str, body: bytes | str | dict | list | None = None,
+                timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+        data = body
+        if isinstance(body, dict | list):
+            data = json.dumps(body)
+        if isinstance(data, str):
+            data = data.encode()
+        req = urllib.request.Request(self.http + path, data=data, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def json(self, method: str, path: str, body: object = None) -> object:
+        status, _, data = self.request(method, path, body)  # type: ignore[arg-type]
+        assert status == 200, (status, data)
+        return json.loads(data) if data else None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, str] | None = None) -> AgentProcess:
+    args = ["agent"]
+    if dev:
+        args.append("-dev")
+    if "-http-port" not in flags:
+        args += ["-http-port", "0"]
+    if "-dns-port" not in flags:
+        args += ["-dns-port", "0"]
+    if "-engine-socket" not in flags and "-no-engine" not in flags and dev:
+        args.append("-no-engine")
+    proc = subprocess.Popen(beacon_cmd(*args, *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env or beacon_env(), start_new_session=True)
+    lines: list[str] = []
+    ready: dict[str, str] = {}
+    done = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            m = re.search(r"==> Ready: http_port=(\S+) dns_port=(\S+)", line)
+            if m:
+                ready["http"], ready["dns"] = m.group(1), m.group(2)
+                done.set()
+        done.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    done.wait(timeout)
+    if "http" not in ready:
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError("agent did not become ready:\n" + "\n".join(lines[-40:]))
+    dns = None if ready["dns"] == "None" else int(ready["dns"])
+    http = int(ready["http"]) if ready["http"] != "None" else 0
+    return AgentProcess(proc, http, dns, lines)
+
+
+@pytest.fixture
+def start_agent() -> Iterator:
+    started: list[AgentProcess] = []
+
+    def start(*flags: str, **kw) -> AgentProcess:
+        agent = launch(*flags, **kw)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop(signal.SIGKILL if agent.proc.poll() is None else signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def dev_agent() -> Iterator[AgentProcess]:
+    agent = launch()
+    yield agent
+    agent.stop()
+
+
+def dig(port: int, *args: str, timeout: float = 10.0) -> str:
+    if shutil.which("dig") is None:
+        pytest.skip("dig is not installed (apt-get install bind9-dnsutils)")
+    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "+time=2", "+tries=1", *args],
+                         capture_output=True, text=True, timeout=timeout)
+    return out.stdout
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
