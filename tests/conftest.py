@@ -43,14 +43,15 @@ class AgentProcess:
     http_port: int
     dns_port: int | None
     lines: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def http_addr(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     def request(self, method: str, path: str, body: bytes | str | dict | list | None = None,
                 timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
@@ -116,7 +117,12 @@ def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, 
         raise RuntimeError("agent did not become ready:\n" + "\n".join(lines[-40:]))
     dns = None if ready["dns"] == "None" else int(ready["dns"])
     http = int(ready["http"]) if ready["http"] != "None" else 0
-    return AgentProcess(proc, http, dns, lines)
+    host = "127.0.0.1"
+    for line in lines:
+        m = re.search(r"Client Addr: http=(\S+):", line)
+        if m:
+            host = m.group(1)
+    return AgentProcess(proc, http, dns, lines, host)
 
 
 @pytest.fixture
@@ -140,10 +146,10 @@ def dev_agent() -> Iterator[AgentProcess]:
     agent.stop()
 
 
-def dig(port: int, *args: str, timeout: float = 10.0) -> str:
+def dig(port: int, *args: str, timeout: float = 10.0, server: str = "127.0.0.1") -> str:
     if shutil.which("dig") is None:
         pytest.skip("dig is not installed (apt-get install bind9-dnsutils)")
-    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "+time=2", "+tries=1", *args],
+    out = subprocess.run(["dig", f"@{server}", "-p", str(port), "+time=2", "+tries=1", *args],
                          capture_output=True, text=True, timeout=timeout)
     return out.stdout
 

@@ -39,6 +39,7 @@ class AgentConfig:
     http_port: int = 8500
     dns_port: int = 8600
     server_port: int = 8300
+    serf_lan_port: int = 8301
     http_addr: str = ""  # addresses.http overrides client_addr for HTTP
     dns_addr: str = ""
     data_dir: str = ""
@@ -56,6 +57,11 @@ class AgentConfig:
     encrypt: str = ""
     node_meta: dict[str, str] = field(default_factory=dict)
     check_update_interval: float = 300.0
+    heartbeat_interval: float = 1.0
+    failure_timeout: float = 3.0
+    reconnect_timeout: float = 72 * 3600.0
+    leave_on_terminate: bool | None = None      # default: clients yes, servers no (Consul's)
+    skip_leave_on_interrupt: bool | None = None  # default: clients no, servers yes
     default_query_time: float = 300.0
     max_query_time: float = 600.0
     kv_max_value_size: int = 512 * 1024
@@ -190,7 +196,9 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                     cfg.dns_port = _port(name, pv, src)
                 elif pk == "server":
                     cfg.server_port = _port(name, pv, src)
-                elif pk in ("https", "grpc", "grpc_tls", "serf_lan", "serf_wan", "sidecar_min_port",
+                elif pk == "serf_lan":
+                    cfg.serf_lan_port = _port(name, pv, src)
+                elif pk in ("https", "grpc", "grpc_tls", "serf_wan", "sidecar_min_port",
                             "sidecar_max_port", "expose_min_port", "expose_max_port"):
                     _port(name, pv, src)
                 else:
@@ -247,6 +255,12 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                                   for a, b in _dict(key, value, src).items()})
         elif k == "check_update_interval":
             cfg.check_update_interval = _duration(key, value, src)
+        elif k == "reconnect_timeout":
+            cfg.reconnect_timeout = _duration(key, value, src)
+        elif k == "leave_on_terminate":
+            cfg.leave_on_terminate = _bool(key, value, src)
+        elif k == "skip_leave_on_interrupt":
+            cfg.skip_leave_on_interrupt = _bool(key, value, src)
         elif k == "default_query_time":
             cfg.default_query_time = _duration(key, value, src)
         elif k == "max_query_time":
@@ -272,7 +286,7 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
         elif k == "registrator":
             cfg.registrator_enabled = _bool("registrator.enabled",
                                             _dict(key, value, src).get("enabled", False), src)
-        elif k in ("log_file", "leave_on_terminate", "skip_leave_on_interrupt", "rejoin_after_leave",
+        elif k in ("log_file", "rejoin_after_leave",
                    "disable_update_check", "performance", "telemetry", "acl", "primary_datacenter",
                    "connect", "enable_debug", "disable_host_node_id", "raft_protocol"):
             log.debug("%s: key '%s' accepted and not used by Beacon", src, key)
@@ -305,6 +319,31 @@ def validate(cfg: AgentConfig) -> None:
         log.warning("both the HTTP API and DNS are disabled")
     if cfg.bootstrap_expect and not cfg.server:
         raise ConfigError("bootstrap_expect requires server mode (-server)")
+    if cfg.encrypt:
+        from beacon.agent.cluster import validate_key
+
+        try:
+            validate_key(cfg.encrypt)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if not cfg.dev and not cfg.encrypt and not _is_loopback(cfg.bind_addr):
+        raise ConfigError(
+            f"refusing to bind cluster traffic to {cfg.bind_addr} without a cluster key: Raft (PySyncObj) "
+            "unpickles what it receives, so anyone who can reach the port could run code here. "
+            "Generate a key with `beacon keygen` and pass it to every agent with -encrypt, or bind to loopback.")
+    if cfg.leave_on_terminate is None:
+        cfg.leave_on_terminate = not cfg.server
+    if cfg.skip_leave_on_interrupt is None:
+        cfg.skip_leave_on_interrupt = cfg.server
     if cfg.default_query_time > cfg.max_query_time:
         raise ConfigError(f"default_query_time ({cfg.default_query_time}s) cannot exceed "
                           f"max_query_time ({cfg.max_query_time}s)")
+
+
+def _is_loopback(addr: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(addr.strip("[]")).is_loopback
+    except ValueError:
+        return addr == "localhost"

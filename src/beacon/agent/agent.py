@@ -25,7 +25,7 @@ from beacon.model import (
     HealthCheck,
     Service,
 )
-from beacon.server.consensus import Consensus, SingleServer
+from beacon.server.consensus import Consensus, NoLeaderError, SingleServer
 from beacon.server.fsm import ApplyResult, Command, MessageType, StateStore
 from beacon.server.watch import WatchHub
 
@@ -79,33 +79,66 @@ class Agent:
         self.node_id = _load_node_id(config.data_dir)
         self.hub = WatchHub()
         self.store = StateStore(on_change=self.hub.notify_threadsafe)
-        self.consensus: Consensus = SingleServer(
-            self.store, f"{config.advertise}:{config.server_port}", self.node_id, config.node_name,
-            config.data_dir or None)
+        self.raft: Any = None  # RaftConsensus once a multi-server cluster has bootstrapped
+        self.cluster: Any = None
+        self.consensus: Consensus = self._make_consensus()
         self.local = LocalState(
             node=config.node_name, node_id=self.node_id, address=config.advertise,
             datacenter=config.datacenter, node_meta=config.node_meta, submit=self.submit,
             data_dir=config.data_dir or None, check_update_interval=config.check_update_interval)
-        self.local.store = self.store  # type: ignore[attr-defined]
+        self.local.fetch_remote = self._fetch_node_state  # type: ignore[assignment]
+        self.forward_session: Any = None
         self.http_port: int | None = None
         self.dns_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._dns: Any = None
         self.shutdown_requested = asyncio.Event()
+        self.left_gracefully = False
+        self.raft_ready = asyncio.Event()
+        self.hold_timeout = 7.0
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _make_consensus(self) -> Consensus:
+        cfg = self.config
+        if cfg.dev or (cfg.server and cfg.bootstrap_expect <= 1 and not cfg.retry_join):
+            self.mode = "single"
+            return SingleServer(self.store, f"{cfg.advertise}:{cfg.server_port}", self.node_id,
+                                cfg.node_name, cfg.data_dir or None)
+        from beacon.agent.cluster import Cluster, RemoteConsensus
+
+        self.cluster = Cluster(self)
+        if cfg.server:
+            self.mode = "server"
+            return ServerConsensus(self)
+        self.mode = "client"
+        return RemoteConsensus(self)
+
+    def raft_running(self) -> bool:
+        return self.raft is not None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.hub.bind(asyncio.get_running_loop())
         await self.consensus.start()
-        await self._register_self()
+        if self.mode == "single":
+            await self._register_self()
         await self._restore_local()
-        self.local.start()
-        await self.local.sync_changes()
         if self.config.http_port >= 0:
             await self._start_http()
         if self.config.dns_port >= 0:
             await self._start_dns()
+        if self.cluster is not None:
+            import aiohttp
+
+            self.forward_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.max_query_time + 60, connect=2))
+            await self.cluster.start()
+            self.cluster.start_loops()
+            if self.mode == "server":
+                self.spawn(self._bootstrap(), "raft-bootstrap")
+        self.local.start()
+        if self.mode == "single":
+            await self.local.sync_changes()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -117,7 +150,186 @@ class Agent:
         await self.local.stop()
         for task in list(self._tasks):
             task.cancel()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.forward_session is not None:
+            await self.forward_session.close()
+        if self.raft is not None:
+            await self.raft.stop()
         await self.consensus.stop()
+
+    async def leave(self) -> None:
+        """Graceful leave: tell the servers (node deregistered, server removed from Raft), then stop."""
+        if self.cluster is None:
+            return
+        await self.cluster.leave()
+        if self.mode == "server" and self.raft is not None:
+            deadline = asyncio.get_running_loop().time() + 5
+            while self.raft.self_addr in self.raft.peers() and len(self.raft.peers()) > 1 and \
+                    asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ cluster bootstrap
+    def _peers_file(self) -> str:
+        return os.path.join(self.config.data_dir, "raft", "peers.json")
+
+    async def _bootstrap(self) -> None:
+        """Start Raft: from persisted peers after a restart, by joining a running cluster, or together
+        with the other servers once -bootstrap-expect of them have found each other."""
+        import json as _json
+
+        from beacon.agent.cluster import ALIVE
+        from beacon.server.raft import RaftConsensus
+
+        cfg = self.config
+        assert self.cluster is not None
+        me = self.cluster.me
+        partners: list[str] | None = None
+        join_running = False
+        if os.path.exists(self._peers_file()):
+            with open(self._peers_file(), encoding="utf-8") as f:
+                partners = _json.load(f)["peers"]
+            log.info("restarting raft with persisted peers %s", partners)
+        while partners is None:
+            await self.cluster.heartbeat_once()
+            targets = {m.rpc_addr for m in self.cluster.servers() if m.name != me.name} | set(self.cluster.seeds)
+            hellos = await asyncio.gather(*(self.cluster.call(t, "hello", {}) for t in targets),
+                                          return_exceptions=True)
+            running = [h for h in hellos if not isinstance(h, BaseException) and h.get("raft_running")]
+            for h in hellos:
+                if not isinstance(h, BaseException):
+                    from beacon.agent.cluster import Member
+
+                    self.cluster._observe(Member(**h["member"]), alive=True)
+            if running:
+                partners = sorted({m.raft_addr for m in self.cluster.servers() if m.status == ALIVE})
+                join_running = True
+                break
+            servers = sorted((m for m in self.cluster.servers() if m.status == ALIVE and m.expect == cfg.bootstrap_expect),
+                             key=lambda m: m.raft_addr)
+            if cfg.bootstrap_expect and len(servers) >= cfg.bootstrap_expect:
+                chosen = servers[:cfg.bootstrap_expect]
+                if me.raft_addr in {m.raft_addr for m in chosen}:
+                    partners = [m.raft_addr for m in chosen]
+                    log.info("bootstrapping raft with %s", partners)
+                    break
+            await asyncio.sleep(0.3)
+        raft = RaftConsensus(self.store, me.raft_addr, partners, cfg.data_dir, self.node_id, cfg.node_name,
+                             password=cfg.encrypt or None)
+        for m in self.cluster.members.values():
+            if m.server:
+                raft.names[m.raft_addr] = m.name
+        await raft.start()
+        self.raft = raft
+        self.raft_ready.set()
+        if join_running:
+            while me.raft_addr not in await self._ask_leader_to_add(me.raft_addr):
+                await asyncio.sleep(0.5)
+        self._persist_peers(raft.peers())
+        self.local.trigger_full_sync()
+        while True:
+            await asyncio.sleep(1.0)
+            self._persist_peers(raft.peers())
+
+    async def _ask_leader_to_add(self, raft_addr: str) -> list[str]:
+        from beacon.agent.cluster import RPCError
+
+        assert self.cluster is not None
+        for m in self.cluster.servers():
+            if m.name == self.cluster.me.name:
+                continue
+            try:
+                return list(await self.cluster.call(m.rpc_addr, "raft_add", {"raft_addr": raft_addr}, timeout=12))
+            except RPCError:
+                continue
+        return []
+
+    def _persist_peers(self, peers: list[str]) -> None:
+        import json as _json
+
+        from beacon.server.durable import atomic_write
+
+        path = self._peers_file()
+        data = _json.dumps({"peers": sorted(peers)}).encode()
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return
+        except OSError:
+            pass
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        atomic_write(path, data)
+
+    async def consistent_read(self, stale: bool, consistent: bool) -> None:
+        if self.mode != "server":
+            return
+        if self.raft is None and not stale:
+            # Like Consul's rpc_hold_timeout: hold the request while the server is still starting.
+            try:
+                await asyncio.wait_for(self.raft_ready.wait(), self.hold_timeout)
+            except TimeoutError:
+                raise NoLeaderError() from None
+        if self.raft is not None and not stale and not self.raft.known_leader():
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.hold_timeout
+            while not self.raft.known_leader():
+                if loop.time() > deadline:
+                    raise NoLeaderError()
+                await asyncio.sleep(0.05)
+        """Before a read on a Raft server: `?stale` reads local state; the default mode reads local state on
+        the leader; `?consistent` (and the default mode on a follower) first pushes a barrier through
+        the log, so every write acknowledged before the read is visible."""
+        if self.raft is None:
+            if self.mode == "server" and not stale:
+                raise NoLeaderError()
+            return
+        if stale:
+            return
+        if consistent or not self.raft.is_leader():
+            await self.raft.barrier()
+
+    async def _fetch_node_state(self) -> tuple[Any, list[Service], list[HealthCheck]]:
+        if self.mode == "client":
+            from beacon.agent.cluster import ALIVE
+            from beacon.model import Node
+
+            assert self.cluster is not None
+            for m in self.cluster.servers():
+                if m.status != ALIVE:
+                    continue
+                try:
+                    out = await self.cluster.call(m.rpc_addr, "node_state", {"node": self.config.node_name})
+                except Exception:
+                    continue
+                node = Node.from_dict(out["node"]) if out["node"] else None
+                return (node, [Service.from_dict(s) for s in out["services"]],
+                        [HealthCheck.from_dict(c) for c in out["checks"]])
+            raise NoLeaderError("no server reachable for anti-entropy")
+        _, node, services = self.store.node_services(self.config.node_name)
+        _, checks = self.store.node_checks(self.config.node_name)
+        return node, services, checks
+
+    def server_http_targets(self) -> list[str]:
+        from beacon.agent.cluster import ALIVE
+
+        if self.cluster is None:
+            return []
+        out = []
+        if self.cluster.leader_http:
+            out.append(self.cluster.leader_http)
+        for m in self.cluster.servers():
+            if m.status == ALIVE and m.http_port:
+                target = f"{m.addr}:{m.http_port}"
+                if target not in out:
+                    out.append(target)
+        return out
+
+    def server_dns_targets(self) -> list[tuple[str, int]]:
+        from beacon.agent.cluster import ALIVE
+
+        if self.cluster is None:
+            return []
+        return [(m.addr, m.dns_port) for m in self.cluster.servers() if m.status == ALIVE and m.dns_port]
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -161,8 +373,14 @@ class Agent:
     async def _start_http(self) -> None:
         app = web.Application(middlewares=[error_middleware], client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
-        for module in (agent_api, catalog, health, kv, status):
-            module.router.install(app)
+        agent_api.router.install(app)
+        if self.mode == "client":
+            from beacon.agent.http import forward
+
+            forward.install(app)
+        else:
+            for module in (catalog, health, kv, status):
+                module.router.install(app)
         app.router.add_get("/", self._root)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -174,6 +392,12 @@ class Agent:
         return web.Response(text="Consul Agent")
 
     async def _start_dns(self) -> None:
+        if self.mode == "client":
+            from beacon.agent.dnsrelay import DNSRelay
+
+            self._dns = DNSRelay(self.server_dns_targets)
+            self.dns_port = await self._dns.start(self.config.dns_bind, self.config.dns_port)
+            return
         try:
             from beacon.dns import DNSConfig, DNSServer
         except ImportError:
@@ -344,6 +568,8 @@ class Agent:
 
     # ------------------------------------------------------------------ membership
     def members(self) -> list[dict[str, Any]]:
+        if self.cluster is not None:
+            return self.cluster.consul_members()
         cfg = self.config
         tags = {"role": "consul" if cfg.server else "node", "dc": cfg.datacenter, "id": self.node_id,
                 "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": "beacon", "segment": ""}
@@ -354,16 +580,87 @@ class Agent:
                  "DelegateCur": 4}]
 
     async def join(self, address: str) -> None:
-        raise HTTPError(500, f"Failed to join {address}: this agent runs a single-server cluster")
+        if self.cluster is None:
+            raise HTTPError(500, f"Failed to join {address}: this agent runs a single-server cluster")
+        target = self.cluster._rpc_target(address)
+        from beacon.agent.cluster import Member, RPCError
+
+        try:
+            hello = await self.cluster.call(target, "hello", {})
+        except RPCError as exc:
+            raise HTTPError(500, f"Failed to join {address}: {exc}") from None
+        self.cluster._observe(Member(**hello["member"]), alive=True)
+        if target not in self.cluster.seeds:
+            self.cluster.seeds.append(target)
+        await self.cluster.heartbeat_once()
 
     def request_leave(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.05, self.shutdown_requested.set)
+        async def leave_then_stop() -> None:
+            try:
+                await self.leave()
+            finally:
+                self.left_gracefully = True
+                self.shutdown_requested.set()
+        self.spawn(leave_then_stop(), "leave")
 
     async def force_leave(self, node: str, prune: bool = False) -> None:
+        if self.cluster is not None:
+            from beacon.agent.cluster import RPCError
+
+            errors = []
+            for m in self.cluster.servers():
+                try:
+                    await self.cluster.call(m.rpc_addr, "force_leave", {"node": node, "prune": prune})
+                    return
+                except RPCError as exc:
+                    errors.append(str(exc))
+            raise HTTPError(500, errors[-1] if errors else f"agent: No node found with name '{node}'")
         if node == self.config.node_name or self.store.get_node(node) is None:
             raise HTTPError(500, f"agent: No node found with name '{node}'")
         await self.submit((MessageType.DEREGISTER, {"node": node}))
 
     async def reload(self) -> None:
         raise HTTPError(500, "reload is not supported yet")
+
+
+class ServerConsensus:
+    """A cluster server's consensus before and after Raft has bootstrapped."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.store = agent.store
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def submit(self, command: Command) -> ApplyResult:
+        raft = self.agent.raft
+        if raft is None:
+            raise NoLeaderError()
+        from beacon.server.raft import IndeterminateError
+
+        try:
+            return await raft.submit(command)
+        except IndeterminateError as exc:
+            raise NoLeaderError(str(exc)) from None
+
+    def is_leader(self) -> bool:
+        return self.agent.raft is not None and self.agent.raft.is_leader()
+
+    def known_leader(self) -> bool:
+        return self.agent.raft is not None and self.agent.raft.known_leader()
+
+    def leader_address(self) -> str:
+        return self.agent.raft.leader_address() if self.agent.raft is not None else ""
+
+    def peers(self) -> list[str]:
+        return self.agent.raft.peers() if self.agent.raft is not None else []
+
+    def last_contact_ms(self) -> int:
+        return self.agent.raft.last_contact_ms() if self.agent.raft is not None else 0
+
+    def configuration(self) -> list[dict[str, Any]]:
+        return self.agent.raft.configuration() if self.agent.raft is not None else []

@@ -73,7 +73,15 @@ class LocalState:
         self._sync_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.full_sync_interval = 60.0
+        self.retry_interval = 2.0
         self.on_change: list[Callable[[], None]] = []
+        self.fetch_remote: Callable[[], Awaitable[tuple[Any, list[Service], list[HealthCheck]]]] | None = None
+        self._full_sync_requested = False
+
+    def trigger_full_sync(self) -> None:
+        """Run a full sync soon (a server joined, the cluster changed)."""
+        self._full_sync_requested = True
+        self._sync_event.set()
 
     # ------------------------------------------------------------------ services
     def add_service(self, svc: Service, source: str = "api", persist: bool = True) -> None:
@@ -273,7 +281,8 @@ class LocalState:
             except TimeoutError:
                 pass
             try:
-                if loop.time() >= next_full:
+                if loop.time() >= next_full or self._full_sync_requested:
+                    self._full_sync_requested = False
                     await self.full_sync()
                     next_full = loop.time() + self.full_sync_interval * (1 + random.random())
                 else:
@@ -281,8 +290,9 @@ class LocalState:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("anti-entropy sync failed, retrying in 15s: %s", exc)
-                next_full = loop.time() + 15 + random.random() * 5
+                # Consul waits 15 s; a cluster that is still electing is usually back much sooner.
+                log.warning("anti-entropy sync failed, retrying shortly: %s", exc)
+                next_full = loop.time() + self.retry_interval * (1 + random.random())
 
     def _node_payload(self) -> dict[str, Any]:
         return {"node": self.node, "id": self.node_id, "address": self.address,
@@ -328,12 +338,10 @@ class LocalState:
                 await self._apply((MessageType.REGISTER, payload))
                 entry.in_sync = True
 
-    async def full_sync(self, store: Any = None) -> None:
+    async def full_sync(self) -> None:
         """Compare with the catalog; mark differences out of sync; delete what the agent doesn't know."""
-        store = store or getattr(self, "store", None)
-        if store is not None:
-            _, node, remote_services = store.node_services(self.node)
-            _, remote_checks = store.node_checks(self.node)
+        if self.fetch_remote is not None:
+            node, remote_services, remote_checks = await self.fetch_remote()
             local_services = self.live_services()
             if node is None or (node.address, node.meta, node.id) != (self.address, self.node_meta, self.node_id):
                 self.node_in_sync = False

@@ -36,6 +36,9 @@ def build_parser() -> FlagParser:
     p.flag("http-port", type=int, help="HTTP API port (-1 disables, 0 picks a free one)")
     p.flag("dns-port", type=int, help="DNS port (-1 disables, 0 picks a free one)")
     p.flag("server-port", type=int)
+    p.flag("serf-lan-port", type=int)
+    p.flag("reconnect-timeout", help="reap failed nodes after this long (default 72h)")
+    p.flag("failure-timeout", help="mark a node failed after this long without a heartbeat (default 3s)")
     p.flag("data-dir")
     p.flag("config-file", action="append", default=[])
     p.flag("config-dir", action="append", default=[])
@@ -77,7 +80,8 @@ def load_config(argv: list[str]) -> AgentConfig:
               "advertise_addr": "advertise_addr", "client_addr": "client_addr", "http_port": "http_port",
               "dns_port": "dns_port", "server_port": "server_port", "data_dir": "data_dir",
               "pid_file": "pid_file", "encrypt": "encrypt", "bootstrap_expect": "bootstrap_expect",
-              "engine_socket": "engine_socket", "engine_isolation": "engine_isolation"}
+              "engine_socket": "engine_socket", "engine_isolation": "engine_isolation",
+              "serf_lan_port": "serf_lan_port"}
     for attr, dest in simple.items():
         value = getattr(args, attr)
         if value is not None:
@@ -91,6 +95,15 @@ def load_config(argv: list[str]) -> AgentConfig:
             setattr(cfg, flag_name, True)
     if args.log_level:
         cfg.log_level = _log_level(args.log_level, "-log-level")
+    from beacon.durations import parse_duration
+
+    for name in ("reconnect_timeout", "failure_timeout"):
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                setattr(cfg, name, parse_duration(value))
+            except ValueError as exc:
+                raise ConfigError(f"-{name.replace('_', '-')}: {exc}") from None
     cfg.recursors += args.recursor
     cfg.retry_join += args.retry_join
     for item in args.node_meta:
@@ -98,7 +111,7 @@ def load_config(argv: list[str]) -> AgentConfig:
         if not sep:
             raise ConfigError(f"-node-meta must be key:value, got {item!r}")
         cfg.node_meta[k] = v
-    for port_name in ("http_port", "dns_port", "server_port"):
+    for port_name in ("http_port", "dns_port", "server_port", "serf_lan_port"):
         port = getattr(cfg, port_name)
         if not -1 <= port <= 65535:
             raise ConfigError(f"-{port_name.replace('_', '-')} must be a port number or -1, got {port}")
@@ -121,8 +134,14 @@ async def serve(cfg: AgentConfig) -> int:
     agent = Agent(cfg)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         await agent.start()
     except Exception:
@@ -144,7 +163,18 @@ async def serve(cfg: AgentConfig) -> int:
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     stopper.cancel()
-    print("==> Caught signal, shutting down", flush=True)
+    if received:
+        sig = received[0]
+        leave = cfg.leave_on_terminate if sig == signal.SIGTERM else not cfg.skip_leave_on_interrupt
+        print(f"==> Caught signal: {signal.Signals(sig).name}", flush=True)
+        if leave and agent.cluster is not None:
+            print("==> Gracefully leaving the cluster", flush=True)
+            try:
+                await asyncio.wait_for(agent.leave(), 10)
+            except Exception as exc:
+                print(f"==> Leave failed: {exc}", flush=True)
+    elif agent.left_gracefully:
+        print("==> Left the cluster, shutting down", flush=True)
     await agent.stop()
     if cfg.pid_file:
         try:

@@ -10,6 +10,11 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "keygen": ("beacon.cli.cluster_cmds:run_keygen", "Generate a cluster key for -encrypt"),
+    "join": ("beacon.cli.cluster_cmds:run_join", "Tell an agent to join a cluster"),
+    "leave": ("beacon.cli.cluster_cmds:run_leave", "Gracefully leave the cluster and stop the agent"),
+    "force-leave": ("beacon.cli.cluster_cmds:run_force_leave", "Force a failed member into the left state"),
+    "operator": ("beacon.cli.cluster_cmds:run_operator", "Raft operator commands (operator raft list-peers)"),
     "agent": ("beacon.cli.agent", "Run a Beacon agent (-dev for a one-process cluster)"),
     "members": ("beacon.cli.members", "List the cluster's members"),
     "kv": ("beacon.cli.kv", "Read and write the KV store (get, put, delete)"),
@@ -41,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if entry is None:
         print(f"Unknown command: {args[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 1
-    module = importlib.import_module(entry[0])
+    module_name, _, func = entry[0].partition(":")
+    module = importlib.import_module(module_name)
     try:
-        return int(module.run(args[1:]) or 0)
+        return int(getattr(module, func or "run")(args[1:]) or 0)
     except KeyboardInterrupt:
         return 130

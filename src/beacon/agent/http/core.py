@@ -116,6 +116,7 @@ async def blocking_query(agent: Agent, opts: QueryOptions, keys: Iterable[str],
                          read: Callable[[], tuple[int, Any]], prefixes: Iterable[str] = ()) -> tuple[int, Any]:
     """Consul's blocking query: return at once for index 0 or a newer index; else wait for a change
     of what was read (the watch keys), up to `wait` (default 5m, cap 10m) plus up to wait/16 jitter."""
+    await agent.consistent_read(opts.stale, opts.consistent)
     if not opts.stale and not agent.consensus.known_leader():
         raise NoLeaderError()
     index, result = read()
@@ -160,6 +161,9 @@ class Router:
 
     def put(self, path: str) -> Callable[[Handler], Handler]:
         return self._decorator("PUT", path)
+
+    def delete(self, path: str) -> Callable[[Handler], Handler]:
+        return self._decorator("DELETE", path)
 
     def _decorator(self, method: str, path: str) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:

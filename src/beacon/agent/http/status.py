@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from beacon.agent.http.core import Reply, Router, query_options
+from beacon.agent.http.core import HTTPError, Reply, Router, query_options
 from beacon.server.consensus import NoLeaderError
 
 if TYPE_CHECKING:
@@ -31,3 +31,29 @@ async def raft_configuration(req: web.Request, agent: Agent) -> Reply:
     if not opts.stale and not agent.consensus.known_leader():
         raise NoLeaderError()
     return Reply({"Servers": agent.consensus.configuration(), "Index": agent.store.index})
+
+
+@router.delete("/v1/operator/raft/peer")
+async def raft_remove_peer(req: web.Request, agent: Agent) -> Reply:
+    address = req.query.get("address") or req.query.get("id")
+    if not address:
+        raise HTTPError(400, "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove")
+    raft = agent.raft
+    if raft is None:
+        raise HTTPError(500, "this agent does not run a multi-server Raft cluster")
+    if address not in raft.peers():
+        raise HTTPError(500, f"address \"{address}\" was not found in the Raft configuration")
+    if not raft.is_leader():
+        if agent.cluster is None:
+            raise NoLeaderError()
+        from beacon.agent.cluster import RPCError
+
+        for m in agent.cluster.servers():
+            try:
+                await agent.cluster.call(m.rpc_addr, "raft_remove", {"raft_addr": address}, timeout=12)
+                return Reply(empty=True)
+            except RPCError:
+                continue
+        raise NoLeaderError()
+    await raft.remove_server(address)
+    return Reply(empty=True)

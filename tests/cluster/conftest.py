@@ -1,0 +1,101 @@
+"""A real cluster on loopback: 3 servers and 2 clients, each on its own 127.x.y.z address."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.conftest import AgentProcess, launch, wait_until
+
+
+def _block() -> str:
+    return f"127.{random.randint(100, 250)}.{random.randint(0, 255)}"
+
+
+@dataclass
+class Cluster:
+    tmp: str
+    block: str
+    extra: tuple[str, ...] = ()
+    servers: dict[str, AgentProcess] = field(default_factory=dict)
+    clients: dict[str, AgentProcess] = field(default_factory=dict)
+
+    def addr(self, name: str) -> str:
+        kind, n = name[0], int(name[1:])
+        return f"{self.block}.{(10 if kind == 's' else 20) + n}"
+
+    def server_flags(self, name: str, expect: int = 3) -> list[str]:
+        flags = ["-server", "-bootstrap-expect", str(expect), "-node", name, "-bind", self.addr(name),
+                 "-client", self.addr(name), "-data-dir", os.path.join(self.tmp, name), *self.extra]
+        for other in ("s1", "s2", "s3"):
+            flags += ["-retry-join", self.addr(other)]
+        return flags
+
+    def start_server(self, name: str, **kw) -> AgentProcess:
+        agent = launch(*self.server_flags(name, **kw), dev=False)
+        self.servers[name] = agent
+        return agent
+
+    def start_client(self, name: str) -> AgentProcess:
+        agent = launch("-node", name, "-bind", self.addr(name), "-client", self.addr(name),
+                       "-data-dir", os.path.join(self.tmp, name), "-retry-join", self.addr("s1"),
+                       "-retry-join", self.addr("s2"), *self.extra, dev=False)
+        self.clients[name] = agent
+        return agent
+
+    def all(self) -> dict[str, AgentProcess]:
+        return {**self.servers, **self.clients}
+
+    def running(self) -> dict[str, AgentProcess]:
+        return {k: v for k, v in self.all().items() if v.proc.poll() is None}
+
+    def url(self, name: str, path: str) -> tuple[int, dict, bytes]:
+        return self.all()[name].request("GET", path)
+
+    def leader(self) -> str:
+        def find() -> str | None:
+            for name, agent in self.servers.items():
+                if agent.proc.poll() is not None:
+                    continue
+                try:
+                    status, _, body = agent.request("GET", "/v1/status/leader", timeout=2)
+                except OSError:
+                    continue
+                addr = body.decode().strip('"').rsplit(":", 1)[0]
+                if status == 200 and addr:
+                    for n in self.servers:
+                        if self.addr(n) == addr and self.servers[n].proc.poll() is None:
+                            return n
+            return None
+        return wait_until(find, timeout=15)
+
+    def stop_all(self) -> None:
+        for agent in self.all().values():
+            if agent.proc.poll() is None:
+                try:
+                    os.kill(agent.proc.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+                agent.stop(signal.SIGKILL)
+
+
+def start_cluster(tmp_path, clients: int = 2, extra: tuple[str, ...] = ()) -> Cluster:
+    c = Cluster(str(tmp_path), _block(), extra)
+    for name in ("s1", "s2", "s3"):
+        c.start_server(name)
+    c.leader()
+    for i in range(1, clients + 1):
+        c.start_client(f"c{i}")
+    return c
+
+
+@pytest.fixture
+def cluster(tmp_path) -> Iterator[Cluster]:
+    c = start_cluster(tmp_path)
+    yield c
+    c.stop_all()
