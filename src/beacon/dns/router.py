@@ -37,13 +37,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dnslib import RR, DNSHeader, DNSQuestion, DNSRecord, EDNS0, EDNSOption
+from dnslib import EDNS0, RR, DNSHeader, DNSQuestion, DNSRecord, EDNSOption
 
 from beacon.model import Node
 
 from . import records as r
-from .catalog import CONSUL_SERVICE, Instance, Store, find_node, healthy_instances, node_by_address, \
-    service_by_address
+from .catalog import (
+    CONSUL_SERVICE,
+    Instance,
+    Store,
+    find_node,
+    healthy_instances,
+    node_by_address,
+    service_by_address,
+)
 from .config import DNSConfig
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
