@@ -23,17 +23,18 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m":
 
 
 def parse_duration(value: Any, key: str) -> float:
-    """Go-style duration (``"1h30m"``, ``"500ms"``, ``"0"``) or a number of seconds -> seconds."""
+    """Go-style duration (``"1h30m"``, ``"500ms"``, ``"0"``) -> seconds. A JSON number is nanoseconds,
+    as Consul decodes it."""
     if isinstance(value, bool):
         raise ValueError(f"dns_config.{key}: expected a duration, got {value!r}")
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"dns_config.{key}: duration must not be negative, got {value!r}")
-        return float(value)
+        return float(value) / 1e9
     if not isinstance(value, str):
         raise ValueError(f"dns_config.{key}: expected a duration string, got {value!r}")
     text = value.strip()
-    if text in ("0", ""):
+    if text == "0":
         return 0.0
     pos, total = 0, 0.0
     for m in _DURATION_RE.finditer(text):
