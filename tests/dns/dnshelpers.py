@@ -52,7 +52,7 @@ def query(name: str, qtype: str = "A", ident: int = 4242, edns: int | None = Non
     if edns is not None:
         from dnslib import EDNS0
         q.add_ar(EDNS0(udp_len=edns))
-    return q.pack()
+    return bytes(q.pack())
 
 
 @pytest.fixture

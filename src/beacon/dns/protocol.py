@@ -33,6 +33,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         self.entries = handler.udp_cache.entries
         self.store = handler.store
         self.transport: asyncio.DatagramTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -51,6 +52,10 @@ class UDPProtocol(asyncio.DatagramProtocol):
                 sendto(wire, addr)
 
         self.handler.handle(data, False, send)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from earlier replies (client went away): nothing to do, keep serving.

@@ -41,6 +41,7 @@ class DNSServer:
         self._rng = random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp_closed: asyncio.Future[None] | None = None
         self._tcp: asyncio.Server | None = None
         self._tick: asyncio.TimerHandle | None = None
 
@@ -60,8 +61,9 @@ class DNSServer:
                     raise
                 continue
             break
-        transport, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(self), sock=udp_sock)
+        transport, protocol = await loop.create_datagram_endpoint(lambda: UDPProtocol(self), sock=udp_sock)
         self._udp = transport
+        self._udp_closed = protocol.closed
         self._tcp = tcp
         self._schedule_tick()
         tcp_port = tcp.sockets[0].getsockname()[1]
@@ -75,6 +77,11 @@ class DNSServer:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self._udp_closed is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._udp_closed  # the port is free again once this fires
+            self._udp_closed = None
         if self._tcp is not None:
             self._tcp.close()
             if hasattr(self._tcp, "close_clients"):
