@@ -1,13 +1,15 @@
 """DNS throughput: Beacon's DNS server against dnsmasq, one pinned core each, same records.
 
-    python3 bench/dns.py [--seconds 10] [--clients 10] [--server-core 0] [--client-core 1]
+    python3 bench/dns.py [--seconds 10] [--rounds 3] [--clients 10] [--server-core 0] [--client-core 1]
 
 Starts dnsmasq (the anchor, flags as in the project's bench anchors) and a Beacon DNS server in a
 subprocess under uvloop, both pinned with taskset to the server core, registers the same two
 ``web`` instances in each (10.0.0.1 and 10.0.0.2, port 8080: data only, nothing is sent to them),
 then runs dnsperf pinned to the client core against each for a bounded time with a query file of
-``web.service.consul A`` and ``web.service.consul SRV``. Prints queries/s for both, the ratio and a
-markdown table row. Everything it starts is stopped before it exits.
+``web.service.consul A`` and ``web.service.consul SRV``. The two servers take turns for ``--rounds``
+rounds (the machine is shared, so load drifts); it prints every round, the median queries/s of
+each, the ratio of the medians and a markdown table row. Everything it starts is stopped before it
+exits.
 
 ``--serve PORT`` is the subprocess mode (the Beacon side): serve DNS on 127.0.0.1:PORT until stdin
 closes.
@@ -22,6 +24,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,6 +125,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--client-core", type=int, default=1)
@@ -160,14 +164,20 @@ def main() -> int:
             procs.append(beacon)
             wait_udp_answer(bc_port)
 
-            print(f"dnsperf -c {args.clients} -l {args.seconds}s, server on core {args.server_core}, "
+            print(f"dnsperf -c {args.clients} -l {args.seconds}s x {args.rounds} rounds, server on core {args.server_core}, "
                   f"dnsperf on core {args.client_core}; queries: {', '.join(QUERIES)}")
-            dm_qps, dm_lost = dnsperf(dm_port, qfile, args.seconds, args.clients, args.client_core)
-            print(f"dnsmasq: {dm_qps:,.0f} q/s (lost {dm_lost})")
-            bc_qps, bc_lost = dnsperf(bc_port, qfile, args.seconds, args.clients, args.client_core)
-            print(f"beacon:  {bc_qps:,.0f} q/s (lost {bc_lost})")
+            dm_runs: list[float] = []
+            bc_runs: list[float] = []
+            for rnd in range(1, args.rounds + 1):
+                dm_qps, dm_lost = dnsperf(dm_port, qfile, args.seconds, args.clients, args.client_core)
+                bc_qps, bc_lost = dnsperf(bc_port, qfile, args.seconds, args.clients, args.client_core)
+                dm_runs.append(dm_qps)
+                bc_runs.append(bc_qps)
+                print(f"round {rnd}: dnsmasq {dm_qps:,.0f} q/s (lost {dm_lost}), beacon {bc_qps:,.0f} q/s "
+                      f"(lost {bc_lost}), ratio {bc_qps / dm_qps:.2f}x")
+            dm_qps, bc_qps = statistics.median(dm_runs), statistics.median(bc_runs)
             ratio = bc_qps / dm_qps if dm_qps else float("nan")
-            print(f"ratio beacon/dnsmasq: {ratio:.2f}x")
+            print(f"median: dnsmasq {dm_qps:,.0f} q/s, beacon {bc_qps:,.0f} q/s, ratio beacon/dnsmasq {ratio:.2f}x")
             print("| Beacon DNS (uvloop, cached) | dnsmasq | ratio |")
             print("|---|---|---|")
             print(f"| {bc_qps:,.0f} q/s | {dm_qps:,.0f} q/s | {ratio:.2f}x |")

@@ -82,3 +82,12 @@ def test_cache_drops_soa_answers_every_tick_and_bounds_its_size() -> None:
         cache.add(b"k%d" % i, 1, b"ID" + b"x" * 20, variants=1, time_dependent=False)
     assert sum(e[2] for e in cache.entries.values()) <= 100
     assert b"k49" in cache.entries and b"k0" not in cache.entries
+
+
+def test_public_names_are_exported_and_sorted() -> None:
+    import beacon.dns
+
+    assert beacon.dns.__all__ == sorted(beacon.dns.__all__)
+    for name in beacon.dns.__all__:
+        assert getattr(beacon.dns, name) is not None
+    assert {"DNSConfig", "DNSServer"} <= set(beacon.dns.__all__)

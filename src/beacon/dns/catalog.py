@@ -6,6 +6,7 @@ DNS-specific methods. Every function takes the store's lock for the whole read.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Protocol
 
 from beacon.model import HealthCheck, Node, Service
@@ -57,10 +58,6 @@ def healthy_instances(store: Store, service: str, tag: str, only_passing: bool) 
     return out
 
 
-def find_node(store: Store, name: str) -> Node | None:
-    return store.get_node(name)
-
-
 def node_by_address(store: Store, reverse_name: str) -> Node | None:
     """First node (by name) whose address reverse-maps to ``reverse_name`` (lower-case, dotted)."""
     with store.lock:  # type: ignore[attr-defined]
@@ -82,8 +79,7 @@ def service_by_address(store: Store, address: str) -> Service | None:
 
 
 def reverse_pointer(address: str) -> str:
-    import ipaddress
-
+    """``10.0.0.1`` -> ``1.0.0.10.in-addr.arpa.``; ``""`` for a hostname."""
     try:
         return ipaddress.ip_address(address).reverse_pointer + "."
     except ValueError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 
-from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSBuffer, DNSLabel, DNSRecord
+from dnslib import AAAA, CNAME, NS, PTR, RR, SOA, SRV, TXT, A, DNSBuffer, DNSLabel, DNSRecord
 
 from beacon.model import NODE_MAINT_CHECK_ID, SERVICE_MAINT_PREFIX, HealthCheck, Node, Service
 
@@ -204,7 +204,3 @@ def pack(msg: DNSRecord, compress: bool = True) -> bytes:
         for rr in section:
             rr.pack(buffer)
     return bytes(buffer.data)
-
-
-def qtype_name(qtype: int) -> str:
-    return str(QTYPE.get(qtype, str(qtype)))

@@ -46,7 +46,6 @@ from .catalog import (
     CONSUL_SERVICE,
     Instance,
     Store,
-    find_node,
     healthy_instances,
     node_by_address,
     service_by_address,
@@ -262,7 +261,7 @@ def _nameservers(domain: str, ctx: Context) -> tuple[list[RR], list[RR]]:
     cfg = ctx.cfg
     nodes = [node for node, _, _ in healthy_instances(ctx.store, CONSUL_SERVICE, "", cfg.only_passing)]
     if not nodes and cfg.node_name:
-        local = find_node(ctx.store, cfg.node_name)
+        local = ctx.store.get_node(cfg.node_name)
         nodes = [local] if local is not None else []
     ns: list[RR] = []
     glue: list[RR] = []
@@ -353,7 +352,7 @@ def _node_lookup(qname: object, qtype: int, name: str, domain: str, reply: DNSRe
                  depth: int) -> int:
     if qtype not in (r.T_ANY, r.T_A, r.T_AAAA, r.T_TXT):
         return NOERROR  # Consul answers other types with an empty NOERROR, known node or not
-    node = find_node(ctx.store, name)
+    node = ctx.store.get_node(name)
     if node is None:
         return NXDOMAIN
     cfg = ctx.cfg
