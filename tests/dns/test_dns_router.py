@@ -349,3 +349,23 @@ def test_random_garbage_never_raises() -> None:
         reply = route(data, ctx)
         if reply.action is Action.ANSWER:
             assert reply.wire[:2] == data[:2]
+
+
+def test_udp_reply_never_exceeds_the_client_limit() -> None:
+    from beacon.server.fsm import StateStore
+    store = StateStore()
+    register(store, "meta", "10.0.0.1", node_meta={f"key{i:02d}": "v" * 40 for i in range(30)})
+    _, reply = ask("meta.node.consul", "A", store=store)
+    msg = DNSRecord.parse(reply.wire)
+    assert len(reply.wire) <= 512 and msg.header.tc == 0
+    assert rows(msg.rr) == ["meta.node.consul. A 10.0.0.1"] and 0 < len(msg.ar) < 30
+    msg, _ = ask("meta.node.consul", "TXT", store=store)
+    assert len(msg.rr) == 3  # Consul's answer cap applies to TXT answers too
+    register(store, "big", "10.0.0.2", node_meta={"blob": "x" * 700})
+    _, reply = ask("big.node.consul", "TXT", store=store)
+    msg = DNSRecord.parse(reply.wire)
+    assert len(reply.wire) <= 512 and msg.header.tc == 1 and msg.rr == []
+    msg, _ = ask("big.node.consul", "TXT", store=store, tcp=True)
+    assert len(msg.rr) == 1 and msg.header.tc == 0
+    _, reply = ask("big.node.consul", "TXT", store=store, edns=4096)
+    assert len(DNSRecord.parse(reply.wire).rr) == 1

@@ -252,6 +252,7 @@ def _handle_query(req: DNSRecord, labels: tuple[str, ...], domain: str, ctx: Con
             reply.add_auth(ctx.soa(domain))
     _trim(req, reply, ctx)
     _set_edns(req, reply)
+    _fit_udp(req, reply, ctx)
     return _done(reply, ctx, cacheable=True)
 
 
@@ -529,9 +530,7 @@ def _trim(req: DNSRecord, reply: DNSRecord, ctx: Context) -> None:
             reply.rr = reply.rr[:cut]
         measure_plain = not compress
     else:
-        max_size = DEFAULT_UDP_SIZE
-        if opt is not None and opt.rclass > max_size:
-            max_size = min(opt.rclass, MAX_UDP_SIZE)
+        max_size = _udp_limit(req)
         max_answers = min(MAX_UDP_ANSWERS, cfg.udp_answer_limit)
         measure_plain = not compress
         if max_size == DEFAULT_UDP_SIZE and len(reply.rr) > max_answers:
@@ -553,6 +552,40 @@ def _trim(req: DNSRecord, reply: DNSRecord, ctx: Context) -> None:
         if index is not None:
             _sync_extra(index, reply)
     if len(reply.rr) < before and cfg.enable_truncate:
+        reply.header.tc = 1
+
+
+def _udp_limit(req: DNSRecord) -> int:
+    opt = _request_opt(req)
+    if opt is not None and opt.rclass > DEFAULT_UDP_SIZE:
+        return min(opt.rclass, MAX_UDP_SIZE)
+    return DEFAULT_UDP_SIZE
+
+
+def _fit_udp(req: DNSRecord, reply: DNSRecord, ctx: Context) -> None:
+    """Never send a UDP reply bigger than the client can take. Consul's trimming only cuts answers
+    when there are several, so a single answer with many node-meta TXT records in Additional could
+    overflow: drop Additional (keeping OPT), then Authority, and as a last resort send no answers
+    with TC set so the client retries over TCP."""
+    if ctx.tcp:
+        return
+    limit = _udp_limit(req)
+    compress = not ctx.cfg.disable_compression
+
+    def too_big() -> bool:
+        return len(r.pack(reply, compress)) > limit
+
+    if not too_big():
+        return
+    opt = [rr for rr in reply.ar if rr.rtype == r.T_OPT]
+    extra = [rr for rr in reply.ar if rr.rtype != r.T_OPT]
+    while extra and too_big():
+        extra.pop()
+        reply.ar = extra + opt
+    if too_big():
+        reply.auth = []
+    if too_big():
+        reply.rr = []
         reply.header.tc = 1
 
 
@@ -642,4 +675,5 @@ def _handle_ptr(req: DNSRecord, labels: tuple[str, ...], ctx: Context) -> Reply:
         reply.header.rcode = NXDOMAIN
         reply.add_auth(ctx.soa(cfg.domain))
     _set_edns(req, reply)
+    _fit_udp(req, reply, ctx)
     return _done(reply, ctx, cacheable=True)
