@@ -323,3 +323,17 @@ async def test_ipv6_loopback(served) -> None:
     finally:
         async with asyncio.timeout(STEP):
             await server.stop()
+
+
+async def test_reload_swaps_config_and_drops_cached_answers(served, upstream) -> None:
+    up = await upstream({"example.com.": "example.com. 60 IN A 192.0.2.7"})
+    server, port = await served(web_store(1))
+    refused = DNSRecord.parse(await udp_exchange(port, query("example.com")))
+    assert RCODE[refused.header.rcode] == "REFUSED"
+    before = DNSRecord.parse(await udp_exchange(port, query("web.service.consul")))
+    assert before.rr[0].ttl == 0 and before.header.ra == 0
+    server.reload(DNSConfig(recursors=(f"127.0.0.1:{up.port}",), service_ttl={"*": 9}))
+    forwarded = DNSRecord.parse(await udp_exchange(port, query("example.com")))
+    assert str(forwarded.rr[0].rdata) == "192.0.2.7"
+    after = DNSRecord.parse(await udp_exchange(port, query("web.service.consul")))
+    assert after.rr[0].ttl == 9 and after.header.ra == 1
