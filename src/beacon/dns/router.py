@@ -224,8 +224,9 @@ def _servfail(req: DNSRecord, ctx: Context) -> bytes:
     return r.pack(reply, not ctx.cfg.disable_compression)
 
 
-def _done(reply: DNSRecord, ctx: Context, cacheable: bool) -> Reply:
-    wire = r.pack(reply, not ctx.cfg.disable_compression)
+def _done(reply: DNSRecord, ctx: Context, cacheable: bool, wire: bytes | None = None) -> Reply:
+    if wire is None:
+        wire = r.pack(reply, not ctx.cfg.disable_compression)
     return Reply(Action.ANSWER, wire, reply.header.rcode, cacheable, ctx.variants, ctx.time_dependent)
 
 
@@ -250,10 +251,9 @@ def _handle_query(req: DNSRecord, labels: tuple[str, ...], domain: str, ctx: Con
         reply.header.rcode = rcode
         if rcode == NXDOMAIN or nodata:
             reply.add_auth(ctx.soa(domain))
-    _trim(req, reply, ctx)
     _set_edns(req, reply)
-    _fit_udp(req, reply, ctx)
-    return _done(reply, ctx, cacheable=True)
+    wire = _fit_udp(req, reply, ctx, _trim(req, reply, ctx))
+    return _done(reply, ctx, cacheable=True, wire=wire)
 
 
 def _nameservers(domain: str, ctx: Context) -> tuple[list[RR], list[RR]]:
@@ -513,46 +513,54 @@ def _address_records(qname: object, qtype: int, instances: list[Instance], dc: s
 
 
 # ---------------------------------------------------------------------- size limits
-def _trim(req: DNSRecord, reply: DNSRecord, ctx: Context) -> None:
-    """Consul's trimUDPResponse/trimTCPResponse; sets TC only with ``enable_truncate``.
+def _trim(req: DNSRecord, reply: DNSRecord, ctx: Context) -> bytes | None:
+    """Consul's trimUDPResponse/trimTCPResponse (run after the OPT record is added, as in Consul);
+    sets TC only with ``enable_truncate``. Unlike Consul, rebuilding Additional keeps the OPT record.
 
-    Unlike Consul, the OPT record is not lost when Additional is rebuilt, and its size is counted."""
+    Returns the packed reply when the last size check packed exactly what will be sent (the common
+    case), so it is not packed again."""
     cfg = ctx.cfg
-    opt = _request_opt(req)
-    opt_len = 11 + sum(4 + len(o.data) for o in (opt.rdata or []) if o.code == 8) if opt else 0
     compress = not cfg.disable_compression
     before = len(reply.rr)
-    index = _index_rrs(reply.ar) if reply.ar else None
+    opt = [rr for rr in reply.ar if rr.rtype == r.T_OPT]
+    extra = [rr for rr in reply.ar if rr.rtype != r.T_OPT]
+    index = _index_rrs(extra) if extra else None
+    measure_plain = not compress
     if ctx.tcp:
         max_size = MAX_TCP_SIZE
         cut = 1024 if req.q.qtype == r.T_SRV else 4096
         if len(reply.rr) > cut:
             reply.rr = reply.rr[:cut]
-        measure_plain = not compress
     else:
         max_size = _udp_limit(req)
         max_answers = min(MAX_UDP_ANSWERS, cfg.udp_answer_limit)
-        measure_plain = not compress
         if max_size == DEFAULT_UDP_SIZE and len(reply.rr) > max_answers:
             measure_plain = True  # measure as if uncompressed, send compressed
             reply.rr = reply.rr[:max_answers]
             if index is not None:
-                _sync_extra(index, reply)
+                _sync_extra(index, reply, opt)
         max_size -= 8
+    packed: list[bytes | None] = [None]  # the last packing, while it still matches the reply
 
     def size() -> int:
-        return len(r.pack(reply, not measure_plain)) + opt_len
+        wire = r.pack(reply, not measure_plain)
+        packed[0] = wire if measure_plain != compress else None
+        return len(wire)
 
     while len(reply.rr) > 1 and size() > max_size:
+        packed[0] = None
         reply.auth = []
         if size() - max_size > 100:
-            reply.rr = reply.rr[:_binary_truncate(reply, size, max_size, index)]
+            reply.rr = reply.rr[:_binary_truncate(reply, size, max_size, index, opt)]
         else:
             reply.rr = reply.rr[:-1]
         if index is not None:
-            _sync_extra(index, reply)
+            _sync_extra(index, reply, opt)
+        packed[0] = None
     if len(reply.rr) < before and cfg.enable_truncate:
         reply.header.tc = 1
+        return None
+    return packed[0]
 
 
 def _udp_limit(req: DNSRecord) -> int:
@@ -562,31 +570,34 @@ def _udp_limit(req: DNSRecord) -> int:
     return DEFAULT_UDP_SIZE
 
 
-def _fit_udp(req: DNSRecord, reply: DNSRecord, ctx: Context) -> None:
-    """Never send a UDP reply bigger than the client can take. Consul's trimming only cuts answers
-    when there are several, so a single answer with many node-meta TXT records in Additional could
-    overflow: drop Additional (keeping OPT), then Authority, and as a last resort send no answers
-    with TC set so the client retries over TCP."""
-    if ctx.tcp:
-        return
-    limit = _udp_limit(req)
+def _fit_udp(req: DNSRecord, reply: DNSRecord, ctx: Context, wire: bytes | None) -> bytes:
+    """Pack the reply (unless ``wire`` already is it), never bigger than a UDP client accepts.
+
+    Consul's trimming only cuts answers when there are several, so a single answer with many
+    node-meta TXT records in Additional could overflow: drop Additional (keeping OPT), then
+    Authority, and as a last resort send no answers with TC set so the client retries over TCP."""
     compress = not ctx.cfg.disable_compression
-
-    def too_big() -> bool:
-        return len(r.pack(reply, compress)) > limit
-
-    if not too_big():
-        return
+    if wire is None:
+        wire = r.pack(reply, compress)
+    if ctx.tcp:
+        return wire
+    limit = _udp_limit(req)
+    if len(wire) <= limit:
+        return wire
     opt = [rr for rr in reply.ar if rr.rtype == r.T_OPT]
     extra = [rr for rr in reply.ar if rr.rtype != r.T_OPT]
-    while extra and too_big():
+    while extra and len(wire) > limit:
         extra.pop()
         reply.ar = extra + opt
-    if too_big():
+        wire = r.pack(reply, compress)
+    if len(wire) > limit:
         reply.auth = []
-    if too_big():
+        wire = r.pack(reply, compress)
+    if len(wire) > limit:
         reply.rr = []
         reply.header.tc = 1
+        wire = r.pack(reply, compress)
+    return wire
 
 
 def _index_rrs(rrs: list[RR]) -> dict[str, RR]:
@@ -596,7 +607,7 @@ def _index_rrs(rrs: list[RR]) -> dict[str, RR]:
     return index
 
 
-def _sync_extra(index: dict[str, RR], reply: DNSRecord) -> None:
+def _sync_extra(index: dict[str, RR], reply: DNSRecord, opt: list[RR]) -> None:
     """Keep only the Additional records the remaining SRV targets need (Consul's syncExtra)."""
     extra: list[RR] = []
     resolved: set[str] = set()
@@ -613,11 +624,11 @@ def _sync_extra(index: dict[str, RR], reply: DNSRecord) -> None:
             if rr.rtype != r.T_CNAME:
                 break
             target = str(rr.rdata.label).lower()
-    reply.ar = extra
+    reply.ar = extra + opt
 
 
 def _binary_truncate(reply: DNSRecord, size: Callable[[], int], max_size: int,
-                     index: dict[str, RR] | None) -> int:
+                     index: dict[str, RR] | None, opt: list[RR]) -> int:
     original = reply.rr
     start, end = 0, len(original) + 1
     try:
@@ -625,7 +636,7 @@ def _binary_truncate(reply: DNSRecord, size: Callable[[], int], max_size: int,
             median = start + (end - start) // 2
             reply.rr = original[:median]
             if index is not None:
-                _sync_extra(index, reply)
+                _sync_extra(index, reply, opt)
             length = size()
             if length <= max_size:
                 if max_size - length < 10:
@@ -675,5 +686,4 @@ def _handle_ptr(req: DNSRecord, labels: tuple[str, ...], ctx: Context) -> Reply:
         reply.header.rcode = NXDOMAIN
         reply.add_auth(ctx.soa(cfg.domain))
     _set_edns(req, reply)
-    _fit_udp(req, reply, ctx)
-    return _done(reply, ctx, cacheable=True)
+    return _done(reply, ctx, cacheable=True, wire=_fit_udp(req, reply, ctx, None))
