@@ -51,13 +51,10 @@ from .catalog import (
     service_by_address,
 )
 from .config import DNSConfig
+from .limits import fit_udp, request_opt, trim
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 
-DEFAULT_UDP_SIZE = 512
-MAX_UDP_SIZE = 65535 - 68   # bigger EDNS buffers are capped here
-MAX_TCP_SIZE = 65523
-MAX_UDP_ANSWERS = 8         # hard ceiling on udp_answer_limit
 MAX_RECURSION = 3           # CNAMEs into the domain resolved this deep
 # How many answer orders a cached answer rotates through: every order when n! <= this, else this
 # many random orders.
@@ -197,16 +194,9 @@ def _reply_to(req: DNSRecord, aa: bool, ra: bool) -> DNSRecord:
     return DNSRecord(header, q=DNSQuestion(req.q.qname, req.q.qtype, req.q.qclass))
 
 
-def _request_opt(req: DNSRecord) -> RR | None:
-    for rr in req.ar:
-        if rr.rtype == r.T_OPT:
-            return rr
-    return None
-
-
 def _set_edns(req: DNSRecord, reply: DNSRecord) -> None:
     """Echo EDNS: same UDP size; Client Subnet echoed with scope 0 (answers are global)."""
-    opt = _request_opt(req)
+    opt = request_opt(req)
     if opt is None:
         return
     opts = []
@@ -252,7 +242,7 @@ def _handle_query(req: DNSRecord, labels: tuple[str, ...], domain: str, ctx: Con
         if rcode == NXDOMAIN or nodata:
             reply.add_auth(ctx.soa(domain))
     _set_edns(req, reply)
-    wire = _fit_udp(req, reply, ctx, _trim(req, reply, ctx))
+    wire = fit_udp(req, reply, ctx.tcp, ctx.cfg, trim(req, reply, ctx.tcp, ctx.cfg))
     return _done(reply, ctx, cacheable=True, wire=wire)
 
 
@@ -512,143 +502,6 @@ def _address_records(qname: object, qtype: int, instances: list[Instance], dc: s
         reply.rr.extend(cname_answer)
 
 
-# ---------------------------------------------------------------------- size limits
-def _trim(req: DNSRecord, reply: DNSRecord, ctx: Context) -> bytes | None:
-    """Consul's trimUDPResponse/trimTCPResponse (run after the OPT record is added, as in Consul);
-    sets TC only with ``enable_truncate``. Unlike Consul, rebuilding Additional keeps the OPT record.
-
-    Returns the packed reply when the last size check packed exactly what will be sent (the common
-    case), so it is not packed again."""
-    cfg = ctx.cfg
-    compress = not cfg.disable_compression
-    before = len(reply.rr)
-    opt = [rr for rr in reply.ar if rr.rtype == r.T_OPT]
-    extra = [rr for rr in reply.ar if rr.rtype != r.T_OPT]
-    index = _index_rrs(extra) if extra else None
-    measure_plain = not compress
-    if ctx.tcp:
-        max_size = MAX_TCP_SIZE
-        cut = 1024 if req.q.qtype == r.T_SRV else 4096
-        if len(reply.rr) > cut:
-            reply.rr = reply.rr[:cut]
-    else:
-        max_size = _udp_limit(req)
-        max_answers = min(MAX_UDP_ANSWERS, cfg.udp_answer_limit)
-        if max_size == DEFAULT_UDP_SIZE and len(reply.rr) > max_answers:
-            measure_plain = True  # measure as if uncompressed, send compressed
-            reply.rr = reply.rr[:max_answers]
-            if index is not None:
-                _sync_extra(index, reply, opt)
-        max_size -= 8
-    packed: list[bytes | None] = [None]  # the last packing, while it still matches the reply
-
-    def size() -> int:
-        wire = r.pack(reply, not measure_plain)
-        packed[0] = wire if measure_plain != compress else None
-        return len(wire)
-
-    while len(reply.rr) > 1 and size() > max_size:
-        packed[0] = None
-        reply.auth = []
-        if size() - max_size > 100:
-            reply.rr = reply.rr[:_binary_truncate(reply, size, max_size, index, opt)]
-        else:
-            reply.rr = reply.rr[:-1]
-        if index is not None:
-            _sync_extra(index, reply, opt)
-        packed[0] = None
-    if len(reply.rr) < before and cfg.enable_truncate:
-        reply.header.tc = 1
-        return None
-    return packed[0]
-
-
-def _udp_limit(req: DNSRecord) -> int:
-    opt = _request_opt(req)
-    if opt is not None and opt.rclass > DEFAULT_UDP_SIZE:
-        return min(opt.rclass, MAX_UDP_SIZE)
-    return DEFAULT_UDP_SIZE
-
-
-def _fit_udp(req: DNSRecord, reply: DNSRecord, ctx: Context, wire: bytes | None) -> bytes:
-    """Pack the reply (unless ``wire`` already is it), never bigger than a UDP client accepts.
-
-    Consul's trimming only cuts answers when there are several, so a single answer with many
-    node-meta TXT records in Additional could overflow: drop Additional (keeping OPT), then
-    Authority, and as a last resort send no answers with TC set so the client retries over TCP."""
-    compress = not ctx.cfg.disable_compression
-    if wire is None:
-        wire = r.pack(reply, compress)
-    if ctx.tcp:
-        return wire
-    limit = _udp_limit(req)
-    if len(wire) <= limit:
-        return wire
-    opt = [rr for rr in reply.ar if rr.rtype == r.T_OPT]
-    extra = [rr for rr in reply.ar if rr.rtype != r.T_OPT]
-    while extra and len(wire) > limit:
-        extra.pop()
-        reply.ar = extra + opt
-        wire = r.pack(reply, compress)
-    if len(wire) > limit:
-        reply.auth = []
-        wire = r.pack(reply, compress)
-    if len(wire) > limit:
-        reply.rr = []
-        reply.header.tc = 1
-        wire = r.pack(reply, compress)
-    return wire
-
-
-def _index_rrs(rrs: list[RR]) -> dict[str, RR]:
-    index: dict[str, RR] = {}
-    for rr in rrs:
-        index.setdefault(str(rr.rname).lower(), rr)
-    return index
-
-
-def _sync_extra(index: dict[str, RR], reply: DNSRecord, opt: list[RR]) -> None:
-    """Keep only the Additional records the remaining SRV targets need (Consul's syncExtra)."""
-    extra: list[RR] = []
-    resolved: set[str] = set()
-    for ans in reply.rr:
-        if ans.rtype != r.T_SRV:
-            continue
-        target = str(ans.rdata.target).lower()
-        while target not in resolved:
-            resolved.add(target)
-            rr = index.get(target)
-            if rr is None:
-                break
-            extra.append(rr)
-            if rr.rtype != r.T_CNAME:
-                break
-            target = str(rr.rdata.label).lower()
-    reply.ar = extra + opt
-
-
-def _binary_truncate(reply: DNSRecord, size: Callable[[], int], max_size: int,
-                     index: dict[str, RR] | None, opt: list[RR]) -> int:
-    original = reply.rr
-    start, end = 0, len(original) + 1
-    try:
-        while end - start > 1:
-            median = start + (end - start) // 2
-            reply.rr = original[:median]
-            if index is not None:
-                _sync_extra(index, reply, opt)
-            length = size()
-            if length <= max_size:
-                if max_size - length < 10:
-                    return median
-                start = median
-            else:
-                end = median
-        return start
-    finally:
-        reply.rr = original
-
-
 # ---------------------------------------------------------------------- reverse lookups
 def _ip_from_arpa(labels: tuple[str, ...]) -> str:
     if labels[-2:] == ("in-addr", "arpa") and len(labels) == 6:
@@ -686,4 +539,4 @@ def _handle_ptr(req: DNSRecord, labels: tuple[str, ...], ctx: Context) -> Reply:
         reply.header.rcode = NXDOMAIN
         reply.add_auth(ctx.soa(cfg.domain))
     _set_edns(req, reply)
-    return _done(reply, ctx, cacheable=True, wire=_fit_udp(req, reply, ctx, None))
+    return _done(reply, ctx, cacheable=True, wire=fit_udp(req, reply, ctx.tcp, ctx.cfg, None))
