@@ -1,0 +1,168 @@
+"""The DNS server: owns the UDP and TCP listeners, the answer caches and the recursor.
+
+It runs in whatever event loop it is started in (the agent installs uvloop when available).
+Every message goes through :meth:`DNSServer.handle`: a cache lookup, else
+:func:`beacon.dns.router.route`, then either the answer, or a forward to the recursors whose
+reply (or a SERVFAIL) is sent when it arrives. An unexpected error while answering is logged and
+answered with SERVFAIL; it never stops a listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Callable
+
+from .cache import AnswerCache
+from .catalog import Store
+from .config import DNSConfig
+from .protocol import TCPProtocol, UDPProtocol
+from .recursor import Recursor, Recursors
+from .router import Action, Context, route, servfail_for
+
+log = logging.getLogger("beacon.dns")
+
+MAX_PENDING_FORWARDS = 1024
+UDP_RCVBUF = 4 << 20
+
+
+class DNSServer:
+    def __init__(self, store: Store, cfg: DNSConfig, recursor: Recursor | None = None) -> None:
+        self.store = store
+        self.cfg = cfg
+        self._own_recursor = recursor is None
+        self.recursor: Recursor = recursor or Recursors(cfg.recursors, cfg.recursor_timeout,
+                                                        cfg.recursor_strategy)
+        self.udp_cache = AnswerCache()
+        self.tcp_cache = AnswerCache()
+        self._rng = random.Random()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._udp_closed: asyncio.Future[None] | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tick: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, host: str = "127.0.0.1", port: int = 8600) -> tuple[int, int]:
+        """Listen on UDP and TCP ``host:port`` (0 = one ephemeral port for both); return the ports."""
+        loop = asyncio.get_running_loop()
+        attempts = 8 if port == 0 else 1
+        for attempt in range(attempts):
+            udp_sock = _udp_socket(host, port)
+            udp_port = udp_sock.getsockname()[1]
+            try:
+                tcp = await loop.create_server(lambda: TCPProtocol(self), host, udp_port, reuse_address=True)
+            except OSError:
+                udp_sock.close()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            break
+        transport, protocol = await loop.create_datagram_endpoint(lambda: UDPProtocol(self), sock=udp_sock)
+        self._udp = transport
+        self._udp_closed = protocol.closed
+        self._tcp = tcp
+        self._schedule_tick()
+        tcp_port = tcp.sockets[0].getsockname()[1]
+        log.info("DNS server listening on %s port %d (udp) %d (tcp)", host, udp_port, tcp_port)
+        return udp_port, tcp_port
+
+    async def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._udp_closed is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._udp_closed  # the port is free again once this fires
+            self._udp_closed = None
+        if self._tcp is not None:
+            self._tcp.close()
+            if hasattr(self._tcp, "close_clients"):
+                self._tcp.close_clients()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._tcp.wait_closed()
+            self._tcp = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def reload(self, cfg: DNSConfig) -> None:
+        """Swap the configuration (and the recursors built from it); cached answers are dropped."""
+        self.cfg = cfg
+        if self._own_recursor:
+            self.recursor = Recursors(cfg.recursors, cfg.recursor_timeout, cfg.recursor_strategy)
+        self.udp_cache.clear()
+        self.tcp_cache.clear()
+
+    def _schedule_tick(self) -> None:
+        self._tick = asyncio.get_running_loop().call_later(1.0, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self.udp_cache.expire_timed()
+        self.tcp_cache.expire_timed()
+        self._schedule_tick()
+
+    # ------------------------------------------------------------------ requests
+    def handle(self, data: bytes, tcp: bool, send: Callable[[bytes], None]) -> None:
+        cache = self.tcp_cache if tcp else self.udp_cache
+        key = data[2:]
+        index = self.store.catalog_index  # read before the catalog is: a racing write re-validates
+        entry = cache.entries.get(key)
+        if entry is not None and entry[0] == index:
+            send(data[:2] + entry[1]())
+            return
+        ctx = Context(self.store, self.cfg, tcp=tcp, variant=cache.next_variant(key, index), rng=self._rng)
+        try:
+            reply = route(data, ctx)
+        except Exception:
+            log.exception("DNS: error answering a query; replying SERVFAIL")
+            if len(data) >= 12:
+                send(servfail_for(data, ctx))
+            return
+        if reply.action is Action.DROP:
+            return
+        if reply.action is Action.RECURSE:
+            self._forward(data, tcp, send, reply.wire)
+            return
+        send(reply.wire)
+        if reply.cacheable:
+            cache.add(key, index, reply.wire, reply.variants, reply.time_dependent)
+
+    def _forward(self, data: bytes, tcp: bool, send: Callable[[bytes], None], servfail: bytes) -> None:
+        if len(self._tasks) >= MAX_PENDING_FORWARDS:
+            send(servfail)
+            return
+        task = asyncio.get_running_loop().create_task(self._recurse(data, tcp, send, servfail))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recurse(self, data: bytes, tcp: bool, send: Callable[[bytes], None], servfail: bytes) -> None:
+        try:
+            answer = await self.recursor.resolve(data, tcp)
+        except Exception:
+            log.exception("DNS: recursor error; replying SERVFAIL")
+            answer = None
+        send(answer if answer is not None else servfail)
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
