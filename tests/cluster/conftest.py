@@ -59,7 +59,7 @@ class Cluster:
 
     def leader(self) -> str:
         def find() -> str | None:
-            for name, agent in self.servers.items():
+            for agent in self.servers.values():
                 if agent.proc.poll() is not None:
                     continue
                 try:

@@ -8,43 +8,26 @@ strings such as ``"30s"``) plus the related top-level keys (``domain``, ``alt_do
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+from beacon.durations import parse_duration as _parse_duration
 
 RecursorStrategy = Literal["sequential", "random"]
 
 # Consul's dns_config.max_stale default: 87600h (ten years).
 DEFAULT_MAX_STALE = 87600 * 3600.0
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(value: Any, key: str) -> float:
-    """Go-style duration (``"1h30m"``, ``"500ms"``, ``"0"``) -> seconds. A JSON number is nanoseconds,
-    as Consul decodes it."""
-    if isinstance(value, bool):
-        raise ValueError(f"dns_config.{key}: expected a duration, got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"dns_config.{key}: duration must not be negative, got {value!r}")
-        return float(value) / 1e9
-    if not isinstance(value, str):
-        raise ValueError(f"dns_config.{key}: expected a duration string, got {value!r}")
-    text = value.strip()
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or pos == 0:
-        raise ValueError(f"dns_config.{key}: invalid duration {value!r} (expected e.g. \"30s\", \"1h\")")
-    return total
+    """A Go duration or nanoseconds (beacon.durations), non-negative, with the key in the error."""
+    try:
+        seconds = _parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"dns_config.{key}: {exc}") from None
+    if seconds < 0:
+        raise ValueError(f"dns_config.{key}: duration must not be negative, got {value!r}")
+    return seconds
 
 
 def normalize_recursor(addr: str) -> str:
