@@ -74,6 +74,31 @@ class Cluster:
             return None
         return wait_until(find, timeout=15)
 
+    def wait_converged(self, timeout: float = 15) -> None:
+        """Every server lists every agent as alive and every agent has a synced node in the catalog."""
+        import json
+
+        names = sorted(self.running())
+
+        def converged() -> bool:
+            for agent in self.servers.values():
+                if agent.proc.poll() is not None:
+                    continue
+                try:
+                    status, _, body = agent.request("GET", "/v1/agent/members", timeout=2)
+                    members = {m["Name"]: m["Status"] for m in json.loads(body)}
+                    status2, _, body2 = agent.request("GET", "/v1/catalog/nodes?stale", timeout=2)
+                    nodes = {n["Node"] for n in json.loads(body2)}
+                except (OSError, ValueError):
+                    return False
+                if status != 200 or status2 != 200:
+                    return False
+                if any(members.get(n) != 1 for n in names) or not set(names) <= nodes:
+                    return False
+            return True
+
+        wait_until(converged, timeout=timeout)
+
     def stop_all(self) -> None:
         for agent in self.all().values():
             if agent.proc.poll() is None:
@@ -91,6 +116,7 @@ def start_cluster(tmp_path, clients: int = 2, extra: tuple[str, ...] = ()) -> Cl
     c.leader()
     for i in range(1, clients + 1):
         c.start_client(f"c{i}")
+    c.wait_converged()
     return c
 
 

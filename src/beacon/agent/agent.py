@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -200,7 +201,7 @@ class Agent:
                 if not isinstance(h, BaseException):
                     from beacon.agent.cluster import Member
 
-                    self.cluster._observe(Member(**h["member"]), alive=True)
+                    self.cluster._observe(Member.from_public(h["member"])[0], seen_at=time.monotonic())
             if running:
                 partners = sorted({m.raft_addr for m in self.cluster.servers() if m.status == ALIVE})
                 join_running = True
@@ -589,7 +590,7 @@ class Agent:
             hello = await self.cluster.call(target, "hello", {})
         except RPCError as exc:
             raise HTTPError(500, f"Failed to join {address}: {exc}") from None
-        self.cluster._observe(Member(**hello["member"]), alive=True)
+        self.cluster._observe(Member.from_public(hello["member"])[0], seen_at=time.monotonic())
         if target not in self.cluster.seeds:
             self.cluster.seeds.append(target)
         await self.cluster.heartbeat_once()

@@ -105,7 +105,14 @@ class Member:
         d = asdict(self)
         d.pop("last_seen")
         d.pop("status_since")
+        d["age"] = time.monotonic() - self.last_seen if self.last_seen else None
         return d
+
+    @classmethod
+    def from_public(cls, d: dict[str, Any]) -> tuple[Member, float | None]:
+        d = dict(d)
+        age = d.pop("age", None)
+        return cls(**d), age
 
     def consul_json(self) -> dict[str, Any]:
         tags = {"role": "consul" if self.server else "node", "dc": self.dc, "id": self.id, "vsn": "2",
@@ -215,7 +222,7 @@ class Cluster:
     async def rpc_heartbeat(self, p: Any) -> Any:
         if not self.me.server:
             raise RPCError("not a server")
-        self._observe(Member(**p["member"]), alive=True)
+        self._observe(Member.from_public(p["member"])[0], seen_at=time.monotonic())
         return {"members": self._member_list(), "leader": self._leader_name(),
                 "raft_running": self.agent.raft_running()}
 
@@ -286,35 +293,38 @@ class Cluster:
                 return m.name
         return ""
 
-    def _observe(self, m: Member, alive: bool) -> None:
+    def _observe(self, m: Member, seen_at: float | None) -> None:
+        """Merge what we heard about a member: directly (seen_at = now), or from another server's table
+        (seen_at = when that server last heard from it), so every server converges on the freshest news."""
         now = time.monotonic()
         cur = self.members.get(m.name)
         if cur is None:
-            m.last_seen = now if alive else 0.0
+            if m.status == LEFT and seen_at is None:
+                return
+            m.last_seen = seen_at or 0.0
             m.status_since = now
-            if not alive:
-                m.status = m.status if m.status in (LEFT, FAILED) else ALIVE
+            if m.status not in (LEFT, FAILED):
+                m.status = ALIVE
             self.members[m.name] = m
             if self.agent.raft is not None and m.server:
                 self.agent.raft.names[m.raft_addr] = m.name
             return
-        if alive:
-            if cur.status == LEFT and m.status == ALIVE and m.id == cur.id and cur.last_seen and \
-                    now - cur.status_since < 1.0:
+        was = cur.status
+        if m.status in (LEFT, LEAVING) and (seen_at is not None or cur.status != LEFT):
+            cur.status = LEFT
+        elif seen_at is not None and seen_at > cur.last_seen:
+            if cur.status == LEFT and m.id == cur.id and now - cur.status_since < 2.0:
                 return  # a heartbeat that raced the leave
-            was = cur.status
             for attr in ("addr", "id", "server", "rpc_port", "raft_addr", "http_port", "dns_port", "dc", "expect"):
                 setattr(cur, attr, getattr(m, attr))
-            cur.last_seen = now
-            if m.status == LEAVING or m.status == LEFT:
-                cur.status = LEFT
-            else:
+            cur.last_seen = seen_at
+            if now - seen_at < self.failure_timeout:
                 cur.status = ALIVE
-            if cur.status != was:
-                cur.status_since = now
-                log.info("member %s is %s", cur.name, STATUS_NAMES[cur.status])
-            if self.agent.raft is not None and cur.server:
-                self.agent.raft.names[cur.raft_addr] = cur.name
+        if cur.status != was:
+            cur.status_since = now
+            log.info("member %s is %s", cur.name, STATUS_NAMES[cur.status])
+        if self.agent.raft is not None and cur.server:
+            self.agent.raft.names[cur.raft_addr] = cur.name
 
     def servers(self) -> list[Member]:
         return [m for m in self.members.values() if m.server and m.status in (ALIVE, FAILED)]
@@ -343,15 +353,20 @@ class Cluster:
             if isinstance(res, BaseException):
                 continue
             self.joined.set()
+            now = time.monotonic()
             for md in res["members"]:
-                m = Member(**md)
+                m, age = Member.from_public(md)
                 if m.name == self.me.name:
                     continue
-                if m.name not in self.members or m.server:
-                    self._observe(m, alive=m.server and m.rpc_addr == target)
-                elif not self.me.server:
-                    cur = self.members[m.name]
-                    cur.status = m.status
+                if m.rpc_addr == target:
+                    seen: float | None = now
+                elif age is not None:
+                    seen = now - age
+                else:
+                    seen = None
+                if not self.me.server and not m.server and m.name in self.members:
+                    self.members[m.name].status = m.status  # clients take the servers' word
+                self._observe(m, seen_at=seen)
             if "leader" in res:
                 self.leader_name = res["leader"]
             if res.get("leader"):

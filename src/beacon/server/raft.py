@@ -260,11 +260,19 @@ class RaftConsensus:
         return bool(obj is not None and obj._isLeader())
 
     def leader_raft_address(self) -> str:
+        """The leader this server is in contact with, or "". PySyncObj keeps its last known leader
+        while it is connected to nobody (it starts no election then), so check the connection."""
         obj = self._obj
         if obj is None:
             return ""
         leader = obj._getLeader()
-        return leader.id if leader is not None else ""
+        if leader is None:
+            return ""
+        if leader.id != self.self_addr and not obj.isNodeConnected(leader):
+            return ""
+        if leader.id == self.self_addr and not obj._isLeader():
+            return ""
+        return leader.id
 
     def known_leader(self) -> bool:
         known = bool(self.leader_raft_address())
