@@ -4,27 +4,24 @@ The anchor is the ceiling for any aiohttp server on this machine: a handler that
 body, measured in the same run with the same wrk settings. Beacon's ratio to it says how much of the
 framework's budget the API logic takes.
 
-    python3 bench/http.py [--seconds 10] [--connections 100]
+    python3 bench/http_api.py [--seconds 10] [--connections 100]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
 
-# This file is named http.py: keep its folder off the front of sys.path so `import http` is the stdlib's.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
-import argparse  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import textwrap  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-
-sys.path.append(_HERE)
+# Named http_api.py, not http.py: a bench/http.py would shadow the stdlib's `http` for every script in
+# this folder (aiohttp imports it).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import beacon_agent, env, pinned, require  # noqa: E402
 
 ANCHOR = textwrap.dedent("""

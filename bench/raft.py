@@ -1,0 +1,262 @@
+"""Raft KV: a 3-server Beacon cluster against a 3-member etcd cluster, same machine, same load generator.
+
+For each system: write throughput with 64 concurrent clients (spread over all members), p50/p99 write
+latency, read throughput (from the leader), and leader failover after `kill -9` (until the next
+successful write). Prints ratios Beacon/etcd and a markdown table.
+
+    python3 bench/raft.py [--seconds 8] [--clients 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import aiohttp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import env  # noqa: E402
+
+BLOCK = "127.201.7"
+
+
+class System:
+    name = ""
+    procs: dict[str, subprocess.Popen]
+
+    async def put(self, s: aiohttp.ClientSession, member: str, key: str, value: str) -> bool: ...
+    async def get(self, s: aiohttp.ClientSession, member: str, key: str) -> bool: ...
+    async def leader(self, s: aiohttp.ClientSession) -> str: ...
+
+    def kill(self, member: str) -> None:
+        self.procs[member].send_signal(signal.SIGKILL)
+        self.procs[member].wait(10)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+class Beacon(System):
+    name = "beacon"
+
+    def __init__(self, tmp: str) -> None:
+        self.procs = {}
+        self.http: dict[str, str] = {}
+        for i in (1, 2, 3):
+            name = f"s{i}"
+            argv = [sys.executable, "-m", "beacon", "agent", "-server", "-bootstrap-expect", "3", "-node", name,
+                    "-bind", f"{BLOCK}.1{i}", "-client", f"{BLOCK}.1{i}", "-data-dir", f"{tmp}/{name}",
+                    "-http-port", "0", "-dns-port", "-1", "-log-level", "warn"]
+            for j in (1, 2, 3):
+                argv += ["-retry-join", f"{BLOCK}.1{j}"]
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+            for line in p.stdout:  # type: ignore[union-attr]
+                m = re.search(r"==> Ready: http_port=(\d+)", line)
+                if m:
+                    self.http[name] = f"{BLOCK}.1{i}:{m.group(1)}"
+                    break
+            self.procs[name] = p
+
+    async def put(self, s, member, key, value):
+        async with s.put(f"http://{self.http[member]}/v1/kv/{key}", data=value) as r:
+            return r.status == 200 and (await r.read()).strip() == b"true"
+
+    async def get(self, s, member, key):
+        async with s.get(f"http://{self.http[member]}/v1/kv/{key}") as r:
+            await r.read()
+            return r.status == 200
+
+    async def leader(self, s):
+        for name, addr in self.http.items():
+            if self.procs[name].poll() is not None:
+                continue
+            try:
+                async with s.get(f"http://{addr}/v1/status/leader") as r:
+                    ip = (await r.json()).rsplit(":", 1)[0]
+                    for n in self.http:
+                        if self.http[n].startswith(ip + ":"):
+                            return n
+            except (TimeoutError, aiohttp.ClientError, ValueError):
+                continue
+        return ""
+
+
+class Etcd(System):
+    name = "etcd"
+
+    def __init__(self, tmp: str) -> None:
+        self.procs = {}
+        self.client = {f"m{i}": f"127.0.0.1:2379{i}" for i in (1, 2, 3)}
+        cl = ",".join(f"m{i}=http://127.0.0.1:2380{i}" for i in (1, 2, 3))
+        for i in (1, 2, 3):
+            argv = ["etcd", "--name", f"m{i}", "--data-dir", f"{tmp}/m{i}",
+                    "--listen-client-urls", f"http://127.0.0.1:2379{i}",
+                    "--advertise-client-urls", f"http://127.0.0.1:2379{i}",
+                    "--listen-peer-urls", f"http://127.0.0.1:2380{i}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:2380{i}",
+                    "--initial-cluster", cl, "--initial-cluster-state", "new",
+                    "--initial-cluster-token", "bench", "--log-level", "warn"]
+            self.procs[f"m{i}"] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    @staticmethod
+    def _b64(s: str) -> str:
+        return base64.b64encode(s.encode()).decode()
+
+    async def put(self, s, member, key, value):
+        async with s.post(f"http://{self.client[member]}/v3/kv/put",
+                          json={"key": self._b64(key), "value": self._b64(value)}) as r:
+            await r.read()
+            return r.status == 200
+
+    async def get(self, s, member, key):
+        async with s.post(f"http://{self.client[member]}/v3/kv/range", json={"key": self._b64(key)}) as r:
+            await r.read()
+            return r.status == 200
+
+    async def leader(self, s):
+        for name, addr in self.client.items():
+            if self.procs[name].poll() is not None:
+                continue
+            try:
+                async with s.post(f"http://{addr}/v3/maintenance/status", json={}) as r:
+                    st = await r.json()
+                    if st.get("leader") == st.get("header", {}).get("member_id"):
+                        return name
+            except (TimeoutError, aiohttp.ClientError, ValueError):
+                continue
+        return ""
+
+
+async def wait_ready(system: System, s: aiohttp.ClientSession, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leader = await system.leader(s)
+        if leader:
+            try:
+                if await system.put(s, leader, "bench/ready", "1"):
+                    return leader
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{system.name} did not become ready")
+
+
+async def load(system: System, s: aiohttp.ClientSession, members: list[str], clients: int, seconds: float,
+               op: str) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+    count = 0
+
+    async def worker(i: int) -> None:
+        nonlocal count
+        member = members[i % len(members)]
+        n = 0
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            ok = await (system.put(s, member, f"bench/w{i}/{n % 50}", "x" * 64) if op == "put"
+                        else system.get(s, member, "bench/ready"))
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+                count += 1
+            n += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    return count / (time.monotonic() - t0), latencies
+
+
+async def sequential_latency(system: System, s: aiohttp.ClientSession, member: str, n: int = 300) -> list[float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        if await system.put(s, member, f"bench/seq/{i % 20}", "v"):
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+async def failover(system: System, s: aiohttp.ClientSession) -> float:
+    leader = await system.leader(s)
+    system.kill(leader)
+    t0 = time.monotonic()
+    survivors = [m for m in system.procs if m != leader]
+    deadline = t0 + 30
+    while time.monotonic() < deadline:
+        for m in survivors:
+            try:
+                if await asyncio.wait_for(system.put(s, m, "bench/failover", "1"), 1.0):
+                    return time.monotonic() - t0
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+        await asyncio.sleep(0.01)
+    return float("nan")
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))] * 1000
+
+
+async def measure(system: System, clients: int, seconds: float) -> dict[str, float]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=conn) as s:
+        leader = await wait_ready(system, s)
+        members = list(system.procs)
+        seq = await sequential_latency(system, s, leader)
+        wps, lat = await load(system, s, members, clients, seconds, "put")
+        rps, _ = await load(system, s, [leader], clients, seconds, "get")
+        fo = await failover(system, s)
+    return {"writes": wps, "p50": pct(lat, 50), "p99": pct(lat, 99), "seq_p50": pct(seq, 50),
+            "reads": rps, "failover": fo}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--clients", type=int, default=64)
+    args = ap.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    results = {}
+    for cls in (Etcd, Beacon):
+        if cls is Etcd and shutil.which("etcd") is None:
+            sys.exit("etcd is not installed (apt-get install etcd-server)")
+        with tempfile.TemporaryDirectory() as tmp:
+            system = cls(tmp)
+            try:
+                results[cls.name] = asyncio.run(measure(system, args.clients, args.seconds))
+            finally:
+                system.stop()
+    e, b = results["etcd"], results["beacon"]
+    rows = [("write throughput, 64 clients (ops/s)", "writes", "{:.0f}"),
+            ("write latency p50 under load (ms)", "p50", "{:.2f}"),
+            ("write latency p99 under load (ms)", "p99", "{:.2f}"),
+            ("sequential write latency p50 (ms)", "seq_p50", "{:.2f}"),
+            ("read throughput from the leader (ops/s)", "reads", "{:.0f}"),
+            ("failover after kill -9 of the leader (s)", "failover", "{:.2f}")]
+    print("| measure | Beacon | etcd | Beacon/etcd |")
+    print("|---|---|---|---|")
+    for label, key, fmt in rows:
+        print(f"| {label} | {fmt.format(b[key])} | {fmt.format(e[key])} | {b[key] / e[key]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
