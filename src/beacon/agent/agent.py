@@ -95,6 +95,7 @@ class Agent:
         self._dns: Any = None
         self.shutdown_requested = asyncio.Event()
         self.left_gracefully = False
+        self.fatal_error = ""
         self.raft_ready = asyncio.Event()
         self.hold_timeout = 7.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -120,6 +121,10 @@ class Agent:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.hub.bind(asyncio.get_running_loop())
+        if self.mode == "server":
+            from beacon.server.raft import check_data_dir
+
+            check_data_dir(os.path.join(self.config.data_dir, "raft"))  # fail now, with a clear message
         await self.consensus.start()
         if self.mode == "single":
             await self._register_self()
@@ -136,7 +141,7 @@ class Agent:
             await self.cluster.start()
             self.cluster.start_loops()
             if self.mode == "server":
-                self.spawn(self._bootstrap(), "raft-bootstrap")
+                self.spawn(self._run_bootstrap(), "raft-bootstrap")
         self.local.start()
         if self.mode == "single":
             await self.local.sync_changes()
@@ -173,6 +178,16 @@ class Agent:
     # ------------------------------------------------------------------ cluster bootstrap
     def _peers_file(self) -> str:
         return os.path.join(self.config.data_dir, "raft", "peers.json")
+
+    async def _run_bootstrap(self) -> None:
+        try:
+            await self._bootstrap()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("raft failed, shutting down: %s", exc)
+            self.fatal_error = str(exc)
+            self.shutdown_requested.set()
 
     async def _bootstrap(self) -> None:
         """Start Raft: from persisted peers after a restart, by joining a running cluster, or together

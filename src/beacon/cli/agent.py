@@ -181,6 +181,9 @@ async def serve(cfg: AgentConfig) -> int:
             os.unlink(cfg.pid_file)
         except OSError:
             pass
+    if agent.fatal_error:
+        print(f"==> Error: {agent.fatal_error}", file=sys.stderr, flush=True)
+        return 1
     print("==> Beacon agent stopped", flush=True)
     return 0
 

@@ -1,0 +1,114 @@
+"""Cluster key, bind refusal, and damaged data dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.cluster.conftest import start_cluster
+from tests.conftest import beacon_cmd, beacon_env, launch, wait_until
+
+
+def keygen() -> str:
+    r = subprocess.run(beacon_cmd("keygen"), capture_output=True, text=True, env=beacon_env(), timeout=30)
+    assert r.returncode == 0
+    return r.stdout.strip()
+
+
+def test_non_loopback_bind_without_a_key_is_refused_with_the_reason(tmp_path) -> None:
+    r = subprocess.run(beacon_cmd("agent", "-server", "-data-dir", str(tmp_path), "-bind", "10.99.0.1"),
+                       capture_output=True, text=True, env=beacon_env(), timeout=30)
+    assert r.returncode == 1
+    assert "without a cluster key" in r.stderr and "unpickles" in r.stderr
+
+
+def test_bad_keys_are_rejected(tmp_path) -> None:
+    r = subprocess.run(beacon_cmd("agent", "-server", "-data-dir", str(tmp_path), "-encrypt", "not base64!"),
+                       capture_output=True, text=True, env=beacon_env(), timeout=30)
+    assert r.returncode == 1 and "-encrypt" in r.stderr
+
+
+def test_encrypted_cluster_works_and_refuses_unauthenticated_rpc(tmp_path) -> None:
+    key = keygen()
+    assert len(key) == 44
+    c = start_cluster(tmp_path, clients=1, extra=("-encrypt", key))
+    try:
+        c1 = c.clients["c1"]
+        assert c1.request("PUT", "/v1/kv/secret", "v")[0] == 200
+        s2 = c.servers["s2"]
+        wait_until(lambda: s2.request("GET", "/v1/kv/secret?stale")[0] == 200, timeout=10)
+        # an RPC without the key: refused, and the listener keeps serving
+        rpc = f"http://{c.addr('s1')}:8301/rpc/apply"
+        body = json.dumps({"command": json.dumps([3, {"op": "set", "key": "evil", "value": None}])}).encode()
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(urllib.request.Request(rpc, data=body, method="POST"), timeout=5)
+        assert exc.value.code == 403
+        assert c.servers["s1"].request("GET", "/v1/kv/evil?stale")[0] == 404
+        # a server started with a different key cannot take part in the cluster's raft
+        raft_journal = os.path.join(c.tmp, "s1", "raft", "journal")
+        assert os.path.exists(raft_journal)
+    finally:
+        c.stop_all()
+
+
+def test_unauthenticated_rpc_on_an_unencrypted_loopback_cluster_is_still_validated(tmp_path) -> None:
+    c = start_cluster(tmp_path, clients=0)
+    try:
+        rpc = f"http://{c.addr('s1')}:8301/rpc/nosuch"
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(urllib.request.Request(rpc, data=b"{}", method="POST"), timeout=5)
+        assert exc.value.code == 404
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(urllib.request.Request(f"http://{c.addr('s1')}:8301/rpc/apply",
+                                                          data=b"garbage", method="POST"), timeout=5)
+        assert exc.value.code in (403, 500)
+        assert c.servers["s1"].request("GET", "/v1/status/leader")[0] == 200
+    finally:
+        c.stop_all()
+
+
+def test_a_truncated_raft_journal_is_reported_clearly(tmp_path) -> None:
+    c = start_cluster(tmp_path, clients=0)
+    c.servers["s1"].request("PUT", "/v1/kv/x", "1")
+    c.stop_all()
+    journal = os.path.join(c.tmp, "s2", "raft", "journal")
+    with open(journal, "r+b") as f:
+        f.truncate(10)
+    r = subprocess.run(beacon_cmd(*c.server_flags("s2"), "agent") if False else
+                       beacon_cmd("agent", *c.server_flags("s2"), "-http-port", "0", "-dns-port", "-1"),
+                       capture_output=True, text=True, env=beacon_env(), timeout=30)
+    assert r.returncode == 1
+    assert "raft journal" in r.stderr and "truncated" in r.stderr
+
+
+def test_a_corrupt_raft_snapshot_is_reported_clearly(tmp_path) -> None:
+    c = start_cluster(tmp_path, clients=0)
+    c.stop_all()
+    snap = os.path.join(c.tmp, "s3", "raft", "snapshot")
+    with open(snap, "wb") as f:
+        f.write(b"sha256:0000\n{}")
+    r = subprocess.run(beacon_cmd("agent", *c.server_flags("s3"), "-http-port", "0", "-dns-port", "-1"),
+                       capture_output=True, text=True, env=beacon_env(), timeout=30)
+    assert r.returncode == 1 and "snapshot" in r.stderr and "corrupt" in r.stderr
+
+
+def test_single_server_data_dir_corruption_is_reported(tmp_path) -> None:
+    d = str(tmp_path / "d")
+    a = launch("-data-dir", d)
+    a.request("PUT", "/v1/kv/x", "1")
+    a.stop(signal.SIGKILL)
+    log = os.path.join(d, "server", "commands.log")
+    data = bytearray(open(log, "rb").read())
+    data[12] ^= 0xFF
+    for _ in range(3):
+        data += data[: len(data) // 2]  # valid-looking records after the damage
+    open(log, "wb").write(bytes(data))
+    r = subprocess.run(beacon_cmd("agent", "-dev", "-data-dir", d, "-http-port", "0", "-dns-port", "-1",
+                                  "-no-engine"), capture_output=True, text=True, env=beacon_env(), timeout=30)
+    assert r.returncode == 1 and "corrupt" in r.stderr
