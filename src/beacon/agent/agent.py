@@ -12,7 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from beacon.agent.http import agent_api, catalog, health, kv, status
+from beacon import telemetry
+from beacon.agent.http import agent_api, catalog, health, kv, metrics, monitor, status, ui
 from beacon.agent.http.core import AGENT_KEY, HTTPError, error_middleware
 from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
@@ -79,6 +80,8 @@ class Agent:
         self.node_id = _load_node_id(config.data_dir)
         self.hub = WatchHub()
         self.store = StateStore(on_change=self.hub.notify_threadsafe)
+        telemetry.bind_store(self.store)
+        telemetry.bind_hub(self.hub)
         self.consensus: Consensus = SingleServer(
             self.store, f"{config.advertise}:{config.server_port}", self.node_id, config.node_name,
             config.data_dir or None)
@@ -98,6 +101,7 @@ class Agent:
     async def start(self) -> None:
         self.hub.bind(asyncio.get_running_loop())
         await self.consensus.start()
+        telemetry.leader_changed(self.consensus.leader_address() if self.consensus.known_leader() else "")
         await self._register_self()
         await self._restore_local()
         self.local.start()
@@ -159,11 +163,17 @@ class Agent:
             await self.register_check(obj, source="config", sync=False)
 
     async def _start_http(self) -> None:
-        app = web.Application(middlewares=[error_middleware], client_max_size=16 * 1024 * 1024)
+        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware],
+                              client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
         for module in (agent_api, catalog, health, kv, status):
             module.router.install(app)
-        app.router.add_get("/", self._root)
+        metrics.install(app)
+        monitor.install(app)
+        if self.config.ui:
+            ui.install(app)  # also redirects / to /ui/
+        else:
+            app.router.add_get("/", self._root)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         sock = bind_tcp(self.config.http_bind, self.config.http_port)
@@ -188,7 +198,8 @@ class Agent:
 
     # ------------------------------------------------------------------ writes
     async def submit(self, command: Command) -> ApplyResult:
-        return await self.consensus.submit(command)
+        with telemetry.timed_apply(command[0]):
+            return await self.consensus.submit(command)
 
     async def sync_now(self) -> None:
         """Best-effort synchronous sync after an agent write (failures are retried by anti-entropy)."""
