@@ -15,12 +15,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+from prometheus_client.exposition import choose_encoder, generate_latest
 
 from beacon import telemetry
 from beacon.agent.http.core import Reply, render
 
 log = logging.getLogger("beacon.agent.http")
+
+# generate_latest() writes the classic 0.0.4 text format; newer prometheus-client versions label their
+# "latest" content type 1.0.0, which older scrapers do not know.
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
 
@@ -42,7 +46,7 @@ async def agent_metrics(req: web.Request) -> web.StreamResponse:
         if "application/openmetrics-text" in accept:
             encoder, content_type = choose_encoder(accept)
         else:
-            encoder, content_type = generate_latest, CONTENT_TYPE_LATEST
+            encoder, content_type = generate_latest, TEXT_CONTENT_TYPE
         resp = web.Response(body=encoder(telemetry.REGISTRY))
         resp.headers["Content-Type"] = content_type
         return resp

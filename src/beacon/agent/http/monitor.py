@@ -6,6 +6,7 @@ new ones. A slow reader loses lines rather than slowing the agent, and is told h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -16,6 +17,7 @@ from beacon import logs
 _MONITORS: web.AppKey[set[logs.Subscription]] = web.AppKey("monitors", set)
 _ALLOW = "GET, OPTIONS"
 _BATCH = 256
+_IDLE_CHECK = 2.0
 
 
 async def agent_monitor(req: web.Request) -> web.StreamResponse:
@@ -39,7 +41,14 @@ async def agent_monitor(req: web.Request) -> web.StreamResponse:
     reported = 0
     try:
         while True:
-            line = await sub.get()
+            try:
+                line = await asyncio.wait_for(sub.get(), _IDLE_CHECK)
+            except TimeoutError:
+                # aiohttp does not cancel a handler whose client left: look, so that a quiet stream
+                # does not keep its subscription (and a lowered log level) forever.
+                if req.transport is None or req.transport.is_closing():
+                    break
+                continue
             batch = [line]
             while line is not None and len(batch) < _BATCH and not sub.queue.empty():
                 line = sub.queue.get_nowait()
@@ -63,7 +72,8 @@ async def agent_monitor(req: web.Request) -> web.StreamResponse:
     finally:
         monitors.discard(sub)
         sub.close()
-    await resp.write_eof()
+    if req.transport is not None and not req.transport.is_closing():
+        await resp.write_eof()
     return resp
 
 
