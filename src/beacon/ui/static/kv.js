@@ -135,7 +135,7 @@ function keyView(ctx, key) {
   const notice = h('div', {class: 'notice', hidden: true, role: 'alert'});
   const save = h('button', {type: 'submit', class: 'button primary'}, 'Save');
   const del = h('button', {type: 'button', class: 'button danger'}, 'Delete');
-  const form = h('form', {class: 'card form', 'aria-labelledby': 'kv-value-label'},
+  const form = h('form', {class: 'card form', 'aria-label': `Edit ${key}`},
     h('label', {for: 'kv-value', id: 'kv-value-label'}, 'Value'),
     valueInput,
     notice,
