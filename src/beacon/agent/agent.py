@@ -174,7 +174,9 @@ class Agent:
             ui.install(app)  # also redirects / to /ui/
         else:
             app.router.add_get("/", self._root)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Open blocking queries (every UI tab holds some) would otherwise hold shutdown for aiohttp's
+        # default 60 s; Consul gives its HTTP servers 1 s.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         sock = bind_tcp(self.config.http_bind, self.config.http_port)
         self.http_port = sock.getsockname()[1]

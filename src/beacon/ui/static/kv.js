@@ -119,7 +119,7 @@ function folderView(ctx, prefix) {
       h('tbody', {}, keys.map((k) => {
         const folder = k.endsWith('/');
         return h('tr', {'data-key-row': k},
-          h('th', {scope: 'row'}, h('a', {href: kvHref(k)}, h('span', {'aria-hidden': 'true', class: 'icon'}, folder ? '📁 ' : '📄 '), k.slice(prefix.length))),
+          h('th', {scope: 'row'}, h('a', {href: kvHref(k), class: folder ? 'kv-folder' : 'kv-key'}, k.slice(prefix.length))),
           h('td', {}, folder ? 'Folder' : 'Key'));
       }))));
   }, {signal: ctx.signal});
@@ -157,6 +157,7 @@ function keyView(ctx, key) {
     }
     if (first || !body.contains(form)) replace(body, form, h('h2', {}, 'Details'), facts);
     const value = decodeValue(entry.Value);
+    if (dirty && value.text === valueInput.value) dirty = false;  // our own save coming back
     if (!dirty) {
       valueInput.value = value.text;
       notice.hidden = true;
@@ -185,6 +186,7 @@ function keyView(ctx, key) {
         return;
       }
       dirty = false;
+      notice.hidden = true;
       message(status, 'Saved.', 'ok');
     } catch (err) {
       message(status, `Save failed: ${err.message}`, 'error');
