@@ -210,3 +210,20 @@ def test_servers_and_leader(page, agent, shots) -> None:
     expect(page.locator("#raft-servers tbody tr")).to_contain_text("leader")
     expect(page.locator("#members tbody tr")).to_contain_text("alive")
     page.screenshot(path=str(shots / "servers.png"), full_page=True)
+
+
+@pytest.mark.parametrize("path", ["/ui/services", "/ui/services/billing", "/ui/nodes", "/ui/nodes/{node}",
+                                  "/ui/kv/", "/ui/kv/a11y/key", "/ui/servers"])
+def test_pages_pass_axe_accessibility_rules(page, agent, path) -> None:
+    axe_mod = pytest.importorskip("axe_playwright_python.sync_playwright",
+                                  reason="pip install axe-playwright-python")
+    node = agent.json("GET", "/v1/agent/self")["Config"]["NodeName"]
+    agent.request("PUT", "/v1/kv/a11y/key", b"value")
+    page.goto(path.format(node=node))
+    expect(page.locator("main h1")).to_be_visible()
+    expect(page.locator("main .region").first).not_to_contain_text("Loading")
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        results = axe_mod.Axe().run(page, options={"runOnly": {"type": "tag",
+                                                               "values": ["wcag2a", "wcag2aa", "wcag21aa"]}})
+        assert results.violations_count == 0, f"{scheme}: {results.generate_report()}"
