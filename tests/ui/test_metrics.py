@@ -102,3 +102,12 @@ def test_openmetrics_accept_header_and_wrong_method(dev_agent: AgentProcess) -> 
     status, headers, _ = dev_agent.request("PUT", "/v1/agent/metrics", b"")
     assert status == 405 and "GET" in headers["Allow"]
     assert json.loads(dev_agent.request("GET", "/v1/agent/metrics")[2])  # still serving
+
+
+def test_unmatched_paths_share_one_label(dev_agent: AgentProcess) -> None:
+    before = scrape(dev_agent)
+    for path in ("/v1/nope/a", "/v1/nope/b", "/nothing"):
+        assert dev_agent.request("GET", path)[0] == 404
+    after = scrape(dev_agent)
+    key = dict(method="GET", endpoint="unmatched", status="404")
+    assert value(after, "beacon_http_requests_total", **key) - value(before, "beacon_http_requests_total", **key) == 3
