@@ -3,6 +3,7 @@
 import {onConnection, request} from './api.js';
 import {h} from './dom.js';
 import {kvView} from './kv.js';
+import {logsView} from './logs.js';
 import {serversView} from './servers.js';
 import {nodesView, nodeView, servicesView, serviceView} from './catalog.js';
 
@@ -14,6 +15,7 @@ const routes = [
   [/^\/ui\/nodes\/(.+)$/, 'nodes', nodeView],
   [/^\/ui\/kv(?:\/(.*))?$/, 'kv', kvView],
   [/^\/ui\/servers\/?$/, 'servers', serversView],
+  [/^\/ui\/logs\/?$/, 'logs', logsView],
 ];
 
 let current = null;  // AbortController of the view on screen: stops its blocking queries
