@@ -31,9 +31,12 @@ async def agent_monitor(req: web.Request) -> web.StreamResponse:
     except ValueError:
         return web.Response(status=400, text=f"Unknown log level: {level}", content_type="text/plain")
     render = logs.format_json if "logjson" in req.query else logs.format_text
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
+               "X-Content-Type-Options": "nosniff"}
+    if req.method == "HEAD":
+        return web.Response(status=200, headers=headers)
     logs.ensure_broadcasting()
-    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
-                                       "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+    resp = web.StreamResponse(headers=headers)
     await resp.prepare(req)
     sub = logs.BROADCASTER.subscribe(levelno)
     monitors = req.app[_MONITORS]
@@ -69,6 +72,8 @@ async def agent_monitor(req: web.Request) -> web.StreamResponse:
                 await resp.write(("\n".join(out) + "\n").encode())
             if ended:
                 break
+    except ConnectionError:
+        pass  # the client hung up between two lines: the normal end of a monitor
     finally:
         monitors.discard(sub)
         sub.close()
