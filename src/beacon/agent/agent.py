@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from beacon.agent.http import agent_api, catalog, health, kv, status
+from beacon import telemetry
+from beacon.agent.http import agent_api, catalog, health, kv, metrics, monitor, status, ui
 from beacon.agent.http.core import AGENT_KEY, HTTPError, error_middleware
 from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
@@ -80,6 +81,8 @@ class Agent:
         self.node_id = _load_node_id(config.data_dir)
         self.hub = WatchHub()
         self.store = StateStore(on_change=self.hub.notify_threadsafe)
+        telemetry.bind_store(self.store)
+        telemetry.bind_hub(self.hub)
         self.raft: Any = None  # RaftConsensus once a multi-server cluster has bootstrapped
         self.cluster: Any = None
         self.consensus: Consensus = self._make_consensus()
@@ -127,6 +130,7 @@ class Agent:
             check_data_dir(os.path.join(self.config.data_dir, "raft"))  # fail now, with a clear message
         await self.consensus.start()
         if self.mode == "single":
+            telemetry.leader_changed(self.consensus.leader_address())
             await self._register_self()
         await self._restore_local()
         if self.config.http_port >= 0:
@@ -387,7 +391,8 @@ class Agent:
             await self.register_check(obj, source="config", sync=False)
 
     async def _start_http(self) -> None:
-        app = web.Application(middlewares=[error_middleware], client_max_size=16 * 1024 * 1024)
+        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware],
+                              client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
         agent_api.router.install(app)
         if self.mode == "client":
@@ -397,8 +402,15 @@ class Agent:
         else:
             for module in (catalog, health, kv, status):
                 module.router.install(app)
-        app.router.add_get("/", self._root)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        metrics.install(app)
+        monitor.install(app)
+        if self.config.ui:
+            ui.install(app)  # also redirects / to /ui/
+        else:
+            app.router.add_get("/", self._root)
+        # Open blocking queries (every UI tab holds some) would otherwise hold shutdown for aiohttp's
+        # default 60 s; Consul gives its HTTP servers 1 s.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         sock = bind_tcp(self.config.http_bind, self.config.http_port)
         self.http_port = sock.getsockname()[1]
@@ -428,7 +440,8 @@ class Agent:
 
     # ------------------------------------------------------------------ writes
     async def submit(self, command: Command) -> ApplyResult:
-        return await self.consensus.submit(command)
+        with telemetry.timed_apply(command[0]):
+            return await self.consensus.submit(command)
 
     async def sync_now(self) -> None:
         """Best-effort synchronous sync after an agent write (failures are retried by anti-entropy)."""

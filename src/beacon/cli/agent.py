@@ -18,9 +18,9 @@ from beacon.config import (
     read_config_file,
     validate,
 )
+from beacon.logs import setup_logging
 
-LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-          "error": logging.ERROR}
+log = logging.getLogger("beacon.agent")
 
 
 def build_parser() -> FlagParser:
@@ -119,15 +119,6 @@ def load_config(argv: list[str]) -> AgentConfig:
     return cfg
 
 
-def setup_logging(level: str, as_json: bool) -> None:
-    logging.addLevelName(5, "TRACE")
-    fmt = ('{"@timestamp":"%(asctime)s","@level":"%(levelname)s","@module":"%(name)s","@message":%(message)r}'
-           if as_json else "%(asctime)s [%(levelname)s] %(name)s: %(message)s")
-    logging.basicConfig(level=LEVELS[level], format=fmt, stream=sys.stderr)
-    for noisy in ("aiohttp.access", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 async def serve(cfg: AgentConfig) -> int:
     from beacon.agent.agent import Agent
 
@@ -158,11 +149,14 @@ async def serve(cfg: AgentConfig) -> int:
     for line in agent.startup_lines() if hasattr(agent, "startup_lines") else []:
         print(f"    {line}", flush=True)
     print(f"==> Ready: http_port={agent.http_port} dns_port={agent.dns_port}", flush=True)
+    log.info("agent started: node=%s datacenter=%s mode=%s http=%s dns=%s", cfg.node_name, cfg.datacenter, mode,
+             agent.http_port, agent.dns_port)
     waiter = asyncio.ensure_future(agent.shutdown_requested.wait())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     stopper.cancel()
+    log.info("agent stopping")
     if received:
         sig = received[0]
         leave = cfg.leave_on_terminate if sig == signal.SIGTERM else not cfg.skip_leave_on_interrupt
@@ -189,6 +183,8 @@ async def serve(cfg: AgentConfig) -> int:
 
 
 def run(argv: list[str]) -> int:
+    # Config warnings are logged while the config is read: format them already.
+    setup_logging("info", "-log-json" in argv or "--log-json" in argv)
     try:
         cfg = load_config(argv)
     except ConfigError as exc:

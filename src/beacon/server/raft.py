@@ -214,6 +214,9 @@ class RaftConsensus:
 
     def _on_state_changed(self, old: int, new: int) -> None:
         self.leader_changes += 1
+        from beacon import telemetry
+
+        telemetry.leader_changed(self.leader_raft_address())
 
     # ------------------------------------------------------------------ writes
     async def submit(self, command: Command) -> ApplyResult:

@@ -1,0 +1,147 @@
+"""/v1/agent/metrics (Consul's JSON, or Prometheus text) and the middleware that counts requests.
+
+The JSON form keeps Consul's shape (``Timestamp``, ``Gauges``, ``Points``, ``Counters``,
+``Samples``) with names written ``beacon.http.requests`` and labels as a map. Consul reports the last
+10-second interval; Beacon reports cumulative values since start (``Count``/``Sum`` of counters and
+histograms, ``Mean`` = Sum/Count). ``Min``, ``Max`` and ``Stddev`` are not tracked and are 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder, generate_latest
+
+from beacon import telemetry
+from beacon.agent.http.core import Reply, render
+
+log = logging.getLogger("beacon.agent.http")
+
+# generate_latest() writes the classic 0.0.4 text format; newer prometheus-client versions label their
+# "latest" content type 1.0.0, which older scrapers do not know.
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
+
+
+def _wants_prometheus(req: web.Request) -> bool:
+    if req.query.get("format") == "prometheus":
+        return True
+    accept = req.headers.get("Accept", "")
+    return "application/openmetrics-text" in accept or "text/plain; version=0.4.0" in accept
+
+
+async def agent_metrics(req: web.Request) -> web.StreamResponse:
+    if req.method == "OPTIONS":
+        return web.Response(status=200, headers={"Allow": "GET, OPTIONS"})
+    if req.method not in ("GET", "HEAD"):
+        return web.Response(status=405, text=f"method {req.method} not allowed", headers={"Allow": "GET, OPTIONS"})
+    if _wants_prometheus(req):
+        accept = req.headers.get("Accept", "")
+        if "application/openmetrics-text" in accept:
+            encoder, content_type = choose_encoder(accept)
+        else:
+            encoder, content_type = generate_latest, TEXT_CONTENT_TYPE
+        resp = web.Response(body=encoder(telemetry.REGISTRY))
+        resp.headers["Content-Type"] = content_type
+        return resp
+    return render(req, Reply(metrics_json()))
+
+
+def install(app: web.Application) -> None:
+    app.router.add_route("*", "/v1/agent/metrics", agent_metrics)
+
+
+def _json_name(name: str) -> str:
+    return name.replace("_", ".")
+
+
+def metrics_json() -> dict[str, Any]:
+    """The registry in Consul's /v1/agent/metrics JSON shape."""
+    gauges: list[dict[str, Any]] = []
+    counters: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
+    for family in telemetry.REGISTRY.collect():
+        if family.type == "counter":
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    counters.append(_aggregate(_json_name(family.name), s.labels, s.value, s.value))
+        elif family.type == "histogram" or family.type == "summary":
+            by_labels: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
+            for s in family.samples:
+                labels = {k: v for k, v in s.labels.items() if k not in ("le", "quantile")}
+                key = tuple(sorted(labels.items()))
+                if s.name.endswith("_count"):
+                    by_labels.setdefault(key, {})["count"] = s.value
+                elif s.name.endswith("_sum"):
+                    by_labels.setdefault(key, {})["sum"] = s.value
+            for key, agg in by_labels.items():
+                samples.append(_aggregate(_json_name(family.name), dict(key), agg.get("count", 0.0),
+                                          agg.get("sum", 0.0)))
+        elif family.type in ("gauge", "untyped", "info"):
+            for s in family.samples:
+                gauges.append({"Name": _json_name(s.name), "Value": s.value, "Labels": dict(s.labels)})
+    return {
+        "Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime()),
+        "Gauges": gauges,
+        "Points": [],
+        "Counters": counters,
+        "Samples": samples,
+    }
+
+
+def _aggregate(name: str, labels: dict[str, str], count: float, total: float) -> dict[str, Any]:
+    return {"Name": name, "Count": int(count), "Rate": 0.0, "Sum": total, "Min": 0.0, "Max": 0.0,
+            "Mean": total / count if count else 0.0, "Stddev": 0.0, "Labels": labels}
+
+
+def _endpoint(request: web.Request) -> str:
+    """The route pattern that matched (bounded label values), never the raw path."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _observe(method: str, endpoint: str, status: int, seconds: float) -> None:
+    key = (method, endpoint, status)
+    pair = _children.get(key)
+    if pair is None:
+        pair = (telemetry.HTTP_REQUESTS.labels(method, endpoint, str(status)),
+                telemetry.HTTP_LATENCY.labels(method, endpoint))
+        _children[key] = pair
+    pair[0].inc()
+    pair[1].observe(seconds)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request by route pattern, method and status; time it. Installed outermost."""
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away (nginx's convention); blocking queries end this way
+        raise
+    finally:
+        seconds = time.perf_counter() - t0
+        method = request.method if request.method in _METHODS else "OTHER"
+        _observe(method, _endpoint(request), status, seconds)
+        if log.isEnabledFor(logging.DEBUG):  # never at info: this is the hot path
+            log.debug("Request finished: method=%s url=%s from=%s status=%d latency=%.3fms", request.method,
+                      request.path_qs, request.remote, status, seconds * 1000)
