@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from beacon.agent.http import agent_api, catalog, health, kv, status
+from beacon.agent.http import agent_api, catalog, event, health, kv, session, snapshot, status, txn
 from beacon.agent.http.core import AGENT_KEY, HTTPError, error_middleware
 from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
@@ -25,8 +25,10 @@ from beacon.model import (
     HealthCheck,
     Service,
 )
+from beacon.server import sessions
 from beacon.server.consensus import Consensus, SingleServer
 from beacon.server.fsm import ApplyResult, Command, MessageType, StateStore
+from beacon.server.leader import SessionReaper
 from beacon.server.watch import WatchHub
 
 log = logging.getLogger("beacon.agent")
@@ -79,6 +81,9 @@ class Agent:
         self.node_id = _load_node_id(config.data_dir)
         self.hub = WatchHub()
         self.store = StateStore(on_change=self.hub.notify_threadsafe)
+        sessions.install(self.store)
+        self.events = event.EventBuffer()
+        self.session_reaper: SessionReaper | None = None
         self.consensus: Consensus = SingleServer(
             self.store, f"{config.advertise}:{config.server_port}", self.node_id, config.node_name,
             config.data_dir or None)
@@ -102,6 +107,10 @@ class Agent:
         await self._restore_local()
         self.local.start()
         await self.local.sync_changes()
+        if self.config.server:
+            self.session_reaper = SessionReaper(self.store, self.submit, self.consensus.is_leader,
+                                                max_sleep=min(1.0, self.config.session_ttl_min / 4))
+            self.session_reaper.start()
         if self.config.http_port >= 0:
             await self._start_http()
         if self.config.dns_port >= 0:
@@ -115,6 +124,9 @@ class Agent:
             await self._dns.stop()
             self._dns = None
         await self.local.stop()
+        if self.session_reaper is not None:
+            await self.session_reaper.stop()
+            self.session_reaper = None
         for task in list(self._tasks):
             task.cancel()
         await self.consensus.stop()
@@ -161,7 +173,7 @@ class Agent:
     async def _start_http(self) -> None:
         app = web.Application(middlewares=[error_middleware], client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
-        for module in (agent_api, catalog, health, kv, status):
+        for module in (agent_api, catalog, health, kv, status, session, txn, event, snapshot):
             module.router.install(app)
         app.router.add_get("/", self._root)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
