@@ -14,6 +14,7 @@ import io
 import json
 import tarfile
 import time
+import zlib
 from typing import Any
 
 from beacon.server.durable import decode, encode
@@ -54,14 +55,16 @@ def read_archive(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify and decode an archive: returns (meta, snapshot) or raises ArchiveError."""
     members: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        # Decompress whole first: gzip's CRC covers every byte, tar's end blocks do not.
+        raw = gzip.decompress(data)
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             for info in tar:
                 if not info.isfile() or info.size > MAX_MEMBER_BYTES:
                     raise ArchiveError(f"unexpected archive member {info.name!r}")
                 f = tar.extractfile(info)
                 assert f is not None
                 members[info.name] = f.read()
-    except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ArchiveError(f"failed to read snapshot archive: {exc}") from None
     for name in ("meta.json", "state.json", "SHA256SUMS"):
         if name not in members:

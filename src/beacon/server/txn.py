@@ -244,7 +244,7 @@ class TxnCommands:
     def _node(self, idx: int, op: dict[str, Any]) -> list[tuple[str, Any]]:
         s = self.store
         verb = op["verb"]
-        node = Node.from_dict(op["node"])
+        node = Node.from_dict({"node": "", "address": "", **op["node"]})
         key = node.node.lower()
         if not node.node:
             raise OpError("missing node name")
@@ -269,7 +269,7 @@ class TxnCommands:
         s = self.store
         verb = op["verb"]
         node_key = (op.get("node") or "").lower()
-        svc = Service.from_dict(op["service"])
+        svc = Service.from_dict({"id": "", "service": "", **op["service"]})
         svc.id = svc.id or svc.service
         if node_key not in s.nodes:
             raise OpError(f"node \"{op.get('node') or ''}\" doesn't exist")
@@ -294,7 +294,7 @@ class TxnCommands:
     def _check(self, idx: int, op: dict[str, Any]) -> list[tuple[str, Any]]:
         s = self.store
         verb = op["verb"]
-        chk = HealthCheck.from_dict(op["check"])
+        chk = HealthCheck.from_dict({"node": "", "check_id": "", **op["check"]})
         node_key = chk.node.lower()
         if node_key not in s.nodes:
             raise OpError(f"node \"{chk.node}\" doesn't exist")
