@@ -176,7 +176,8 @@ class Agent:
         for module in (agent_api, catalog, health, kv, status, session, txn, event, snapshot):
             module.router.install(app)
         app.router.add_get("/", self._root)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Blocking queries can be parked for minutes: on shutdown, give handlers a moment, then cancel.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         sock = bind_tcp(self.config.http_bind, self.config.http_port)
         self.http_port = sock.getsockname()[1]
