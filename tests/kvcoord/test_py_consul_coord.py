@@ -253,3 +253,37 @@ def test_snapshot_save_and_restore_roundtrip(agent, client) -> None:
     corrupt = archive[:-20] + bytes(20)
     status, _, body = agent.request("PUT", "/v1/snapshot", corrupt)
     assert status == 400 and b"Invalid snapshot" in body
+
+
+def test_rolled_back_txn_does_not_wake_a_watcher_of_its_keys(client) -> None:
+    client.kv.put("quiet/k", "v")
+    index, _ = client.kv.get("quiet/k")
+    got: dict = {}
+
+    def waiter() -> None:
+        got["r"] = client.kv.get("quiet/k", index=index, wait="2s")
+
+    t = threading.Thread(target=waiter)
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(0.2)
+    with pytest.raises(consul.ConsulException):
+        client.txn.put([{"KV": {"Verb": "set", "Key": "quiet/k", "Value": "bm8="}},
+                        {"KV": {"Verb": "check-not-exists", "Key": "quiet/k"}}])
+    t.join(5)
+    assert time.monotonic() - t0 >= 1.9, "a rolled-back txn woke the watcher"
+    assert got["r"][0] == index and got["r"][1]["Value"] == b"v"
+
+
+def test_snapshot_restore_survives_an_agent_restart(start_agent, tmp_path) -> None:
+    data_dir = str(tmp_path / "data")
+    first = start_agent("-data-dir", data_dir)
+    first.request("PUT", "/v1/kv/durable/k", "before")
+    status, _, archive = first.request("GET", "/v1/snapshot")
+    assert status == 200
+    first.request("PUT", "/v1/kv/durable/k", "after")
+    assert first.request("PUT", "/v1/snapshot", archive)[0] == 200
+    assert first.stop() == 0
+    second = start_agent("-data-dir", data_dir)
+    status, _, body = second.request("GET", "/v1/kv/durable/k?raw")
+    assert status == 200 and body == b"before"
