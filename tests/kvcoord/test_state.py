@@ -229,3 +229,19 @@ def test_read_only_txn_does_not_advance_the_index(store: StateStore) -> None:
     idx = store.index
     out = TxnCommands(store).read([kvop("get", "a"), kvop("get-tree", "")])
     assert out.errors is None and len(out.results) == 2 and store.index == idx
+
+
+def test_committed_txn_check_critical_invalidates_sessions_and_delete_cas_guards(store: StateStore) -> None:
+    create(store, "a", service_checks=[{"ID": "svc-check", "Namespace": ""}])
+    svc_index = store.services[("n1", "web1")].modify_index
+    stale = txn(store, {"type": "service", "verb": "delete-cas", "node": "n1",
+                        "service": {"id": "web1", "modify_index": svc_index + 1}})
+    assert stale.errors and "index is stale" in stale.errors[0][1]
+    out = txn(store, {"type": "check", "verb": "set",
+                      "check": {"node": "n1", "check_id": "svc-check", "status": "critical", "service_id": "web1"}},
+              {"type": "service", "verb": "get", "node": "n1", "service": {"id": "web1"}})
+    assert out.errors is None and [k for k, _ in out.results] == ["check", "service"]
+    assert "a" not in store.sessions
+    out = txn(store, {"type": "service", "verb": "delete-cas", "node": "n1",
+                      "service": {"id": "web1", "modify_index": svc_index}})
+    assert out.errors is None and ("n1", "web1") not in store.services

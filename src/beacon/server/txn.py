@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,80 +237,68 @@ class TxnCommands:
 
     # ------------------------------------------------------------------ catalog
     @staticmethod
-    def _cas_ok(existing: Any, want: int) -> bool:
-        if want == 0:
-            return existing is None
-        return existing is not None and existing.modify_index == want
+    def _catalog_verb(kind: str, name: str, verb: str, existing: Any, want_index: int,
+                      write: Callable[[], Any], delete: Callable[[], None]) -> list[tuple[str, Any]]:
+        """The verbs every catalog row shares: get, set, cas, delete, delete-cas."""
+        if verb == "get":
+            if existing is None:
+                raise OpError(f"{kind} \"{name}\" doesn't exist")
+            return [(kind, existing)]
+        if verb in ("set", "cas"):
+            if verb == "cas" and not (existing is None if want_index == 0
+                                      else existing is not None and existing.modify_index == want_index):
+                raise OpError(f"failed to set {kind} \"{name}\", index is stale")
+            return [(kind, write())]
+        if verb == "delete-cas" and (existing is None or existing.modify_index != want_index):
+            raise OpError(f"failed to delete {kind} \"{name}\", index is stale")
+        delete()
+        return []
 
     def _node(self, idx: int, op: dict[str, Any]) -> list[tuple[str, Any]]:
         s = self.store
-        verb = op["verb"]
         node = Node.from_dict({"node": "", "address": "", **op["node"]})
         key = node.node.lower()
         if not node.node:
             raise OpError("missing node name")
-        existing = s.nodes.get(key)
-        if verb == "get":
-            if existing is None:
-                raise OpError(f"node \"{node.node}\" doesn't exist")
-            return [("node", existing)]
-        if verb in ("set", "cas"):
-            if verb == "cas" and not self._cas_ok(existing, node.modify_index):
-                raise OpError(f"failed to set node \"{node.node}\", index is stale")
+
+        def write() -> Node:
             if not node.address:
                 raise OpError(f"missing address for node \"{node.node}\"")
             s._ensure_node(idx, node)
-            return [("node", s.nodes[key])]
-        if verb == "delete-cas" and (existing is None or existing.modify_index != node.modify_index):
-            raise OpError(f"failed to delete node \"{node.node}\", index is stale")
-        s._delete_node(idx, key)
-        return []
+            return s.nodes[key]
+
+        return self._catalog_verb("node", node.node, op["verb"], s.nodes.get(key), node.modify_index,
+                                  write, lambda: s._delete_node(idx, key))
 
     def _service(self, idx: int, op: dict[str, Any]) -> list[tuple[str, Any]]:
         s = self.store
-        verb = op["verb"]
         node_key = (op.get("node") or "").lower()
         svc = Service.from_dict({"id": "", "service": "", **op["service"]})
         svc.id = svc.id or svc.service
         if node_key not in s.nodes:
             raise OpError(f"node \"{op.get('node') or ''}\" doesn't exist")
-        existing = s.services.get((node_key, svc.id))
-        if verb == "get":
-            if existing is None:
-                raise OpError(f"service \"{svc.id}\" doesn't exist")
-            return [("service", existing)]
-        if verb in ("set", "cas"):
-            if verb == "cas" and not self._cas_ok(existing, svc.modify_index):
-                raise OpError(f"failed to set service \"{svc.id}\", index is stale")
+
+        def write() -> Service:
             if not svc.service:
                 raise OpError("missing service name")
             svc.node = s.nodes[node_key].node
             s._ensure_service(idx, node_key, svc)
-            return [("service", s.services[(node_key, svc.id)])]
-        if verb == "delete-cas" and (existing is None or existing.modify_index != svc.modify_index):
-            raise OpError(f"failed to delete service \"{svc.id}\", index is stale")
-        s._delete_service(idx, node_key, svc.id)
-        return []
+            return s.services[(node_key, svc.id)]
+
+        return self._catalog_verb("service", svc.id, op["verb"], s.services.get((node_key, svc.id)),
+                                  svc.modify_index, write, lambda: s._delete_service(idx, node_key, svc.id))
 
     def _check(self, idx: int, op: dict[str, Any]) -> list[tuple[str, Any]]:
         s = self.store
-        verb = op["verb"]
         chk = HealthCheck.from_dict({"node": "", "check_id": "", **op["check"]})
         node_key = chk.node.lower()
         if node_key not in s.nodes:
             raise OpError(f"node \"{chk.node}\" doesn't exist")
-        existing = s.checks.get((node_key, chk.check_id))
-        if verb == "get":
-            if existing is None:
-                raise OpError(f"check \"{chk.check_id}\" doesn't exist")
-            return [("check", existing)]
-        if verb in ("set", "cas"):
-            if verb == "cas" and not self._cas_ok(existing, chk.modify_index):
-                raise OpError(f"failed to set check \"{chk.check_id}\", index is stale")
+
+        def write() -> HealthCheck:
             chk.node = s.nodes[node_key].node
             s._ensure_check(idx, node_key, chk)
-            return [("check", s.checks[(node_key, chk.check_id)])]
-        if verb == "delete-cas" and (existing is None or existing.modify_index != chk.modify_index):
-            raise OpError(f"failed to delete check \"{chk.check_id}\", index is stale")
-        s._delete_check(idx, node_key, chk.check_id)
-        return []
+            return s.checks[(node_key, chk.check_id)]
+
+        return self._catalog_verb("check", chk.check_id, op["verb"], s.checks.get((node_key, chk.check_id)),
+                                  chk.modify_index, write, lambda: s._delete_check(idx, node_key, chk.check_id))
