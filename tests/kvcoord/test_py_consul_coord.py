@@ -287,3 +287,29 @@ def test_snapshot_restore_survives_an_agent_restart(start_agent, tmp_path) -> No
     second = start_agent("-data-dir", data_dir)
     status, _, body = second.request("GET", "/v1/kv/durable/k?raw")
     assert status == 200 and body == b"before"
+
+
+def test_txn_catalog_ops_and_read_only_txn(client, agent) -> None:
+    result = client.txn.put([
+        {"Node": {"Verb": "set", "Node": {"Node": "txn-node", "Address": "10.9.9.9"}}},
+        {"Service": {"Verb": "set", "Node": "txn-node", "Service": {"ID": "tdb1", "Service": "tdb", "Port": 5432}}},
+        {"Check": {"Verb": "set", "Check": {"Node": "txn-node", "CheckID": "tdb-alive", "Status": "passing",
+                                            "ServiceID": "tdb1"}}},
+        {"KV": {"Verb": "set", "Key": "txn/cat", "Value": "eA=="}},
+    ])
+    assert [next(iter(r)) for r in result["Results"]] == ["Node", "Service", "Check", "KV"]
+    assert result["Results"][1]["Service"]["Port"] == 5432
+    _, nodes = client.health.service("tdb")
+    assert [n["Node"]["Node"] for n in nodes] == ["txn-node"]
+    index_before = agent.request("GET", "/v1/kv/txn/cat")[1]["X-Consul-Index"]
+    status, headers, body = agent.request("PUT", "/v1/txn", [
+        {"KV": {"Verb": "get", "Key": "txn/cat"}}, {"Node": {"Verb": "get", "Node": {"Node": "txn-node"}}}])
+    assert status == 200 and headers["X-Consul-KnownLeader"] == "true"
+    got = json.loads(body)["Results"]
+    assert got[0]["KV"]["Value"] == "eA==" and got[1]["Node"]["Address"] == "10.9.9.9"
+    assert agent.request("GET", "/v1/kv/txn/cat")[1]["X-Consul-Index"] == index_before
+    status, _, body = agent.request("PUT", "/v1/txn", [{"KV": {"Verb": "explode", "Key": "x"}}])
+    assert status == 400
+    client.txn.put([{"Node": {"Verb": "delete", "Node": {"Node": "txn-node"}}}])
+    _, nodes = client.health.service("tdb")
+    assert nodes == []
