@@ -245,3 +245,23 @@ def test_committed_txn_check_critical_invalidates_sessions_and_delete_cas_guards
     out = txn(store, {"type": "service", "verb": "delete-cas", "node": "n1",
                       "service": {"id": "web1", "modify_index": svc_index}})
     assert out.errors is None and ("n1", "web1") not in store.services
+
+
+def test_restore_is_one_write_at_its_own_index(store: StateStore, rec: Recorder) -> None:
+    kv(store, "set", "a", value=b"1")
+    create(store, "t", ttl="10s", now=1000.0)
+    snap = store.snapshot()
+    for i in range(5):
+        kv(store, "set", "b", value=str(i).encode())
+    # Restore an older snapshot, then a newer one from "another cluster" far ahead.
+    res = store.apply((MessageType.SNAPSHOT_RESTORE, {"snapshot": snap, "now": 2000.0}))
+    assert res.error is None and store.index == res.index
+    assert "b" not in store.kv and store.kv["a"].modify_index == res.index
+    assert store.kv_get("a")[0] == res.index and "*" in rec.calls[-1][1]
+    assert store.session_expires["t"] == 2020.0
+    far = dict(snap, index=10**6)
+    res2 = store.apply((MessageType.SNAPSHOT_RESTORE, {"snapshot": far, "now": 2000.0}))
+    assert store.index == res2.index == res.index + 1
+    assert max(e.modify_index for e in store.kv.values()) == store.index
+    nxt = kv(store, "set", "c", value=b"x")
+    assert nxt.index == store.index and store.kv["c"].modify_index > store.kv["a"].modify_index

@@ -106,19 +106,29 @@ def apply_snapshot_restore(store: StateStore, idx: int, p: dict[str, Any]) -> in
     """Replace the whole state with an uploaded snapshot (``PUT /v1/snapshot``), as a logged command
     so that every replica and a restart from the command log reach the same state.
 
-    The index never goes backwards (restored rows keep their own indexes), every watcher wakes, and
-    TTL sessions get a fresh deadline from the command's time, as Consul resets its timers.
+    A restore is one write of every row at this command's index: the store's index neither jumps
+    (the command log numbers records before applying them) nor goes backwards, every blocking reader
+    sees a newer index and wakes, and a CAS with a pre-restore index fails instead of matching by
+    chance. TTL sessions get a fresh deadline from the command's time, as Consul resets its timers.
     """
     snap = p["snapshot"]
     now = float(p["now"])
     store.restore(snap)
-    store.index = max(idx, store.index)
+    store.index = idx
+    for table in (store.tables, store.service_index, store.node_index, store.tombstones):
+        for key in table:
+            table[key] = idx
+    rows: list[Any] = [*store.nodes.values(), *store.services.values(), *store.checks.values(),
+                       *store.kv.values(), *store.sessions.values()]
+    for row in rows:
+        row.create_index = min(row.create_index, idx)
+        row.modify_index = idx
     for sess in store.sessions.values():
         deadline = session_deadline(sess, now)
         if deadline is not None:
             store.session_expires[sess.id] = deadline
     store._touch("*")
-    return store.index
+    return idx
 
 
 def install(store: StateStore) -> None:
