@@ -8,6 +8,7 @@ sessions are created through its own HTTP layer.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 
@@ -105,6 +106,7 @@ def test_two_contending_clients_never_both_hold_the_lock(client, agent) -> None:
         nonlocal inside, max_inside
         try:
             c = consul.Consul(host="127.0.0.1", port=agent.http_port, connections_timeout=15)
+            rng = random.Random(n)
             sid = c.session.create(name=f"w{n}", lock_delay=0)
             while time.monotonic() < stop:
                 if not c.kv.put(key, str(n), acquire=sid):
@@ -121,6 +123,7 @@ def test_two_contending_clients_never_both_hold_the_lock(client, agent) -> None:
                 with guard:
                     inside -= 1
                 assert c.kv.put(key, str(n), release=sid) is True
+                time.sleep(rng.random() * 0.005)  # "other work", so neither client starves the other
             c.session.destroy(sid)
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
