@@ -177,3 +177,15 @@ def test_kv_export_import_roundtrip(agent) -> None:
     assert a["Flags"] == 42 and base64.b64decode(a["Value"]) == b"alpha"
     assert base64.b64decode(kv_entry(agent, "exp/bin")["Value"]) == b"\x00\xff\x10"
     assert kv_entry(agent, "exp/empty") is not None
+
+
+def test_lock_stops_the_child_and_releases_on_sigterm(agent, tmp_path) -> None:
+    pidfile = tmp_path / "pid"
+    proc = spawn(agent, "lock", "jobs/d", f"echo $$ > {pidfile}; exec sleep 30")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=10)
+    pid = int(pidfile.read_text())
+    proc.send_signal(signal.SIGTERM)
+    code, _, _ = finish(proc, timeout=10)
+    assert code == 1 and not alive(pid)
+    entry = kv_entry(agent, "jobs/d/.lock")
+    assert entry is not None and "Session" not in entry
