@@ -265,3 +265,42 @@ def test_restore_is_one_write_at_its_own_index(store: StateStore, rec: Recorder)
     assert max(e.modify_index for e in store.kv.values()) == store.index
     nxt = kv(store, "set", "c", value=b"x")
     assert nxt.index == store.index and store.kv["c"].modify_index > store.kv["a"].modify_index
+
+
+def test_session_lock_index_matches_kv_under_random_commands(store: StateStore) -> None:
+    """session_keys is derived from kv; random locks, writes, deletes, failed and committed txns and
+    session deaths must never make the two disagree."""
+    import random
+
+    rng = random.Random(11)
+    keys = [f"r/{i}" for i in range(6)]
+    live = []
+    for n in range(600):
+        roll = rng.random()
+        key = rng.choice(keys)
+        if roll < 0.1 or not live:
+            sid = f"s{n}"
+            create(store, sid, lock_delay_ns=0, behavior=rng.choice(["release", "delete"]))
+            live.append(sid)
+        elif roll < 0.35:
+            kv(store, "lock", key, session=rng.choice(live), now=1.0)
+        elif roll < 0.45:
+            kv(store, "unlock", key, session=rng.choice(live))
+        elif roll < 0.55:
+            kv(store, "set", key, value=b"v")
+        elif roll < 0.62:
+            kv(store, "delete-tree" if rng.random() < 0.3 else "delete", "r/" if rng.random() < 0.3 else key)
+        elif roll < 0.85:
+            ops = [kvop("lock", rng.choice(keys), session=rng.choice(live)),
+                   kvop("delete", rng.choice(keys)),
+                   kvop(rng.choice(["check-not-exists", "get", "set"]), rng.choice(keys))]
+            txn(store, *ops)
+        else:
+            sid = live.pop(rng.randrange(len(live)))
+            store.apply((MessageType.SESSION, {"op": "destroy", "id": sid, "now": 2.0}))
+        derived: dict[str, set[str]] = {}
+        for k, e in store.kv.items():
+            if e.session:
+                derived.setdefault(e.session, set()).add(k)
+        assert store.session_keys == derived, n
+        assert all(e.session in store.sessions for e in store.kv.values() if e.session)

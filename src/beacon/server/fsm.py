@@ -115,6 +115,8 @@ class StateStore:
         self.lock_delays: dict[str, float] = {}
         # session id -> wall-clock time (proposer's) after which a TTL session may be expired.
         self.session_expires: dict[str, float] = {}
+        # session id -> keys it holds locked (derived from kv; rebuilt on restore).
+        self.session_keys: dict[str, set[str]] = {}
         self._changes: set[str] = set()
 
     def _register_handlers(self) -> None:
@@ -440,9 +442,21 @@ class StateStore:
             self.tombstones.pop(key, None)
         entry.modify_index = idx
         self.kv[key] = entry
+        if (old.session if old is not None else "") != entry.session:
+            self._reindex_lock(key, old.session if old is not None else "", entry.session)
         self._bump_table("kvs", idx)
         self._kv_touch(key)
         return entry
+
+    def _reindex_lock(self, key: str, old_session: str, new_session: str) -> None:
+        if old_session:
+            held = self.session_keys.get(old_session)
+            if held is not None:
+                held.discard(key)
+                if not held:
+                    del self.session_keys[old_session]
+        if new_session:
+            self.session_keys.setdefault(new_session, set()).add(key)
 
     def kv_cas(self, idx: int, key: str, value: bytes | None, flags: int, cas_index: int) -> bool:
         old = self.kv.get(key)
@@ -454,8 +468,11 @@ class StateStore:
         return True
 
     def kv_delete(self, idx: int, key: str) -> bool:
-        if self.kv.pop(key, None) is None:
+        old = self.kv.pop(key, None)
+        if old is None:
             return False
+        if old.session:
+            self._reindex_lock(key, old.session, "")
         pos = bisect.bisect_left(self.kv_keys, key)
         del self.kv_keys[pos]
         self.tombstones[key] = idx
@@ -518,7 +535,7 @@ class StateStore:
         self._bump_table("sessions", idx)
         self._touch("session:" + session_id)
         delay = sess.lock_delay_ns / 1e9
-        for key in [k for k, e in self.kv.items() if e.session == session_id]:
+        for key in sorted(self.session_keys.get(session_id, ())):
             if delay > 0:
                 self.lock_delays[key] = now + delay if now else -delay
             if sess.behavior == "delete":
@@ -695,6 +712,9 @@ class StateStore:
             entry = KVEntry.from_dict(e)
             fresh.kv[entry.key] = entry
         fresh.kv_keys = sorted(fresh.kv)
+        for entry in fresh.kv.values():
+            if entry.session:
+                fresh.session_keys.setdefault(entry.session, set()).add(entry.key)
         fresh.tombstones = dict(snap["tombstones"])
         for s in snap["sessions"]:
             sess = Session.from_dict(s)
@@ -704,7 +724,7 @@ class StateStore:
         with self.lock:
             for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
                          "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
-                         "tombstones", "sessions", "lock_delays", "session_expires"):
+                         "tombstones", "sessions", "lock_delays", "session_expires", "session_keys"):
                 setattr(self, attr, getattr(fresh, attr))
         if self.on_change is not None:
             self.on_change(self.index, {"*"})

@@ -74,6 +74,9 @@ class _KVJournal:
     def rollback(self) -> None:
         s = self.store
         for key, (entry, tomb, delay) in self.saved.items():
+            current = s.kv.get(key)
+            s._reindex_lock(key, current.session if current is not None else "",
+                            entry.session if entry is not _MISSING else "")
             pos = bisect.bisect_left(s.kv_keys, key)
             present = pos < len(s.kv_keys) and s.kv_keys[pos] == key
             if entry is _MISSING:
@@ -104,7 +107,7 @@ class _FullCheckpoint:
         self.saved: dict[str, Any] = {name: dict(getattr(store, name)) for name in self.SHALLOW}
         self.saved["kv_keys"] = list(store.kv_keys)
         self.saved["checks"] = {k: copy.copy(v) for k, v in store.checks.items()}
-        for name in ("services_by_node", "services_by_name", "checks_by_node"):
+        for name in ("services_by_node", "services_by_name", "checks_by_node", "session_keys"):
             self.saved[name] = {k: set(v) for k, v in getattr(store, name).items()}
 
     def save(self, key: str) -> None:
