@@ -316,3 +316,22 @@ def test_txn_catalog_ops_and_read_only_txn(client, agent) -> None:
     client.txn.put([{"Node": {"Verb": "delete", "Node": {"Node": "txn-node"}}}])
     _, nodes = client.health.service("tdb")
     assert nodes == []
+
+
+def test_sessions_locks_and_txn_replay_after_restart(start_agent, tmp_path) -> None:
+    data_dir = str(tmp_path / "data")
+    first = start_agent("-data-dir", data_dir)
+    c1 = consul.Consul(host="127.0.0.1", port=first.http_port, connections_timeout=15)
+    sid = c1.session.create(name="durable", lock_delay=0)
+    result = c1.txn.put([{"KV": {"Verb": "lock", "Key": "dur/lock", "Session": sid, "Value": "AAH/"}},
+                         {"KV": {"Verb": "set", "Key": "dur/plain", "Value": "cA=="}}])
+    assert result["Errors"] is None
+    gone = c1.session.create(name="gone")
+    c1.session.destroy(gone)
+    assert first.stop() == 0
+    second = start_agent("-data-dir", data_dir)
+    c2 = consul.Consul(host="127.0.0.1", port=second.http_port, connections_timeout=15)
+    _, entry = c2.kv.get("dur/lock")
+    assert entry["Session"] == sid and entry["Value"] == b"\x00\x01\xff" and entry["LockIndex"] == 1
+    _, sessions = c2.session.list()
+    assert [s["ID"] for s in sessions] == [sid]
