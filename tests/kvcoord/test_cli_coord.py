@@ -189,3 +189,12 @@ def test_lock_stops_the_child_and_releases_on_sigterm(agent, tmp_path) -> None:
     assert code == 1 and not alive(pid)
     entry = kv_entry(agent, "jobs/d/.lock")
     assert entry is not None and "Session" not in entry
+
+
+def test_lock_passes_flags_after_prefix_to_the_child_and_reports_its_failure(agent, tmp_path) -> None:
+    out = tmp_path / "out"
+    res = cli(agent, "lock", "-shell=false", "jobs/e", "sh", "-c", f"echo $CONSUL_LOCK_HELD > {out}")
+    assert res.returncode == 0, res.stderr
+    assert out.read_text().strip() == "true"
+    assert cli(agent, "lock", "-child-exit-code", "jobs/e", "exit 3").returncode == 2
+    assert cli(agent, "lock", "jobs/e", "exit 3").returncode == 0

@@ -19,6 +19,7 @@ or 2 if ``-child-exit-code`` is given and the child failed.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -274,8 +275,11 @@ def run(argv: list[str]) -> int:
     p.flag("pass-stdin", action="store_true")
     p.flag("verbose", action="store_true")
     p.add_argument("prefix")
-    p.add_argument("child", nargs="+")
+    # Everything after PREFIX is the child command, flags included (`sh -c ...`), as in Consul.
+    p.add_argument("child", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
+    if not args.child:
+        p.error("a child command is required after PREFIX")
     if args.n < 1:
         print("Error! Number of lock holders must be at least 1", file=sys.stderr)
         return 1

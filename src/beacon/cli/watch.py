@@ -9,6 +9,7 @@ watch to 0, as HashiCorp's client rules say.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -133,7 +134,7 @@ def run(argv: list[str]) -> int:
     p.flag("state", default="")
     p.flag("name", default="")
     p.flag("shell", default="true")
-    p.add_argument("handler", nargs="*")
+    p.add_argument("handler", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     client = Client(args.http_addr, args.token)
     try:
