@@ -198,3 +198,15 @@ def test_lock_passes_flags_after_prefix_to_the_child_and_reports_its_failure(age
     assert out.read_text().strip() == "true"
     assert cli(agent, "lock", "-child-exit-code", "jobs/e", "exit 3").returncode == 2
     assert cli(agent, "lock", "jobs/e", "exit 3").returncode == 0
+
+
+def test_semaphore_holder_is_killed_when_its_session_dies(agent, tmp_path) -> None:
+    pidfile = tmp_path / "pid"
+    proc = spawn(agent, "lock", "-n", "3", "sem/y", f"echo $$ > {pidfile}; exec sleep 30")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=10)
+    pid = int(pidfile.read_text())
+    keys = json.loads(agent.request("GET", "/v1/kv/sem/y/?keys")[2])
+    contender = next(k for k in keys if not k.endswith("/.lock"))
+    assert agent.json("PUT", "/v1/session/destroy/" + contender.rsplit("/", 1)[1]) is True
+    code, _, err = finish(proc, timeout=10)
+    assert code == 1 and "Lock lost" in err and not alive(pid)

@@ -220,11 +220,11 @@ class Semaphore(Contender):
         return False
 
     def still_held(self, index: int) -> tuple[int, bool]:
-        index, entries = self.get(self.lock_key, index)
-        if not entries:
-            return index, False
-        _, state, _ = self._decode(entries)
-        return index, self.session in state.get("Holders", {})
+        """Held while we are in the holder set *and* our contender key lives (it dies with the session,
+        before anyone prunes us from the set)."""
+        index, entries = self.get(self.prefix + "/", index, recurse=True)
+        lock_entry, state, live = self._decode(entries)
+        return index, lock_entry is not None and self.session in state.get("Holders", {}) and self.session in live
 
     def release(self) -> None:
         try:
