@@ -210,3 +210,18 @@ def test_semaphore_holder_is_killed_when_its_session_dies(agent, tmp_path) -> No
     assert agent.json("PUT", "/v1/session/destroy/" + contender.rsplit("/", 1)[1]) is True
     code, _, err = finish(proc, timeout=10)
     assert code == 1 and "Lock lost" in err and not alive(pid)
+
+
+def test_lock_timeout_gives_up_while_another_holds_it(agent, tmp_path) -> None:
+    started = tmp_path / "started"
+    holder = spawn(agent, "lock", "jobs/f", f"touch {started}; exec sleep 30")
+    try:
+        wait_until(started.exists, timeout=10)
+        t0 = time.monotonic()
+        res = cli(agent, "lock", "-timeout", "1s", "jobs/f", "true")
+        assert res.returncode == 1 and 0.9 <= time.monotonic() - t0 < 15
+        sessions = agent.json("GET", "/v1/session/list")
+        assert len([s for s in sessions if "jobs/f" in s["Name"]]) == 1  # the loser cleaned up
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        finish(holder)

@@ -100,10 +100,15 @@ class Contender:
                 self.lost.set()
                 return
 
-    def get(self, key: str, index: int = 0, recurse: bool = False) -> tuple[int, Any]:
+    def get(self, key: str, index: int = 0, recurse: bool = False,
+            deadline: float | None = None) -> tuple[int, Any]:
+        """A (blocking, with `index`) read; the wait never runs past `deadline` (monotonic)."""
         params: dict[str, Any] = {"recurse": True if recurse else None}
         if index:
-            params.update(index=index, wait=WAIT)
+            wait = WAIT
+            if deadline is not None:
+                wait = f"{max(1, int(min(15.0, deadline - time.monotonic()) * 1000))}ms"
+            params.update(index=index, wait=wait)
         status, data, idx = get_with_index(self.client, _kv_path(key, **params))
         return idx, (json.loads(data) if status == 200 and data else None)
 
@@ -147,7 +152,7 @@ class Lock(Contender):
         while not self.stop.is_set():
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            index, entries = self.get(self.lock_key, index)
+            index, entries = self.get(self.lock_key, index, deadline=deadline)
             entry = entries[0] if entries else None
             if entry is not None and entry.get("Flags") != LOCK_FLAG_VALUE:
                 raise CLIError(f"Existing key does not match lock use: {self.lock_key}")
@@ -206,7 +211,7 @@ class Semaphore(Contender):
         while not self.stop.is_set():
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            index, entries = self.get(self.prefix + "/", index, recurse=True)
+            index, entries = self.get(self.prefix + "/", index, recurse=True, deadline=deadline)
             lock_entry, state, live = self._decode(entries)
             holders = {s: True for s in state.get("Holders", {}) if s in live}
             if len(holders) >= self.limit:
