@@ -65,6 +65,7 @@ class AgentConfig:
     default_query_time: float = 300.0
     max_query_time: float = 600.0
     kv_max_value_size: int = 512 * 1024
+    session_ttl_min: float = 10.0
     ui: bool = True
     engine_enabled: bool = False
     engine_socket: str = ""
@@ -265,6 +266,8 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.default_query_time = _duration(key, value, src)
         elif k == "max_query_time":
             cfg.max_query_time = _duration(key, value, src)
+        elif k == "session_ttl_min":
+            cfg.session_ttl_min = _duration(key, value, src)
         elif k == "limits":
             for lk, lv in _dict(key, value, src).items():
                 if lk == "kv_max_value_size":

@@ -14,7 +14,20 @@ from typing import Any
 from aiohttp import web
 
 from beacon import telemetry
-from beacon.agent.http import agent_api, catalog, health, kv, metrics, monitor, status, ui
+from beacon.agent.http import (
+    agent_api,
+    catalog,
+    event,
+    health,
+    kv,
+    metrics,
+    monitor,
+    session,
+    snapshot,
+    status,
+    txn,
+    ui,
+)
 from beacon.agent.http.core import AGENT_KEY, HTTPError, error_middleware
 from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
@@ -27,8 +40,10 @@ from beacon.model import (
     HealthCheck,
     Service,
 )
+from beacon.server import sessions
 from beacon.server.consensus import Consensus, NoLeaderError, SingleServer
 from beacon.server.fsm import ApplyResult, Command, MessageType, StateStore
+from beacon.server.leader import SessionReaper
 from beacon.server.watch import WatchHub
 
 log = logging.getLogger("beacon.agent")
@@ -83,6 +98,9 @@ class Agent:
         self.store = StateStore(on_change=self.hub.notify_threadsafe)
         telemetry.bind_store(self.store)
         telemetry.bind_hub(self.hub)
+        sessions.install(self.store)  # before any replay: the log holds session and txn commands
+        self.events = event.EventBuffer()
+        self.session_reaper: SessionReaper | None = None
         self.raft: Any = None  # RaftConsensus once a multi-server cluster has bootstrapped
         self.cluster: Any = None
         self.consensus: Consensus = self._make_consensus()
@@ -133,6 +151,10 @@ class Agent:
             telemetry.leader_changed(self.consensus.leader_address())
             await self._register_self()
         await self._restore_local()
+        if self.config.server:
+            self.session_reaper = SessionReaper(self.store, self.submit, self.consensus.is_leader,
+                                                max_sleep=min(1.0, self.config.session_ttl_min / 4))
+            self.session_reaper.start()
         if self.config.http_port >= 0:
             await self._start_http()
         if self.config.dns_port >= 0:
@@ -158,6 +180,9 @@ class Agent:
             await self._dns.stop()
             self._dns = None
         await self.local.stop()
+        if self.session_reaper is not None:
+            await self.session_reaper.stop()
+            self.session_reaper = None
         for task in list(self._tasks):
             task.cancel()
         if self.cluster is not None:
@@ -394,13 +419,14 @@ class Agent:
         app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware],
                               client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
-        agent_api.router.install(app)
+        for module in (agent_api, event):  # agent-local everywhere
+            module.router.install(app)
         if self.mode == "client":
             from beacon.agent.http import forward
 
             forward.install(app)
         else:
-            for module in (catalog, health, kv, status):
+            for module in (catalog, health, kv, status, session, txn, snapshot):
                 module.router.install(app)
         metrics.install(app)
         monitor.install(app)

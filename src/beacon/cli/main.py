@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "catalog": ("beacon.cli.catalog", "List catalog services and nodes"),
     "services": ("beacon.cli.services", "Register and deregister services on the local agent"),
     "version": ("beacon.cli.version", "Print the version"),
+    "lock": ("beacon.cli.lock", "Run a command while holding a lock or semaphore slot in the KV store"),
+    "watch": ("beacon.cli.watch", "Run a handler on every change of a KV, catalog or event view"),
+    "snapshot": ("beacon.cli.snapshot", "Save, restore or inspect a snapshot of the whole state"),
 }
 
 

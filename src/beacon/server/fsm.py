@@ -53,6 +53,7 @@ class MessageType(IntEnum):
     TXN = 5
     NOOP = 6
     CHECK_STATUS = 7
+    SNAPSHOT_RESTORE = 8
 
 
 class CommandError(Exception):
@@ -112,6 +113,10 @@ class StateStore:
         self.sessions: dict[str, Session] = {}
         # key -> time (seconds, proposer's clock) before which the key cannot be locked again.
         self.lock_delays: dict[str, float] = {}
+        # session id -> wall-clock time (proposer's) after which a TTL session may be expired.
+        self.session_expires: dict[str, float] = {}
+        # session id -> keys it holds locked (derived from kv; rebuilt on restore).
+        self.session_keys: dict[str, set[str]] = {}
         self._changes: set[str] = set()
 
     def _register_handlers(self) -> None:
@@ -308,6 +313,8 @@ class StateStore:
             old_svc = self.services.get((node_key, old.service_id))
             if old_svc is not None:
                 self._bump_service(old_svc.service, idx)
+        if check.status == "critical" and self.sessions:
+            self._invalidate_check_sessions(idx, node_key, check.check_id)
 
     def _apply_check_status(self, idx: int, p: dict[str, Any]) -> bool:
         """Status/output update of an existing check (the hot path of health checking)."""
@@ -349,6 +356,14 @@ class StateStore:
             self._bump_service(chk.service_name, idx)
         else:
             self._bump_services_on_node(node_key, idx)
+        if self.sessions:
+            self._invalidate_check_sessions(idx, node_key, check_id)
+
+    def _invalidate_check_sessions(self, idx: int, node_key: str, check_id: str) -> None:
+        """A session dies with any of its checks going critical or being deregistered."""
+        for sess in [s for s in self.sessions.values() if _lower(s.node) == node_key and (
+                check_id in s.node_checks or any(c.get("ID") == check_id for c in s.service_checks))]:
+            self.invalidate_session(idx, sess.id)
 
     def _delete_service(self, idx: int, node_key: str, service_id: str) -> None:
         svc = self.services.get((node_key, service_id))
@@ -427,9 +442,21 @@ class StateStore:
             self.tombstones.pop(key, None)
         entry.modify_index = idx
         self.kv[key] = entry
+        if (old.session if old is not None else "") != entry.session:
+            self._reindex_lock(key, old.session if old is not None else "", entry.session)
         self._bump_table("kvs", idx)
         self._kv_touch(key)
         return entry
+
+    def _reindex_lock(self, key: str, old_session: str, new_session: str) -> None:
+        if old_session:
+            held = self.session_keys.get(old_session)
+            if held is not None:
+                held.discard(key)
+                if not held:
+                    del self.session_keys[old_session]
+        if new_session:
+            self.session_keys.setdefault(new_session, set()).add(key)
 
     def kv_cas(self, idx: int, key: str, value: bytes | None, flags: int, cas_index: int) -> bool:
         old = self.kv.get(key)
@@ -441,8 +468,11 @@ class StateStore:
         return True
 
     def kv_delete(self, idx: int, key: str) -> bool:
-        if self.kv.pop(key, None) is None:
+        old = self.kv.pop(key, None)
+        if old is None:
             return False
+        if old.session:
+            self._reindex_lock(key, old.session, "")
         pos = bisect.bisect_left(self.kv_keys, key)
         del self.kv_keys[pos]
         self.tombstones[key] = idx
@@ -471,8 +501,15 @@ class StateStore:
                 return False
             self.kv_set(idx, key, value, flags)
             return True
-        if now and now < self.lock_delays.get(key, 0.0):
-            return False
+        delay = self.lock_delays.get(key)
+        if delay is not None:
+            if delay < 0:
+                # Invalidated by a command that carried no time: the window starts at this attempt.
+                self.lock_delays[key] = (now or 0.0) - delay
+                return False
+            if now < delay:
+                return False
+            del self.lock_delays[key]
         lock_index = (old.lock_index if old else 0) + 1
         self.kv_set(idx, key, value, flags, session=session, lock_index=lock_index)
         return True
@@ -484,14 +521,23 @@ class StateStore:
         self.kv_set(idx, key, value, flags, session="")
         return True
 
-    def invalidate_session(self, idx: int, session_id: str) -> None:
-        """Drop a session and release (or delete) the keys it holds."""
+    def invalidate_session(self, idx: int, session_id: str, now: float = 0.0) -> None:
+        """Drop a session and release (or delete) the keys it holds.
+
+        Released keys enter the session's lock-delay window, measured from ``now`` (the proposer's
+        clock). A command that carries no time (a check going critical) records the window as
+        pending (a negative number): it starts at the next acquire attempt, so it is never shorter.
+        """
         sess = self.sessions.pop(session_id, None)
+        self.session_expires.pop(session_id, None)
         if sess is None:
             return
         self._bump_table("sessions", idx)
         self._touch("session:" + session_id)
-        for key in [k for k, e in self.kv.items() if e.session == session_id]:
+        delay = sess.lock_delay_ns / 1e9
+        for key in sorted(self.session_keys.get(session_id, ())):
+            if delay > 0:
+                self.lock_delays[key] = now + delay if now else -delay
             if sess.behavior == "delete":
                 self.kv_delete(idx, key)
             else:
@@ -637,6 +683,7 @@ class StateStore:
                 "tombstones": dict(self.tombstones),
                 "sessions": [s.to_dict() for s in self.sessions.values()],
                 "lock_delays": dict(self.lock_delays),
+                "session_expires": dict(self.session_expires),
             }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -665,15 +712,19 @@ class StateStore:
             entry = KVEntry.from_dict(e)
             fresh.kv[entry.key] = entry
         fresh.kv_keys = sorted(fresh.kv)
+        for entry in fresh.kv.values():
+            if entry.session:
+                fresh.session_keys.setdefault(entry.session, set()).add(entry.key)
         fresh.tombstones = dict(snap["tombstones"])
         for s in snap["sessions"]:
             sess = Session.from_dict(s)
             fresh.sessions[sess.id] = sess
         fresh.lock_delays = dict(snap.get("lock_delays", {}))
+        fresh.session_expires = dict(snap.get("session_expires", {}))
         with self.lock:
             for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
                          "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
-                         "tombstones", "sessions", "lock_delays"):
+                         "tombstones", "sessions", "lock_delays", "session_expires", "session_keys"):
                 setattr(self, attr, getattr(fresh, attr))
         if self.on_change is not None:
             self.on_change(self.index, {"*"})

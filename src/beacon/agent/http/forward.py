@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beacon.http.forward")
 
-FORWARDED_PREFIXES = ("catalog", "health", "kv", "session", "txn", "status", "operator", "event",
-                      "snapshot", "coordinate", "query")
+# Events stay local: they are best-effort and agent-local in Consul too.
+FORWARDED_PREFIXES = ("catalog", "health", "kv", "session", "txn", "status", "operator", "snapshot",
+                      "coordinate", "query", "internal")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 
 

@@ -1,0 +1,55 @@
+"""GET /v1/snapshot (save an archive of the whole state) and PUT /v1/snapshot (restore one).
+
+A restore is a logged command (``MessageType.SNAPSHOT_RESTORE``) carrying the decoded state, so every
+replica and a restart from the command log end up with the same data; every blocking query wakes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from beacon.agent.http.core import HTTPError, Reply, Router, query_options
+from beacon.server.archive import ArchiveError, read_archive, write_archive
+from beacon.server.consensus import NoLeaderError
+from beacon.server.fsm import MessageType
+
+if TYPE_CHECKING:
+    from beacon.agent.agent import Agent
+
+router = Router()
+MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
+
+
+async def snapshot_save(req: web.Request, agent: Agent) -> Reply:
+    opts = query_options(req, agent)
+    if not opts.stale and not agent.consensus.known_leader():
+        raise NoLeaderError()
+    snap = agent.store.snapshot()
+    return Reply(write_archive(snap), index=snap["index"], raw=True, content_type="application/x-gzip")
+
+
+async def snapshot_restore(req: web.Request, agent: Agent) -> Reply:
+    query_options(req, agent)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in req.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size > MAX_ARCHIVE_BYTES:
+            raise HTTPError(413, f"snapshot archive larger than {MAX_ARCHIVE_BYTES} bytes")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    try:
+        _, snap = read_archive(data)
+    except ArchiveError as exc:
+        raise HTTPError(400, f"Invalid snapshot: {exc}") from None
+    result = await agent.submit((MessageType.SNAPSHOT_RESTORE, {"snapshot": snap, "now": time.time()}))
+    if result.error is not None:
+        raise HTTPError(result.error.status, result.error.message)
+    return Reply(empty=True)
+
+
+router.add("GET", "/v1/snapshot", snapshot_save)
+router.add("PUT", "/v1/snapshot", snapshot_restore)
