@@ -228,7 +228,7 @@ class CheckDefinition:
         """``http``, ``ttl``, ``tcp``, ``udp``, ``alias``, ``docker``, ``script``, or ``""`` if none."""
         if self.http:
             return "http"
-        if self.ttl:
+        if self.ttl > 0:
             return "ttl"
         if self.tcp:
             return "tcp"
@@ -285,7 +285,7 @@ class CheckDefinition:
         kind = self.kind
         if self.interval > 0 and self.ttl > 0:
             raise CheckDefinitionError("Interval and TTL cannot both be specified")
-        if kind == "alias":
+        if self.alias_service or self.alias_node:
             if self.interval > 0:
                 raise CheckDefinitionError("Interval cannot be set for Alias checks")
             if self.ttl > 0:
