@@ -194,3 +194,15 @@ async def wait_for_file(path: str, timeout: float = 5.0) -> str:
                 if text.strip():
                     return text
             await asyncio.sleep(0.01)
+
+
+async def wait_gone(pid: int, timeout: float = 2.0) -> bool:
+    """True once ``pid`` is dead. SIGKILL is delivered asynchronously, so a killed grandchild can
+    take a moment to die after killpg returns; bounded poll, since a foreign PID has no event."""
+    try:
+        async with asyncio.timeout(timeout):
+            while process_alive(pid):
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        return False
+    return True

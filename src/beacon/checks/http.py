@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from beacon.checks.definition import CheckDefinition
 from beacon.checks.durations import format_duration
 from beacon.checks.output import TailBuffer
-from beacon.checks.probe import ProbeResult
+from beacon.checks.probe import ProbeResult, describe_os_error
 from beacon.checks.status import CRITICAL, PASSING, WARNING
 
 __all__ = ["USER_AGENT", "HTTPProbe", "http_status", "make_http_session"]
@@ -90,7 +90,6 @@ class HTTPProbe:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
-        os_error = exc.os_error
-        return f"dial tcp {exc.host}:{exc.port}: {os_error.strerror or os_error}"
+        return f"dial tcp {exc.host}:{exc.port}: {describe_os_error(exc.os_error)}"
     text = str(exc)
     return text or type(exc).__name__

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 from beacon.checks.durations import format_duration
-from beacon.checks.probe import ProbeResult, split_host_port
+from beacon.checks.probe import ProbeResult, describe_os_error, split_host_port
 from beacon.checks.status import CRITICAL, PASSING
 
 __all__ = ["UDP_MESSAGE", "UDP_REPLY_WAIT", "TCPProbe", "UDPProbe"]
@@ -37,7 +37,7 @@ class TCPProbe:
         except TimeoutError:
             return CRITICAL, f"dial tcp {self.target}: i/o timeout (after {format_duration(self.timeout)})"
         except OSError as exc:
-            return CRITICAL, f"dial tcp {self.target}: {exc.strerror or exc}"
+            return CRITICAL, f"dial tcp {self.target}: {describe_os_error(exc)}"
         transport.close()
         return PASSING, f"TCP connect {self.target}: Success"
 
@@ -91,7 +91,7 @@ class UDPProbe:
         except TimeoutError:
             return CRITICAL, f"dial udp {self.target}: i/o timeout"
         except OSError as exc:
-            return CRITICAL, f"dial udp {self.target}: {exc.strerror or exc}"
+            return CRITICAL, f"dial udp {self.target}: {describe_os_error(exc)}"
         try:
             transport.sendto(self.message)
             try:
@@ -100,10 +100,10 @@ class UDPProbe:
             except TimeoutError:
                 return PASSING, success  # no answer and no refusal: Consul counts that as up
             except OSError as exc:
-                return CRITICAL, f"read udp {self.target}: {exc.strerror or exc}"
+                return CRITICAL, f"read udp {self.target}: {describe_os_error(exc)}"
             return PASSING, success
         except OSError as exc:
-            return CRITICAL, f"write udp {self.target}: {exc.strerror or exc}"
+            return CRITICAL, f"write udp {self.target}: {describe_os_error(exc)}"
         finally:
             transport.close()
             if not proto.outcome.done():

@@ -7,9 +7,10 @@ work behind when it returns or is cancelled. The scheduler only decides *when* p
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
-__all__ = ["Probe", "ProbeResult", "split_host_port"]
+__all__ = ["Probe", "ProbeResult", "describe_os_error", "split_host_port"]
 
 ProbeResult = tuple[str, str]
 
@@ -33,3 +34,10 @@ def split_host_port(target: str) -> tuple[str, int]:
     if not 0 < number < 65536:
         raise ValueError(f"address {target}: invalid port")
     return host, number
+
+
+def describe_os_error(exc: OSError) -> str:
+    """Go-like wording for a socket error: ``connect: connection refused``."""
+    if exc.errno:
+        return f"connect: {os.strerror(exc.errno).lower()}"
+    return str(exc) or type(exc).__name__
