@@ -5,10 +5,9 @@ import random
 import statistics
 
 import pytest
+from _checks_helpers import Recorder
 
 from beacon.checks import CheckDefinition, CheckDefinitionError, CheckError, CheckScheduler
-
-from conftest import Recorder
 
 
 def tcp_check(check_id, target, interval="1s"):

@@ -5,10 +5,9 @@ import os
 import sys
 
 import pytest
+from _checks_helpers import process_alive, wait_for_file, wait_gone
 
 from beacon.checks import CheckDefinition, InvalidStatusError, NotTTLCheckError, UnknownCheckError
-
-from conftest import process_alive, wait_for_file, wait_gone
 
 
 def script_check(args, **extra):
