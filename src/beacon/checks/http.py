@@ -89,6 +89,8 @@ class HTTPProbe:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"dial tcp {exc.host}:{exc.port}: {describe_os_error(exc.certificate_error)}"
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
         return f"dial tcp {exc.host}:{exc.port}: {describe_os_error(exc.os_error)}"
     text = str(exc)

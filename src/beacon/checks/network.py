@@ -32,8 +32,8 @@ class TCPProbe:
         try:
             async with asyncio.timeout(self.timeout):
                 # A bare Protocol: no stream reader/writer objects for a connect-and-close.
-                transport, _ = await loop.create_connection(
-                    asyncio.Protocol, host, port, happy_eyeballs_delay=0.25)
+                # (No happy_eyeballs_delay: uvloop does not take it; addresses are tried in turn.)
+                transport, _ = await loop.create_connection(asyncio.Protocol, host, port)
         except TimeoutError:
             return CRITICAL, f"dial tcp {self.target}: i/o timeout (after {format_duration(self.timeout)})"
         except OSError as exc:

@@ -8,6 +8,7 @@ work behind when it returns or is cancelled. The scheduler only decides *when* p
 from __future__ import annotations
 
 import os
+import ssl
 from typing import Protocol
 
 __all__ = ["Probe", "ProbeResult", "describe_os_error", "split_host_port"]
@@ -38,6 +39,10 @@ def split_host_port(target: str) -> tuple[str, int]:
 
 def describe_os_error(exc: OSError) -> str:
     """Go-like wording for a socket error: ``connect: connection refused``."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"tls: certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"tls: {exc.reason or exc}"
     if exc.errno:
         return f"connect: {os.strerror(exc.errno).lower()}"
     return str(exc) or type(exc).__name__

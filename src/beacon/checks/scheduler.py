@@ -49,8 +49,10 @@ __all__ = ["CheckScheduler", "SchedulerStats"]
 
 log = logging.getLogger("beacon.checks")
 
-# Belt and braces: probes enforce their own timeouts; this only catches a probe that hangs anyway.
-_GUARD_GRACE = 1.0
+# Belt and braces: probes enforce their own timeouts (a UDP probe may add a reply wait); this only
+# catches a probe that hangs anyway, so it is generous.
+def _guard(timeout: float) -> float:
+    return 2 * timeout + 1.0
 
 
 @dataclass(slots=True)
@@ -91,7 +93,7 @@ class _IntervalRunner:
                 stats.lateness.append(clock.time() - due)
                 stats.runs += 1
                 try:
-                    async with asyncio.timeout(self.timeout + _GUARD_GRACE):
+                    async with asyncio.timeout(_guard(self.timeout)):
                         status, output = await self.probe.run()
                 except TimeoutError:
                     stats.probe_errors += 1
