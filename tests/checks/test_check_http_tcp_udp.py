@@ -151,3 +151,17 @@ async def test_udp_check_is_critical_on_icmp_port_unreachable(scheduler, recorde
         {"Name": "dns", "UDP": f"127.0.0.1:{port}", "Interval": "50ms", "Timeout": "1s"}))
     got = await recorder.wait_status("dns", "critical")
     assert "refused" in got.output.lower()
+
+
+async def test_agent_output_cap_applies_to_every_check(recorder, http_target):
+    from beacon.checks import CheckScheduler
+
+    sched = CheckScheduler(recorder, min_interval=0.01, max_output_size=50)
+    try:
+        sched.add(http_check(http_target.url("/big"), OutputMaxSize=100_000))
+        got = await recorder.wait_status("web", "passing")
+        assert len(got.output.split("Output: ", 1)[1]) == 50
+        assert sched.definition("web").output_max_size == 50
+    finally:
+        async with asyncio.timeout(5):
+            await sched.stop()

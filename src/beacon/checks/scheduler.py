@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import random
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ import aiohttp
 
 from beacon.checks.alias import AliasRunner, AliasSource
 from beacon.checks.clock import Clock, LoopClock, sleep_until
-from beacon.checks.definition import MIN_INTERVAL, CheckDefinition
+from beacon.checks.definition import DEFAULT_OUTPUT_MAX_SIZE, MIN_INTERVAL, CheckDefinition
 from beacon.checks.docker import DockerExecClient, DockerProbe
 from beacon.checks.errors import CheckError, NotTTLCheckError, UnknownCheckError
 from beacon.checks.http import HTTPProbe, make_http_session
@@ -123,6 +124,7 @@ class CheckScheduler:
     """Runs the checks of one agent. Create and use it inside the running event loop.
 
     ``min_interval`` is the floor applied to intervals (Consul's 1 s; tests may lower it).
+    ``max_output_size`` is the agent's ``check_output_max_size``: no check keeps more output.
     ``clock``/``rng`` can be replaced for tests. ``docker_host`` defaults to ``$DOCKER_HOST`` or the
     standard socket, and is only contacted when a docker check runs. ``alias_source`` is needed to
     add alias checks.
@@ -131,12 +133,14 @@ class CheckScheduler:
     def __init__(self, notifier: CheckNotifier, *, docker_host: str | None = None,
                  alias_source: AliasSource | None = None, clock: Clock | None = None,
                  rng: random.Random | None = None, min_interval: float = MIN_INTERVAL,
-                 http_connector_limit: int = 512) -> None:
+                 http_connector_limit: int = 512,
+                 max_output_size: int = DEFAULT_OUTPUT_MAX_SIZE) -> None:
         self.notifier = notifier
         self.alias_source = alias_source
         self.clock: Clock = clock or LoopClock()
         self.rng = rng or random.Random()
         self.min_interval = min_interval
+        self.max_output_size = max_output_size
         self.stats = SchedulerStats()
         self._docker_host = docker_host
         self._docker: DockerExecClient | None = None
@@ -171,6 +175,8 @@ class CheckScheduler:
         defn.validate()
         if not defn.check_id:
             raise CheckError("check has no ID")
+        if not 0 < defn.output_max_size <= self.max_output_size:
+            defn = dataclasses.replace(defn, output_max_size=self.max_output_size)
         previous = self._cancel(defn.check_id)
         kind = defn.kind
         runner: _Runner
