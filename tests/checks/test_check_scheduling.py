@@ -26,7 +26,7 @@ async def test_first_runs_are_staggered_across_the_interval(recorder, tcp_listen
         async with asyncio.timeout(5):
             await sched.stop()
     firsts = sorted(recorder.of(f"c{i}")[0].at - added for i in range(40))
-    assert firsts[-1] < 0.6 + 0.1  # every first run falls inside one interval (plus run time)
+    assert firsts[-1] < 0.6 + 0.3  # every first run falls inside one interval (plus run time, load)
     # spread over the interval rather than bunched: each third of it gets some first runs
     thirds = [sum(1 for t in firsts if k * 0.2 <= t < (k + 1) * 0.2) for k in range(3)]
     assert all(n >= 5 for n in thirds), thirds
@@ -40,19 +40,20 @@ async def test_slow_checks_keep_their_schedule_without_drift(scheduler, recorder
     await recorder.wait_until(lambda: len(recorder.of("slow")) >= 7, timeout=5)
     starts = http_target.hits["/slow"][:7]
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert statistics.mean(gaps) == pytest.approx(0.25, abs=0.01), gaps
-    assert all(abs(g - 0.25) < 0.06 for g in gaps), gaps
+    assert statistics.mean(gaps) == pytest.approx(0.25, abs=0.02), gaps
+    assert all(abs(g - 0.25) < 0.1 for g in gaps), gaps
     assert http_target.max_in_flight == 1
 
 
 async def test_overrunning_check_skips_missed_slots_instead_of_bursting(scheduler, recorder, http_target):
-    # 180 ms runs on a 100 ms interval: run every other slot, never two at once.
+    # 130 ms runs on a 100 ms interval: run every other slot (200 ms apart), never two at once.
+    # Catching up on missed slots instead would start runs back to back, 130 ms apart.
     scheduler.add(CheckDefinition.from_json(
-        {"Name": "slow", "HTTP": http_target.url("/slow") + "?delay=0.18", "Interval": "100ms"}))
+        {"Name": "slow", "HTTP": http_target.url("/slow") + "?delay=0.13", "Interval": "100ms"}))
     await recorder.wait_until(lambda: len(recorder.of("slow")) >= 4, timeout=5)
     starts = http_target.hits["/slow"][:4]
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert all(abs(g - 0.2) < 0.05 for g in gaps), gaps
+    assert all(abs(g - 0.2) < 0.045 for g in gaps), gaps
     assert http_target.max_in_flight == 1
     assert scheduler.stats.skipped_slots >= 3
 
@@ -123,7 +124,7 @@ async def test_intervals_are_raised_to_the_scheduler_minimum(recorder, tcp_liste
         async with asyncio.timeout(5):
             await sched.stop()
     ups = recorder.of("c")
-    assert ups[2].at - ups[1].at == pytest.approx(0.3, abs=0.05)
+    assert ups[2].at - ups[1].at == pytest.approx(0.3, abs=0.1)
 
 
 async def test_add_refuses_invalid_or_unrunnable_checks(scheduler):
