@@ -7,7 +7,13 @@ import sys
 import pytest
 from _checks_helpers import process_alive, wait_for_file, wait_gone
 
-from beacon.checks import CheckDefinition, InvalidStatusError, NotTTLCheckError, UnknownCheckError
+from beacon.checks import (
+    CheckDefinition,
+    CheckScheduler,
+    InvalidStatusError,
+    NotTTLCheckError,
+    UnknownCheckError,
+)
 
 
 def script_check(args, **extra):
@@ -137,3 +143,25 @@ async def test_removed_ttl_check_never_expires(scheduler, recorder):
 
 def test_process_alive_helper_sees_this_process():
     assert process_alive(os.getpid())
+
+
+async def test_removal_while_a_script_is_starting_leaves_no_children(recorder, tmp_path):
+    # The process exists a little before the subprocess API returns it; removing the check in that
+    # window once left the script's children running (and stop() waiting on their pipe).
+    survivors = []
+    for i in range(30):
+        sched = CheckScheduler(recorder, min_interval=0.001)
+        pid_file = tmp_path / f"p{i}"
+        sched.add(script_check(["/bin/sh", "-c", f"sleep 30 & echo $! > {pid_file}; wait"],
+                               Interval="1ms", Timeout="20s"))
+        await asyncio.sleep(0.0005 * (i % 15))  # remove at moments around the spawn
+        sched.remove("script")
+        async with asyncio.timeout(5):
+            await sched.stop()
+        await asyncio.sleep(0.02)  # a child spawned just before the kill has written its PID
+        if pid_file.exists() and pid_file.read_text().strip():
+            pid = int(pid_file.read_text())
+            if not await wait_gone(pid):
+                survivors.append(pid)
+                os.kill(pid, 9)
+    assert survivors == []

@@ -38,10 +38,17 @@ class ScriptProbe:
 
     async def run(self) -> ProbeResult:
         buf = TailBuffer(self.output_max_size)
+        # The process exists before create_subprocess_exec returns (it still awaits the pipes). A
+        # cancellation in that window would leave the script's children running, so creation is
+        # shielded and, if we are cancelled meanwhile, the group is killed as soon as it exists.
+        creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True))
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            proc = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(_kill_when_created)
+            raise
         except OSError as exc:
             return CRITICAL, f"Failed to invoke check: {exc}"
         try:
@@ -63,6 +70,13 @@ class ScriptProbe:
 
     async def close(self) -> None:
         return None
+
+
+def _kill_when_created(creating: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    if creating.cancelled() or creating.exception() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(creating.result().pid, signal.SIGKILL)  # the loop's child watcher reaps it
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:
