@@ -41,6 +41,18 @@ def frame(stream: int, data: bytes) -> bytes:
     return struct.pack(">BxxxL", stream, len(data)) + data
 
 
+async def serve_exec_api(path: str, create, start, inspect) -> web.AppRunner:
+    """Serve the three exec endpoints on a unix socket; listening once this returns."""
+    app = web.Application()
+    app.router.add_post("/containers/{id}/exec", create)
+    app.router.add_post("/exec/{id}/start", start)
+    app.router.add_get("/exec/{id}/json", inspect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, path).start()
+    return runner
+
+
 @pytest.fixture
 async def fake_docker():
     short_dir = tempfile.mkdtemp(prefix="bdk", dir="/tmp")  # unix socket paths are limited to ~107 bytes
@@ -87,14 +99,7 @@ async def fake_docker():
             return web.json_response({"message": "No such exec instance"}, status=404)
         return web.json_response({"ID": exec_id, "Running": False, "ExitCode": ex["exit"]})
 
-    app = web.Application()
-    app.router.add_post("/containers/{id}/exec", create)
-    app.router.add_post("/exec/{id}/start", start)
-    app.router.add_get("/exec/{id}/json", inspect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.UnixSite(runner, fake.socket_path)
-    await site.start()  # listening once this returns
+    runner = await serve_exec_api(fake.socket_path, create, start, inspect)
     yield fake
     fake.release.set()
     async with asyncio.timeout(5):
@@ -183,13 +188,7 @@ async def test_raw_stream_from_a_tty_style_engine_is_kept_as_is(tmp_path):
     async def inspect(request):
         return web.Response(text=json.dumps({"ExitCode": 1}), content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/containers/{id}/exec", create)
-    app.router.add_post("/exec/{id}/start", start)
-    app.router.add_get("/exec/{id}/json", inspect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.UnixSite(runner, path).start()
+    runner = await serve_exec_api(path, create, start, inspect)
     client = DockerExecClient(f"unix://{path}")
     try:
         buf = TailBuffer(4096)
