@@ -167,3 +167,16 @@ def test_definition_json_has_consul_shape():
     assert (hc.node, hc.check_id, hc.status, hc.type, hc.service_name, hc.service_tags) == (
         "node1", "t", "critical", "ttl", "web", ["a"])
     assert hc.definition == {"OutputMaxSize": 4096, "TTL": "30s"}
+
+
+@pytest.mark.parametrize("body", [
+    {"HTTP": "http://127.0.0.1/h", "Method": "POST", "Header": {"A": ["1"]}, "Body": "x", "TLSSkipVerify": True,
+     "TLSServerName": "s", "DisableRedirects": False, "Interval": "15s", "Timeout": "2s"},
+    {"DockerContainerID": "c", "Args": ["a", "b"], "Shell": "/bin/bash", "Interval": "1m"},
+    {"TTL": "45s", "DeregisterCriticalServiceAfter": "10m", "OutputMaxSize": 100},
+    {"AliasService": "web", "AliasNode": "n2"},
+])
+def test_definition_json_decodes_back_to_the_same_check(body):
+    d = CheckDefinition.from_json({"ID": "c1", "Name": "n", **body})
+    again = CheckDefinition.from_json({"ID": "c1", "Name": "n", **d.definition_json()})
+    assert again == d

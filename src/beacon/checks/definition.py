@@ -350,7 +350,8 @@ class CheckDefinition:
         put("Method", self.method)
         put("Body", self.body)
         if self.http:
-            put("DisableRedirects", self.disable_redirects)
+            # Always shown for HTTP checks: Beacon's default (true) differs from Consul's (false).
+            out["DisableRedirects"] = self.disable_redirects
         put("TCP", self.tcp)
         put("UDP", self.udp)
         put("Interval", self.interval_str)

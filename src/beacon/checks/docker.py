@@ -79,8 +79,9 @@ class DockerExecClient:
         url = f"{self._base}/containers/{quote(container_id, safe='')}/exec"
         async with self._client().post(url, json=body) as resp:
             data = await _json(resp)
-            if resp.status in (200, 201) and isinstance(data.get("Id"), str):
-                return data["Id"]
+            exec_id = data.get("Id")
+            if resp.status in (200, 201) and isinstance(exec_id, str):
+                return exec_id
             if resp.status == 404:
                 raise DockerError(f"create exec failed for unknown container {container_id}")
             if resp.status == 409:
@@ -107,8 +108,9 @@ class DockerExecClient:
         url = f"{self._base}/exec/{quote(exec_id, safe='')}/json"
         async with self._client().get(url) as resp:
             data = await _json(resp)
-            if resp.status == 200 and isinstance(data.get("ExitCode"), int):
-                return int(data["ExitCode"])
+            code = data.get("ExitCode")
+            if resp.status == 200 and isinstance(code, int):
+                return code
             if resp.status == 404:
                 raise DockerError(f"inspect exec failed for container {container_id}: "
                                   f"invalid exec id {exec_id}")

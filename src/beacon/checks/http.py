@@ -90,7 +90,9 @@ class HTTPProbe:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"dial tcp {exc.host}:{exc.port}: {describe_os_error(exc.certificate_error)}"
+        cert_error = exc.certificate_error
+        reason = describe_os_error(cert_error) if isinstance(cert_error, OSError) else str(cert_error)
+        return f"dial tcp {exc.host}:{exc.port}: {reason}"
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
         return f"dial tcp {exc.host}:{exc.port}: {describe_os_error(exc.os_error)}"
     text = str(exc)
