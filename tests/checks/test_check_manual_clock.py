@@ -83,3 +83,21 @@ async def test_ten_second_interval_runs_at_stagger_then_every_ten_seconds(record
     finally:
         async with asyncio.timeout(5):
             await sched.stop()
+
+
+async def test_restored_ttl_check_quotes_its_persisted_output_on_expiry(recorder):
+    clock = ManualClock()
+    sched = CheckScheduler(recorder, clock=clock)
+    try:
+        sched.add(CheckDefinition.from_json({"Name": "app", "TTL": "30s", "Status": "passing"}),
+                  last_output="before restart")
+        assert sched.ttl_remaining("app") == 30.0
+        await clock.advance_to(clock.now + 12)
+        assert sched.ttl_remaining("app") == 18.0
+        await clock.advance_to(clock.now + 18)
+        assert [(u.status, u.output) for u in recorder.of("app")] == [
+            ("critical", "TTL expired (last output before timeout follows): before restart")]
+        assert sched.ttl_remaining("app") is None
+    finally:
+        async with asyncio.timeout(5):
+            await sched.stop()

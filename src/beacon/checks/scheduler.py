@@ -167,9 +167,13 @@ class CheckScheduler:
             raise UnknownCheckError(check_id)
         return runner.defn
 
-    def add(self, defn: CheckDefinition) -> None:
+    def add(self, defn: CheckDefinition, *, last_output: str = "") -> None:
         """Start running ``defn``; a check with the same ID is replaced (its last run completes
-        or is cancelled before the new one starts). Raises :class:`CheckDefinitionError` if invalid."""
+        or is cancelled before the new one starts). Raises :class:`CheckDefinitionError` if invalid.
+
+        ``last_output`` seeds a TTL check restored from persisted state, so that an expiry right
+        after a restart still quotes it; the TTL itself starts afresh, as in Consul.
+        """
         if self._stopped:
             raise CheckError("check scheduler is stopped")
         defn.validate()
@@ -182,6 +186,7 @@ class CheckScheduler:
         runner: _Runner
         if kind == "ttl":
             runner = TTLRunner(defn, self.notifier, self.clock)
+            runner.last_output = last_output
             runner.start()
         elif kind == "alias":
             if self.alias_source is None:
@@ -222,6 +227,11 @@ class CheckScheduler:
         """When (clock time) the TTL check expires, or None if already expired / not a TTL check."""
         runner = self._runners.get(check_id)
         return runner.expires_at if isinstance(runner, TTLRunner) else None
+
+    def ttl_remaining(self, check_id: str) -> float | None:
+        """Seconds until the TTL check expires (what the agent persists), or None as above."""
+        expires = self.ttl_expires_at(check_id)
+        return None if expires is None else max(0.0, expires - self.clock.time())
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop every check, wait (up to ``timeout``) for runs to clean up, close HTTP/docker clients."""
