@@ -57,6 +57,9 @@ class AgentConfig:
     encrypt: str = ""
     node_meta: dict[str, str] = field(default_factory=dict)
     check_update_interval: float = 300.0
+    check_reap_interval: float = 30.0
+    deregister_critical_service_after_min: float = 60.0
+    check_output_max_size: int = 4096
     heartbeat_interval: float = 1.0
     failure_timeout: float = 3.0
     reconnect_timeout: float = 72 * 3600.0
@@ -256,6 +259,12 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                                   for a, b in _dict(key, value, src).items()})
         elif k == "check_update_interval":
             cfg.check_update_interval = _duration(key, value, src)
+        elif k == "check_reap_interval":
+            cfg.check_reap_interval = _duration(key, value, src)
+        elif k == "deregister_critical_service_after_min":
+            cfg.deregister_critical_service_after_min = _duration(key, value, src)
+        elif k == "check_output_max_size":
+            cfg.check_output_max_size = _int(key, value, src, minimum=1)
         elif k == "reconnect_timeout":
             cfg.reconnect_timeout = _duration(key, value, src)
         elif k == "leave_on_terminate":

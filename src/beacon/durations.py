@@ -1,71 +1,116 @@
-"""Go-style durations, as Consul reads and writes them.
+"""Go-style durations: the form Consul uses for every duration field in its JSON.
 
-Accepted: strings like ``"10s"``, ``"1m30s"``, ``"500ms"``, ``"1h"``, ``"-1.5h"``, ``"0"``; JSON numbers
-(int or float) meaning nanoseconds. A bare numeric string other than "0" (``"30"``) is invalid: Go's
-``time.ParseDuration`` needs a unit.
+``parse_duration`` accepts what a Consul agent accepts in a request body:
+
+* a Go duration string (``"10s"``, ``"1m30s"``, ``"500ms"``, ``"1.5h"``, ``"-2s"``, ``"0"``), units
+  ``ns us µs ms s m h``;
+* a JSON number, meaning **nanoseconds** (``30000000000`` is 30 s).
+
+A bare numeric string such as ``"30"`` has no unit and is rejected, as Go's ``time.ParseDuration``
+rejects it (``"0"`` is the one exception). Results are float seconds.
+
+``format_duration`` renders seconds the way Go's ``Duration.String`` does (``"10s"``, ``"1m30s"``,
+``"1h0m0s"``, ``"500ms"``, ``"0s"``), which is what ``/v1/agent/checks`` shows in ``Interval`` and
+``Timeout``.
 """
 
 from __future__ import annotations
 
 import re
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+__all__ = ["DurationError", "format_duration", "parse_duration"]
+
+_NS_PER_UNIT = {
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,  # micro sign
+    "\u03bcs": 1_000,  # Greek small letter mu
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_COMPONENT = re.compile(r"(\d*)(?:\.(\d*))?([a-zA-Z\u00b5\u03bc]+)")
+
+
+class DurationError(ValueError):
+    """A value that is not a valid Go duration."""
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from a Go duration string or a number of nanoseconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, int | float):
-        return float(value) / 1e9
+    """Return ``value`` as float seconds; raise :class:`DurationError` if it is not a duration."""
+    if isinstance(value, bool):  # bool is an int subclass; true/false are not durations
+        raise DurationError(f"invalid duration {value!r}")
+    if isinstance(value, int):
+        return value / 1e9
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise DurationError(f"invalid duration {value!r}")
+        return value / 1e9
     if not isinstance(value, str):
-        raise ValueError(f"invalid duration {value!r}")
-    s = value.strip()
-    if s in ("0", "+0", "-0", ""):
-        if s == "":
-            raise ValueError('invalid duration ""')
-        return 0.0
-    sign = 1.0
-    if s[0] in "+-":
-        sign = -1.0 if s[0] == "-" else 1.0
+        raise DurationError(f"invalid duration {value!r}")
+    return _parse_go_string(value) / 1e9
+
+
+def _parse_go_string(text: str) -> int:
+    """Parse a Go duration string to integer nanoseconds (rounded like Go for fractions)."""
+    s = text
+    sign = 1
+    if s[:1] in ("-", "+"):
+        sign = -1 if s[0] == "-" else 1
         s = s[1:]
+    if s == "0":
+        return 0
+    if not s:
+        raise DurationError(f'invalid duration "{text}"')
+    total = 0
     pos = 0
-    total = 0.0
     while pos < len(s):
-        m = _PART.match(s, pos)
+        m = _COMPONENT.match(s, pos)
         if m is None:
-            if re.fullmatch(r"\d+(\.\d*)?", s[pos:]):
-                raise ValueError(f'time: missing unit in duration "{value}"')
-            raise ValueError(f'time: invalid duration "{value}"')
-        total += float(m.group(1)) * _UNITS[m.group(2)]
+            if re.fullmatch(r"[\d.]+", s[pos:]):
+                raise DurationError(f'missing unit in duration "{text}"')
+            raise DurationError(f'invalid duration "{text}"')
+        whole, frac, unit = m.group(1), m.group(2), m.group(3)
+        if not whole and not frac:
+            # "s" or ".s": a unit without a number
+            raise DurationError(f'invalid duration "{text}"')
+        if unit not in _NS_PER_UNIT:
+            raise DurationError(f'unknown unit "{unit}" in duration "{text}"')
+        scale = _NS_PER_UNIT[unit]
+        total += int(whole or "0") * scale
+        if frac:
+            total += int(frac) * scale // (10 ** len(frac))
         pos = m.end()
     return sign * total
 
 
+def _fraction(value: int, digits: int) -> str:
+    """Render ``value`` (an integer count of 10**-digits units) as '.ddd' with trailing zeros cut."""
+    if value == 0:
+        return ""
+    return "." + f"{value:0{digits}d}".rstrip("0")
+
+
 def format_duration(seconds: float) -> str:
-    """Go's Duration.String(): ``10s``, ``1m30s``, ``500ms``, ``1h0m0s``, ``0s``."""
-    if seconds == 0:
+    """Render float seconds as Go's ``time.Duration.String()`` does."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
         return "0s"
-    neg = seconds < 0
-    ns = round(abs(seconds) * 1e9)
-    sign = "-" if neg else ""
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
     if ns < 1_000:
         return f"{sign}{ns}ns"
     if ns < 1_000_000:
-        return f"{sign}{_trim(ns / 1e3)}µs"
+        return f"{sign}{ns // 1_000}{_fraction(ns % 1_000, 3)}\u00b5s"
     if ns < 1_000_000_000:
-        return f"{sign}{_trim(ns / 1e6)}ms"
-    h, rem = divmod(ns, 3600 * 10**9)
-    m, rem = divmod(rem, 60 * 10**9)
-    sec = _trim(rem / 1e9)
-    if h:
-        return f"{sign}{h}h{m}m{sec}s"
-    if m:
-        return f"{sign}{m}m{sec}s"
-    return f"{sign}{sec}s"
-
-
-def _trim(x: float) -> str:
-    text = f"{x:.9f}".rstrip("0").rstrip(".")
-    return text or "0"
+        return f"{sign}{ns // 1_000_000}{_fraction(ns % 1_000_000, 6)}ms"
+    whole_s, frac_ns = divmod(ns, 1_000_000_000)
+    hours, rem = divmod(whole_s, 3600)
+    minutes, secs = divmod(rem, 60)
+    out = f"{secs}{_fraction(frac_ns, 9)}s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{out}"
+    if minutes:
+        return f"{sign}{minutes}m{out}"
+    return f"{sign}{out}"

@@ -32,7 +32,6 @@ from beacon.agent.http.core import AGENT_KEY, HTTPError, error_middleware
 from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
 from beacon.config import AgentConfig
-from beacon.durations import format_duration
 from beacon.model import (
     SERF_ALIVE_OUTPUT,
     SERF_CHECK_ID,
@@ -47,21 +46,6 @@ from beacon.server.leader import SessionReaper
 from beacon.server.watch import WatchHub
 
 log = logging.getLogger("beacon.agent")
-
-SCRIPTS_DISABLED = ("Scripts are disabled on this agent from remote calls; to enable, configure "
-                    "'enable_script_checks' to true")
-SCRIPTS_DISABLED_LOCAL = ("Scripts are disabled on this agent; to enable, configure 'enable_script_checks' "
-                          "or 'enable_local_script_checks' to true")
-
-
-class CheckError(Exception):
-    """An invalid check definition (400 over HTTP, a start-up error from config)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
 
 def _load_node_id(data_dir: str) -> str:
     if not data_dir:
@@ -109,6 +93,9 @@ class Agent:
             datacenter=config.datacenter, node_meta=config.node_meta, submit=self.submit,
             data_dir=config.data_dir or None, check_update_interval=config.check_update_interval)
         self.local.fetch_remote = self._fetch_node_state  # type: ignore[assignment]
+        from beacon.agent.checking import AgentChecks
+
+        self.checks = AgentChecks(self)
         self.forward_session: Any = None
         self.http_port: int | None = None
         self.dns_port: int | None = None
@@ -150,7 +137,9 @@ class Agent:
         if self.mode == "single":
             telemetry.leader_changed(self.consensus.leader_address())
             await self._register_self()
+        self.checks.start()
         await self._restore_local()
+        self.checks.start_reaper()
         if self.config.server:
             self.session_reaper = SessionReaper(self.store, self.submit, self.consensus.is_leader,
                                                 max_sleep=min(1.0, self.config.session_ttl_min / 4))
@@ -179,6 +168,7 @@ class Agent:
         if self._dns is not None:
             await self._dns.stop()
             self._dns = None
+        await self.checks.stop()
         await self.local.stop()
         if self.session_reaper is not None:
             await self.session_reaper.stop()
@@ -401,12 +391,13 @@ class Agent:
         for svc in services:
             self.local.add_service(svc, source="api", persist=False)
         for chk, definition in checks:
+            self.checks.load_ttl_state(chk)
             try:
                 self.local.add_check(chk, definition, source="api", persist=False)
             except KeyError:
                 log.warning("dropping persisted check %s: its service %s is gone", chk.check_id, chk.service_id)
                 continue
-            self._start_runner(chk.check_id)
+            self.checks.start_runner(chk, definition)
         for obj in self.config.services:
             from beacon.agent.http.decode import decode_service
 
@@ -481,18 +472,17 @@ class Agent:
                                replace_existing_checks: bool = False, sync: bool = True) -> None:
         built = []
         for i, obj in enumerate(check_objs):
-            built.append(self.build_check(obj, source, service=svc, position=i + 1, total=len(check_objs)))
+            built.append(self.checks.build(obj, source, service=svc, position=i + 1, total=len(check_objs)))
         existing = [cid for cid, c in self.local.live_checks().items() if c.service_id == svc.id]
         self.local.add_service(svc, source=source)
         new_ids = set()
         for chk, definition in built:
-            self.local.add_check(chk, definition, source=source)
-            self._start_runner(chk.check_id)
+            self._add_check(chk, definition, source)
             new_ids.add(chk.check_id)
         if replace_existing_checks:
             for cid in existing:
                 if cid not in new_ids:
-                    self._stop_runner(cid)
+                    self.checks.stop_runner(cid)
                     self.local.remove_check(cid)
         if sync:
             await self.sync_now()
@@ -500,7 +490,7 @@ class Agent:
     async def deregister_service(self, service_id: str) -> None:
         removed = self.local.remove_service(service_id)
         for cid in removed:
-            self._stop_runner(cid)
+            self.checks.stop_runner(cid)
         await self.sync_now()
 
     async def register_check(self, obj: dict[str, Any], source: str = "api", sync: bool = True) -> None:
@@ -510,116 +500,40 @@ class Agent:
             service = self.local.live_services().get(sid)
             if service is None:
                 raise HTTPError(404, f'ServiceID "{sid}" does not exist')
-        chk, definition = self.build_check(obj, source, service=service, position=0, total=1,
-                                           standalone=True)
-        self.local.add_check(chk, definition, source=source)
-        self._start_runner(chk.check_id)
+        chk, definition = self.checks.build(obj, source, service=service)
+        self._add_check(chk, definition, source)
         if sync:
             await self.sync_now()
 
+    def _add_check(self, chk: HealthCheck, definition: dict[str, Any], source: str) -> None:
+        self.checks.stop_runner(chk.check_id)  # re-registration replaces the runner
+        self.local.add_check(chk, definition, source=source)
+        self.checks.restore_definition(chk, definition)
+        self.checks.start_runner(chk, definition)
+
     async def deregister_check(self, check_id: str) -> None:
         self.local.remove_check(check_id)
-        self._stop_runner(check_id)
+        self.checks.stop_runner(check_id)
         await self.sync_now()
 
     async def ttl_update(self, check_id: str, status: str, output: str) -> None:
         entry = self.local.checks.get(check_id)
         if entry is None or entry.deleted:
             raise KeyError(check_id)
-        if entry.check.type != "ttl":
-            raise TypeError(check_id)
-        self._ttl_touch(check_id, status, output)
-        self.local.update_check(check_id, status, output)
+        stored = self.checks.ttl_update(check_id, status, output)
+        self.local.update_check(check_id, status, stored)
         await self.sync_now()
 
-    def build_check(self, obj: dict[str, Any], source: str, service: Service | None, position: int,
-                    total: int, standalone: bool = False) -> tuple[HealthCheck, dict[str, Any]]:
-        """Decode and validate one check definition; raise HTTPError(400/500) with Consul's message."""
-        f = Fields(obj, "check")
-        is_script = f.has("Args", "ScriptArgs", "Script") or f.has("DockerContainerID")
-        if is_script:
-            if source == "api" and not self.config.enable_script_checks:
-                raise HTTPError(500, SCRIPTS_DISABLED)
-            if source == "config" and not (self.config.enable_script_checks
-                                           or self.config.enable_local_script_checks):
-                raise HTTPError(500, SCRIPTS_DISABLED_LOCAL)
-        status = f.str("Status") or "critical"
-        if status not in ("passing", "warning", "critical"):
-            raise HTTPError(400, "Status for checks must 'passing', 'warning', 'critical'")
-        if service is not None and not standalone:
-            default_id = f"service:{service.id}" if total == 1 else f"service:{service.id}:{position}"
-            check_id = f.str("CheckID", "ID") or default_id
-            name = f.str("Name") or f"Service '{service.service}' check"
-        else:
-            name = f.str("Name")
-            check_id = f.str("CheckID", "ID") or name
-        ttl = f.duration("TTL")
-        interval = f.duration("Interval")
-        timeout = f.duration("Timeout")
-        if ttl is not None and interval is not None:
-            raise HTTPError(400, "Invalid check: Interval and TTL cannot both be specified")
-        kind = self._check_kind(f, ttl)
-        if kind in ("script", "http", "tcp", "udp", "docker") and not interval:
-            raise HTTPError(400, "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, "
-                                 "UDP or OSService checks")
-        if kind == "ttl" and not ttl:
-            raise HTTPError(400, "Invalid check: TTL must be > 0 for TTL checks")
-        if kind == "alias" and interval:
-            raise HTTPError(400, "Invalid check: Interval cannot be set for Alias checks")
-        if kind == "unknown" and not standalone and service is not None and not obj:
-            raise HTTPError(400, "Invalid check: no check type given")
-        definition = {k: v for k, v in obj.items()}
-        chk = HealthCheck(
-            node=self.config.node_name, check_id=check_id, name=name, status=status, notes=f.str("Notes"),
-            service_id=service.id if service is not None else "", type=kind if kind != "unknown" else "",
-            interval=format_duration(interval) if interval else "",
-            timeout=format_duration(timeout) if timeout else "",
-            definition=self._definition_json(f, interval, timeout, ttl),
-        )
-        return chk, definition
-
-    @staticmethod
-    def _check_kind(f: Fields, ttl: float | None) -> str:
-        if ttl is not None:
-            return "ttl"
-        if f.has("DockerContainerID"):
-            return "docker"
-        if f.has("Args", "ScriptArgs", "Script"):
-            return "script"
-        for key, kind in (("HTTP", "http"), ("TCP", "tcp"), ("UDP", "udp"), ("GRPC", "grpc"),
-                          ("AliasService", "alias"), ("AliasNode", "alias"), ("H2PING", "h2ping")):
-            if f.has(key):
-                return kind
-        return "unknown"
-
-    @staticmethod
-    def _definition_json(f: Fields, interval: float | None, timeout: float | None,
-                         ttl: float | None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in ("HTTP", "TCP", "UDP", "Method"):
-            if f.has(key):
-                out[key] = f.get(key)
-        if f.has("Header"):
-            out["Header"] = f.get("Header")
-        if interval:
-            out["Interval"] = format_duration(interval)
-        if timeout:
-            out["Timeout"] = format_duration(timeout)
-        if ttl:
-            out["TTL"] = format_duration(ttl)
-        dcsa = f.duration("DeregisterCriticalServiceAfter")
-        out["DeregisterCriticalServiceAfter"] = format_duration(dcsa or 0)
-        return out
-
-    # Runner hooks: the check scheduler plugs in here.
-    def _start_runner(self, check_id: str) -> None:
-        pass
-
-    def _stop_runner(self, check_id: str) -> None:
-        pass
-
-    def _ttl_touch(self, check_id: str, status: str, output: str) -> None:
-        pass
+    def docker_host(self) -> str | None:
+        """Where docker-exec checks and the registrator talk the Docker Engine API."""
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            return f"unix://{engine.socket_path}"
+        if os.environ.get("DOCKER_HOST"):
+            return os.environ["DOCKER_HOST"]
+        if os.path.exists("/var/run/docker.sock"):
+            return "unix:///var/run/docker.sock"
+        return None
 
     # ------------------------------------------------------------------ membership
     def members(self) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ The hub lives on the event loop. ``notify_threadsafe`` is what a Raft thread cal
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class WatchHub:
@@ -28,6 +28,8 @@ class WatchHub:
         self._keys: dict[str, set[asyncio.Future[None]]] = {}
         self._prefixes: dict[str, set[asyncio.Future[None]]] = {}
         self.waiting = 0
+        # Called on the loop after every change (alias checks); keep them cheap.
+        self.listeners: list[Callable[[int, set[str]], None]] = []
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -40,6 +42,8 @@ class WatchHub:
                     fut.set_result(None)
 
     def notify(self, index: int, keys: set[str]) -> None:
+        for listener in self.listeners:
+            listener(index, keys)
         if "*" in keys:
             for group in (self._keys, self._prefixes):
                 for futs in group.values():
