@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "catalog": ("beacon.cli.catalog", "List catalog services and nodes"),
     "services": ("beacon.cli.services", "Register and deregister services on the local agent"),
     "version": ("beacon.cli.version", "Print the version"),
+    "engine": ("beacon.cli.engine", "Run only the embedded container engine (Docker Engine API)"),
 }
 
 

@@ -1,0 +1,139 @@
+"""The per-container supervisor: a tiny init, run as ``python3 -S _init.py MODE HOSTNAME READY_FD -- CMD...``.
+
+It imports nothing from beacon (it runs with ``-S`` for a fast start) and is the only process the
+engine spawns per container. The process tree it builds::
+
+    netns:    supervisor (host)  -> init (pid 1 in new net/uts/pid namespaces) -> command (pid 2)
+    process:  supervisor (subreaper, host network)                               -> command
+
+Why an init at all: a command that is pid 1 ignores SIGTERM unless it installs a handler, and nothing
+would reap its orphans. Everything stays in the supervisor's process group, so the engine signals the
+whole container with one ``killpg``; the supervisor and init swallow the signals they receive and
+live on to report the command's exit status (``128 + signal`` when it was killed, as Docker reports).
+
+READY_FD is a pipe to the engine: one line ``ready <pid>\\n`` once the namespaces exist, where ``pid`` is
+the host pid of the process whose namespaces ``nsenter`` should join (the init in netns mode).
+"""
+
+import ctypes
+import fcntl
+import os
+import signal
+import socket
+import struct
+import sys
+
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        res = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
+        flags = struct.unpack("16sH", res[:18])[1] | IFF_UP
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))
+
+
+def _swallow(signum, frame):  # the signal went to the whole group; the command handles it
+    pass
+
+
+def _exit_status(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _exec_command(cmd: list) -> None:
+    """In the forked child: restore default signal handling and exec, or exit 127/126 like a shell."""
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        os.write(2, f"beacon-init: exec {cmd[0]!r}: {exc.strerror}\n".encode())
+        os._exit(126 if exc.errno == 13 else 127)
+
+
+def _run_init(cmd: list) -> int:
+    """Fork the command, reap everything, return the command's exit status."""
+    child = os.fork()
+    if child == 0:
+        _exec_command(cmd)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 125
+        if pid == child:
+            # The rest of the container dies with it: the kernel kills a pid namespace whose pid 1
+            # exits, and in process mode the engine kills the supervisor's process group.
+            return _exit_status(status)
+
+
+def _ready(fd: int, pid: int) -> None:
+    try:
+        os.write(fd, f"ready {pid}\n".encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def main(argv: list) -> int:
+    if len(argv) < 5 or argv[3] != "--" or not argv[2].isdigit():
+        os.write(2, b"usage: _init.py netns|process|probe HOSTNAME READY_FD -- CMD...\n")
+        return 125
+    mode, hostname, fd, cmd = argv[0], argv[1], int(argv[2]), argv[4:]
+    for sig in FORWARDED:
+        signal.signal(sig, _swallow)
+    if mode == "process":
+        _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
+        _ready(fd, os.getpid())
+        return _run_init(cmd)
+    _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
+    name = hostname.encode()[:64]
+    _check(_libc.sethostname(name, len(name)), "sethostname")
+    _loopback_up()
+    if mode == "probe":
+        return 0
+    init = os.fork()
+    if init == 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        code = _run_init(cmd)
+        os._exit(code)
+    _ready(fd, init)
+    while True:
+        try:
+            pid, status = os.waitpid(init, 0)
+        except ChildProcessError:
+            return 125
+        if pid == init:
+            return _exit_status(status)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except OSError as exc:
+        os.write(2, f"beacon-init: {exc}\n".encode())
+        sys.exit(125)
