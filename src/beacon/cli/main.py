@@ -17,6 +17,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "services": ("beacon.cli.services", "Register and deregister services on the local agent"),
     "version": ("beacon.cli.version", "Print the version"),
     "engine": ("beacon.cli.engine", "Run only the embedded container engine (Docker Engine API)"),
+    "containers": ("beacon.cli.containers", "Container commands: run, ps, stop, rm, logs, exec"),
+    "run": ("beacon.cli.run", "Run a container on the embedded engine (docker run flags)"),
+    "ps": ("beacon.cli.ps", "List containers of the embedded engine"),
+    "stop": ("beacon.cli.stop", "Stop containers"),
+    "rm": ("beacon.cli.rm", "Remove containers"),
+    "logs": ("beacon.cli.logs", "Print a container's logs"),
+    "exec": ("beacon.cli.exec", "Run a command in a running container"),
 }
 
 

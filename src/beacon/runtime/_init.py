@@ -22,6 +22,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
@@ -87,6 +88,44 @@ def _run_init(cmd: list) -> int:
             return _exit_status(status)
 
 
+def _leftovers() -> list:
+    """Processes of this container still alive: in our process group, or orphans we adopted."""
+    me, found = os.getpid(), []
+    group = me if os.getpgid(0) == me else -1  # only a group we lead is the container's
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z" and (int(fields[1]) == me or int(fields[2]) == group):
+            found.append(int(entry))
+    return found
+
+
+def _reap_all() -> None:
+    """Process mode: kill what the command left behind and reap it, as a container stop would."""
+    for _ in range(50):
+        victims = _leftovers()
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                break
+        if not victims:
+            return
+        time.sleep(0.02)
+
+
 def _ready(fd: int, pid: int) -> None:
     try:
         os.write(fd, f"ready {pid}\n".encode())
@@ -105,7 +144,9 @@ def main(argv: list) -> int:
     if mode == "process":
         _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
         _ready(fd, os.getpid())
-        return _run_init(cmd)
+        code = _run_init(cmd)
+        _reap_all()
+        return code
     _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
     name = hostname.encode()[:64]
     _check(_libc.sethostname(name, len(name)), "sethostname")
