@@ -313,9 +313,10 @@ class ApiServer:
 
     async def image_inspect(self, req: Request, args: dict[str, str]) -> Response:
         name = args["id"]
-        if not name:
-            raise NotFound("No such image: ")
-        # Every image name exists: containers run on the host filesystem.
+        known = self.engine.images()
+        if name not in known and name + ":latest" not in known:
+            # Only names containers were created with exist: there is no image store to look in.
+            raise NotFound(f"No such image: {name}")
         return Response(200, {"Id": views.image_id(name), "RepoTags": [name], "RepoDigests": [], "Parent": "",
                               "Created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.engine.started_at)),
                               "Os": "linux", "Architecture": views._arch(), "Size": 0,
