@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 VERSION_RE = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 MUX = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
+LIST_FILTERS = ("label", "name", "id", "status", "health", "exited", "ancestor")
 Route = Callable[[Request, dict[str, str]], Awaitable[Response | Stream]]
 
 
@@ -171,6 +172,9 @@ class ApiServer:
         from beacon.runtime._engine import name_matches
 
         filters = parse_filters(req.q("filters"))
+        for key in filters:
+            if key not in LIST_FILTERS:
+                raise InvalidParameter(f"invalid filter '{key}'")
         show_all = req.flag("all")
         out = []
         for c in self.engine.containers():
@@ -190,9 +194,7 @@ class ApiServer:
             }
             ok = True
             for key, values in filters.items():
-                check = checks.get(key)
-                if check is None:
-                    raise InvalidParameter(f"invalid filter '{key}'")
+                check = checks[key]
                 # labels must all match; the other keys match any of their values
                 ok = all(map(check, values)) if key == "label" else any(map(check, values)) or not values
                 if not ok:
@@ -314,7 +316,14 @@ class ApiServer:
     async def image_inspect(self, req: Request, args: dict[str, str]) -> Response:
         name = args["id"]
         known = self.engine.images()
-        if name not in known and name + ":latest" not in known:
+        by_id = {views.image_id(n): n for n in known}
+        ref = name.removeprefix("sha256:")
+        ids = [i for i in by_id if len(ref) >= 12 and i.removeprefix("sha256:").startswith(ref)]
+        if name in known or name + ":latest" in known:
+            name = name if name in known else name + ":latest"
+        elif len(ids) == 1:
+            name = by_id[ids[0]]
+        else:
             # Only names containers were created with exist: there is no image store to look in.
             raise NotFound(f"No such image: {name}")
         return Response(200, {"Id": views.image_id(name), "RepoTags": [name], "RepoDigests": [], "Parent": "",
