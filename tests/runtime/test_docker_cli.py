@@ -159,7 +159,9 @@ def test_restart_on_failure_counts_retries(engine: EngineProc) -> None:
 
 
 def test_stop_kills_with_sigkill_after_timeout(engine: EngineProc) -> None:
-    engine.docker("run", "-d", "--name", "stubborn", "img", "sh", "-c", "trap '' TERM; while :; do sleep 0.05; done")
+    engine.docker("run", "-d", "--name", "stubborn", "img", "sh", "-c",
+                  "trap '' TERM; echo trapped; while :; do sleep 0.05; done")
+    until(lambda: "trapped" in engine.docker("logs", "stubborn").stdout, what="TERM ignored")
     started = time.monotonic()
     engine.docker("stop", "-t", "1", "stubborn")
     assert 0.9 < time.monotonic() - started < 8

@@ -56,6 +56,18 @@ def parse_filters(raw: str | None) -> dict[str, list[str]]:
     return out
 
 
+def parse_time_ns(raw: str | None) -> int | None:
+    """``since``/``until``: unix seconds with up to 9 decimals (what the CLI sends), or RFC 3339."""
+    if raw in (None, ""):
+        return None
+    assert raw is not None
+    secs, dot, frac = raw.partition(".")
+    if secs.lstrip("-").isdigit() and (not dot or frac.isdigit()):
+        return int(secs) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
+    value = parse_time(raw)
+    return None if value is None else int(value * 1e9)
+
+
 def parse_time(raw: str | None) -> float | None:
     if raw in (None, ""):
         return None
@@ -288,7 +300,7 @@ class ApiServer:
     # -- events and images ---------------------------------------------------------------------
 
     async def events(self, req: Request, args: dict[str, str]) -> Stream:
-        since, until = parse_time(req.q("since")), parse_time(req.q("until"))
+        since, until = parse_time_ns(req.q("since")), parse_time_ns(req.q("until"))
         flt = EventFilter(parse_filters(req.q("filters")))
         events = self.engine.events.stream(since, until, flt)
 

@@ -69,17 +69,19 @@ class EventBus:
             queue.put_nowait(event)
         return event
 
-    async def stream(self, since: float | None, until: float | None,
+    async def stream(self, since_ns: int | None, until_ns: int | None,
                      flt: EventFilter) -> AsyncIterator[dict[str, Any]]:
-        """Past events from ``since``, then live ones until ``until`` (forever when None)."""
+        """Past events from ``since_ns``, then live ones until ``until_ns`` (forever when None)."""
+        since = None if since_ns is None else since_ns / 1e9
+        until = None if until_ns is None else until_ns / 1e9
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.subscribers.add(queue)
         try:
             now = time.time()
-            if since is not None:
-                limit = until if until is not None else now
+            if since_ns is not None:
+                limit = until_ns if until_ns is not None else time.time_ns()
                 for event in list(self.history):
-                    if since * 1e9 <= event["timeNano"] <= limit * 1e9 and flt.match(event):
+                    if since_ns <= event["timeNano"] <= limit and flt.match(event):
                         yield event
             if until is not None and until <= now:
                 return
@@ -95,9 +97,9 @@ class EventBus:
                             event = await queue.get()
                     except TimeoutError:
                         return
-                if until is not None and event["timeNano"] > until * 1e9:
+                if until_ns is not None and event["timeNano"] > until_ns:
                     return
-                if since is not None and event["timeNano"] < since * 1e9:
+                if since_ns is not None and event["timeNano"] < since_ns:
                     continue
                 if flt.match(event):
                     yield event

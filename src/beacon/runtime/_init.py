@@ -60,11 +60,29 @@ def _exit_status(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def _fork_forwarding() -> int:
+    """fork() with the forwarded signals blocked; a signal that reached us before the child existed
+    (the group was signalled a moment too early) is passed on to it, so it is never lost. The child
+    starts with those signals still blocked and must unblock them itself."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    child = os.fork()
+    if child == 0:
+        return 0
+    for sig in signal.sigpending() & set(FORWARDED):
+        try:
+            os.kill(child, sig)
+        except OSError:
+            pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+    return child
+
+
 def _exec_command(cmd: list) -> None:
     """In the forked child: restore default signal handling and exec, or exit 127/126 like a shell."""
     for sig in FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:
@@ -74,7 +92,7 @@ def _exec_command(cmd: list) -> None:
 
 def _run_init(cmd: list) -> int:
     """Fork the command, reap everything, return the command's exit status."""
-    child = os.fork()
+    child = _fork_forwarding()
     if child == 0:
         _exec_command(cmd)
     while True:
@@ -141,6 +159,8 @@ def main(argv: list) -> int:
     mode, hostname, fd, cmd = argv[0], argv[1], int(argv[2]), argv[4:]
     for sig in FORWARDED:
         signal.signal(sig, _swallow)
+    # Held until the command exists, then passed on to it (see _fork_forwarding).
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     if mode == "process":
         _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
         _ready(fd, os.getpid())
@@ -153,14 +173,14 @@ def main(argv: list) -> int:
     _loopback_up()
     if mode == "probe":
         return 0
-    init = os.fork()
+    init = _fork_forwarding()
     if init == 0:
         try:
             os.close(fd)
         except OSError:
             pass
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        code = _run_init(cmd)
+        code = _run_init(cmd)  # forwarded signals stay blocked until the command is forked
         os._exit(code)
     _ready(fd, init)
     while True:
