@@ -41,7 +41,7 @@ def test_run_publish_inspect_logs_exec_stop_rm(engine: EngineProc, tmp_path) -> 
     assert info["NetworkSettings"]["Ports"][f"{port}/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(host_port)}]
 
     ps = engine.docker("ps", "--format", "{{.Names}} {{.Status}} {{.Ports}}").stdout
-    assert f"web Up" in ps and f"127.0.0.1:{host_port}->{port}/tcp" in ps
+    assert "web Up" in ps and f"127.0.0.1:{host_port}->{port}/tcp" in ps
 
     logs = engine.docker("logs", "web")
     assert "GET /hello.txt HTTP/1.1" in logs.stderr

@@ -181,38 +181,13 @@ class ApiServer:
         return Response(201, {"Id": cid, "Warnings": warnings})
 
     async def list(self, req: Request, args: dict[str, str]) -> Response:
-        from beacon.runtime._engine import name_matches
-
         filters = parse_filters(req.q("filters"))
         for key in filters:
             if key not in LIST_FILTERS:
                 raise InvalidParameter(f"invalid filter '{key}'")
         show_all = req.flag("all")
-        out = []
-        for c in self.engine.containers():
-            st = c.state
-            if not show_all and st.status != "running" and "status" not in filters:
-                continue
-            attrs = c.labels
-            checks = {
-                "label": lambda v: (v.partition("=")[0] in attrs and (
-                    "=" not in v or attrs[v.partition("=")[0]] == v.partition("=")[2])),
-                "name": lambda v: name_matches(v, c.name),
-                "id": lambda v: c.id.startswith(v),
-                "status": lambda v: st.status == v,
-                "health": lambda v: (st.health_status or "none") == v,
-                "exited": lambda v: st.status == "exited" and str(st.exit_code) == v,
-                "ancestor": lambda v: c.image == v or c.image.partition(":")[0] == v,
-            }
-            ok = True
-            for key, values in filters.items():
-                check = checks[key]
-                # labels must all match; the other keys match any of their values
-                ok = all(map(check, values)) if key == "label" else any(map(check, values)) or not values
-                if not ok:
-                    break
-            if ok:
-                out.append(views.summary(c, self.engine.isolation))
+        out = [views.summary(c, self.engine.isolation) for c in self.engine.containers()
+               if views.matches(c, filters, show_all)]
         limit = req.q("limit")
         if limit and limit.lstrip("-").isdigit() and int(limit) > 0:
             out = out[: int(limit)]

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import time
@@ -515,9 +514,3 @@ class Engine:
             out.setdefault(c.image, []).append(c)
         return out
 
-
-def name_matches(pattern: str, name: str) -> bool:
-    try:
-        return re.search(pattern, "/" + name) is not None
-    except re.error:
-        return pattern.lstrip("/") in name

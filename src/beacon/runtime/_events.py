@@ -72,7 +72,6 @@ class EventBus:
     async def stream(self, since_ns: int | None, until_ns: int | None,
                      flt: EventFilter) -> AsyncIterator[dict[str, Any]]:
         """Past events from ``since_ns``, then live ones until ``until_ns`` (forever when None)."""
-        since = None if since_ns is None else since_ns / 1e9
         until = None if until_ns is None else until_ns / 1e9
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.subscribers.add(queue)

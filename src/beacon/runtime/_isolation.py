@@ -80,7 +80,7 @@ class Isolation(abc.ABC):
         self._attach(spawned)
         return spawned
 
-    def _attach(self, spawned: Spawned) -> None:
+    def _attach(self, spawned: Spawned) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Hook for backends that keep a handle on the container's namespaces."""
 
     def signal(self, spawned: Spawned, sig: int) -> None:
@@ -105,8 +105,8 @@ class Isolation(abc.ABC):
     async def open_socket(self, spawned: Spawned, family: int, type_: int) -> socket.socket:
         """A non-blocking socket in the container's network namespace."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 (an optional hook, not abstract)
+        """Release what the backend holds for the engine's lifetime."""
 
 
 def _read_line(fd: int) -> bytes:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from beacon.runtime._model import DEFAULT_PATH, Container
@@ -179,3 +181,38 @@ def info(counts: dict[str, int], images: int, isolation: str, warnings: list[str
         "DefaultRuntime": "beacon", "Swarm": {"LocalNodeState": "inactive", "ControlAvailable": False},
         "LiveRestoreEnabled": False, "SecurityOptions": [], "Warnings": list(warnings),
     }
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    try:
+        return re.search(pattern, "/" + name) is not None
+    except re.error:
+        return pattern.lstrip("/") in name
+
+
+def _label_matches(labels: dict[str, str], spec: str) -> bool:
+    key, sep, value = spec.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
+def matches(c: Container, filters: dict[str, list[str]], show_all: bool) -> bool:
+    """``GET /containers/json`` filtering: labels must all match, other keys match any value."""
+    st = c.state
+    if not show_all and st.status != "running" and "status" not in filters:
+        return False
+    checks: dict[str, Callable[[str], bool]] = {
+        "label": lambda v: _label_matches(c.labels, v),
+        "name": lambda v: _name_matches(v, c.name),
+        "id": lambda v: c.id.startswith(v),
+        "status": lambda v: st.status == v,
+        "health": lambda v: (st.health_status or "none") == v,
+        "exited": lambda v: st.status == "exited" and str(st.exit_code) == v,
+        "ancestor": lambda v: c.image == v or c.image.partition(":")[0] == v,
+    }
+    for key, values in filters.items():
+        if not values:
+            continue
+        check = checks[key]
+        if not (all(map(check, values)) if key == "label" else any(map(check, values))):
+            return False
+    return True
