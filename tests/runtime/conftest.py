@@ -66,12 +66,12 @@ class EngineProc:
         return int(self.inspect(ref)["NetworkSettings"]["Ports"][key][0]["HostPort"])
 
 
-def start_engine(tmp: Path, isolation: str) -> EngineProc:
+def start_engine(tmp: Path, isolation: str, prefix: tuple[str, ...] = (), python: str = sys.executable) -> EngineProc:
     data = tmp / "engine"
     sock = str(tmp / "e.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "beacon", "engine", "-data-dir", str(data), "-socket", sock,
+    proc = subprocess.Popen([*prefix, python, "-m", "beacon", "engine", "-data-dir", str(data), "-socket", sock,
                              "-isolation", isolation], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=beacon_env())
+                            text=True, env=beacon_env(), cwd="/")
     assert proc.stdout is not None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the engine prints one line once it serves the socket
@@ -82,8 +82,9 @@ def start_engine(tmp: Path, isolation: str) -> EngineProc:
                 return EngineProc(proc, sock, data, isolation)
             if not line:
                 break
-    stop_engine(proc)
-    raise AssertionError(f"engine did not start: {proc.stderr.read() if proc.stderr else ''}")
+    proc.kill()
+    _, err = proc.communicate(timeout=10)
+    raise AssertionError(f"engine did not start: {err}")
 
 
 def stop_engine(proc: subprocess.Popen[str]) -> None:

@@ -18,12 +18,14 @@ the host pid of the process whose namespaces ``nsenter`` should join (the init i
 import ctypes
 import fcntl
 import os
+import select
 import signal
 import socket
 import struct
 import sys
 import time
 
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
@@ -152,11 +154,66 @@ def _ready(fd: int, pid: int) -> None:
         pass
 
 
+def _map_to_root(uid: int, gid: int) -> None:
+    """Inside a fresh user namespace: be root there, mapped to the engine's own uid and gid."""
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"0 {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"0 {gid} 1")
+
+
+def _answer(chan: socket.socket) -> bool:
+    """Unprivileged netns: the engine cannot setns() into our namespace, so it asks us for sockets.
+
+    A request is one datagram ``b"<family> <type>"``; the reply carries the new socket with
+    SCM_RIGHTS. Returns False once the engine closed its end."""
+    try:
+        request = chan.recv(64)
+    except OSError:
+        return False
+    if not request:
+        return False
+    try:
+        family, type_ = (int(x) for x in request.split())
+        with socket.socket(family, type_) as made:
+            socket.send_fds(chan, [b"ok"], [made.fileno()])
+    except (OSError, ValueError) as exc:
+        try:
+            chan.send(f"error {exc}".encode())
+        except OSError:
+            return False
+    return True
+
+
+def _wait_serving(init: int, channel: int) -> int:
+    """Wait for the init while answering socket requests. No thread: after unshare(CLONE_NEWPID)
+    this process may not create any, so SIGCHLD wakes a select() through a wakeup pipe."""
+    chan = socket.socket(fileno=channel)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, _swallow)
+    signal.set_wakeup_fd(wake_w)
+    watched = [chan, wake_r]
+    while True:
+        pid, status = os.waitpid(init, os.WNOHANG)
+        if pid == init:
+            return _exit_status(status)
+        ready, _, _ = select.select(watched, [], [])
+        if wake_r in ready:
+            os.read(wake_r, 512)
+        if chan in ready and not _answer(chan):
+            watched.remove(chan)
+
+
 def main(argv: list) -> int:
-    if len(argv) < 5 or argv[3] != "--" or not argv[2].isdigit():
-        os.write(2, b"usage: _init.py netns|process|probe HOSTNAME READY_FD -- CMD...\n")
+    fds = argv[2].split(",") if len(argv) > 2 else []
+    if len(argv) < 5 or argv[3] != "--" or not all(x.isdigit() for x in fds):
+        os.write(2, b"usage: _init.py netns|userns|process|probe|probe-userns HOSTNAME READY_FD[,CHANNEL_FD] -- CMD...\n")
         return 125
-    mode, hostname, fd, cmd = argv[0], argv[1], int(argv[2]), argv[4:]
+    mode, hostname, cmd = argv[0], argv[1], argv[4:]
+    fd, channel = int(fds[0]), (int(fds[1]) if len(fds) > 1 else -1)
     for sig in FORWARDED:
         signal.signal(sig, _swallow)
     # Held until the command exists, then passed on to it (see _fork_forwarding).
@@ -167,22 +224,30 @@ def main(argv: list) -> int:
         code = _run_init(cmd)
         _reap_all()
         return code
-    _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
+    userns = mode in ("userns", "probe-userns")
+    uid, gid = os.getuid(), os.getgid()
+    _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWPID | (CLONE_NEWUSER if userns else 0)),
+           "unshare")
+    if userns:
+        _map_to_root(uid, gid)
     name = hostname.encode()[:64]
     _check(_libc.sethostname(name, len(name)), "sethostname")
     _loopback_up()
-    if mode == "probe":
+    if mode.startswith("probe"):
         return 0
     init = _fork_forwarding()
     if init == 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        for inherited in (fd, channel):
+            try:
+                os.close(inherited)
+            except OSError:
+                pass
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         code = _run_init(cmd)  # forwarded signals stay blocked until the command is forked
         os._exit(code)
     _ready(fd, init)
+    if channel >= 0:
+        return _wait_serving(init, channel)
     while True:
         try:
             pid, status = os.waitpid(init, 0)

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ class Spawned:
     proc: asyncio.subprocess.Process
     ns_pid: int
     netns_fd: int = -1
+    channel: socket.socket | None = None  # unprivileged netns: asks the supervisor for sockets
+    channel_lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = field(default=False)
 
     @property
@@ -53,20 +56,29 @@ class Isolation(abc.ABC):
     """
 
     name: str = ""
+    init_mode: str = ""  # the supervisor's mode argument; defaults to ``name``
+    needs_channel = False
 
     async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, hostname: str,
                     stdout: int, stderr: int) -> Spawned:
         rfd, wfd = os.pipe()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if self.needs_channel else (None, None)
+        fds = (wfd,) if theirs is None else (wfd, theirs.fileno())
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-S", INIT_SCRIPT, self.name, hostname, str(wfd), "--", *argv,
+                sys.executable, "-S", INIT_SCRIPT, self.init_mode or self.name, hostname,
+                ",".join(map(str, fds)), "--", *argv,
                 stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd or "/",
-                pass_fds=(wfd,), start_new_session=True)
+                pass_fds=fds, start_new_session=True)
         except BaseException:
             os.close(rfd)
+            if ours is not None:
+                ours.close()
             raise
         finally:
             os.close(wfd)
+            if theirs is not None:
+                theirs.close()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(READY_TIMEOUT):
@@ -74,9 +86,11 @@ class Isolation(abc.ABC):
         finally:
             os.close(rfd)
         if not line.startswith(b"ready "):
+            if ours is not None:
+                ours.close()
             code = await proc.wait()
             raise EngineError(f"container supervisor failed to start (exit status {code})")
-        spawned = Spawned(proc=proc, ns_pid=int(line.split()[1]))
+        spawned = Spawned(proc=proc, ns_pid=int(line.split()[1]), channel=ours)
         self._attach(spawned)
         return spawned
 
@@ -95,6 +109,8 @@ class Isolation(abc.ABC):
         if spawned.netns_fd >= 0:
             os.close(spawned.netns_fd)
             spawned.netns_fd = -1
+        if spawned.channel is not None:
+            spawned.channel.close()
         spawned.closed = True
 
     @abc.abstractmethod
@@ -180,29 +196,64 @@ class NetnsIsolation(Isolation):
         os.close(self._host_fd)
 
 
+class UsernsNetnsIsolation(Isolation):
+    """netns isolation without root: each container also gets a user namespace (root inside, the
+    engine's uid outside). The engine may not setns() into it, so the container's supervisor hands
+    it sockets over a unix socketpair with SCM_RIGHTS, and ``nsenter -U`` runs execs."""
+
+    name = "netns"
+    init_mode = "userns"
+    needs_channel = True
+
+    def exec_prefix(self, spawned: Spawned) -> list[str]:
+        return ["nsenter", "-t", str(spawned.ns_pid), "-U", "-n", "-u", "-p", "--preserve-credentials", "--"]
+
+    @staticmethod
+    def _ask(spawned: Spawned, family: int, type_: int) -> socket.socket:
+        chan = spawned.channel
+        if chan is None or spawned.closed:
+            raise ConnectionRefusedError("container is not running")
+        with spawned.channel_lock:  # one request in flight per container keeps replies in order
+            chan.send(f"{family} {type_}".encode())
+            msg, fds, _, _ = socket.recv_fds(chan, 256, 1)
+        if not fds:
+            raise ConnectionRefusedError(msg.decode(errors="replace") or "container is not running")
+        sock = socket.socket(fileno=fds[0])
+        sock.setblocking(False)
+        return sock
+
+    async def open_socket(self, spawned: Spawned, family: int, type_: int) -> socket.socket:
+        return await asyncio.get_running_loop().run_in_executor(None, self._ask, spawned, family, type_)
+
+
 ISOLATIONS: dict[str, type[Isolation]] = {"process": ProcessIsolation, "netns": NetnsIsolation}
 
 
-async def _probe_netns() -> str:
-    """Empty string when this process may create namespaces, else the reason it may not."""
-    if os.geteuid() != 0:
-        return "not root (unprivileged user-namespace mode is not implemented)"
+async def _probe(mode: str) -> str:
+    """Empty string when the supervisor can build a container's namespaces in ``mode``, else why not."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-S", INIT_SCRIPT, "probe", "probe", "2", "--", "true",
+        sys.executable, "-S", INIT_SCRIPT, mode, "probe", "2", "--", "true",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     return "" if proc.returncode == 0 else err.decode(errors="replace").strip() or "unshare failed"
 
 
 async def choose(requested: str) -> tuple[Isolation, str]:
-    """Resolve the requested mode to a backend; the string is a warning to show ("" if none)."""
+    """Resolve the requested mode to a backend; the string is a warning to show ("" if none).
+
+    netns as root uses setns(2) from a helper thread; without root it uses user namespaces."""
     if requested not in ("auto", *ISOLATIONS):
         raise EngineError(f"unknown isolation {requested!r}: want auto, netns or process")
     if requested == "process":
         return ProcessIsolation(), ""
-    reason = await _probe_netns()
-    if not reason:
-        return NetnsIsolation(), ""
+    if os.geteuid() == 0:
+        reason = await _probe("probe")
+        if not reason:
+            return NetnsIsolation(), ""
+    else:
+        reason = await _probe("probe-userns")
+        if not reason:
+            return UsernsNetnsIsolation(), ""
     if requested == "netns":
         raise EngineError(f"netns isolation unavailable: {reason}")
     return ProcessIsolation(), (
