@@ -47,7 +47,7 @@ async def test_engine_starts_in_the_callers_loop_and_keeps_state(tmp_path, isola
                 engine.get("missing")
         finally:
             await engine.stop()
-        assert not os.path.exists(tmp_path / "s.sock") or True
+        assert not os.path.exists(tmp_path / "s.sock")
         again = Engine(data_dir=tmp_path / "d", isolation="process")
         await again.start()
         try:
@@ -111,3 +111,22 @@ def test_beacon_cli_commands(tmp_path) -> None:
     absent = e.beacon("ps", "-engine-socket", str(tmp_path / "none.sock"))
     assert absent.returncode == 1 and "Cannot connect" in absent.stderr
     assert sys.executable and REPO.exists()
+
+
+async def test_second_engine_on_same_data_dir_or_socket_is_refused(tmp_path) -> None:
+    from beacon.runtime import EngineError
+
+    first = Engine(data_dir=tmp_path / "a", isolation="process")
+    async with asyncio.timeout(30):
+        await first.start()
+        try:
+            with pytest.raises(EngineError, match="another engine is using"):
+                await Engine(data_dir=tmp_path / "a", isolation="process").start()
+            other = Engine(data_dir=tmp_path / "b", socket_path=first.socket_path, isolation="process")
+            with pytest.raises(EngineError, match="already serving"):
+                await other.start()
+            await other.stop()
+            assert (await http_json(first.socket_path, "GET", "/info"))[1]["Isolation"] == "process"
+        finally:
+            await first.stop()
+        assert not os.path.exists(first.socket_path)  # removed on stop

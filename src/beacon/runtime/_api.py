@@ -98,7 +98,7 @@ class ApiServer:
                 ("GET", r"/containers/(?P<id>[^/]+)/json", self.inspect),
                 ("POST", r"/containers/(?P<id>[^/]+)/start", self._nocontent(lambda r, i: e.start_container(i))),
                 ("POST", r"/containers/(?P<id>[^/]+)/stop",
-                 self._nocontent(lambda r, i: e.stop_container(i, _timeout(r)))),
+                 self._nocontent(lambda r, i: e.stop_container(i, _timeout(r), r.q("signal")))),
                 ("POST", r"/containers/(?P<id>[^/]+)/restart",
                  self._nocontent(lambda r, i: e.restart(i, _timeout(r)))),
                 ("POST", r"/containers/(?P<id>[^/]+)/kill", self._nocontent(lambda r, i: e.kill(i, r.q("signal")))),

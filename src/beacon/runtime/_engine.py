@@ -8,6 +8,7 @@ A container's state is written to ``<data_dir>/containers/<id>/config.json`` on 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -96,6 +97,7 @@ class Engine:
         self._backend: Isolation | None = None
         self._api: Any = None
         self._restart_on_start: list[str] = []
+        self._lock_fd = -1
 
     # -- lifecycle of the engine ---------------------------------------------------------------
 
@@ -103,6 +105,13 @@ class Engine:
         from beacon.runtime._api import ApiServer
 
         (self.data_dir / "containers").mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.data_dir / "engine.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise EngineError(f"another engine is using {self.data_dir}") from None
         self._backend, warning = await choose(self.requested_isolation)
         self.isolation = self._backend.name
         if warning:
@@ -125,6 +134,9 @@ class Engine:
         await self.exec.close()
         if self._backend is not None:
             self._backend.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
 
     async def _shutdown_one(self, slot: _Slot) -> None:
         if slot.c.state.status == "running":
@@ -374,23 +386,25 @@ class Engine:
             return True
         return False
 
-    async def stop_container(self, ref: str, timeout: float | None = None) -> None:
+    async def stop_container(self, ref: str, timeout: float | None = None, sig: str | None = None) -> None:
         slot = self.resolve(ref)
         if self._cancel_restart(slot):
             return
         async with slot.lock:
             if slot.c.state.status != "running":
                 raise NotModified("container already stopped")
-            await self._stop_locked(slot, 10.0 if timeout is None else timeout, manual=True)
+            await self._stop_locked(slot, 10.0 if timeout is None else timeout, manual=True,
+                                    signum=signal_number(sig) if sig else signal.SIGTERM)
 
-    async def _stop_locked(self, slot: _Slot, timeout: float, manual: bool) -> None:
+    async def _stop_locked(self, slot: _Slot, timeout: float, manual: bool,
+                           signum: int = signal.SIGTERM) -> None:
         c, spawned = slot.c, slot.spawned
         assert spawned is not None
         slot.stop_requested = True
         c.state.manually_stopped = manual
         exited = slot.next_exit
-        self._emit(c, "kill", signal=str(int(signal.SIGTERM)))
-        self.backend.signal(spawned, signal.SIGTERM)
+        self._emit(c, "kill", signal=str(int(signum)))
+        self.backend.signal(spawned, signum)
         try:
             async with asyncio.timeout(max(timeout, 0)):
                 await asyncio.shield(exited)

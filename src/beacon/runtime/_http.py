@@ -20,7 +20,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from beacon.runtime._errors import InvalidParameter
+from beacon.runtime._errors import EngineError, InvalidParameter
 
 log = logging.getLogger(__name__)
 LINE_LIMIT = 64 * 1024
@@ -100,10 +100,14 @@ class HttpServer:
         self.common_headers = headers
         self.server: asyncio.AbstractServer | None = None
         self.connections: set[asyncio.Task[Any]] = set()
+        self.path = ""
 
     async def start_unix(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             if stat.S_ISSOCK(os.lstat(path).st_mode):
+                if _answers(path):
+                    raise EngineError(f"another engine is already serving {path}")
                 os.unlink(path)  # stale socket from an earlier run
         except FileNotFoundError:
             pass
@@ -113,10 +117,16 @@ class HttpServer:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+        self.path = path
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+            if self.path:
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
         for task in list(self.connections):
             task.cancel()
         await asyncio.gather(*self.connections, return_exceptions=True)
@@ -280,6 +290,18 @@ class HttpServer:
                 await agen.aclose()
             if resp.cleanup is not None:
                 resp.cleanup()
+
+
+def _answers(path: str) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 async def _wait_eof(reader: asyncio.StreamReader) -> None:
