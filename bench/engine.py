@@ -147,9 +147,10 @@ def bench_relay(client: EngineClient, isolation: str, megabytes: int, pings: int
     client.request("POST", f"/containers/{cid}/start").read()
     try:
         deadline = time.monotonic() + 20
-        while b"ready" not in client.request("GET", f"/containers/{cid}/logs", {"stdout": 1}).read():
+        while b"ready" not in (logs := client.request("GET", f"/containers/{cid}/logs",
+                                                      {"stdout": 1, "stderr": 1}).read()):
             if time.monotonic() > deadline:
-                raise SystemExit("bench server did not start")
+                raise SystemExit(f"bench server did not start: {logs[-500:]!r}")
             time.sleep(0.05)
         info = client.json("GET", f"/containers/{cid}/json")
         ports = info["NetworkSettings"]["Ports"]
