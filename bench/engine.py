@@ -136,7 +136,7 @@ def bench_start(client: EngineClient, count: int) -> list[float]:
 
 def bench_relay(client: EngineClient, isolation: str, megabytes: int, pings: int, connects: int) -> dict[str, Any]:
     if isolation == "process":
-        host, echo_port, sink_port = "127.0.0.1", 47201, 47202
+        host, echo_port, sink_port = "127.0.0.1", _free_port(), _free_port()
     else:
         host, echo_port, sink_port = "0.0.0.0", 7, 9
     body = {"Image": "bench", "Cmd": [sys.executable, "-c", SERVER, host, str(echo_port), str(sink_port)],
@@ -165,6 +165,14 @@ def bench_relay(client: EngineClient, isolation: str, megabytes: int, pings: int
     finally:
         client.request("DELETE", f"/containers/{cid}", {"force": 1}).read()
     return {"relay": via_relay, "direct": direct}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_client(argv: list[str]) -> dict[str, Any]:

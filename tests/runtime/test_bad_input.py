@@ -6,7 +6,8 @@ import json
 import socket
 
 import pytest
-from conftest import EngineProc
+
+from .helpers import EngineProc, start_engine, stop_engine
 
 
 def raw(engine: EngineProc, data: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -46,8 +47,6 @@ def assert_alive(engine: EngineProc) -> None:
 
 @pytest.fixture(scope="module")
 def process_engine(tmp_path_factory):
-    from conftest import start_engine, stop_engine
-
     e = start_engine(tmp_path_factory.mktemp("bad"), "process")
     yield e
     stop_engine(e.proc)

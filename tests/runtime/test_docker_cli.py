@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 import time
 
 import pytest
-from conftest import DOCKER, HAVE_DOCKER, EngineProc, http_get, until
+
+from .helpers import (
+    DOCKER,
+    HAVE_DOCKER,
+    EngineProc,
+    http_get,
+    process_mode_port,
+    start_engine,
+    stop_engine,
+    until,
+)
 
 pytestmark = pytest.mark.skipif(not HAVE_DOCKER, reason=f"docker CLI not found at {DOCKER}")
 
 
-def http_server(engine: EngineProc, process_port: str) -> tuple[str, list[str]]:
+def http_server(engine: EngineProc) -> tuple[str, list[str]]:
     """(container port, argv) of a web server: port 80 on all addresses of its own netns, or, sharing
     the host network in process mode, an uncommon port on loopback."""
     if engine.isolation == "process":
-        return process_port, [sys.executable, "-m", "http.server", process_port, "--bind", "127.0.0.1"]
+        port = process_mode_port()
+        return port, [sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1"]
     return "80", [sys.executable, "-m", "http.server", "80", "--bind", "0.0.0.0"]
 
 
 def test_run_publish_inspect_logs_exec_stop_rm(engine: EngineProc, tmp_path) -> None:
-    port, server = http_server(engine, "47080")
+    port, server = http_server(engine)
     cid = engine.docker("run", "-d", "-p", f"127.0.0.1::{port}", "-e", "X=1", "-l", "team=web", "--name", "web",
                         "-w", str(tmp_path), "busybox", *server).stdout.strip()
     assert len(cid) == 64 and int(cid, 16) >= 0
@@ -87,7 +98,7 @@ def test_run_attached_prints_output_and_exits_with_status(engine: EngineProc) ->
 
 
 def test_port_conflict_then_explicit_host_port(engine: EngineProc) -> None:
-    port, server = http_server(engine, "47081")
+    port, server = http_server(engine)
     engine.docker("run", "-d", "-p", f"127.0.0.1::{port}", "--name", "a", "img", *server)
     taken = engine.host_port("a", f"{port}/tcp")
     engine.docker("create", "-p", f"127.0.0.1:{taken}:{port}", "--name", "b", "img", *server)
@@ -124,8 +135,6 @@ http.server.HTTPServer(("0.0.0.0", 80), H).serve_forever()
 
 
 def test_process_mode_is_reported_with_a_warning(tmp_path) -> None:
-    from conftest import start_engine, stop_engine
-
     e = start_engine(tmp_path, "process")
     try:
         info = e.docker("info", "--format", "{{json .}}").stdout
@@ -169,8 +178,6 @@ def test_stop_kills_with_sigkill_after_timeout(engine: EngineProc) -> None:
 
 
 def test_state_survives_engine_restart(tmp_path) -> None:
-    from conftest import start_engine, stop_engine
-
     e = start_engine(tmp_path, "process")
     try:
         e.docker("run", "-d", "--name", "keep", "-l", "a=b", "img", "sleep", "60")
@@ -190,14 +197,27 @@ def test_state_survives_engine_restart(tmp_path) -> None:
         stop_engine(e.proc)
 
 
+def _processes() -> list[tuple[int, int, int, str]]:
+    """(pid, ppid, pgid, state) of every process."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            out.append((int(entry), int(fields[1]), int(fields[2]), fields[0].decode()))
+    return out
+
+
 def test_children_are_reaped_no_zombies(engine: EngineProc, tmp_path) -> None:
-    pidfile = tmp_path / "pid"
+    marker = tmp_path / "started"
     engine.docker("run", "-d", "--name", "forker", "img", "sh", "-c",
-                  f"sleep 100 & echo $! > {pidfile}; sleep 0.1; sh -c 'sleep 100 &'; exec sleep 100")
-    until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="pid file")
+                  f"sleep 100 & sh -c 'sleep 100 &'; touch {marker}; exec sleep 100")
+    until(marker.exists, what="children started")
+    group = engine.inspect("forker")["State"]["Pid"]  # the supervisor leads the container's process group
+    assert len([p for p in _processes() if p[2] == group]) >= 3
     engine.docker("stop", "-t", "2", "forker")
-    engine_pid = engine.proc.pid
-    out = subprocess.run(["ps", "-eo", "stat,ppid,args"], capture_output=True, text=True).stdout
-    zombies = [line for line in out.splitlines() if line.startswith("Z") and f" {engine_pid} " in line]
-    assert zombies == []
-    assert "sleep 100" not in out
+    left = [p for p in _processes() if p[2] == group or (p[1] == engine.proc.pid and p[3] == "Z")]
+    assert left == []

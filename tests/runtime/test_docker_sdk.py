@@ -9,7 +9,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import EngineProc, http_get, until
+
+from .helpers import EngineProc, http_get, process_mode_port, until
 
 docker = pytest.importorskip("docker")
 
@@ -23,7 +24,8 @@ def client(engine: EngineProc) -> Iterator[docker.DockerClient]:
 
 def _server(engine: EngineProc) -> tuple[int, list[str]]:
     if engine.isolation == "process":
-        return 47082, [sys.executable, "-m", "http.server", "47082", "--bind", "127.0.0.1"]
+        port = process_mode_port()
+        return int(port), [sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1"]
     return 80, [sys.executable, "-m", "http.server", "80"]
 
 

@@ -9,9 +9,10 @@ import signal
 import sys
 
 import pytest
-from conftest import IS_ROOT, REPO
 
 from beacon.runtime import Conflict, Engine, NotFound
+
+from .helpers import IS_ROOT, REPO, start_engine, stop_engine
 
 
 async def http_json(sock: str, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
@@ -82,8 +83,6 @@ async def test_always_restarts_after_a_crash_but_not_after_a_stop(tmp_path) -> N
 
 
 def test_beacon_cli_commands(tmp_path) -> None:
-    from conftest import start_engine, stop_engine
-
     e = start_engine(tmp_path, "process")
     try:
         run = e.beacon("run", "-d", "--name", "cli", "-l", "a=b", "-e", "GREETING=hi", "img", "sh", "-c",

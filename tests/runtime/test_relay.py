@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from conftest import EngineProc, until
+from .helpers import EngineProc, process_mode_port, until
 
 ECHO = """
 import asyncio, sys
@@ -31,7 +31,7 @@ asyncio.run(main())
 
 
 def start_echo(engine: EngineProc, name: str) -> tuple[int, int]:
-    port, host = ("47091", "127.0.0.1") if engine.isolation == "process" else ("7", "0.0.0.0")
+    port, host = (process_mode_port(), "127.0.0.1") if engine.isolation == "process" else ("7", "0.0.0.0")
     engine.docker("run", "-d", "--name", name, "-p", f"127.0.0.1::{port}/tcp", "-p", f"127.0.0.1::{port}/udp",
                   "img", sys.executable, "-c", ECHO, port, host)
     until(lambda: "ready" in engine.docker("logs", name).stdout, what="echo server ready")

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_DOCKER, IS_ROOT, EngineProc, beacon_env, http_get, start_engine, stop_engine
+
+from .helpers import HAVE_DOCKER, IS_ROOT, EngineProc, beacon_env, http_get, start_engine, stop_engine
 
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 

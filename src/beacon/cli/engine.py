@@ -48,4 +48,8 @@ def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     level = {"trace": "DEBUG"}.get(args.log_level.lower(), args.log_level.upper())
     logging.basicConfig(level=getattr(logging, level, logging.WARNING), format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
-    return asyncio.run(_serve(args.data_dir, args.socket, args.isolation))
+    try:
+        import uvloop  # the agent runs on uvloop, so the standalone engine does too
+    except ImportError:
+        return asyncio.run(_serve(args.data_dir, args.socket, args.isolation))
+    return uvloop.run(_serve(args.data_dir, args.socket, args.isolation))
