@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 
@@ -221,3 +223,27 @@ def test_children_are_reaped_no_zombies(engine: EngineProc, tmp_path) -> None:
     engine.docker("stop", "-t", "2", "forker")
     left = [p for p in _processes() if p[2] == group or (p[1] == engine.proc.pid and p[3] == "Z")]
     assert left == []
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="the private bridge is built with iproute2's ip")
+def test_containers_reach_each_other_on_the_private_bridge(netns_engine: EngineProc) -> None:
+    e = netns_engine
+    e.docker("run", "-d", "--name", "srv", "img", "python3", "-c", _HOSTNAME_SERVER)
+    e.docker("run", "-d", "--name", "cli", "img", "sleep", "30")
+    ips = {n: e.inspect(n)["NetworkSettings"]["IPAddress"] for n in ("srv", "cli")}
+    assert len(set(ips.values())) == 2 and all(ip.startswith("10.213.") for ip in ips.values())
+    net = e.inspect("srv")["NetworkSettings"]["Networks"]["bridge"]
+    assert net["IPAddress"] == ips["srv"] and net["IPPrefixLen"] == 16
+    # Only talk to the address once the route is shown to stay on the container's own veth.
+    route = e.docker("exec", "cli", "ip", "route", "get", ips["srv"]).stdout
+    assert route.startswith(f"{ips['srv']} dev eth0 ")
+    fetch = ("import sys, time, urllib.request\n"
+             "for _ in range(200):\n"
+             "    try:\n"
+             f"        print(urllib.request.urlopen('http://{ips['srv']}/', timeout=2).read().decode()); sys.exit()\n"
+             "    except OSError: time.sleep(0.05)\n"
+             "sys.exit(1)\n")
+    assert e.docker("exec", "cli", "python3", "-c", fetch).stdout.strip() == e.inspect("srv")["Config"]["Hostname"]
+    assert subprocess.run(["ip", "link", "show", "beacon0"], capture_output=True).returncode != 0  # not on the host
+    e.docker("stop", "-t", "2", "srv")
+    assert e.inspect("srv")["NetworkSettings"]["IPAddress"] == ""

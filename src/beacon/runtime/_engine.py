@@ -169,7 +169,7 @@ class Engine:
                 continue
             if c.state.status in ("running", "restarting"):
                 # The engine did not stop it (crash): the process is gone or no longer ours.
-                c.state.status, c.state.exit_code, c.state.pid = "exited", 137, 0
+                c.state.status, c.state.exit_code, c.state.pid, c.address = "exited", 137, 0, ""
                 c.state.finished_at, c.state.finished_unix = now_rfc3339(), time.time()
             c.state.health_status = "unhealthy" if c.state.health_status else ""
             slot = _Slot(c=c, logs=LogStore(entry / "log.jsonl"))
@@ -259,6 +259,7 @@ class Engine:
         for relay in relays:
             relay.spawned = spawned
         slot.spawned, slot.relays, slot.stop_requested = spawned, relays, False
+        c.address = spawned.address
         st = c.state
         st.status, st.pid, st.exit_code, st.error = "running", spawned.pid, 0, ""
         st.started_at, st.started_unix, st.manually_stopped = now_rfc3339(), time.time(), False
@@ -327,6 +328,7 @@ class Engine:
         slot.logs.close()
         await self.exec.container_exited(c.id)
         st.status, st.exit_code, st.pid = "exited", code, 0
+        c.address = ""
         st.finished_at, st.finished_unix = now_rfc3339(), time.time()
         if st.health_status:
             st.health_status = "unhealthy"

@@ -33,6 +33,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
+SIOCSIFADDR = 0x8916
+SIOCSIFNETMASK = 0x891C
 IFF_UP = 0x1
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -146,6 +148,34 @@ def _reap_all() -> None:
         time.sleep(0.02)
 
 
+def _set_address(ifname: bytes, cidr: str) -> None:
+    """Give ``ifname`` an IPv4 address and bring it up (ioctls: no iproute2 needed in here)."""
+    addr, _, prefix = cidr.partition("/")
+    mask = (0xFFFFFFFF << (32 - int(prefix or 32))) & 0xFFFFFFFF
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for request, value in ((SIOCSIFADDR, socket.inet_aton(addr)), (SIOCSIFNETMASK, struct.pack(">I", mask))):
+            sockaddr = struct.pack("=H2s4s8x", socket.AF_INET, b"\0\0", value)
+            fcntl.ioctl(s, request, struct.pack("16s16s8x", ifname, sockaddr))
+        res = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH22x", ifname, 0))
+        flags = struct.unpack("16sH", res[:18])[1] | IFF_UP
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", ifname, flags))
+
+
+def _sync(fd: int) -> None:
+    """Tell the engine the namespaces exist, then wait for ``go`` (after it has plugged an ``eth0``
+    into our network namespace, ``go ADDR/PREFIX`` says which address to give it)."""
+    os.write(fd, b"namespaces\n")
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 64)
+        if not chunk:
+            raise OSError(32, "engine went away before go")
+        line += chunk
+    words = line.split()
+    if len(words) > 1:
+        _set_address(b"eth0", words[1].decode())
+
+
 def _ready(fd: int, pid: int) -> None:
     try:
         os.write(fd, f"ready {pid}\n".encode())
@@ -220,6 +250,7 @@ def main(argv: list) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     if mode == "process":
         _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
+        _sync(fd)
         _ready(fd, os.getpid())
         code = _run_init(cmd)
         _reap_all()
@@ -235,6 +266,7 @@ def main(argv: list) -> int:
     _loopback_up()
     if mode.startswith("probe"):
         return 0
+    _sync(fd)
     init = _fork_forwarding()
     if init == 0:
         for inherited in (fd, channel):

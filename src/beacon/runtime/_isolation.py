@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from beacon.runtime._bridge import Bridge
 from beacon.runtime._errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Spawned:
     ns_pid: int
     netns_fd: int = -1
     channel: socket.socket | None = None  # unprivileged netns: asks the supervisor for sockets
+    address: str = ""  # "10.213.0.2/16" when the container is plugged into the engine's bridge
     channel_lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = field(default=False)
 
@@ -61,7 +63,8 @@ class Isolation(abc.ABC):
 
     async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, hostname: str,
                     stdout: int, stderr: int) -> Spawned:
-        rfd, wfd = os.pipe()
+        control, remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        rfd, wfd = control.detach(), remote.detach()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if self.needs_channel else (None, None)
         fds = (wfd,) if theirs is None else (wfd, theirs.fileno())
         try:
@@ -80,19 +83,39 @@ class Isolation(abc.ABC):
             if theirs is not None:
                 theirs.close()
         loop = asyncio.get_running_loop()
+        address = ""
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 line = await loop.run_in_executor(None, _read_line, rfd)
+                if line.startswith(b"namespaces"):
+                    address = await self._plug(proc.pid)
+                    os.write(rfd, f"go {address}\n".encode())
+                    line = await loop.run_in_executor(None, _read_line, rfd)
+        except OSError as exc:
+            line = b""
+            log.warning("container setup failed: %s", exc)
         finally:
             os.close(rfd)
         if not line.startswith(b"ready "):
+            self._unplug(address)
             if ours is not None:
                 ours.close()
             code = await proc.wait()
             raise EngineError(f"container supervisor failed to start (exit status {code})")
-        spawned = Spawned(proc=proc, ns_pid=int(line.split()[1]), channel=ours)
+        spawned = Spawned(proc=proc, ns_pid=int(line.split()[1]), channel=ours, address=address)
         self._attach(spawned)
         return spawned
+
+    async def setup(self) -> str:
+        """Once, before the first container: build what containers share; a warning, or ""."""
+        return ""
+
+    async def _plug(self, supervisor_pid: int) -> str:
+        """Connect a new container's namespaces to the backend's network; its address, or ""."""
+        return ""
+
+    def _unplug(self, address: str) -> None:  # noqa: B027 (an optional hook, not abstract)
+        """Give back what ``_plug`` took."""
 
     def _attach(self, spawned: Spawned) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Hook for backends that keep a handle on the container's namespaces."""
@@ -111,6 +134,8 @@ class Isolation(abc.ABC):
             spawned.netns_fd = -1
         if spawned.channel is not None:
             spawned.channel.close()
+        self._unplug(spawned.address)
+        spawned.address = ""
         spawned.closed = True
 
     @abc.abstractmethod
@@ -163,6 +188,30 @@ class NetnsIsolation(Isolation):
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._host_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="beacon-netns")
+        self.bridge: Bridge | None = None
+
+    async def setup(self) -> str:
+        bridge = Bridge(self._libc, self._host_fd, self._pool)
+        try:
+            await bridge.start()
+        except OSError as exc:
+            bridge.close()
+            return f"WARNING: containers get no IP address (cannot build the private bridge: {exc})"
+        self.bridge = bridge
+        return ""
+
+    async def _plug(self, supervisor_pid: int) -> str:
+        if self.bridge is None:
+            return ""
+        try:
+            return await self.bridge.plug(supervisor_pid)
+        except OSError as exc:
+            log.warning("container gets no IP address: %s", exc)
+            return ""
+
+    def _unplug(self, address: str) -> None:
+        if self.bridge is not None and address:
+            self.bridge.unplug(address)
 
     def _attach(self, spawned: Spawned) -> None:
         spawned.netns_fd = os.open(f"/proc/{spawned.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -192,6 +241,8 @@ class NetnsIsolation(Isolation):
         return await loop.run_in_executor(self._pool, self._socket_in, spawned.netns_fd, family, type_)
 
     def close(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()
         self._pool.shutdown(wait=False)
         os.close(self._host_fd)
 
@@ -249,7 +300,8 @@ async def choose(requested: str) -> tuple[Isolation, str]:
     if os.geteuid() == 0:
         reason = await _probe("probe")
         if not reason:
-            return NetnsIsolation(), ""
+            netns = NetnsIsolation()
+            return netns, await netns.setup()
     else:
         reason = await _probe("probe-userns")
         if not reason:

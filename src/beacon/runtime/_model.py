@@ -163,6 +163,7 @@ class Container:
     state: ContainerState = field(default_factory=ContainerState)
     # host port actually bound, per "80/tcp": [{"HostIp": ..., "HostPort": ...}]
     ports: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    address: str = ""  # "10.213.0.2/16" on the engine's private bridge while running
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -91,8 +91,10 @@ def inspect(c: Container, isolation: str) -> dict[str, Any]:
     }
     if health is not None:
         state["Health"] = health
+    ip, _, prefix = c.address.partition("/")
+    prefix_len = int(prefix or 0)
     network = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "NetworkID": isolation,
-               "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+               "EndpointID": "", "Gateway": "", "IPAddress": ip, "IPPrefixLen": prefix_len, "IPv6Gateway": "",
                "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None, "DNSNames": None}
     network_name = "bridge" if isolation == "netns" else "host"
     argv = c.argv
@@ -116,7 +118,7 @@ def inspect(c: Container, isolation: str) -> dict[str, Any]:
         },
         "NetworkSettings": {
             "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": False, "Ports": _ports_map(c),
-            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "MacAddress": "",
+            "EndpointID": "", "Gateway": "", "IPAddress": ip, "IPPrefixLen": prefix_len, "MacAddress": "",
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",
             "Networks": {network_name: network},
         },
@@ -138,7 +140,8 @@ def summary(c: Container, isolation: str) -> dict[str, Any]:
         "Id": c.id, "Names": ["/" + c.name], "Image": c.image, "ImageID": image_id(c.image),
         "Command": " ".join(c.argv), "Created": int(c.created_unix), "Ports": ports, "Labels": c.labels,
         "State": c.state.status, "Status": status_text(c), "HostConfig": {"NetworkMode": network_name},
-        "NetworkSettings": {"Networks": {network_name: {"IPAddress": "", "NetworkID": isolation}}},
+        "NetworkSettings": {"Networks": {network_name: {"IPAddress": c.address.partition("/")[0],
+                                                        "NetworkID": isolation}}},
         "Mounts": [],
     }
 
