@@ -179,6 +179,18 @@ def test_stop_kills_with_sigkill_after_timeout(engine: EngineProc) -> None:
     assert engine.inspect("stubborn")["State"]["ExitCode"] == 137
 
 
+def test_stop_signal_and_timeout_from_create(engine: EngineProc) -> None:
+    engine.docker("run", "-d", "--name", "graceful", "--stop-signal", "SIGUSR1", "--stop-timeout", "3", "img", "sh",
+                  "-c", "trap 'exit 7' USR1; echo armed; while :; do sleep 0.05; done")
+    until(lambda: "armed" in engine.docker("logs", "graceful").stdout, what="trap installed")
+    config = engine.inspect("graceful")["Config"]
+    assert (config["StopSignal"], config["StopTimeout"]) == ("SIGUSR1", 3)
+    engine.docker("stop", "graceful")
+    assert engine.inspect("graceful")["State"]["ExitCode"] == 7
+    bad = engine.docker("run", "-d", "--stop-signal", "SIGNOPE", "img", "true", check=False)
+    assert bad.returncode != 0 and "Invalid signal" in bad.stderr
+
+
 def test_state_survives_engine_restart(tmp_path) -> None:
     e = start_engine(tmp_path, "process")
     try:

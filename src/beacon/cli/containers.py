@@ -99,6 +99,8 @@ def _run(argv: list[str]) -> int:
     p.add_argument("--restart", default="no")
     p.add_argument("-w", "--workdir", default="")
     p.add_argument("--hostname", "-h", default="")
+    p.add_argument("--stop-signal", default="")
+    p.add_argument("--stop-timeout", type=int, default=None)
     p.add_argument("--health-cmd")
     p.add_argument("--health-interval", default="30s")
     p.add_argument("--health-timeout", default="30s")
@@ -121,6 +123,7 @@ def _run(argv: list[str]) -> int:
     body: dict[str, Any] = {
         "Image": args.image, "Cmd": args.command or None, "Env": env, "Labels": labels,
         "ExposedPorts": exposed, "WorkingDir": args.workdir, "Hostname": args.hostname,
+        "StopSignal": args.stop_signal or None, "StopTimeout": args.stop_timeout,
         "HostConfig": {"PortBindings": bindings, "PublishAllPorts": args.publish_all,
                        "RestartPolicy": parse_restart(args.restart), "AutoRemove": args.rm and args.detach},
     }

@@ -24,7 +24,7 @@ from beacon.runtime._events import EventBus
 from beacon.runtime._exec import ExecManager
 from beacon.runtime._isolation import Isolation, Spawned, choose
 from beacon.runtime._logs import LogStore, rfc3339
-from beacon.runtime._model import Container, new_id, parse_create, random_name
+from beacon.runtime._model import Container, create_warnings, new_id, parse_create, random_name, signal_number
 from beacon.runtime._relay import PortRelay
 
 log = logging.getLogger(__name__)
@@ -52,21 +52,6 @@ class _Slot:
     next_exit: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     removed: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stop_requested: bool = False
-
-
-def signal_number(value: str | int | None) -> int:
-    if value in (None, ""):
-        return signal.SIGKILL
-    text = str(value).upper()
-    if text.isdigit():
-        num = int(text)
-        if 0 < num < signal.NSIG:
-            return num
-    else:
-        name = text if text.startswith("SIG") else "SIG" + text
-        if hasattr(signal.Signals, name):
-            return int(signal.Signals[name])
-    raise InvalidParameter(f"Invalid signal: {value}")
 
 
 def find_executable(argv0: str, path: str, cwd: str) -> bool:
@@ -229,7 +214,7 @@ class Engine:
         self.slots[cid] = _Slot(c=c, logs=LogStore(path / "log.jsonl"))
         self._save(c)
         self._emit(c, "create")
-        return cid, []
+        return cid, create_warnings(body)
 
     async def start_container(self, ref: str) -> None:
         slot = self.resolve(ref)
@@ -395,8 +380,14 @@ class Engine:
         async with slot.lock:
             if slot.c.state.status != "running":
                 raise NotModified("container already stopped")
-            await self._stop_locked(slot, 10.0 if timeout is None else timeout, manual=True,
-                                    signum=signal_number(sig) if sig else signal.SIGTERM)
+            await self._stop_locked(slot, self._stop_timeout(slot.c, timeout), manual=True,
+                                    signum=signal_number(sig or slot.c.stop_signal or "SIGTERM"))
+
+    @staticmethod
+    def _stop_timeout(c: Container, timeout: float | None) -> float:
+        if timeout is not None:
+            return timeout
+        return float(c.stop_timeout) if c.stop_timeout is not None else 10.0
 
     async def _stop_locked(self, slot: _Slot, timeout: float, manual: bool,
                            signum: int = signal.SIGTERM) -> None:
@@ -437,7 +428,8 @@ class Engine:
         self._cancel_restart(slot)
         async with slot.lock:
             if slot.c.state.status == "running":
-                await self._stop_locked(slot, 10.0 if timeout is None else timeout, manual=True)
+                await self._stop_locked(slot, self._stop_timeout(slot.c, timeout), manual=True,
+                                        signum=signal_number(slot.c.stop_signal or "SIGTERM"))
             await self._start_locked(slot)
         self._emit(slot.c, "restart")
 
@@ -483,6 +475,7 @@ class Engine:
             c.state.status = "removing"
             del self.slots[c.id]
             shutil.rmtree(self._dir(c.id), ignore_errors=True)
+            self.exec.forget(c.id)
             self._emit(c, "destroy")
             for fut in (slot.removed, slot.next_exit):
                 if not fut.done():

@@ -56,6 +56,8 @@ class ExecManager:
         cmd = _check_str_list(body.get("Cmd"), "Cmd")
         if not cmd:
             raise InvalidParameter("No exec command specified")
+        if body.get("Tty"):
+            raise InvalidParameter("beacon engine does not allocate TTYs: exec without -t")
         if slot.c.state.status != "running" or slot.spawned is None:
             raise Conflict(f"Container {slot.c.id} is not running")
         inst = ExecInstance(id=secrets.token_hex(32), container_id=slot.c.id, cmd=cmd,
@@ -72,6 +74,11 @@ class ExecManager:
         if inst is None:
             raise NotFound(f"No such exec instance: {exec_id}")
         return inst
+
+    def forget(self, cid: str) -> None:
+        """The container was removed: so are its exec instances."""
+        for exec_id in [i.id for i in self.instances.values() if i.container_id == cid]:
+            del self.instances[exec_id]
 
     def _event(self, c: Container, action: str, inst: ExecInstance, **extra: str) -> None:
         self.engine.events.emit("container", action, c.id,

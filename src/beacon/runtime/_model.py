@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -87,6 +88,21 @@ def parse_restart(spec: str) -> dict[str, Any]:
     return {"Name": name, "MaximumRetryCount": int(count or 0)}
 
 
+def signal_number(value: str | int | None) -> int:
+    if value in (None, ""):
+        return signal.SIGKILL
+    text = str(value).upper()
+    if text.isdigit():
+        num = int(text)
+        if 0 < num < signal.NSIG:
+            return num
+    else:
+        name = text if text.startswith("SIG") else "SIG" + text
+        if hasattr(signal.Signals, name):
+            return int(signal.Signals[name])
+    raise InvalidParameter(f"Invalid signal: {value}")
+
+
 @dataclass
 class HealthSpec:
     test: list[str]
@@ -160,6 +176,8 @@ class Container:
     health: HealthSpec | None = None
     tty: bool = False
     entrypoint: list[str] | None = None
+    stop_signal: str = ""
+    stop_timeout: int | None = None
     state: ContainerState = field(default_factory=ContainerState)
     # host port actually bound, per "80/tcp": [{"HostIp": ..., "HostPort": ...}]
     ports: dict[str, list[dict[str, str]]] = field(default_factory=dict)
@@ -212,6 +230,8 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
             raise InvalidParameter(f"{what} must be a list of strings")
     if not (cmd or entrypoint):
         raise InvalidParameter("No command specified")
+    if body.get("Tty"):
+        raise InvalidParameter("beacon engine does not allocate TTYs: run without -t")
     if name is not None and name != "" and not NAME_RE.match(name):
         raise InvalidParameter(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     env = body.get("Env") or []
@@ -249,5 +269,35 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
         "hostname": str(body.get("Hostname") or ""), "exposed_ports": exposed, "port_bindings": bindings,
         "publish_all": bool(host.get("PublishAllPorts")), "auto_remove": auto_remove,
         "restart_policy": {"Name": policy_name, "MaximumRetryCount": int(policy.get("MaximumRetryCount") or 0)},
-        "health": HealthSpec.from_api(body.get("Healthcheck")), "tty": bool(body.get("Tty")),
+        "health": HealthSpec.from_api(body.get("Healthcheck")), "tty": False,
+        "stop_signal": _stop_signal(body.get("StopSignal")),
+        "stop_timeout": _stop_timeout(body.get("StopTimeout")),
     }
+
+
+def _stop_signal(value: Any) -> str:
+    if not value:
+        return ""
+    signal_number(value)  # rejects unknown names
+    return str(value)
+
+
+def _stop_timeout(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidParameter("StopTimeout must be an integer")
+    return value
+
+
+def create_warnings(body: dict[str, Any]) -> list[str]:
+    """Settings beacon accepts but cannot honour, reported back like dockerd's create warnings."""
+    host = body.get("HostConfig") or {}
+    warnings = []
+    if body.get("User"):
+        warnings.append("User is ignored: the command runs as the engine's user")
+    if host.get("Binds") or host.get("Mounts") or body.get("Volumes"):
+        warnings.append("Volumes and binds are ignored: containers already see the host filesystem")
+    if host.get("Memory") or host.get("NanoCpus") or host.get("CpuShares"):
+        warnings.append("Resource limits are ignored: beacon engine does not use cgroups")
+    return warnings

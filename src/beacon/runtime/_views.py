@@ -115,6 +115,8 @@ def inspect(c: Container, isolation: str) -> dict[str, Any]:
             "OpenStdin": False, "StdinOnce": False, "Env": _env(c), "Cmd": c.cmd, "Image": c.image,
             "Volumes": None, "WorkingDir": c.working_dir, "Entrypoint": c.entrypoint, "OnBuild": None,
             "Labels": c.labels, **({"Healthcheck": c.health.to_api()} if c.health else {}),
+            **({"StopSignal": c.stop_signal} if c.stop_signal else {}),
+            **({"StopTimeout": c.stop_timeout} if c.stop_timeout is not None else {}),
         },
         "NetworkSettings": {
             "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": False, "Ports": _ports_map(c),
