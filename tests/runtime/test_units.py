@@ -106,3 +106,38 @@ async def test_logs_are_framed_split_into_lines_and_followed(tmp_path) -> None:
     tail = [r.data async for r in store.read(follow=False, tail=1, since=None, until=None, streams={1},
                                              running=False)]
     assert tail == [b"world\n"]
+
+
+def _paths(d: dict, prefix: tuple = ()):
+    for k, v in d.items():
+        yield (*prefix, k)
+        if isinstance(v, dict):
+            yield from _paths(v, (*prefix, k))
+
+
+def test_wrongly_typed_create_fields_are_400_not_crashes() -> None:
+    import copy
+
+    template = {
+        "Image": "x", "Cmd": ["a"], "Entrypoint": None, "Env": ["A=1"], "Labels": {"a": "b"}, "WorkingDir": "/",
+        "Hostname": "h", "ExposedPorts": {"80/tcp": {}}, "StopSignal": "TERM", "StopTimeout": 3, "Tty": False,
+        "Healthcheck": {"Test": ["CMD", "true"], "Interval": 1, "Timeout": 1, "Retries": 1, "StartPeriod": 0},
+        "HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "1"}]}, "PublishAllPorts": False,
+                       "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}, "AutoRemove": False},
+    }
+    parse_create(template, "ok")
+    crashes = []
+    for path in _paths(template):
+        for value in (None, 0, -5, "x", "", [], {}, [1], ["x"], {"a": 1}, True, 1.5, [None]):
+            body = copy.deepcopy(template)
+            target = body
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+            try:
+                parse_create(body, "n")
+            except InvalidParameter:
+                pass
+            except Exception as exc:  # noqa: BLE001 (collecting every crash is the point)
+                crashes.append((path, value, repr(exc)))
+    assert crashes == []

@@ -103,6 +103,23 @@ def signal_number(value: str | int | None) -> int:
     raise InvalidParameter(f"Invalid signal: {value}")
 
 
+def _int(value: Any, what: str, default: int = 0) -> int:
+    """A non-negative JSON integer (None or 0 meaning ``default``), else InvalidParameter."""
+    if value is None or value == 0:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidParameter(f"{what} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidParameter(f"{what} must be an object")
+    return value
+
+
 @dataclass
 class HealthSpec:
     test: list[str]
@@ -127,14 +144,16 @@ class HealthSpec:
 
     @classmethod
     def from_api(cls, data: Any) -> HealthSpec | None:
-        if not data or not isinstance(data, dict) or not data.get("Test"):
+        data = _object(data, "Healthcheck")
+        if not data.get("Test"):
             return None
         test = data["Test"]
         if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
             raise InvalidParameter("Healthcheck.Test must be a list of strings")
-        return cls(test=test, interval_ns=int(data.get("Interval") or 30e9),
-                   timeout_ns=int(data.get("Timeout") or 30e9), retries=int(data.get("Retries") or 3),
-                   start_period_ns=int(data.get("StartPeriod") or 0))
+        return cls(test=test, interval_ns=_int(data.get("Interval"), "Healthcheck.Interval", 30_000_000_000),
+                   timeout_ns=_int(data.get("Timeout"), "Healthcheck.Timeout", 30_000_000_000),
+                   retries=_int(data.get("Retries"), "Healthcheck.Retries", 3),
+                   start_period_ns=_int(data.get("StartPeriod"), "Healthcheck.StartPeriod"))
 
 
 @dataclass
@@ -214,9 +233,7 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
     """Validate a ``POST /containers/create`` body; returns keyword arguments for Container."""
     if not isinstance(body, dict):
         raise InvalidParameter("invalid JSON: container config must be an object")
-    host = body.get("HostConfig") or {}
-    if not isinstance(host, dict):
-        raise InvalidParameter("HostConfig must be an object")
+    host = _object(body.get("HostConfig"), "HostConfig")
     image = body.get("Image")
     if not isinstance(image, str) or not image:
         raise InvalidParameter("config cannot be empty in order to create a container")
@@ -234,20 +251,22 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
         raise InvalidParameter("beacon engine does not allocate TTYs: run without -t")
     if name is not None and name != "" and not NAME_RE.match(name):
         raise InvalidParameter(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    for key in ("WorkingDir", "Hostname"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise InvalidParameter(f"{key} must be a string")
     env = body.get("Env") or []
     labels = body.get("Labels") or {}
     if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
         raise InvalidParameter("Env must be a list of strings")
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise InvalidParameter("Labels must be an object of strings")
-    exposed = [f"{p}/{t}" for p, t in (port_key(k) for k in (body.get("ExposedPorts") or {}))]
+    exposed = [f"{p}/{t}" for p, t in (port_key(k) for k in _object(body.get("ExposedPorts"), "ExposedPorts"))]
     bindings: dict[str, list[dict[str, str]]] = {}
-    raw_bindings = host.get("PortBindings") or {}
-    if not isinstance(raw_bindings, dict):
-        raise InvalidParameter("PortBindings must be an object")
-    for key, items in raw_bindings.items():
+    for key, items in _object(host.get("PortBindings"), "PortBindings").items():
         port, proto = port_key(key)
         norm = f"{port}/{proto}"
+        if items is not None and not isinstance(items, list):
+            raise InvalidParameter(f"PortBindings[{key!r}] must be a list")
         for item in items or [{}]:
             if not isinstance(item, dict):
                 raise InvalidParameter(f"invalid port binding for {key}")
@@ -256,9 +275,9 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
                 {"HostIp": str(item.get("HostIp") or ""), "HostPort": str(item.get("HostPort") or "")})
         if norm not in exposed:
             exposed.append(norm)
-    policy = host.get("RestartPolicy") or {}
+    policy = _object(host.get("RestartPolicy"), "RestartPolicy")
     policy_name = policy.get("Name") or "no"
-    if policy_name not in RESTART_POLICIES:
+    if not isinstance(policy_name, str) or policy_name not in RESTART_POLICIES:
         raise InvalidParameter(f"invalid restart policy {policy_name!r}")
     auto_remove = bool(host.get("AutoRemove"))
     if auto_remove and policy_name != "no":
@@ -268,7 +287,7 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
         "env": list(env), "labels": dict(labels), "working_dir": str(body.get("WorkingDir") or ""),
         "hostname": str(body.get("Hostname") or ""), "exposed_ports": exposed, "port_bindings": bindings,
         "publish_all": bool(host.get("PublishAllPorts")), "auto_remove": auto_remove,
-        "restart_policy": {"Name": policy_name, "MaximumRetryCount": int(policy.get("MaximumRetryCount") or 0)},
+        "restart_policy": {"Name": policy_name, "MaximumRetryCount": _int(policy.get("MaximumRetryCount"), "MaximumRetryCount")},
         "health": HealthSpec.from_api(body.get("Healthcheck")), "tty": False,
         "stop_signal": _stop_signal(body.get("StopSignal")),
         "stop_timeout": _stop_timeout(body.get("StopTimeout")),
@@ -278,16 +297,14 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
 def _stop_signal(value: Any) -> str:
     if not value:
         return ""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise InvalidParameter(f"Invalid signal: {value!r}")
     signal_number(value)  # rejects unknown names
     return str(value)
 
 
 def _stop_timeout(value: Any) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidParameter("StopTimeout must be an integer")
-    return value
+    return None if value is None else _int(value, "StopTimeout")
 
 
 def create_warnings(body: dict[str, Any]) -> list[str]:
