@@ -96,15 +96,17 @@ def test_wait_flushes_headers_before_the_container_starts(engine: EngineProc,
         sock.sendall(f"POST /v1.47/containers/{c.id}/wait?condition=next-exit HTTP/1.1\r\nHost: x\r\n"
                      "Content-Length: 0\r\n\r\n".encode())
         f = sock.makefile("rb")
-        assert f.readline().startswith(b"HTTP/1.1 200")  # before start: the CLI relies on this
+        status = f.readline()
+        assert status.startswith(b"HTTP/1.1 200"), status  # before start: the CLI relies on this
         headers = {}
         while (line := f.readline()) != b"\r\n":
             k, _, v = line.decode().partition(":")
             headers[k.lower()] = v.strip()
         assert headers["content-type"] == "application/json" and headers["api-version"] == "1.47"
         c.start()
-        size = int(f.readline(), 16)
-        assert json.loads(f.read(size)) == {"Error": None, "StatusCode": 6}
+        size_line = f.readline()
+        body = f.read(int(size_line, 16))
+        assert json.loads(body) == {"Error": None, "StatusCode": 6}, (size_line, body, c.logs())
         f.close()
     c.remove()
 

@@ -83,10 +83,19 @@ class Engine:
         self._api: Any = None
         self._restart_on_start: list[str] = []
         self._lock_fd = -1
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle of the engine ---------------------------------------------------------------
 
     async def start(self) -> None:
+        """Serve the API; on failure everything taken so far is released and the error raised."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         from beacon.runtime._api import ApiServer
 
         (self.data_dir / "containers").mkdir(parents=True, exist_ok=True)
@@ -111,14 +120,17 @@ class Engine:
     async def stop(self) -> None:
         if self._api is not None:
             await self._api.stop()
+            self._api = None
         slots = list(self.slots.values())
         for slot in slots:
             if slot.restart_task is not None:
                 slot.restart_task.cancel()
         await asyncio.gather(*(self._shutdown_one(s) for s in slots), return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # auto-removals under way
         await self.exec.close()
         if self._backend is not None:
             self._backend.close()
+            self._backend = None
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
@@ -327,8 +339,15 @@ class Engine:
         if restart_delay is not None:
             self._schedule_restart(slot, restart_delay)
         elif c.auto_remove:
-            task = asyncio.create_task(self.remove(c.id, force=True))
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+            task = asyncio.create_task(self._auto_remove(c.id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _auto_remove(self, cid: str) -> None:
+        try:
+            await self.remove(cid, force=True)
+        except EngineError as exc:  # already removed by hand, or removal in progress
+            log.debug("auto-remove of %s: %s", cid, exc)
 
     def _restart_delay(self, c: Container) -> float | None:
         policy, st = c.restart_policy, c.state
