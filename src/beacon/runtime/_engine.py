@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_STOP_TIMEOUT = 5.0
 KILL_WAIT = 10.0
 HEALTH_OUTPUT_CAP = 4096
+PIPE_DRAIN_TIMEOUT = 2.0
 
 
 def now_rfc3339() -> str:
@@ -307,7 +308,13 @@ class Engine:
 
     async def _supervise(self, slot: _Slot, spawned: Spawned) -> None:
         proc = spawned.proc
-        await asyncio.gather(self._pump(slot, proc.stdout, 1), self._pump(slot, proc.stderr, 2), proc.wait())
+        pumps = [asyncio.create_task(self._pump(slot, proc.stdout, 1)),
+                 asyncio.create_task(self._pump(slot, proc.stderr, 2))]
+        await proc.wait()
+        # Output still in the pipes is read; a straggler that kept them open does not hold the exit.
+        _, late = await asyncio.wait(pumps, timeout=PIPE_DRAIN_TIMEOUT)
+        for task in late:
+            task.cancel()
         code = proc.returncode if proc.returncode is not None else 255
         if code < 0:
             code = 128 - code
