@@ -259,3 +259,22 @@ def test_containers_reach_each_other_on_the_private_bridge(netns_engine: EngineP
     assert subprocess.run(["ip", "link", "show", "beacon0"], capture_output=True).returncode != 0  # not on the host
     e.docker("stop", "-t", "2", "srv")
     assert e.inspect("srv")["NetworkSettings"]["IPAddress"] == ""
+
+
+def test_publish_all_follow_logs_and_restart(engine: EngineProc) -> None:
+    port, server = http_server(engine)
+    engine.docker("run", "-d", "-P", "--expose", port, "--name", "pa", "img", *server)
+    binding = engine.inspect("pa")["NetworkSettings"]["Ports"][f"{port}/tcp"][0]
+    assert binding["HostIp"] == "0.0.0.0" and int(binding["HostPort"]) > 0
+    assert http_get(int(binding["HostPort"]))[0] == 200  # sent to loopback only
+
+    engine.docker("run", "-d", "--name", "talker", "img", "sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.1; done")
+    follow = engine.docker("logs", "-f", "talker", timeout=20)  # returns once the container stops
+    assert follow.stdout == "line1\nline2\nline3\n"
+
+    since = f"{time.time():.9f}"
+    engine.docker("restart", "-t", "5", "pa")
+    assert engine.inspect("pa")["State"]["Running"]
+    out = engine.docker("events", "--since", since, "--until", str(time.time() + 0.3), "--filter", "container=pa",
+                        "--format", "{{.Action}}").stdout.split()
+    assert out == ["kill", "die", "stop", "start", "restart"]
