@@ -44,13 +44,15 @@ pytestmark = [
 @pytest.fixture
 def nobody_engine() -> Iterator[EngineProc]:
     tmp = Path(tempfile.mkdtemp(prefix="beacon-nobody-"))
-    os.chmod(tmp, 0o777)
-    assert PYTHON is not None
-    e = start_engine(tmp, "netns", prefix=NOBODY, python=PYTHON)
     try:
-        yield e
+        os.chmod(tmp, 0o777)  # the engine runs as uid 65534 and keeps its state here
+        assert PYTHON is not None
+        e = start_engine(tmp, "netns", prefix=NOBODY, python=PYTHON)
+        try:
+            yield e
+        finally:
+            stop_engine(e.proc)
     finally:
-        stop_engine(e.proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
