@@ -15,12 +15,15 @@ READY_FD is a pipe to the engine: one line ``ready <pid>\\n`` once the namespace
 the host pid of the process whose namespaces ``nsenter`` should join (the init in netns mode).
 """
 
+# The C modules behind signal and socket: their Python wrappers import enum, which costs about
+# 10 ms of every container start.
+import _signal as signal
+import _socket as socket
+import array
 import ctypes
 import fcntl
 import os
 import select
-import signal
-import socket
 import struct
 import sys
 import time
@@ -48,10 +51,13 @@ def _check(ret: int, what: str) -> None:
 
 
 def _loopback_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        res = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        res = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
         flags = struct.unpack("16sH", res[:18])[1] | IFF_UP
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))
+    finally:
+        s.close()
 
 
 def _swallow(signum, frame):  # the signal went to the whole group; the command handles it
@@ -152,13 +158,16 @@ def _set_address(ifname: bytes, cidr: str) -> None:
     """Give ``ifname`` an IPv4 address and bring it up (ioctls: no iproute2 needed in here)."""
     addr, _, prefix = cidr.partition("/")
     mask = (0xFFFFFFFF << (32 - int(prefix or 32))) & 0xFFFFFFFF
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
         for request, value in ((SIOCSIFADDR, socket.inet_aton(addr)), (SIOCSIFNETMASK, struct.pack(">I", mask))):
             sockaddr = struct.pack("=H2s4s8x", socket.AF_INET, b"\0\0", value)
-            fcntl.ioctl(s, request, struct.pack("16s16s8x", ifname, sockaddr))
-        res = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH22x", ifname, 0))
+            fcntl.ioctl(s.fileno(), request, struct.pack("16s16s8x", ifname, sockaddr))
+        res = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH22x", ifname, 0))
         flags = struct.unpack("16sH", res[:18])[1] | IFF_UP
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", ifname, flags))
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", ifname, flags))
+    finally:
+        s.close()
 
 
 def _sync(fd: int) -> None:
@@ -194,7 +203,7 @@ def _map_to_root(uid: int, gid: int) -> None:
         f.write(f"0 {gid} 1")
 
 
-def _answer(chan: socket.socket) -> bool:
+def _answer(chan: "socket.socket") -> bool:
     """Unprivileged netns: the engine cannot setns() into our namespace, so it asks us for sockets.
 
     A request is one datagram ``b"<family> <type>"``; the reply carries the new socket with
@@ -207,8 +216,11 @@ def _answer(chan: socket.socket) -> bool:
         return False
     try:
         family, type_ = (int(x) for x in request.split())
-        with socket.socket(family, type_) as made:
-            socket.send_fds(chan, [b"ok"], [made.fileno()])
+        made = socket.socket(family, type_)
+        try:
+            chan.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [made.fileno()]))])
+        finally:
+            made.close()
     except (OSError, ValueError) as exc:
         try:
             chan.send(f"error {exc}".encode())
