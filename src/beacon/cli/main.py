@@ -24,6 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lock": ("beacon.cli.lock", "Run a command while holding a lock or semaphore slot in the KV store"),
     "watch": ("beacon.cli.watch", "Run a handler on every change of a KV, catalog or event view"),
     "snapshot": ("beacon.cli.snapshot", "Save, restore or inspect a snapshot of the whole state"),
+    "engine": ("beacon.cli.engine", "Run only the embedded container engine (Docker Engine API)"),
+    "containers": ("beacon.cli.containers", "Container commands: run, ps, stop, rm, logs, exec"),
+    "run": ("beacon.cli.run", "Run a container on the embedded engine (docker run flags)"),
+    "ps": ("beacon.cli.ps", "List containers of the embedded engine"),
+    "stop": ("beacon.cli.stop", "Stop containers"),
+    "rm": ("beacon.cli.rm", "Remove containers"),
+    "logs": ("beacon.cli.logs", "Print a container's logs"),
+    "exec": ("beacon.cli.exec", "Run a command in a running container"),
 }
 
 

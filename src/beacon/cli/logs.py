@@ -1,0 +1,5 @@
+"""`beacon logs`: see beacon.cli.containers."""
+
+from beacon.cli.containers import command
+
+run = command("logs")

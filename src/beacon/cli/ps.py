@@ -1,0 +1,5 @@
+"""`beacon ps`: see beacon.cli.containers."""
+
+from beacon.cli.containers import command
+
+run = command("ps")

@@ -1,0 +1,5 @@
+"""`beacon rm`: see beacon.cli.containers."""
+
+from beacon.cli.containers import command
+
+run = command("rm")

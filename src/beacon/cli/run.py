@@ -1,0 +1,5 @@
+"""`beacon run`: see beacon.cli.containers."""
+
+from beacon.cli.containers import command
+
+run = command("run")

@@ -1,0 +1,87 @@
+"""Container IPs: a private bridge that lives in a network namespace the engine creates.
+
+The bridge ``beacon0`` is not on the host: it sits in a "hub" namespace that exists only while the
+engine holds a file descriptor to it. Each container gets a veth pair, one end on the bridge and
+the other as ``eth0`` in the container (addressed by the container's supervisor before its command
+starts). Containers reach each other on ``SUBNET``; the host and the outside world cannot reach the
+subnet and the subnet cannot reach them, so the addresses collide with nothing. Published ports
+keep working through the relays, which never use these addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ipaddress
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+SUBNET = ipaddress.ip_network("10.213.0.0/16")
+BRIDGE = "beacon0"
+CLONE_NEWNET = 0x40000000
+
+
+class Bridge:
+    def __init__(self, libc: ctypes.CDLL, host_fd: int, pool: ThreadPoolExecutor) -> None:
+        self._libc, self._host_fd, self._pool = libc, host_fd, pool
+        self.hub_fd = -1
+        self._hosts = SUBNET.hosts()
+        self._free: list[str] = []
+        self._used: set[str] = set()
+
+    def _new_netns(self) -> int:
+        """In the helper thread: make a fresh network namespace, keep an fd to it, switch back."""
+        if self._libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare: {os.strerror(err)}")
+        try:
+            return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            if self._libc.setns(self._host_fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the host namespace failed")
+
+    async def _ip(self, commands: list[str]) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "nsenter", f"--net=/proc/self/fd/{self.hub_fd}", "ip", "-batch", "-",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            pass_fds=(self.hub_fd,))
+        _, err = await proc.communicate(("\n".join(commands) + "\n").encode())
+        if proc.returncode != 0:
+            raise OSError(f"ip: {err.decode(errors='replace').strip()}")
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.hub_fd = await loop.run_in_executor(self._pool, self._new_netns)
+        await self._ip(["link set lo up", f"link add {BRIDGE} type bridge", f"link set {BRIDGE} up"])
+
+    def _allocate(self) -> str:
+        if self._free:
+            return self._free.pop()
+        for host in self._hosts:
+            return str(host)
+        raise OSError(f"no free address left in {SUBNET}")
+
+    async def plug(self, supervisor_pid: int) -> str:
+        """Put ``eth0`` into the namespace of ``supervisor_pid``; returns the address it should get."""
+        address = self._allocate()
+        veth = f"vb{supervisor_pid}"
+        try:
+            await self._ip([f"link add {veth} type veth peer name eth0 netns {supervisor_pid}",
+                            f"link set {veth} master {BRIDGE}", f"link set {veth} up"])
+        except OSError:
+            self._free.append(address)
+            raise
+        self._used.add(address)
+        return f"{address}/{SUBNET.prefixlen}"
+
+    def unplug(self, cidr: str) -> None:
+        """The container's namespace is gone (and with it both veth ends): reuse its address."""
+        address = cidr.partition("/")[0]
+        if address in self._used:
+            self._used.discard(address)
+            self._free.append(address)
+
+    def close(self) -> None:
+        if self.hub_fd >= 0:
+            os.close(self.hub_fd)  # the hub namespace and its bridge go away with the last reference
+            self.hub_fd = -1

@@ -1,0 +1,551 @@
+"""The container engine: lifecycle, restart policies, health probes, persistence.
+
+The HTTP side lives in ``_api``; this module knows nothing about HTTP. Each container has one
+``_Slot`` holding what only exists while the engine runs (the process, relays, tasks, futures).
+A container's state is written to ``<data_dir>/containers/<id>/config.json`` on every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from beacon.runtime._errors import Conflict, EngineError, InvalidParameter, NotModified, no_such_container
+from beacon.runtime._events import EventBus
+from beacon.runtime._exec import ExecManager
+from beacon.runtime._isolation import Isolation, Spawned, choose
+from beacon.runtime._logs import LogStore, rfc3339
+from beacon.runtime._model import Container, create_warnings, new_id, parse_create, random_name, signal_number
+from beacon.runtime._relay import PortRelay
+
+log = logging.getLogger(__name__)
+SHUTDOWN_STOP_TIMEOUT = 5.0
+KILL_WAIT = 10.0
+HEALTH_OUTPUT_CAP = 4096
+PIPE_DRAIN_TIMEOUT = 2.0
+
+
+def now_rfc3339() -> str:
+    return rfc3339(time.time_ns())
+
+
+@dataclass
+class _Slot:
+    """What the engine holds for one container while it runs."""
+
+    c: Container
+    logs: LogStore
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    spawned: Spawned | None = None
+    relays: list[PortRelay] = field(default_factory=list)
+    supervisor: asyncio.Task[None] | None = None
+    health_task: asyncio.Task[None] | None = None
+    restart_task: asyncio.Task[None] | None = None
+    next_exit: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    removed: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    stop_requested: bool = False
+
+
+def find_executable(argv0: str, path: str, cwd: str) -> bool:
+    if "/" in argv0:
+        full = os.path.join(cwd or "/", argv0)
+        return os.path.isfile(full) and os.access(full, os.X_OK)
+    return shutil.which(argv0, path=path) is not None
+
+
+class Engine:
+    """An embedded container engine serving the Docker Engine API on a unix socket.
+
+    ``await start()`` in a running loop; ``await stop()`` stops every container (their state stays on
+    disk and they are listed as exited after the next start) and closes the socket.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], socket_path: str | None = None,
+                 isolation: str = "auto") -> None:
+        self.data_dir = Path(data_dir)
+        self.socket_path = str(socket_path or self.data_dir / "engine.sock")
+        self.requested_isolation = isolation
+        self.isolation = ""
+        self.warnings: list[str] = []
+        self.events = EventBus()
+        self.slots: dict[str, _Slot] = {}
+        self.exec = ExecManager(self)
+        self.started_at = time.time()
+        self._backend: Isolation | None = None
+        self._api: Any = None
+        self._restart_on_start: list[str] = []
+        self._lock_fd = -1
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle of the engine ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve the API; on failure everything taken so far is released and the error raised."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        from beacon.runtime._api import ApiServer
+
+        (self.data_dir / "containers").mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.data_dir / "engine.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise EngineError(f"another engine is using {self.data_dir}") from None
+        self._backend, warning = await choose(self.requested_isolation)
+        self.isolation = self._backend.name
+        if warning:
+            self.warnings.append(warning)
+            log.warning("%s", warning)
+        self._load()
+        self._api = ApiServer(self)
+        await self._api.start(self.socket_path)
+        for cid in self._restart_on_start:
+            self._schedule_restart(self.slots[cid], 0.0)
+
+    async def stop(self) -> None:
+        if self._api is not None:
+            await self._api.stop()
+            self._api = None
+        slots = list(self.slots.values())
+        for slot in slots:
+            if slot.restart_task is not None:
+                slot.restart_task.cancel()
+        await asyncio.gather(*(self._shutdown_one(s) for s in slots), return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # auto-removals under way
+        await self.exec.close()
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    async def _shutdown_one(self, slot: _Slot) -> None:
+        if slot.c.state.status == "running":
+            async with slot.lock:
+                await self._stop_locked(slot, SHUTDOWN_STOP_TIMEOUT, manual=False)
+
+    @property
+    def backend(self) -> Isolation:
+        if self._backend is None:
+            raise EngineError("engine not started")
+        return self._backend
+
+    def _dir(self, cid: str) -> Path:
+        return self.data_dir / "containers" / cid
+
+    def _save(self, c: Container) -> None:
+        path = self._dir(c.id)
+        if not path.is_dir():
+            return  # removed meanwhile
+        tmp = path / "config.json.tmp"
+        tmp.write_text(json.dumps(c.to_dict()))
+        os.replace(tmp, path / "config.json")
+
+    def _load(self) -> None:
+        for entry in sorted((self.data_dir / "containers").iterdir()):
+            try:
+                c = Container.from_dict(json.loads((entry / "config.json").read_text()))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("skipping unreadable container state %s: %s", entry, exc)
+                continue
+            if c.state.status in ("running", "restarting"):
+                # The engine did not stop it (crash): the process is gone or no longer ours.
+                c.state.status, c.state.exit_code, c.state.pid, c.address = "exited", 137, 0, ""
+                c.state.finished_at, c.state.finished_unix = now_rfc3339(), time.time()
+            c.state.health_status = "unhealthy" if c.state.health_status else ""
+            slot = _Slot(c=c, logs=LogStore(entry / "log.jsonl"))
+            self.slots[c.id] = slot
+            if c.restart_policy["Name"] in ("always", "unless-stopped") and not c.state.manually_stopped:
+                self._restart_on_start.append(c.id)
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> _Slot:
+        ref = (ref or "").strip()
+        if not ref:
+            raise no_such_container(ref)
+        if ref in self.slots:
+            return self.slots[ref]
+        name = ref.lstrip("/")
+        for slot in self.slots.values():
+            if slot.c.name == name:
+                return slot
+        matches = [s for s in self.slots.values() if s.c.id.startswith(ref.lower())]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
+        raise no_such_container(ref)
+
+    def get(self, ref: str) -> Container:
+        return self.resolve(ref).c
+
+    def containers(self) -> list[Container]:
+        return sorted((s.c for s in self.slots.values()), key=lambda c: c.created_unix, reverse=True)
+
+    def _emit(self, c: Container, action: str, **extra: str) -> None:
+        self.events.emit("container", action, c.id, {**c.label_attributes(), **extra}, from_=c.image)
+
+    # -- create / start ------------------------------------------------------------------------
+
+    async def create(self, body: Any, name: str | None = None) -> tuple[str, list[str]]:
+        spec = parse_create(body, name)
+        name = (name or "").lstrip("/")
+        if name:
+            for slot in self.slots.values():
+                if slot.c.name == name:
+                    raise Conflict(
+                        f'Conflict. The container name "/{name}" is already in use by container "{slot.c.id}". '
+                        "You have to remove (or rename) that container to be able to reuse that name.")
+        else:
+            taken = {s.c.name for s in self.slots.values()}
+            name = random_name()
+            while name in taken:
+                name = f"{random_name()}{len(taken)}"
+        cid = new_id()
+        spec["hostname"] = spec["hostname"] or cid[:12]
+        c = Container(id=cid, name=name, created=now_rfc3339(), created_unix=time.time(), **spec)
+        path = self._dir(cid)
+        path.mkdir(parents=True)
+        self.slots[cid] = _Slot(c=c, logs=LogStore(path / "log.jsonl"))
+        self._save(c)
+        self._emit(c, "create")
+        return cid, create_warnings(body)
+
+    async def start_container(self, ref: str) -> None:
+        slot = self.resolve(ref)
+        async with slot.lock:
+            if slot.c.state.status == "running":
+                raise NotModified("container already started")
+            await self._start_locked(slot)
+
+    async def _start_locked(self, slot: _Slot) -> None:
+        c, backend = slot.c, self.backend
+        env = c.process_env()
+        argv = c.argv
+        cwd = c.working_dir or "/"
+        if not os.path.isdir(cwd):
+            self._fail_start(c, 126, f"working directory {cwd!r} does not exist on the host")
+        if not find_executable(argv[0], env["PATH"], cwd):
+            self._fail_start(c, 127, f'failed to create task for container: exec: "{argv[0]}": '
+                                     "executable file not found in $PATH: unknown")
+        relays = await self._bind_ports(c)
+        try:
+            spawned = await backend.spawn(argv, env, cwd, c.hostname, asyncio.subprocess.PIPE,
+                                          asyncio.subprocess.PIPE)
+        except BaseException:
+            for relay in relays:
+                await relay.close()
+            raise
+        for relay in relays:
+            relay.spawned = spawned
+        slot.spawned, slot.relays, slot.stop_requested = spawned, relays, False
+        c.address = spawned.address
+        st = c.state
+        st.status, st.pid, st.exit_code, st.error = "running", spawned.pid, 0, ""
+        st.started_at, st.started_unix, st.manually_stopped = now_rfc3339(), time.time(), False
+        st.failing_streak = 0
+        st.health_status = "starting" if c.health and c.health.argv() else ""
+        slot.logs.open()
+        self._save(c)
+        self._emit(c, "start")
+        slot.supervisor = asyncio.create_task(self._supervise(slot, spawned))
+        if st.health_status:
+            slot.health_task = asyncio.create_task(self._health_loop(slot, spawned))
+
+    def _fail_start(self, c: Container, code: int, message: str) -> None:
+        st = c.state
+        st.status, st.exit_code, st.error = ("exited" if st.started_unix else "created"), code, message
+        self._save(c)
+        raise InvalidParameter(message)
+
+    async def _bind_ports(self, c: Container) -> list[PortRelay]:
+        wanted = {k: list(v) for k, v in c.port_bindings.items()}
+        if c.publish_all:
+            for key in c.exposed_ports:
+                wanted.setdefault(key, [{"HostIp": "", "HostPort": ""}])
+        relays: list[PortRelay] = []
+        ports: dict[str, list[dict[str, str]]] = {}
+        try:
+            for key, bindings in wanted.items():
+                port, _, proto = key.partition("/")
+                for b in bindings:
+                    relay = PortRelay(self.backend, Spawned(proc=None, ns_pid=0), proto, b["HostIp"],  # type: ignore[arg-type]
+                                      int(b["HostPort"] or 0), int(port))
+                    bound = await relay.start()
+                    relays.append(relay)
+                    ports.setdefault(key, []).append({"HostIp": relay.host_ip, "HostPort": str(bound)})
+        except BaseException:
+            for relay in relays:
+                await relay.close()
+            raise
+        c.ports = ports
+        return relays
+
+    async def _pump(self, slot: _Slot, stream: asyncio.StreamReader | None, sid: int) -> None:
+        if stream is None:
+            return
+        while chunk := await stream.read(65536):
+            slot.logs.feed(sid, chunk)
+        slot.logs.flush(sid)
+
+    async def _supervise(self, slot: _Slot, spawned: Spawned) -> None:
+        proc = spawned.proc
+        pumps = [asyncio.create_task(self._pump(slot, proc.stdout, 1)),
+                 asyncio.create_task(self._pump(slot, proc.stderr, 2))]
+        await proc.wait()
+        # Output still in the pipes is read; a straggler that kept them open does not hold the exit.
+        _, late = await asyncio.wait(pumps, timeout=PIPE_DRAIN_TIMEOUT)
+        for task in late:
+            task.cancel()
+        code = proc.returncode if proc.returncode is not None else 255
+        if code < 0:
+            code = 128 - code
+        await self._on_exit(slot, spawned, code)
+
+    async def _on_exit(self, slot: _Slot, spawned: Spawned, code: int) -> None:
+        c, st = slot.c, slot.c.state
+        self.backend.release(spawned)
+        for relay in slot.relays:
+            await relay.close()
+        slot.relays, slot.spawned = [], None
+        if slot.health_task is not None:
+            slot.health_task.cancel()
+            slot.health_task = None
+        slot.logs.close()
+        await self.exec.container_exited(c.id)
+        st.status, st.exit_code, st.pid = "exited", code, 0
+        c.address = ""
+        st.finished_at, st.finished_unix = now_rfc3339(), time.time()
+        if st.health_status:
+            st.health_status = "unhealthy"
+        restart_delay = None if slot.stop_requested else self._restart_delay(c)
+        if restart_delay is not None:
+            st.status = "restarting"
+        self._save(c)
+        self._emit(c, "die", exitCode=str(code), execDuration=str(int(st.finished_unix - st.started_unix)))
+        fut, slot.next_exit = slot.next_exit, asyncio.get_running_loop().create_future()
+        fut.set_result(code)
+        if restart_delay is not None:
+            self._schedule_restart(slot, restart_delay)
+        elif c.auto_remove:
+            task = asyncio.create_task(self._auto_remove(c.id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _auto_remove(self, cid: str) -> None:
+        try:
+            await self.remove(cid, force=True)
+        except EngineError as exc:  # already removed by hand, or removal in progress
+            log.debug("auto-remove of %s: %s", cid, exc)
+
+    def _restart_delay(self, c: Container) -> float | None:
+        policy, st = c.restart_policy, c.state
+        name = policy["Name"]
+        if name == "no" or st.manually_stopped:
+            return None
+        if name == "on-failure":
+            limit = int(policy.get("MaximumRetryCount") or 0)
+            if st.exit_code == 0 or (limit and st.restart_count >= limit):
+                return None
+        ran = st.finished_unix - st.started_unix
+        if ran >= 10:  # a container that ran a while restarts at once, as dockerd does
+            return 0.1
+        return min(60.0, 0.1 * 2 ** min(st.restart_count, 10))
+
+    def _schedule_restart(self, slot: _Slot, delay: float) -> None:
+        async def restart() -> None:
+            await asyncio.sleep(delay)
+            async with slot.lock:
+                if slot.c.state.status in ("running", "removing") or slot.c.id not in self.slots:
+                    return
+                slot.c.state.restart_count += 1
+                try:
+                    await self._start_locked(slot)
+                except EngineError as exc:
+                    log.warning("restart of %s failed: %s", slot.c.name, exc)
+                    slot.c.state.status = "exited"
+                    self._save(slot.c)
+
+        slot.restart_task = asyncio.create_task(restart())
+        slot.restart_task.add_done_callback(lambda t: setattr(slot, "restart_task", None))
+
+    # -- stop / kill / restart / wait / remove -------------------------------------------------
+
+    def _cancel_restart(self, slot: _Slot) -> bool:
+        if slot.restart_task is not None:
+            slot.restart_task.cancel()
+            slot.restart_task = None
+            slot.c.state.status = "exited"
+            slot.c.state.manually_stopped = True
+            self._save(slot.c)
+            return True
+        return False
+
+    async def stop_container(self, ref: str, timeout: float | None = None, sig: str | None = None) -> None:
+        slot = self.resolve(ref)
+        if self._cancel_restart(slot):
+            return
+        async with slot.lock:
+            if slot.c.state.status != "running":
+                raise NotModified("container already stopped")
+            await self._stop_locked(slot, self._stop_timeout(slot.c, timeout), manual=True,
+                                    signum=signal_number(sig or slot.c.stop_signal or "SIGTERM"))
+
+    @staticmethod
+    def _stop_timeout(c: Container, timeout: float | None) -> float:
+        if timeout is not None:
+            return timeout
+        return float(c.stop_timeout) if c.stop_timeout is not None else 10.0
+
+    async def _stop_locked(self, slot: _Slot, timeout: float, manual: bool,
+                           signum: int = signal.SIGTERM) -> None:
+        c, spawned = slot.c, slot.spawned
+        assert spawned is not None
+        slot.stop_requested = True
+        c.state.manually_stopped = manual
+        exited = slot.next_exit
+        self._emit(c, "kill", signal=str(int(signum)))
+        self.backend.signal(spawned, signum)
+        try:
+            async with asyncio.timeout(max(timeout, 0)):
+                await asyncio.shield(exited)
+        except TimeoutError:
+            self._emit(c, "kill", signal=str(int(signal.SIGKILL)))
+            self.backend.signal(spawned, signal.SIGKILL)
+            async with asyncio.timeout(KILL_WAIT):
+                await asyncio.shield(exited)
+        self._emit(c, "stop")
+
+    async def kill(self, ref: str, sig: str | int | None = None) -> None:
+        slot = self.resolve(ref)
+        signum = signal_number(sig)
+        if slot.c.state.status != "running" or slot.spawned is None:
+            raise Conflict(f"Container {slot.c.id} is not running")
+        if signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            slot.stop_requested = True
+            slot.c.state.manually_stopped = True
+        exited = slot.next_exit
+        self._emit(slot.c, "kill", signal=str(signum))
+        self.backend.signal(slot.spawned, signum)
+        if signum == signal.SIGKILL:
+            async with asyncio.timeout(KILL_WAIT):
+                await asyncio.shield(exited)
+
+    async def restart(self, ref: str, timeout: float | None = None) -> None:
+        slot = self.resolve(ref)
+        self._cancel_restart(slot)
+        async with slot.lock:
+            if slot.c.state.status == "running":
+                await self._stop_locked(slot, self._stop_timeout(slot.c, timeout), manual=True,
+                                        signum=signal_number(slot.c.stop_signal or "SIGTERM"))
+            await self._start_locked(slot)
+        self._emit(slot.c, "restart")
+
+    def wait_target(self, ref: str, condition: str = "not-running") -> asyncio.Future[int] | int:
+        """What ``wait`` waits for, resolved now (the CLI sends wait before start): a future, or the
+        exit code when the condition already holds."""
+        slot = self.resolve(ref)
+        if condition == "removed":
+            return slot.removed
+        if condition == "next-exit":
+            return slot.next_exit
+        if condition not in ("", "not-running"):
+            raise InvalidParameter(f"invalid condition: {condition!r}")
+        if slot.c.state.status in ("running", "restarting"):
+            return slot.next_exit
+        return slot.c.state.exit_code
+
+    async def wait(self, ref: str, condition: str = "not-running") -> int:
+        target = self.wait_target(ref, condition)
+        return target if isinstance(target, int) else await asyncio.shield(target)
+
+    async def remove(self, ref: str, force: bool = False) -> None:
+        slot = self.resolve(ref)
+        if slot.c.state.status == "removing":
+            raise Conflict(f"removal of container {slot.c.id} is already in progress")
+        self._cancel_restart(slot)
+        async with slot.lock:
+            c = slot.c
+            if c.state.status == "running":
+                if not force:
+                    raise Conflict(f"You cannot remove a running container {c.id}. Stop the container "
+                                   "before attempting removal or force remove")
+                slot.stop_requested = True
+                c.state.manually_stopped = True
+                exited = slot.next_exit
+                self._emit(c, "kill", signal=str(int(signal.SIGKILL)))
+                assert slot.spawned is not None
+                self.backend.signal(slot.spawned, signal.SIGKILL)
+                async with asyncio.timeout(KILL_WAIT):
+                    await asyncio.shield(exited)
+            if c.id not in self.slots:
+                return
+            c.state.status = "removing"
+            del self.slots[c.id]
+            shutil.rmtree(self._dir(c.id), ignore_errors=True)
+            self.exec.forget(c.id)
+            self._emit(c, "destroy")
+            for fut in (slot.removed, slot.next_exit):
+                if not fut.done():
+                    fut.set_result(c.state.exit_code)
+
+    # -- health --------------------------------------------------------------------------------
+
+    async def _health_loop(self, slot: _Slot, spawned: Spawned) -> None:
+        c = slot.c
+        assert c.health is not None
+        spec, argv = c.health, c.health.argv() or []
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(spec.interval_ns / 1e9)
+            start = now_rfc3339()
+            code, output = await self.exec.run_captured(c, spawned, argv, spec.timeout_ns / 1e9,
+                                                        HEALTH_OUTPUT_CAP)
+            st = c.state
+            st.health_log = [*st.health_log, {"Start": start, "End": now_rfc3339(), "ExitCode": code,
+                                              "Output": output}][-5:]
+            old = st.health_status
+            if code == 0:
+                st.failing_streak, new = 0, "healthy"
+            elif time.monotonic() - started < spec.start_period_ns / 1e9:
+                new = old  # failures during the start period do not count
+            else:
+                st.failing_streak += 1
+                new = "unhealthy" if st.failing_streak >= spec.retries else old
+            st.health_status = new
+            self._save(c)
+            if new != old:
+                self.events.emit("container", f"health_status: {new}", c.id, c.label_attributes(), from_=c.image)
+
+    # -- info ----------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        states = [s.c.state.status for s in self.slots.values()]
+        running = states.count("running")
+        return {"Containers": len(states), "ContainersRunning": running, "ContainersPaused": 0,
+                "ContainersStopped": len(states) - running}
+
+    def images(self) -> dict[str, list[Container]]:
+        out: dict[str, list[Container]] = {}
+        for c in self.containers():
+            out.setdefault(c.image, []).append(c)
+        return out
+
