@@ -96,6 +96,7 @@ class Agent:
         from beacon.agent.checking import AgentChecks
 
         self.checks = AgentChecks(self)
+        self.engine: Any = None
         self.forward_session: Any = None
         self.http_port: int | None = None
         self.dns_port: int | None = None
@@ -137,6 +138,8 @@ class Agent:
         if self.mode == "single":
             telemetry.leader_changed(self.consensus.leader_address())
             await self._register_self()
+        if self.config.engine_enabled:
+            await self._start_engine()
         self.checks.start()
         await self._restore_local()
         self.checks.start_reaper()
@@ -170,6 +173,9 @@ class Agent:
             self._dns = None
         await self.checks.stop()
         await self.local.stop()
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
         if self.session_reaper is not None:
             await self.session_reaper.stop()
             self.session_reaper = None
@@ -405,6 +411,23 @@ class Agent:
             await self.register_service(svc, check_objs, source="config", sync=False)
         for obj in self.config.checks:
             await self.register_check(obj, source="config", sync=False)
+
+    async def _start_engine(self) -> None:
+        from beacon.runtime import Engine
+
+        cfg = self.config
+        base = os.path.join(cfg.data_dir, "engine") if cfg.data_dir else "/tmp/beacon-dev"
+        socket_path = cfg.engine_socket or (os.path.join(cfg.data_dir, "engine.sock") if cfg.data_dir
+                                            else "/tmp/beacon-dev/engine.sock")
+        self.engine = Engine(data_dir=base, socket_path=socket_path, isolation=cfg.engine_isolation)
+        await self.engine.start()
+
+    def startup_lines(self) -> list[str]:
+        lines = []
+        if self.engine is not None:
+            lines.append(f"Container engine: unix://{self.engine.socket_path} (isolation: {self.engine.isolation})"
+                         f"  ->  export DOCKER_HOST=unix://{self.engine.socket_path}")
+        return lines
 
     async def _start_http(self) -> None:
         app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware],
