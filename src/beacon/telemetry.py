@@ -127,8 +127,8 @@ def leader_changed(leader: str) -> None:
         RAFT_LEADER_CHANGES.inc()
 
 
-def dns_query(qtype: str, rcode: str, seconds: float | None = None) -> None:
-    DNS_QUERIES.labels(qtype.upper(), rcode.upper()).inc()
+def dns_query(qtype: str, rcode: str, seconds: float | None = None, count: int = 1) -> None:
+    DNS_QUERIES.labels(qtype.upper(), rcode.upper()).inc(count)
     if seconds is not None:
         DNS_LATENCY.observe(seconds)
 

@@ -65,7 +65,7 @@ def test_cache_rotates_variants_and_checks_the_index() -> None:
     for i in range(3):
         assert cache.next_variant(key, 7) == i
         cache.add(key, 7, b"ID" + bytes([i]), variants=3, time_dependent=False)
-    index, next_tail, _ = cache.entries[key]
+    index, next_tail, _, _ = cache.entries[key]
     assert index == 7 and [next_tail() for _ in range(4)] == [b"\x00", b"\x01", b"\x02", b"\x00"]
     cache.add(b"other", 8, b"IDx", variants=2, time_dependent=False)
     assert cache.next_variant(b"other", 9) == 0  # a newer catalog restarts the collection

@@ -111,3 +111,37 @@ def test_unmatched_paths_share_one_label(dev_agent: AgentProcess) -> None:
     after = scrape(dev_agent)
     key = dict(method="GET", endpoint="unmatched", status="404")
     assert value(after, "beacon_http_requests_total", **key) - value(before, "beacon_http_requests_total", **key) == 3
+
+
+def test_dns_queries_are_counted_by_type_and_rcode(start_agent) -> None:
+    """Cache hits are folded in once a second; misses are counted at once."""
+    import shutil
+    import time
+
+    import pytest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.conftest import dig
+
+    if shutil.which("dig") is None:
+        pytest.skip("dig is not installed")
+    agent = start_agent()
+    agent.json("PUT", "/v1/agent/service/register", {"Name": "m", "Port": 1})
+    for _ in range(3):
+        dig(agent.dns_port, "m.service.consul", "SRV")
+    dig(agent.dns_port, "nope.service.consul", "A")
+
+    def count(qtype: str, rcode: str) -> float:
+        _, _, body = agent.request("GET", "/v1/agent/metrics?format=prometheus")
+        for fam in text_string_to_metric_families(body.decode()):
+            for s in fam.samples:
+                if "dns" in s.name and s.name.endswith("_total") and s.labels.get("qtype") == qtype \
+                        and s.labels.get("rcode") == rcode:
+                    return s.value
+        return 0.0
+
+    deadline = time.monotonic() + 5
+    while count("SRV", "NOERROR") < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert count("SRV", "NOERROR") == 3
+    assert count("A", "NXDOMAIN") == 1

@@ -66,7 +66,8 @@ class AnswerCache:
             self._bytes -= self.entries.pop(oldest)[2]
             self._timed.discard(oldest)
         next_tail = itertools.repeat(tails[0]).__next__ if len(tails) == 1 else itertools.cycle(tails).__next__
-        self.entries[key] = (index, next_tail, size)
+        rcode = tails[0][1] & 0x0F if len(tails[0]) > 1 else 0
+        self.entries[key] = (index, next_tail, size, rcode)  # rcode: for metrics
         self._bytes += size
         if time_dependent:
             self._timed.add(key)

@@ -31,6 +31,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.entries = handler.udp_cache.entries
+        self.hits = handler.hits
         self.store = handler.store
         self.transport: asyncio.DatagramTransport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -40,9 +41,12 @@ class UDPProtocol(asyncio.DatagramProtocol):
         self.sendto = transport.sendto  # type: ignore[attr-defined]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        entry = self.entries.get(data[2:])
+        key = data[2:]
+        entry = self.entries.get(key)
         if entry is not None and entry[0] == self.store.catalog_index:
             self.sendto(data[:2] + entry[1](), addr)
+            hits = self.hits  # folded into the metrics once a second, off the hot path
+            hits[key] = hits.get(key, 0) + 1
             return
         sendto, transport = self.sendto, self.transport
         assert transport is not None

@@ -16,6 +16,10 @@ import random
 import socket
 from collections.abc import Callable
 
+from dnslib import QTYPE, RCODE
+
+from beacon import telemetry
+
 from .cache import AnswerCache
 from .catalog import Store
 from .config import DNSConfig
@@ -38,6 +42,7 @@ class DNSServer:
                                                         cfg.recursor_strategy)
         self.udp_cache = AnswerCache()
         self.tcp_cache = AnswerCache()
+        self.hits: dict[bytes, int] = {}
         self._rng = random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
         self._udp: asyncio.DatagramTransport | None = None
@@ -71,6 +76,7 @@ class DNSServer:
         return udp_port, tcp_port
 
     async def stop(self) -> None:
+        self.fold_hits()
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
@@ -107,9 +113,21 @@ class DNSServer:
         self._tick = asyncio.get_running_loop().call_later(1.0, self._on_tick)
 
     def _on_tick(self) -> None:
+        self.fold_hits()
         self.udp_cache.expire_timed()
         self.tcp_cache.expire_timed()
         self._schedule_tick()
+
+    def fold_hits(self) -> None:
+        """Count cached answers in the metrics: qtype from the question, rcode from the entry."""
+        if not self.hits:
+            return
+        items = list(self.hits.items())
+        self.hits.clear()
+        for key, n in items:
+            entry = self.udp_cache.entries.get(key)
+            rcode = entry[3] if entry is not None else 0
+            telemetry.dns_query(_qtype_name(key), RCODE.get(rcode, str(rcode)), count=n)
 
     # ------------------------------------------------------------------ requests
     def handle(self, data: bytes, tcp: bool, send: Callable[[bytes], None]) -> None:
@@ -134,6 +152,8 @@ class DNSServer:
             self._forward(data, tcp, send, reply.wire)
             return
         send(reply.wire)
+        if len(reply.wire) >= 4:
+            telemetry.dns_query(_qtype_name(key), RCODE.get(reply.wire[3] & 0x0F, "?"))
         if reply.cacheable:
             cache.add(key, index, reply.wire, reply.variants, reply.time_dependent)
 
@@ -152,6 +172,17 @@ class DNSServer:
             log.exception("DNS: recursor error; replying SERVFAIL")
             answer = None
         send(answer if answer is not None else servfail)
+
+
+def _qtype_name(key: bytes) -> str:
+    """The first question's type from a request without its ID (header rest, then the name)."""
+    pos = 10
+    try:
+        while key[pos]:
+            pos += key[pos] + 1
+        return QTYPE.get(int.from_bytes(key[pos + 1:pos + 3], "big"), "?")
+    except IndexError:
+        return "?"
 
 
 def _udp_socket(host: str, port: int) -> socket.socket:
