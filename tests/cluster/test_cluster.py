@@ -205,3 +205,38 @@ def test_raft_configuration_and_operator_cli(cluster: Cluster) -> None:
     assert sorted(line.split()[3] for line in lines[1:]) == ["follower", "follower", "leader"]
     peers = jget(cluster.clients["c1"], "/v1/status/peers")[2]
     assert sorted(peers) == sorted(f"{cluster.addr(n)}:8300" for n in ("s1", "s2", "s3"))
+
+
+def test_a_later_server_joins_the_running_cluster_and_a_graceful_leave_removes_it(cluster: Cluster) -> None:
+    s1 = cluster.servers["s1"]
+    s4 = cluster.start_server("s4")
+
+    def peers() -> list[str]:
+        return sorted(jget(s1, "/v1/status/peers")[2])
+
+    wait_until(lambda: cluster.addr("s4") + ":8300" in peers(), timeout=20)
+    assert len(peers()) == 4
+    assert put(s4, "joined/k", "v")  # the new server takes writes
+    wait_until(lambda: jget(s4, "/v1/kv/joined/k?stale")[0] == 200, timeout=10)
+    r = subprocess.run(beacon_cmd("leave", "-http-addr", s4.http_addr), capture_output=True, text=True,
+                       env=beacon_env(), timeout=30)
+    assert r.returncode == 0, r.stderr
+    s4.proc.wait(20)
+    wait_until(lambda: cluster.addr("s4") + ":8300" not in peers(), timeout=20)
+    assert len(peers()) == 3
+    assert put(cluster.clients["c1"], "after-leave/k", "v")
+
+
+def test_remove_peer_drops_a_dead_server_from_the_configuration(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    dead = next(n for n in ("s1", "s2", "s3") if n != leader)
+    cluster.servers[dead].stop(signal.SIGKILL)
+    la = cluster.servers[leader]
+    r = subprocess.run(beacon_cmd("operator", "raft", "remove-peer", "-http-addr", la.http_addr,
+                                  "-address", f"{cluster.addr(dead)}:8300"),
+                       capture_output=True, text=True, env=beacon_env(), timeout=30)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: len(jget(la, "/v1/status/peers")[2]) == 2, timeout=10)
+    assert put(la, "two/k", "v")
+    status, _, body = la.request("DELETE", "/v1/operator/raft/peer?address=10.9.9.9:8300")
+    assert status == 500 and b"not found" in body

@@ -212,10 +212,15 @@ def render(request: web.Request, reply: Reply) -> web.StreamResponse:
     if reply.raw:
         body = reply.body if isinstance(reply.body, bytes) else str(reply.body).encode()
         return web.Response(status=reply.status, body=body, content_type=reply.content_type, headers=headers)
-    if agent.config.dev or "pretty" in request.query:
-        text = json.dumps(reply.body, indent=4) + "\n"
+    body = reply.body
+    if body is True or body is False:  # KV and catalog writes: skip the encoder entirely
+        text = "true" if body else "false"
+    elif agent.config.dev or "pretty" in request.query:
+        # Consul's -dev always pretty-prints. json's indenting encoder is pure Python; small
+        # bodies are cheap enough, and a reply is what a person reads in -dev.
+        text = json.dumps(body, indent=4) + "\n"
     else:
-        text = json.dumps(reply.body, separators=(",", ":"))
+        text = json.dumps(body, separators=(",", ":"))
     resp = web.Response(status=reply.status, body=text.encode(), headers=headers)
     resp.content_type = "application/json"
     if len(text) > 1024 and "gzip" in request.headers.get("Accept-Encoding", ""):
