@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, start_cluster
 from tests.conftest import beacon_cmd, beacon_env, dig, wait_until
 
 
@@ -240,3 +240,19 @@ def test_remove_peer_drops_a_dead_server_from_the_configuration(cluster: Cluster
     assert put(la, "two/k", "v")
     status, _, body = la.request("DELETE", "/v1/operator/raft/peer?address=10.9.9.9:8300")
     assert status == 500 and b"not found" in body
+
+
+def test_failed_nodes_are_reaped_after_reconnect_timeout(tmp_path) -> None:
+    c = start_cluster(tmp_path, clients=1, extra=("-reconnect-timeout", "2s"))
+    try:
+        s1 = c.servers["s1"]
+        c.clients["c1"].request("PUT", "/v1/agent/service/register", {"Name": "gone", "Port": 1})
+        wait_until(lambda: jget(s1, "/v1/catalog/service/gone")[2], timeout=10)
+        c.clients["c1"].stop(signal.SIGKILL)
+        wait_until(lambda: jget(s1, "/v1/catalog/node/c1")[2] is None, timeout=20)
+        assert jget(s1, "/v1/catalog/service/gone")[2] == []
+        for name in ("s1", "s2", "s3"):
+            wait_until(lambda name=name: "c1" not in {m["Name"] for m in jget(c.servers[name], "/v1/agent/members")[2]},
+                       timeout=10)
+    finally:
+        c.stop_all()

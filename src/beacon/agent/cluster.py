@@ -144,6 +144,7 @@ class Cluster:
         self._tasks: list[asyncio.Task[Any]] = []
         self.left = False
         self.joined = asyncio.Event()
+        self.reaped: dict[str, float] = {}
 
     def _rpc_target(self, address: str) -> str:
         return address if ":" in address.strip("[]") and not address.startswith("[") else \
@@ -301,6 +302,11 @@ class Cluster:
         if cur is None:
             if m.status == LEFT and seen_at is None:
                 return
+            reaped_at = self.reaped.get(m.name)
+            if reaped_at is not None:
+                if seen_at is None or seen_at <= reaped_at:
+                    return
+                del self.reaped[m.name]
             m.last_seen = seen_at or 0.0
             m.status_since = now
             if m.status not in (LEFT, FAILED):
@@ -387,19 +393,36 @@ class Cluster:
                 log.warning("reconcile failed: %s", exc)
 
     def detect_failures(self) -> None:
-        """Every server: a member silent for failure_timeout is failed."""
+        """Every server: a member silent for failure_timeout is failed; failed past reconnect_timeout
+        it is forgotten (the leader also deregisters it)."""
         now = time.monotonic()
-        for m in self.members.values():
+        for name, at in list(self.reaped.items()):
+            if now - at > 300:
+                del self.reaped[name]
+        for m in list(self.members.values()):
             if m.name != self.me.name and m.status == ALIVE and m.last_seen and \
                     now - m.last_seen > self.failure_timeout:
                 m.status = FAILED
                 m.status_since = now
                 log.warning("member %s failed: no heartbeat for %.1fs", m.name, now - m.last_seen)
+            elif m.status == FAILED and now - m.status_since > self.reconnect_timeout and not self._is_leader():
+                self._forget(m.name)  # the leader forgets in reconcile(), after deregistering the node
+
+    def _is_leader(self) -> bool:
+        return self.agent.raft is not None and self.agent.raft.is_leader()
+
+    def _forget(self, name: str) -> None:
+        self.members.pop(name, None)
+        # Another server's table may still list it; only a heartbeat from it brings it back.
+        self.reaped[name] = time.monotonic()
 
     async def reconcile(self) -> None:
         """Leader duty: member table -> catalog nodes and serfHealth."""
         now = time.monotonic()
         store = self.agent.store
+        for name in list(self.reaped):
+            if name not in self.members and store.get_node(name) is not None:
+                await self._submit((MessageType.DEREGISTER, {"node": name}))  # forgotten before reaped
         for m in list(self.members.values()):
             if m.status == LEFT:
                 if store.get_node(m.name) is not None:
@@ -411,12 +434,12 @@ class Cluster:
                     except Exception as exc:
                         log.warning("removing %s from raft: %s", m.raft_addr, exc)
                 if now - m.status_since > 60 or not m.status_since:
-                    del self.members[m.name]
+                    self._forget(m.name)
                 continue
             if m.status == FAILED and now - m.status_since > self.reconnect_timeout:
                 log.info("reaping failed member %s", m.name)
                 await self._submit((MessageType.DEREGISTER, {"node": m.name}))
-                del self.members[m.name]
+                self._forget(m.name)
                 continue
             want = "passing" if m.status == ALIVE else "critical"
             node = store.get_node(m.name)
