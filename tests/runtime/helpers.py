@@ -112,7 +112,7 @@ def process_mode_port() -> str:
         return str(s.getsockname()[1])
 
 
-def until(fn: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
+def until(fn: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
     """Poll fn until it returns something truthy, or fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None

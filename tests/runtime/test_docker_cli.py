@@ -163,10 +163,18 @@ def test_health_cmd_reports_healthy_then_unhealthy(engine: EngineProc, tmp_path)
 
 def test_restart_on_failure_counts_retries(engine: EngineProc) -> None:
     engine.docker("run", "-d", "--name", "flaky", "--restart", "on-failure:2", "img", "sh", "-c", "exit 3")
-    state = until(lambda: (s := engine.inspect("flaky"))["RestartCount"] == 2 and s["State"]["Status"] == "exited"
-                  and s, what="two restarts then exited")
+
+    def settled() -> dict | None:
+        s = engine.inspect("flaky")
+        assert s["RestartCount"] <= 2, s["RestartCount"]
+        return s if s["RestartCount"] == 2 and s["State"]["Status"] == "exited" else None
+
+    state = until(settled, timeout=30, what="two restarts then exited")
     assert state["State"]["ExitCode"] == 3
     assert state["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+    dies = engine.docker("events", "--since", "0", "--until", str(time.time()), "--filter", "container=flaky",
+                         "--filter", "event=die", "--format", "{{.Action}}").stdout.split()
+    assert dies == ["die"] * 3
 
 
 def test_stop_kills_with_sigkill_after_timeout(engine: EngineProc) -> None:
