@@ -129,3 +129,25 @@ async def test_second_engine_on_same_data_dir_or_socket_is_refused(tmp_path) -> 
         finally:
             await first.stop()
         assert not os.path.exists(first.socket_path)  # removed on stop
+
+
+async def test_finished_execs_are_forgotten_after_a_while(tmp_path, monkeypatch) -> None:
+    from beacon.runtime import _exec
+
+    monkeypatch.setattr(_exec, "EXEC_KEEP", 0.2)
+    engine = Engine(data_dir=tmp_path, isolation="process")
+    async with asyncio.timeout(30):
+        await engine.start()
+        try:
+            cid, _ = await engine.create({"Image": "x", "Cmd": ["sleep", "30"]}, "ex")
+            await engine.start_container(cid)
+            exec_id = engine.exec.create(cid, {"Cmd": ["sh", "-c", "echo hi; exit 4"]})
+            output = [chunk async for chunk in engine.exec.start(exec_id)]
+            assert output == [(1, b"hi\n")]
+            assert engine.exec.inspect(exec_id)["ExitCode"] == 4  # readable right after the stream ends
+            while exec_id in engine.exec.instances:
+                await asyncio.sleep(0.05)
+            with pytest.raises(NotFound):
+                engine.exec.inspect(exec_id)
+        finally:
+            await engine.stop()
