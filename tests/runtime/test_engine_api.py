@@ -151,3 +151,26 @@ async def test_finished_execs_are_forgotten_after_a_while(tmp_path, monkeypatch)
                 engine.exec.inspect(exec_id)
         finally:
             await engine.stop()
+
+
+async def test_always_containers_come_back_after_an_engine_restart(tmp_path) -> None:
+    async with asyncio.timeout(30):
+        engine = Engine(data_dir=tmp_path, isolation="process")
+        await engine.start()
+        try:
+            for name, policy in (("keeper", "always"), ("plain", "no"), ("stopped", "always")):
+                cid, _ = await engine.create({"Image": "x", "Cmd": ["sleep", "30"],
+                                              "HostConfig": {"RestartPolicy": {"Name": policy}}}, name)
+                await engine.start_container(cid)
+            await engine.stop_container("stopped", timeout=2)  # stopped by hand: stays down
+        finally:
+            await engine.stop()
+        again = Engine(data_dir=tmp_path, isolation="process")
+        await again.start()
+        try:
+            while again.get("keeper").state.status != "running":
+                await asyncio.sleep(0.02)
+            assert again.get("plain").state.status == "exited"
+            assert again.get("stopped").state.status == "exited"
+        finally:
+            await again.stop()
