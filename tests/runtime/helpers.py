@@ -26,6 +26,20 @@ HAVE_DOCKER = os.path.exists(DOCKER)
 IS_ROOT = os.geteuid() == 0
 
 
+def _netns_works() -> bool:
+    """Root is not enough (a container without CAP_SYS_ADMIN is root too): ask the supervisor."""
+    if not IS_ROOT:
+        return False
+    init = REPO / "src" / "beacon" / "runtime" / "_init.py"
+    probe = subprocess.run([sys.executable, "-S", str(init), "probe", "probe", "2", "--", "true"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+NETNS = _netns_works()
+NETNS_REASON = "netns isolation needs root allowed to create namespaces (CAP_SYS_ADMIN)"
+
+
 def beacon_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO / "src")

@@ -12,7 +12,7 @@ import pytest
 
 from beacon.runtime import Conflict, Engine, NotFound
 
-from .helpers import IS_ROOT, REPO, start_engine, stop_engine
+from .helpers import NETNS, NETNS_REASON, REPO, start_engine, stop_engine
 
 
 async def http_json(sock: str, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
@@ -28,7 +28,7 @@ async def http_json(sock: str, method: str, path: str, body: dict | None = None)
 
 
 @pytest.mark.parametrize("isolation", [
-    pytest.param("auto", marks=pytest.mark.skipif(not IS_ROOT, reason="netns needs root")), "process"])
+    pytest.param("auto", marks=pytest.mark.skipif(not NETNS, reason=NETNS_REASON)), "process"])
 async def test_engine_starts_in_the_callers_loop_and_keeps_state(tmp_path, isolation: str) -> None:
     engine = Engine(data_dir=tmp_path / "d", socket_path=str(tmp_path / "s.sock"), isolation=isolation)
     async with asyncio.timeout(30):
