@@ -286,3 +286,15 @@ def test_publish_all_follow_logs_and_restart(engine: EngineProc) -> None:
     out = engine.docker("events", "--since", since, "--until", str(time.time() + 0.3), "--filter", "container=pa",
                         "--format", "{{.Action}}").stdout.split()
     assert out == ["kill", "die", "stop", "start", "restart"]
+
+
+def test_container_prune_removes_only_stopped_ones(engine: EngineProc) -> None:
+    engine.docker("run", "-d", "--name", "alive", "img", "sleep", "30")
+    engine.docker("run", "--name", "done1", "img", "true")
+    engine.docker("create", "--name", "never", "-l", "keep=yes", "img", "true")
+    out = engine.docker("container", "prune", "-f", "--filter", "label=keep=yes")
+    assert "Deleted Containers" in out.stdout
+    names = sorted(engine.docker("ps", "-a", "--format", "{{.Names}}").stdout.split())
+    assert names == ["alive", "done1"]
+    engine.docker("container", "prune", "-f")
+    assert engine.docker("ps", "-a", "--format", "{{.Names}}").stdout.split() == ["alive"]
