@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import IS_ROOT, EngineProc, start_engine, stop_engine
+from .helpers import NETNS, NETNS_REASON, EngineProc, start_engine, stop_engine
 
 ISOLATIONS = [
-    pytest.param("netns", marks=pytest.mark.skipif(not IS_ROOT, reason="netns isolation needs root")),
+    pytest.param("netns", marks=pytest.mark.skipif(not NETNS, reason=NETNS_REASON)),
     "process",
 ]
 
@@ -24,8 +24,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EnginePro
 
 @pytest.fixture
 def netns_engine(tmp_path: Path) -> Iterator[EngineProc]:
-    if not IS_ROOT:
-        pytest.skip("netns isolation needs root")
+    if not NETNS:
+        pytest.skip(NETNS_REASON)
     e = start_engine(tmp_path, "netns")
     yield e
     stop_engine(e.proc)

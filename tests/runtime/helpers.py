@@ -26,6 +26,20 @@ HAVE_DOCKER = os.path.exists(DOCKER)
 IS_ROOT = os.geteuid() == 0
 
 
+def _netns_works() -> bool:
+    """Root is not enough (a container without CAP_SYS_ADMIN is root too): ask the supervisor."""
+    if not IS_ROOT:
+        return False
+    init = REPO / "src" / "beacon" / "runtime" / "_init.py"
+    probe = subprocess.run([sys.executable, "-S", str(init), "probe", "probe", "2", "--", "true"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+NETNS = _netns_works()
+NETNS_REASON = "netns isolation needs root allowed to create namespaces (CAP_SYS_ADMIN)"
+
+
 def beacon_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO / "src")
@@ -112,7 +126,7 @@ def process_mode_port() -> str:
         return str(s.getsockname()[1])
 
 
-def until(fn: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
+def until(fn: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
     """Poll fn until it returns something truthy, or fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -163,10 +163,18 @@ def test_health_cmd_reports_healthy_then_unhealthy(engine: EngineProc, tmp_path)
 
 def test_restart_on_failure_counts_retries(engine: EngineProc) -> None:
     engine.docker("run", "-d", "--name", "flaky", "--restart", "on-failure:2", "img", "sh", "-c", "exit 3")
-    state = until(lambda: (s := engine.inspect("flaky"))["RestartCount"] == 2 and s["State"]["Status"] == "exited"
-                  and s, what="two restarts then exited")
+
+    def settled() -> dict | None:
+        s = engine.inspect("flaky")
+        assert s["RestartCount"] <= 2, s["RestartCount"]
+        return s if s["RestartCount"] == 2 and s["State"]["Status"] == "exited" else None
+
+    state = until(settled, timeout=30, what="two restarts then exited")
     assert state["State"]["ExitCode"] == 3
     assert state["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+    dies = engine.docker("events", "--since", "0", "--until", str(time.time()), "--filter", "container=flaky",
+                         "--filter", "event=die", "--format", "{{.Action}}").stdout.split()
+    assert dies == ["die"] * 3
 
 
 def test_stop_kills_with_sigkill_after_timeout(engine: EngineProc) -> None:
@@ -278,3 +286,15 @@ def test_publish_all_follow_logs_and_restart(engine: EngineProc) -> None:
     out = engine.docker("events", "--since", since, "--until", str(time.time() + 0.3), "--filter", "container=pa",
                         "--format", "{{.Action}}").stdout.split()
     assert out == ["kill", "die", "stop", "start", "restart"]
+
+
+def test_container_prune_removes_only_stopped_ones(engine: EngineProc) -> None:
+    engine.docker("run", "-d", "--name", "alive", "img", "sleep", "30")
+    engine.docker("run", "--name", "done1", "img", "true")
+    engine.docker("create", "--name", "never", "-l", "keep=yes", "img", "true")
+    out = engine.docker("container", "prune", "-f", "--filter", "label=keep=yes")
+    assert "Deleted Containers" in out.stdout
+    names = sorted(engine.docker("ps", "-a", "--format", "{{.Names}}").stdout.split())
+    assert names == ["alive", "done1"]
+    engine.docker("container", "prune", "-f")
+    assert engine.docker("ps", "-a", "--format", "{{.Names}}").stdout.split() == ["alive"]

@@ -12,7 +12,7 @@ import pytest
 
 from beacon.runtime import Conflict, Engine, NotFound
 
-from .helpers import IS_ROOT, REPO, start_engine, stop_engine
+from .helpers import NETNS, NETNS_REASON, REPO, start_engine, stop_engine
 
 
 async def http_json(sock: str, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
@@ -28,7 +28,7 @@ async def http_json(sock: str, method: str, path: str, body: dict | None = None)
 
 
 @pytest.mark.parametrize("isolation", [
-    pytest.param("auto", marks=pytest.mark.skipif(not IS_ROOT, reason="netns needs root")), "process"])
+    pytest.param("auto", marks=pytest.mark.skipif(not NETNS, reason=NETNS_REASON)), "process"])
 async def test_engine_starts_in_the_callers_loop_and_keeps_state(tmp_path, isolation: str) -> None:
     engine = Engine(data_dir=tmp_path / "d", socket_path=str(tmp_path / "s.sock"), isolation=isolation)
     async with asyncio.timeout(30):
@@ -129,3 +129,48 @@ async def test_second_engine_on_same_data_dir_or_socket_is_refused(tmp_path) -> 
         finally:
             await first.stop()
         assert not os.path.exists(first.socket_path)  # removed on stop
+
+
+async def test_finished_execs_are_forgotten_after_a_while(tmp_path, monkeypatch) -> None:
+    from beacon.runtime import _exec
+
+    monkeypatch.setattr(_exec, "EXEC_KEEP", 0.2)
+    engine = Engine(data_dir=tmp_path, isolation="process")
+    async with asyncio.timeout(30):
+        await engine.start()
+        try:
+            cid, _ = await engine.create({"Image": "x", "Cmd": ["sleep", "30"]}, "ex")
+            await engine.start_container(cid)
+            exec_id = engine.exec.create(cid, {"Cmd": ["sh", "-c", "echo hi; exit 4"]})
+            output = [chunk async for chunk in engine.exec.start(exec_id)]
+            assert output == [(1, b"hi\n")]
+            assert engine.exec.inspect(exec_id)["ExitCode"] == 4  # readable right after the stream ends
+            while exec_id in engine.exec.instances:
+                await asyncio.sleep(0.05)
+            with pytest.raises(NotFound):
+                engine.exec.inspect(exec_id)
+        finally:
+            await engine.stop()
+
+
+async def test_always_containers_come_back_after_an_engine_restart(tmp_path) -> None:
+    async with asyncio.timeout(30):
+        engine = Engine(data_dir=tmp_path, isolation="process")
+        await engine.start()
+        try:
+            for name, policy in (("keeper", "always"), ("plain", "no"), ("stopped", "always")):
+                cid, _ = await engine.create({"Image": "x", "Cmd": ["sleep", "30"],
+                                              "HostConfig": {"RestartPolicy": {"Name": policy}}}, name)
+                await engine.start_container(cid)
+            await engine.stop_container("stopped", timeout=2)  # stopped by hand: stays down
+        finally:
+            await engine.stop()
+        again = Engine(data_dir=tmp_path, isolation="process")
+        await again.start()
+        try:
+            while again.get("keeper").state.status != "running":
+                await asyncio.sleep(0.02)
+            assert again.get("plain").state.status == "exited"
+            assert again.get("stopped").state.status == "exited"
+        finally:
+            await again.stop()

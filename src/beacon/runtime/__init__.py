@@ -5,9 +5,13 @@ Public names::
 
     Engine(data_dir, socket_path=None, isolation="auto")   # await start() / await stop()
     EngineError and its subclasses (see ``beacon.runtime._errors`` for the tree)
+
+``Engine`` is imported on first use: the CLI's container commands only need the small client and
+should not pay for asyncio and the engine at every invocation.
 """
 
-from beacon.runtime._engine import Engine
+import typing as _typing
+
 from beacon.runtime._errors import (
     Conflict,
     EngineError,
@@ -16,6 +20,9 @@ from beacon.runtime._errors import (
     NotImplementedByEngine,
     NotModified,
 )
+
+if _typing.TYPE_CHECKING:
+    from beacon.runtime._engine import Engine
 
 __all__ = [
     "Conflict",
@@ -26,3 +33,15 @@ __all__ = [
     "NotImplementedByEngine",
     "NotModified",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name == "Engine":
+        from beacon.runtime._engine import Engine
+
+        return Engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

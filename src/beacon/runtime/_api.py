@@ -95,6 +95,7 @@ class ApiServer:
                 ("GET", r"/_ping", self.ping), ("HEAD", r"/_ping", self.ping),
                 ("GET", r"/version", self.version), ("GET", r"/info", self.info),
                 ("POST", r"/containers/create", self.create), ("GET", r"/containers/json", self.list),
+                ("POST", r"/containers/prune", self.prune),
                 ("GET", r"/containers/(?P<id>[^/]+)/json", self.inspect),
                 ("POST", r"/containers/(?P<id>[^/]+)/start", self._nocontent(lambda r, i: e.start_container(i))),
                 ("POST", r"/containers/(?P<id>[^/]+)/stop",
@@ -192,6 +193,18 @@ class ApiServer:
         if limit and limit.lstrip("-").isdigit() and int(limit) > 0:
             out = out[: int(limit)]
         return Response(200, out)
+
+    async def prune(self, req: Request, args: dict[str, str]) -> Response:
+        filters = parse_filters(req.q("filters"))
+        for key in filters:
+            if key != "label":
+                raise InvalidParameter(f"invalid filter '{key}' (beacon prunes by label only)")
+        deleted = []
+        for c in self.engine.containers():
+            if c.state.status in ("created", "exited") and views.matches(c, filters, show_all=True):
+                await self.engine.remove(c.id)
+                deleted.append(c.id)
+        return Response(200, {"ContainersDeleted": deleted, "SpaceReclaimed": 0})
 
     async def inspect(self, req: Request, args: dict[str, str]) -> Response:
         return Response(200, views.inspect(self.engine.get(args["id"]), self.engine.isolation))

@@ -85,6 +85,7 @@ class Engine:
         self._restart_on_start: list[str] = []
         self._lock_fd = -1
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # -- lifecycle of the engine ---------------------------------------------------------------
 
@@ -116,9 +117,11 @@ class Engine:
         self._api = ApiServer(self)
         await self._api.start(self.socket_path)
         for cid in self._restart_on_start:
+            self.slots[cid].c.state.status = "restarting"
             self._schedule_restart(self.slots[cid], 0.0)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._api is not None:
             await self._api.stop()
             self._api = None
@@ -137,8 +140,8 @@ class Engine:
             self._lock_fd = -1
 
     async def _shutdown_one(self, slot: _Slot) -> None:
-        if slot.c.state.status == "running":
-            async with slot.lock:
+        async with slot.lock:
+            if slot.c.state.status == "running":
                 await self._stop_locked(slot, SHUTDOWN_STOP_TIMEOUT, manual=False)
 
     @property
@@ -373,19 +376,24 @@ class Engine:
     def _schedule_restart(self, slot: _Slot, delay: float) -> None:
         async def restart() -> None:
             await asyncio.sleep(delay)
+            # From here on the restart is not cancelled (it could orphan a half-spawned process):
+            # stop, rm and engine shutdown wait for the lock and then stop what it started.
+            slot.restart_task = None
             async with slot.lock:
-                if slot.c.state.status in ("running", "removing") or slot.c.id not in self.slots:
+                if slot.c.state.status != "restarting" or slot.c.id not in self.slots or self._stopping:
                     return
                 slot.c.state.restart_count += 1
                 try:
                     await self._start_locked(slot)
-                except EngineError as exc:
+                except (EngineError, OSError) as exc:
                     log.warning("restart of %s failed: %s", slot.c.name, exc)
                     slot.c.state.status = "exited"
                     self._save(slot.c)
 
-        slot.restart_task = asyncio.create_task(restart())
-        slot.restart_task.add_done_callback(lambda t: setattr(slot, "restart_task", None))
+        task = asyncio.create_task(restart())
+        slot.restart_task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- stop / kill / restart / wait / remove -------------------------------------------------
 

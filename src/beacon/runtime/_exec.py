@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from beacon.runtime._errors import Conflict, InvalidParameter, NotFound
 from beacon.runtime._isolation import Spawned
 
+EXEC_KEEP = 300.0
+
 if TYPE_CHECKING:
     from beacon.runtime._engine import Engine
     from beacon.runtime._model import Container
@@ -48,6 +50,7 @@ class ExecManager:
         self.engine = engine
         self.instances: dict[str, ExecInstance] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.timers: dict[str, asyncio.TimerHandle] = {}
 
     def create(self, ref: str, body: Any) -> str:
         slot = self.engine.resolve(ref)
@@ -79,6 +82,9 @@ class ExecManager:
         """The container was removed: so are its exec instances."""
         for exec_id in [i.id for i in self.instances.values() if i.container_id == cid]:
             del self.instances[exec_id]
+            handle = self.timers.pop(exec_id, None)
+            if handle is not None:
+                handle.cancel()
 
     def _event(self, c: Container, action: str, inst: ExecInstance, **extra: str) -> None:
         self.engine.events.emit("container", action, c.id,
@@ -123,6 +129,7 @@ class ExecManager:
         except (InvalidParameter, OSError) as exc:
             inst.running, inst.exit_code = False, 127 if "not found" in str(exc) else 126
             self._event(c, "exec_die", inst, exitCode=str(inst.exit_code))
+            self._expire(inst.id)
             yield 2, (str(exc) + "\r\n").encode()
             return
         inst.proc, inst.pid = proc, proc.pid
@@ -155,6 +162,17 @@ class ExecManager:
             code = proc.returncode if proc.returncode is not None else 255
             inst.running, inst.exit_code = False, (128 - code if code < 0 else code)
             self._event(c, "exec_die", inst, exitCode=str(inst.exit_code))
+            self._expire(inst.id)
+
+    def _expire(self, exec_id: str) -> None:
+        """A finished exec stays inspectable for EXEC_KEEP seconds (clients read its exit code right
+        after the stream ends), then goes, so periodic docker-exec checks do not grow the table."""
+        handle = asyncio.get_running_loop().call_later(EXEC_KEEP, self._drop, exec_id)
+        self.timers[exec_id] = handle
+
+    def _drop(self, exec_id: str) -> None:
+        self.instances.pop(exec_id, None)
+        self.timers.pop(exec_id, None)
 
     def start_detached(self, exec_id: str) -> None:
         async def drain() -> None:
@@ -205,6 +223,9 @@ class ExecManager:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
 
 
 def _killpg(pid: int) -> None:

@@ -114,6 +114,8 @@ class HttpServer:
         old = os.umask(0o177)  # the socket is created 0600: it grants full control of the host
         try:
             self.server = await asyncio.start_unix_server(self._serve, path, limit=LINE_LIMIT)
+        except OSError as exc:  # e.g. a path longer than the 107 bytes a unix socket allows
+            raise EngineError(f"cannot serve the engine API on {path}: {exc.strerror or exc}") from exc
         finally:
             os.umask(old)
         os.chmod(path, 0o600)

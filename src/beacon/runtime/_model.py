@@ -249,6 +249,8 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
         raise InvalidParameter("No command specified")
     if body.get("Tty"):
         raise InvalidParameter("beacon engine does not allocate TTYs: run without -t")
+    if body.get("OpenStdin"):
+        raise InvalidParameter("beacon engine does not attach stdin: run without -i (commands get /dev/null)")
     if name is not None and name != "" and not NAME_RE.match(name):
         raise InvalidParameter(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     for key in ("WorkingDir", "Hostname"):

@@ -178,7 +178,7 @@ class PortRelay:
         try:
             if self.proto == "tcp":
                 self.server = await loop.create_server(lambda: _Outer(self), self.host_ip, self.host_port,
-                                                       reuse_address=True)
+                                                       reuse_address=True, backlog=1024)
                 sockname = self.server.sockets[0].getsockname()
             else:
                 self.udp_transport, _ = await loop.create_datagram_endpoint(
