@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-import sys
 from urllib.parse import quote
 
 from beacon.cli.flags import FlagParser
-from beacon.cli.http import Client, CLIError, add_http_flags
+from beacon.cli.http import Client, CLIError, add_http_flags, print_table, run_subcommand
 
 
 def _services(argv: list[str]) -> int:
@@ -51,9 +50,7 @@ def _nodes(argv: list[str]) -> int:
     table = [("Node", "ID", "Address", "DC")]
     for n in rows:
         table.append((n["Node"], n["ID"] if args.detailed else n["ID"][:8], n["Address"], n["Datacenter"]))
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(table)
     return 0
 
 
@@ -70,11 +67,4 @@ SUB = {"services": _services, "nodes": _nodes, "datacenters": _datacenters}
 
 
 def run(argv: list[str]) -> int:
-    if not argv or argv[0] not in SUB:
-        print("Usage: beacon catalog <services|nodes|datacenters> [options]", file=sys.stderr)
-        return 1
-    try:
-        return SUB[argv[0]](argv[1:])
-    except CLIError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    return run_subcommand(SUB, "beacon catalog <services|nodes|datacenters> [options]", argv)

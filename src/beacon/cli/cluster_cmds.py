@@ -8,7 +8,7 @@ import sys
 from urllib.parse import quote
 
 from beacon.cli.flags import FlagParser
-from beacon.cli.http import Client, CLIError, add_http_flags
+from beacon.cli.http import Client, CLIError, add_http_flags, print_table
 
 
 def keygen(argv: list[str]) -> int:
@@ -78,9 +78,7 @@ def operator(argv: list[str]) -> int:
     for s in conf["Servers"]:
         rows.append((s["Node"], s["ID"], s["Address"], "leader" if s["Leader"] else "follower",
                      str(s["Voter"]).lower(), s.get("ProtocolVersion", "3")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(rows)
     return 0
 
 

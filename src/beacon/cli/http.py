@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from beacon.cli.flags import FlagParser
@@ -59,3 +61,28 @@ class Client:
         body = None if obj is None else json.dumps(obj).encode()
         _, data = self.call("PUT", path, body)
         return json.loads(data) if data.strip() else None
+
+
+def run_subcommand(table: dict[str, Callable[[list[str]], int]], usage: str, argv: list[str],
+                   error_prefix: str = "Error: ") -> int:
+    """Dispatch `beacon <group> <sub> ...`; a CLIError is one line on stderr and exit code 1.
+
+    Messages that already start with "Error" (Consul's "Error! No key exists at: ...") are printed as
+    they are; others get ``error_prefix``.
+    """
+    if not argv or argv[0] not in table:
+        print(f"Usage: {usage}", file=sys.stderr)
+        return 1
+    try:
+        return table[argv[0]](argv[1:])
+    except CLIError as exc:
+        text = str(exc)
+        print(text if text.startswith("Error") else f"{error_prefix}{text}", file=sys.stderr)
+        return 1
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Left-aligned columns separated by two spaces, as Consul's CLI prints them."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

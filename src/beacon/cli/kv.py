@@ -8,7 +8,7 @@ import sys
 from urllib.parse import quote, urlencode
 
 from beacon.cli.flags import FlagParser
-from beacon.cli.http import Client, CLIError, add_http_flags
+from beacon.cli.http import Client, CLIError, add_http_flags, run_subcommand
 
 
 def _path(key: str, **params: object) -> str:
@@ -192,11 +192,4 @@ SUB = {"get": _get, "put": _put, "delete": _delete, "export": _export, "import":
 
 
 def run(argv: list[str]) -> int:
-    if not argv or argv[0] not in SUB:
-        print("Usage: beacon kv <get|put|delete|export|import> [options] [args]", file=sys.stderr)
-        return 1
-    try:
-        return SUB[argv[0]](argv[1:])
-    except CLIError as exc:
-        print(str(exc) if str(exc).startswith("Error") else f"Error! {exc}", file=sys.stderr)
-        return 1
+    return run_subcommand(SUB, "beacon kv <get|put|delete|export|import> [options] [args]", argv, error_prefix="Error! ")

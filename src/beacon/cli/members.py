@@ -3,7 +3,7 @@ from __future__ import annotations
 import sys
 
 from beacon.cli.flags import FlagParser
-from beacon.cli.http import Client, CLIError, add_http_flags
+from beacon.cli.http import Client, CLIError, add_http_flags, print_table
 
 STATUS = {0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
 
@@ -35,7 +35,5 @@ def run(argv: list[str]) -> int:
         rows.append(row)
     if args.detailed:
         rows[0] = ("Node", "Address", "Status", "Tags")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(rows)
     return 0

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 from urllib.parse import quote
 
 import yaml
 
 from beacon.cli.flags import FlagParser
-from beacon.cli.http import Client, CLIError, add_http_flags
+from beacon.cli.http import Client, CLIError, add_http_flags, run_subcommand
 
 
 def _definitions(files: list[str]) -> list[dict[str, Any]]:
@@ -98,11 +97,4 @@ SUB = {"register": _register, "deregister": _deregister}
 
 
 def run(argv: list[str]) -> int:
-    if not argv or argv[0] not in SUB:
-        print("Usage: beacon services <register|deregister> [options] [FILE...]", file=sys.stderr)
-        return 1
-    try:
-        return SUB[argv[0]](argv[1:])
-    except CLIError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    return run_subcommand(SUB, "beacon services <register|deregister> [options] [FILE...]", argv)

@@ -7,10 +7,9 @@ renames it into place, so FILE is either a verified snapshot or untouched.
 from __future__ import annotations
 
 import os
-import sys
 
 from beacon.cli.flags import FlagParser
-from beacon.cli.http import Client, CLIError, add_http_flags
+from beacon.cli.http import Client, CLIError, add_http_flags, run_subcommand
 from beacon.server.archive import ArchiveError, read_archive
 
 
@@ -81,11 +80,4 @@ SUB = {"save": _save, "restore": _restore, "inspect": _inspect}
 
 
 def run(argv: list[str]) -> int:
-    if not argv or argv[0] not in SUB:
-        print("Usage: beacon snapshot <save|restore|inspect> [options] FILE", file=sys.stderr)
-        return 1
-    try:
-        return SUB[argv[0]](argv[1:])
-    except CLIError as exc:
-        print(str(exc) if str(exc).startswith("Error") else f"Error! {exc}", file=sys.stderr)
-        return 1
+    return run_subcommand(SUB, "beacon snapshot <save|restore|inspect> [options] FILE", argv, error_prefix="Error! ")
