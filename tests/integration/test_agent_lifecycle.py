@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 
@@ -135,3 +136,17 @@ def test_broken_config_file_and_bad_flags_fail(tmp_path) -> None:
     assert r.returncode == 1 and "-http-port" in r.stderr
     r = subprocess.run(beacon_cmd("agent"), capture_output=True, text=True, env=beacon_env(), timeout=30)
     assert r.returncode == 1 and "data_dir is required" in r.stderr
+
+
+def test_dev_agent_starts_the_container_engine_and_prints_its_socket(start_agent, tmp_path) -> None:
+    import shutil
+
+    sock = str(tmp_path / "engine.sock")
+    agent = start_agent("-data-dir", str(tmp_path / "d"), "-engine-socket", sock, "-engine-isolation", "process")
+    assert any(f"Container engine: unix://{sock}" in line for line in agent.lines)
+    assert os.stat(sock).st_mode & 0o777 == 0o600
+    if shutil.which("docker") is None:
+        pytest.skip("the docker CLI is not installed")
+    r = subprocess.run(["docker", "-H", f"unix://{sock}", "version", "--format", "{{.Server.Version}}"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr

@@ -264,3 +264,25 @@ def test_invalid_check_definitions_get_consul_messages(start_agent, tmp_path) ->
                                                                        "FailuresBeforeCritical": 1})
     assert status == 400 and b"FailuresBeforeWarning can't be higher" in body
     assert subprocess.run(["true"]).returncode == 0
+
+
+def test_output_only_changes_reach_the_catalog_at_most_every_check_update_interval(start_agent, tmp_path) -> None:
+    import time
+
+    agent = start_agent("-config-file", write_config(tmp_path, check_update_interval="2s"))
+    agent.json("PUT", "/v1/agent/service/register", {"Name": "thr", "Check": {"TTL": "1h"}})
+
+    def catalog() -> tuple[str, str]:
+        [c] = agent.json("GET", "/v1/health/checks/thr")
+        return c["Status"], c["Output"]
+
+    agent.json("PUT", "/v1/agent/check/pass/service:thr?note=first")
+    assert catalog() == ("passing", "first")  # a status change syncs at once
+    agent.json("PUT", "/v1/agent/check/pass/service:thr?note=second")
+    t0 = time.monotonic()
+    assert status_of(agent, "service:thr") == ("passing", "second")  # the agent knows at once
+    assert catalog() == ("passing", "first")  # the catalog waits
+    wait_until(lambda: catalog() == ("passing", "second"), timeout=5)
+    assert time.monotonic() - t0 >= 0.9  # deferred by 0.5x..1.5x the interval
+    agent.json("PUT", "/v1/agent/check/fail/service:thr?note=down")
+    assert catalog() == ("critical", "down")  # a status change never waits
