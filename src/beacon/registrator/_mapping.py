@@ -367,7 +367,7 @@ def _checks(ctx: _Context, md: dict[str, str], sid: str, address: str, port: int
         ctx.warn(f"SERVICE_CHECK_INITIAL_STATUS={status!r} must be passing, warning or critical; ignored")
         status = None
     kinds = [k for k in CHECK_KINDS if md.get(f"check_{k}")]
-    out: list[CheckSpec] = []
+    built: list[tuple[str, dict[str, Any]]] = []
     for kind in kinds:
         value = md[f"check_{kind}"]
         check: dict[str, Any] = {"Name": f"Service '{sid}' check ({kind})"}
@@ -402,7 +402,10 @@ def _checks(ctx: _Context, md: dict[str, str], sid: str, address: str, port: int
             check["Status"] = status
         if deregister:
             check["DeregisterCriticalServiceAfter"] = deregister
-        check["CheckID"] = f"service:{sid}" if len(kinds) == 1 else f"service:{sid}:{kind}"
+        built.append((kind, check))
+    out: list[CheckSpec] = []
+    for kind, check in built:  # one check keeps Consul's plain ID; several get the kind appended
+        check["CheckID"] = f"service:{sid}" if len(built) == 1 else f"service:{sid}:{kind}"
         out.append(CheckSpec(tuple(sorted((k, tuple(v) if isinstance(v, list | tuple) else v)
                                           for k, v in check.items()))))
     return out
