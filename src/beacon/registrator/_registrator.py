@@ -444,6 +444,7 @@ class Registrator:
             listing = await self.docker.containers(all_=True)
         except DockerError as exc:
             log.warning("full sync: cannot list containers: %s", exc)
+            self._full_wanted = True
             self._retry_at = asyncio.get_running_loop().time() + self.config.retry_interval
             return
         by_id = {str(c.get("Id")): c for c in listing}
@@ -472,6 +473,7 @@ class Registrator:
         except RegistryError as exc:
             log.warning("full sync: cannot read the registry: %s", exc)
             self._registry_down = True
+            self._full_wanted = True
             self._retry_at = asyncio.get_running_loop().time() + self.config.retry_interval
             return
         await self._observe(services, checks, names, start_seq)
