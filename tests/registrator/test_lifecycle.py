@@ -76,3 +76,26 @@ def test_unreachable_registry_exits_after_the_retries():
 def test_unreachable_docker_exits_with_a_clear_error(agent):
     res = _run("-docker-host", "unix:///nonexistent/docker.sock", f"consul://{agent.http_addr}")
     assert res.returncode == 1 and "docker unreachable" in res.stderr and "/nonexistent/docker.sock" in res.stderr
+
+
+def test_restarted_registrator_puts_a_container_stopped_meanwhile_in_maintenance(docker, agent, registrator):
+    reg = registrator("-deregister", "maintenance", "-resync", "1")
+    name = docker.name("adopt")
+    docker.run(name, "-p", "127.0.0.1::80")
+    sid = f"{reg.hostname}:{name}:80"
+    wait_for(lambda: sid in agent_services(agent, reg.hostname), 5, sid)
+    reg.stop()
+    docker.cli("kill", name)  # stopped, not removed, while nobody watched
+    reg2 = registrator("-deregister", "maintenance", "-resync", "1", hostname=reg.hostname)
+    wait_for(lambda: f"_service_maintenance:{sid}" in agent.json("GET", "/v1/agent/checks"), 5,  # type: ignore[operator]
+             "maintenance on for the stopped container's service")
+    assert sid in agent_services(agent, reg2.hostname)
+    docker.cli("rm", "-f", name)
+    wait_for(lambda: sid not in agent_services(agent, reg2.hostname), 4, "removed at the next resync")
+
+
+def test_public_names_are_complete_and_sorted():
+    import beacon.registrator as pkg
+
+    assert pkg.__all__ == sorted(pkg.__all__)
+    assert all(hasattr(pkg, name) for name in pkg.__all__)

@@ -27,6 +27,7 @@ __all__ = [
     "CheckSpec",
     "MappingOptions",
     "ServiceSpec",
+    "container_ip",
     "container_services",
     "health_check_id",
     "health_status_of",

@@ -26,6 +26,7 @@ from beacon.registrator._mapping import (
     OWN_ID,
     MappingOptions,
     ServiceSpec,
+    container_ip,
     container_services,
     health_check_id,
     health_consul_status,
@@ -236,7 +237,6 @@ class Registrator:
                 except DockerError:
                     peer = None
                 if peer:
-                    from beacon.registrator._mapping import container_ip
                     peer_ip = container_ip(peer)
             services, problems = container_services(inspect, self.options(), peer_ip)
             for problem in problems:
@@ -356,7 +356,7 @@ class Registrator:
         return interval + random.uniform(0, interval / 8)
 
     def _force_health_refresh(self) -> None:
-        for sid, have in self.pushed.items():
+        for have in self.pushed.values():
             if have.health is not None:
                 have.health = "refresh"
 
@@ -508,10 +508,8 @@ class Registrator:
                 if keep is not None:
                     adopted[sid] = Want(None, fp, keep == "maintenance", "critical" if health else None)
         self.pushed = observed
-        self.adopted = {sid: w for sid, w in adopted.items()}
-        for sid in list(self.adopted):
-            if sid in {s.id for e in self.desired.values() for s in e.services}:
-                self.adopted.pop(sid)
+        tracked = {s.id for e in self.desired.values() for s in e.services}
+        self.adopted = {sid: w for sid, w in adopted.items() if sid not in tracked}
 
     def _is_own(self, sid: str, svc: dict[str, Any]) -> bool:
         if (svc.get("Meta") or {}).get(OWNER_META) == self.hostname:
