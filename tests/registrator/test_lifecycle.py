@@ -99,3 +99,17 @@ def test_public_names_are_complete_and_sorted():
 
     assert pkg.__all__ == sorted(pkg.__all__)
     assert all(hasattr(pkg, name) for name in pkg.__all__)
+
+
+def test_cleanup_flag_spellings(docker, agent):
+    # Go-style `-cleanup=false` turns cleanup off; a bare `-cleanup` before the URI keeps the URI.
+    stale = f"keepme:{docker.name('x')}:80"
+    assert agent.request("PUT", "/v1/agent/service/register", {"ID": stale, "Name": "k", "Port": 1})[0] == 200
+    try:
+        for flags, survives in ((["-cleanup=false"], True), (["-cleanup"], False)):
+            reg = start_registrator(docker.host, f"consul://{agent.http_addr}", *flags, "-resync", "0",
+                                    hostname="keepme")
+            reg.stop()
+            assert (stale in agent.json("GET", "/v1/agent/services")) is survives, flags  # type: ignore[operator]
+    finally:
+        agent.request("PUT", f"/v1/agent/service/deregister/{stale}")

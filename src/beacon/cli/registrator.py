@@ -28,8 +28,8 @@ def _parser() -> FlagParser:
     p.flag("tags", default="", help="tags for every service (comma list, \\, keeps a comma)")
     p.flag("useIpFromLabel", dest="ip_from_label", default="", help="take the address from this label")
     p.flag("resync", type=float, default=30.0, help="seconds between full syncs, 0 for only at start (default 30)")
-    p.flag("cleanup", default="true", choices=("true", "false"), nargs="?", const="true",
-           help="remove this host's stale registrations at each sync (default true; -cleanup=false disables)")
+    p.flag("cleanup", action="store_true", help="remove this host's stale registrations at each sync (the default)")
+    p.flag("no-cleanup", action="store_true", help="keep stale registrations (also -cleanup=false)")
     p.flag("deregister", default="always", choices=("always", "on-success", "never", "maintenance"),
            help="what a stopped container does to its services (default always)")
     p.flag("retry-attempts", type=int, default=0, help="extra attempts to reach the registry at start; -1 forever")
@@ -77,6 +77,9 @@ def run(argv: list[str]) -> int:
     from beacon.logs import setup_logging
     from beacon.registrator import Registrator, RegistratorConfig, RegistratorError, split_tags
 
+    # Go's flag package spells booleans -cleanup=false; `-cleanup consul://...` must keep the URI.
+    argv = [{"false": "-no-cleanup", "0": "-no-cleanup"}.get(a.split("=", 1)[1].lower(), "-cleanup")
+            if a.lstrip("-").startswith("cleanup=") else a for a in argv]
     args = _parser().parse_args(argv)
     try:
         setup_logging(args.log_level, False)
@@ -86,7 +89,7 @@ def run(argv: list[str]) -> int:
         cfg = RegistratorConfig(
             docker_host=docker_host_from(args.docker_host), registry=args.registry, hostname=args.hostname,
             ip=args.ip, internal=args.internal, explicit=args.explicit, tags=tuple(split_tags(args.tags)),
-            ip_from_label=args.ip_from_label, resync=args.resync, cleanup=args.cleanup == "true",
+            ip_from_label=args.ip_from_label, resync=args.resync, cleanup=not args.no_cleanup,
             deregister=args.deregister, retry_attempts=args.retry_attempts,
             retry_interval=args.retry_interval / 1000.0)
         reg = Registrator(cfg)
