@@ -3,6 +3,7 @@ and the real docker CLI. Each test uses its own registrator hostname, so IDs nev
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from tests.registrator.conftest import agent_services, free_port, host_port, wait_for
@@ -183,3 +184,16 @@ def test_resync_repairs_a_registration_lost_by_the_agent(docker, agent, registra
     agent.request("PUT", f"/v1/agent/service/deregister/{sid}")
     assert sid not in agent_services(agent, reg.hostname)
     wait_for(lambda: sid in agent_services(agent, reg.hostname), 4, "re-registered by the resync")
+
+
+def test_an_idle_resync_writes_nothing(docker, agent, registrator):
+    # Registrator re-registers everything at every resync and floods watchers; Beacon compares first.
+    reg = registrator("-resync", "0.5")
+    name = docker.name("idle")
+    docker.run(name, "-p", "127.0.0.1::80", "-e", "SERVICE_CHECK_TCP=1", "-e", "SERVICE_CHECK_HTTP=/",
+               "-e", "SERVICE_TAGS=b,a", "-e", "SERVICE_ZONE=z1")
+    sid = f"{reg.hostname}:{name}:80"
+    wait_for(lambda: sid in agent_services(agent, reg.hostname), 5, sid)
+    time.sleep(2.5)  # several full syncs
+    assert reg.log().count(f"registered {sid}") == 1, reg.log()
+    assert sid in agent_services(agent, reg.hostname)
