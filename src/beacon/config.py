@@ -302,7 +302,8 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                     log.warning("%s: unknown key 'engine.%s' ignored", src, ek)
         elif k == "registrator":
             opts = dict(_dict(key, value, src))
-            cfg.registrator_enabled = _bool("registrator.enabled", opts.pop("enabled", False), src)
+            if "enabled" in opts:  # absent: -dev's default (on with the engine) stands
+                cfg.registrator_enabled = _bool("registrator.enabled", opts.pop("enabled"), src)
             for rk in list(opts):
                 if rk not in REGISTRATOR_KEYS:
                     log.warning("%s: unknown key 'registrator.%s' ignored", src, rk)

@@ -98,3 +98,32 @@ def test_agent_dev_registrator_is_off_with_no_registrator(tmp_path: Path):
     finally:
         agent.stop()
 
+
+
+def test_agent_config_block_sets_the_registrators_options(tmp_path: Path):
+    if not IS_ROOT:
+        pytest.skip("needs root for netns isolation")
+    conf = tmp_path / "reg.json"
+    conf.write_text('{"registrator": {"deregister": "maintenance", "tags": "from-config", "hostname": "cfghost"}}')
+    sock = str(tmp_path / "engine.sock")
+    agent = launch("-engine-socket", sock, "-config-file", str(conf))
+    d = Docker("embedded", f"unix://{sock}")
+    try:
+        name = d.name("cfg")
+        d.run(name, "-p", "127.0.0.1::80")
+        sid = f"cfghost:{name}:80"
+        svc = wait_for(lambda: agent.json("GET", "/v1/agent/services").get(sid), 5, sid)  # type: ignore[union-attr]
+        assert "from-config" in svc["Tags"]
+        d.cli("kill", name)
+        wait_for(lambda: f"_service_maintenance:{sid}" in agent.json("GET", "/v1/agent/checks"), 5,  # type: ignore[operator]
+                 "maintenance mode from the config file")
+    finally:
+        d.cleanup()
+        agent.stop()
+
+
+def test_agent_refuses_a_bad_registrator_mode(tmp_path: Path):
+    conf = tmp_path / "bad.json"
+    conf.write_text('{"registrator": {"deregister": "sometimes"}}')
+    with pytest.raises(RuntimeError, match="registrator.deregister' must be one of always"):
+        launch("-config-file", str(conf), timeout=10)
