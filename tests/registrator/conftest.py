@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -19,7 +18,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -238,6 +236,3 @@ def agent_services(agent: AgentProcess, hostname: str) -> dict[str, dict]:
 def host_port(d: Docker, ref: str, key: str = "80/tcp") -> int:
     return int(d.inspect(ref)["NetworkSettings"]["Ports"][key][0]["HostPort"])
 
-
-__all__ = ["Docker", "RegistratorProcess", "agent_services", "dockerd_host", "free_port", "host_port",
-           "re", "start_registrator", "wait_for", "Path"]
