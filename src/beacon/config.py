@@ -26,6 +26,10 @@ class ConfigError(Exception):
     pass
 
 
+# `registrator` config keys besides `enabled` (the standalone command's flags, snake_case)
+REGISTRATOR_KEYS = ("resync", "cleanup", "deregister", "internal", "explicit", "ip", "tags", "hostname")
+
+
 @dataclass
 class AgentConfig:
     node_name: str = ""
@@ -74,6 +78,7 @@ class AgentConfig:
     engine_socket: str = ""
     engine_isolation: str = "auto"
     registrator_enabled: bool = False
+    registrator_options: dict[str, Any] = field(default_factory=dict)  # resync, cleanup, deregister, ...
     config_files: list[str] = field(default_factory=list)
 
     @property
@@ -296,8 +301,17 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                 else:
                     log.warning("%s: unknown key 'engine.%s' ignored", src, ek)
         elif k == "registrator":
-            cfg.registrator_enabled = _bool("registrator.enabled",
-                                            _dict(key, value, src).get("enabled", False), src)
+            opts = dict(_dict(key, value, src))
+            if "enabled" in opts:  # absent: -dev's default (on with the engine) stands
+                cfg.registrator_enabled = _bool("registrator.enabled", opts.pop("enabled"), src)
+            for rk in list(opts):
+                if rk not in REGISTRATOR_KEYS:
+                    log.warning("%s: unknown key 'registrator.%s' ignored", src, rk)
+                    opts.pop(rk)
+            if opts.get("deregister", "always") not in ("always", "on-success", "never", "maintenance"):
+                raise ConfigError(f"{src}: 'registrator.deregister' must be one of always, on-success, never, "
+                                  f"maintenance, got {opts['deregister']!r}")
+            cfg.registrator_options.update(opts)
         elif k in ("log_file", "rejoin_after_leave",
                    "disable_update_check", "performance", "telemetry", "acl", "primary_datacenter",
                    "connect", "enable_debug", "disable_host_node_id", "raft_protocol"):

@@ -97,6 +97,7 @@ class Agent:
 
         self.checks = AgentChecks(self)
         self.engine: Any = None
+        self.registrator: Any = None
         self.forward_session: Any = None
         self.http_port: int | None = None
         self.dns_port: int | None = None
@@ -163,8 +164,13 @@ class Agent:
         self.local.start()
         if self.mode == "single":
             await self.local.sync_changes()
+        if self.config.registrator_enabled:
+            await self._start_registrator()
 
     async def stop(self) -> None:
+        if self.registrator is not None:  # first: the engine's shutdown is not a reason to deregister
+            await self.registrator.stop()
+            self.registrator = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -422,11 +428,42 @@ class Agent:
         self.engine = Engine(data_dir=base, socket_path=socket_path, isolation=cfg.engine_isolation)
         await self.engine.start()
 
+    async def _start_registrator(self) -> None:
+        """The same registrator as `beacon registrator`: Docker API in, this agent's HTTP API out."""
+        from beacon.registrator import Registrator, RegistratorConfig, RegistratorError, split_tags
+
+        docker_host = self.docker_host()
+        if docker_host is None or self.http_port is None:
+            log.warning("registrator not started: it needs a container engine and the HTTP API")
+            return
+        opts = dict(self.config.registrator_options)
+        host = self.config.http_bind
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        registry = f"consul://[{host}]:{self.http_port}" if ":" in host else f"consul://{host}:{self.http_port}"
+        tags = opts.get("tags", ())
+        try:
+            reg = Registrator(RegistratorConfig(
+                docker_host=docker_host, registry=registry,
+                hostname=str(opts.get("hostname") or self.config.node_name),
+                ip=str(opts.get("ip", "")), internal=bool(opts.get("internal", False)),
+                explicit=bool(opts.get("explicit", False)),
+                tags=tuple(split_tags(tags) if isinstance(tags, str) else tags),
+                resync=float(opts.get("resync", 30.0)), cleanup=bool(opts.get("cleanup", True)),
+                deregister=opts.get("deregister", "always"), retry_attempts=2, retry_interval=0.5))
+            await reg.start()
+        except (RegistratorError, ValueError, TypeError) as exc:
+            log.error("registrator not started: %s", exc)
+            return
+        self.registrator = reg
+
     def startup_lines(self) -> list[str]:
         lines = []
         if self.engine is not None:
             lines.append(f"Container engine: unix://{self.engine.socket_path} (isolation: {self.engine.isolation})"
                          f"  ->  export DOCKER_HOST=unix://{self.engine.socket_path}")
+        if self.registrator is not None:
+            lines.append(f"Registrator: {self.registrator.config.docker_host} -> {self.registrator.registry.base} "
+                         f"(service IDs {self.registrator.hostname}:<container>:<port>)")
         return lines
 
     async def _start_http(self) -> None:

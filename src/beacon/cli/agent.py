@@ -56,6 +56,8 @@ def build_parser() -> FlagParser:
     p.flag("engine-socket")
     p.flag("engine-isolation", choices=["auto", "netns", "process"])
     p.flag("no-engine", action="store_true", help="do not start the embedded container engine in -dev")
+    p.flag("no-registrator", action="store_true",
+           help="do not register the embedded engine's containers as services in -dev")
     return p
 
 
@@ -67,7 +69,7 @@ def load_config(argv: list[str]) -> AgentConfig:
         cfg.server = True
         cfg.log_level = "debug"
         cfg.engine_enabled = not args.no_engine
-        cfg.registrator_enabled = cfg.engine_enabled
+        cfg.registrator_enabled = cfg.engine_enabled and not args.no_registrator
     files: list[str] = []
     for path in args.config_file:
         files.append(path)

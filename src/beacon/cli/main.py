@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("beacon.cli.watch", "Run a handler on every change of a KV, catalog or event view"),
     "snapshot": ("beacon.cli.snapshot", "Save, restore or inspect a snapshot of the whole state"),
     "engine": ("beacon.cli.engine", "Run only the embedded container engine (Docker Engine API)"),
+    "registrator": ("beacon.cli.registrator", "Register published container ports in a Consul-compatible agent"),
     "containers": ("beacon.cli.containers", "Container commands: run, ps, stop, rm, logs, exec"),
     "run": ("beacon.cli.run", "Run a container on the embedded engine (docker run flags)"),
     "ps": ("beacon.cli.ps", "List containers of the embedded engine"),
