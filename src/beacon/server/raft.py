@@ -174,7 +174,8 @@ class RaftConsensus:
         self._password = password
         self._obj: _BeaconSyncObj | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._leader_since_lost = time.monotonic()
+        self._last_contact = time.monotonic()
+        self._watcher: asyncio.Task[None] | None = None
         self._lock = threading.Lock()
         self.leader_changes = 0
         self.names: dict[str, str] = {}  # raft address -> node name (from membership)
@@ -205,8 +206,12 @@ class RaftConsensus:
         self._consumer = _StoreConsumer(self.store)
         await self._loop.run_in_executor(
             None, lambda: setattr(self, "_obj", _BeaconSyncObj(self.self_addr, self._partners, conf, self._consumer)))
+        self._watcher = self._loop.create_task(self._watch_leader(), name="raft-leader-watch")
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         obj, self._obj = self._obj, None
         if obj is not None:
             loop = asyncio.get_running_loop()
@@ -280,20 +285,23 @@ class RaftConsensus:
     def known_leader(self) -> bool:
         known = bool(self.leader_raft_address())
         if known:
-            self._leader_since_lost = 0.0
-        elif not self._leader_since_lost:
-            self._leader_since_lost = time.monotonic()
+            self._last_contact = time.monotonic()
         return known
 
     def leader_address(self) -> str:
         return self.leader_raft_address()
 
     def last_contact_ms(self) -> int:
-        if self.is_leader():
+        """0 on the leader and while a leader is in contact; otherwise the time since one last was
+        (at least 1 ms, so a client can tell a stale answer from a fresh one)."""
+        if self.is_leader() or self.known_leader():
             return 0
-        if self.known_leader():
-            return 0
-        return int((time.monotonic() - self._leader_since_lost) * 1000)
+        return max(1, int((time.monotonic() - self._last_contact) * 1000))
+
+    async def _watch_leader(self) -> None:
+        while True:
+            self.known_leader()  # keeps _last_contact fresh while nobody asks
+            await asyncio.sleep(0.1)
 
     def peers(self) -> list[str]:
         obj = self._obj
