@@ -50,9 +50,20 @@ def test_encrypted_cluster_works_and_refuses_unauthenticated_rpc(tmp_path) -> No
             urllib.request.urlopen(urllib.request.Request(rpc, data=body, method="POST"), timeout=5)
         assert exc.value.code == 403
         assert c.servers["s1"].request("GET", "/v1/kv/evil?stale")[0] == 404
-        # a server started with a different key cannot take part in the cluster's raft
-        raft_journal = os.path.join(c.tmp, "s1", "raft", "journal")
-        assert os.path.exists(raft_journal)
+        # a server with another key is refused by every agent and never joins
+        other = keygen()
+        flags = [other if f == key else f for f in c.server_flags("s4")]
+        intruder = launch(*flags, dev=False)
+        try:
+            import time
+
+            time.sleep(4)
+            peers = json.loads(c.servers["s1"].request("GET", "/v1/status/peers")[2])
+            assert len(peers) == 3 and f"{c.addr('s4')}:8300" not in peers
+            members = json.loads(c.servers["s1"].request("GET", "/v1/agent/members")[2])
+            assert "s4" not in {m["Name"] for m in members}
+        finally:
+            intruder.stop(signal.SIGKILL)
     finally:
         c.stop_all()
 
@@ -80,8 +91,7 @@ def test_a_truncated_raft_journal_is_reported_clearly(tmp_path) -> None:
     journal = os.path.join(c.tmp, "s2", "raft", "journal")
     with open(journal, "r+b") as f:
         f.truncate(10)
-    r = subprocess.run(beacon_cmd(*c.server_flags("s2"), "agent") if False else
-                       beacon_cmd("agent", *c.server_flags("s2"), "-http-port", "0", "-dns-port", "-1"),
+    r = subprocess.run(beacon_cmd("agent", *c.server_flags("s2"), "-http-port", "0", "-dns-port", "-1"),
                        capture_output=True, text=True, env=beacon_env(), timeout=30)
     assert r.returncode == 1
     assert "raft journal" in r.stderr and "truncated" in r.stderr
