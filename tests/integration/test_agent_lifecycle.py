@@ -150,3 +150,32 @@ def test_dev_agent_starts_the_container_engine_and_prints_its_socket(start_agent
     r = subprocess.run(["docker", "-H", f"unix://{sock}", "version", "--format", "{{.Server.Version}}"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
+
+
+def test_reload_and_sighup_apply_config_file_services(start_agent, tmp_path) -> None:
+    import time
+
+    from tests.conftest import wait_until
+
+    path = tmp_path / "svc.json"
+    path.write_text(json.dumps({"services": [{"name": "alpha", "port": 1}, {"name": "beta", "port": 2}]}))
+    agent = start_agent("-config-file", str(path))
+    agent.json("PUT", "/v1/agent/service/register", {"Name": "from-api", "Port": 3})
+    assert sorted(agent.json("GET", "/v1/agent/services")) == ["alpha", "beta", "from-api"]
+    path.write_text(json.dumps({"services": [{"name": "beta", "port": 22, "check": {"ttl": "1m"}},
+                                             {"name": "gamma", "port": 4}]}))
+    r = subprocess.run(beacon_cmd("reload", "-http-addr", agent.http_addr), capture_output=True, text=True,
+                       env=beacon_env(), timeout=30)
+    assert r.returncode == 0, r.stderr
+    services = agent.json("GET", "/v1/agent/services")
+    assert sorted(services) == ["beta", "from-api", "gamma"]  # alpha gone, API service kept
+    assert services["beta"]["Port"] == 22 and "service:beta" in agent.json("GET", "/v1/agent/checks")
+    assert agent.json("GET", "/v1/catalog/service/alpha") == []
+    path.write_text(json.dumps({"service": {"name": "delta"}}))
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: sorted(agent.json("GET", "/v1/agent/services")) == ["delta", "from-api"], timeout=10)
+    path.write_text("{broken")
+    status, _, body = agent.request("PUT", "/v1/agent/reload")
+    assert status == 500 and b"Failed reloading" in body and b"not valid JSON" in body
+    time.sleep(0.2)
+    assert sorted(agent.json("GET", "/v1/agent/services")) == ["delta", "from-api"]  # nothing lost

@@ -105,6 +105,7 @@ class Agent:
         self._dns: Any = None
         self.shutdown_requested = asyncio.Event()
         self.left_gracefully = False
+        self.config_loader: Any = None  # () -> AgentConfig, re-reading the same flags and files
         self.fatal_error = ""
         self.raft_ready = asyncio.Event()
         self.hold_timeout = 7.0
@@ -649,7 +650,54 @@ class Agent:
         await self.submit((MessageType.DEREGISTER, {"node": node}))
 
     async def reload(self) -> None:
-        raise HTTPError(500, "reload is not supported yet")
+        """Re-read the config files (Consul's `reload`/SIGHUP): services and checks defined there are
+        added, updated or removed to match; log level, DNS settings and check_update_interval change.
+        API-registered services are untouched. Ports, addresses, node name and mode need a restart."""
+        if self.config_loader is None:
+            raise HTTPError(500, "this agent was not started from flags and config files; nothing to reload")
+        from beacon.agent.http.decode import decode_service
+        from beacon.config import ConfigError
+
+        try:
+            new = self.config_loader()
+        except ConfigError as exc:
+            raise HTTPError(500, f"Failed reloading: {exc}") from None
+        services = [decode_service(obj) for obj in new.services]
+        wanted = {svc.id for svc, _ in services}
+        for sid, entry in list(self.local.services.items()):
+            if entry.source == "config" and not entry.deleted and sid not in wanted:
+                await self.deregister_service(sid)
+        for svc, check_objs in services:
+            await self.register_service(svc, check_objs, source="config", replace_existing_checks=True,
+                                        sync=False)
+        wanted_checks = set()
+        for obj in new.checks:
+            chk, definition = self.checks.build(obj, "config", service=None)
+            wanted_checks.add(chk.check_id)
+            self._add_check(chk, definition, "config")
+        for cid, entry in list(self.local.checks.items()):
+            if entry.source == "config" and not entry.deleted and not entry.check.service_id \
+                    and cid not in wanted_checks:
+                await self.deregister_check(cid)
+        cfg = self.config
+        cfg.services, cfg.checks = new.services, new.checks
+        if new.log_level != cfg.log_level:
+            from beacon.logs import setup_logging
+
+            cfg.log_level = new.log_level
+            setup_logging(cfg.log_level, cfg.log_json)
+        cfg.check_update_interval = self.local.check_update_interval = new.check_update_interval
+        if self._dns is not None and hasattr(self._dns, "reload") and \
+                (new.dns_config != cfg.dns_config or new.recursors != cfg.recursors):
+            from beacon.dns import DNSConfig
+
+            cfg.dns_config, cfg.recursors = new.dns_config, new.recursors
+            self._dns.reload(DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain,
+                                                        datacenter=cfg.datacenter, node_name=cfg.node_name,
+                                                        recursors=cfg.recursors))
+        await self.sync_now()
+        log.info("configuration reloaded: %d services and %d checks from config files",
+                 len(services), len(new.checks))
 
 
 class ServerConsensus:

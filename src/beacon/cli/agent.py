@@ -121,10 +121,12 @@ def load_config(argv: list[str]) -> AgentConfig:
     return cfg
 
 
-async def serve(cfg: AgentConfig) -> int:
+async def serve(cfg: AgentConfig, argv: list[str] | None = None) -> int:
     from beacon.agent.agent import Agent
 
     agent = Agent(cfg)
+    if argv is not None:
+        agent.config_loader = lambda: load_config(argv)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[int] = []
@@ -135,6 +137,14 @@ async def serve(cfg: AgentConfig) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+
+    async def reload_on_hup() -> None:
+        try:
+            await agent.reload()
+        except Exception as exc:
+            log.error("reload failed: %s", getattr(exc, "message", exc))
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: agent.spawn(reload_on_hup(), "reload"))
     try:
         await agent.start()
     except Exception:
@@ -203,7 +213,7 @@ def run(argv: list[str]) -> int:
     from beacon.server.durable import DataDirError
 
     try:
-        return asyncio.run(serve(cfg))
+        return asyncio.run(serve(cfg, argv))
     except (ConfigError, DataDirError) as exc:
         print(f"==> Error: {exc}", file=sys.stderr)
         return 1

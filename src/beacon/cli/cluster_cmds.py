@@ -45,6 +45,15 @@ def leave(argv: list[str]) -> int:
     return 0
 
 
+def reload(argv: list[str]) -> int:
+    p = FlagParser("beacon reload")
+    add_http_flags(p)
+    args = p.parse_args(argv)
+    Client.from_args(args).call("PUT", "/v1/agent/reload")
+    print("Configuration reload triggered")
+    return 0
+
+
 def force_leave(argv: list[str]) -> int:
     p = FlagParser("beacon force-leave")
     add_http_flags(p)
@@ -96,5 +105,6 @@ run_keygen = _wrap(keygen)
 run_join = _wrap(join)
 run_leave = _wrap(leave)
 run_force_leave = _wrap(force_leave)
+run_reload = _wrap(reload)
 run_operator = _wrap(operator)
 

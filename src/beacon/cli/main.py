@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("beacon.cli.cluster_cmds:run_keygen", "Generate a cluster key for -encrypt"),
     "join": ("beacon.cli.cluster_cmds:run_join", "Tell an agent to join a cluster"),
     "leave": ("beacon.cli.cluster_cmds:run_leave", "Gracefully leave the cluster and stop the agent"),
+    "reload": ("beacon.cli.cluster_cmds:run_reload", "Re-read the agent's config files (services, checks)"),
     "force-leave": ("beacon.cli.cluster_cmds:run_force_leave", "Force a failed member into the left state"),
     "operator": ("beacon.cli.cluster_cmds:run_operator", "Raft operator commands (operator raft list-peers)"),
     "agent": ("beacon.cli.agent", "Run a Beacon agent (-dev for a one-process cluster)"),

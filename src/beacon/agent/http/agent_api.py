@@ -255,10 +255,7 @@ async def agent_force_leave(req: web.Request, agent: Agent) -> Reply:
 
 @router.put("/v1/agent/reload")
 async def agent_reload(req: web.Request, agent: Agent) -> Reply:
-    try:
-        await agent.reload()
-    except Exception as exc:
-        raise HTTPError(500, f"Failed reloading: {exc}") from None
+    await agent.reload()
     return Reply(empty=True)
 
 
