@@ -36,22 +36,22 @@ def join(argv: list[str]) -> int:
     return 0
 
 
-def leave(argv: list[str]) -> int:
-    p = FlagParser("beacon leave")
+def _agent_put(command: str, path: str, done: str, argv: list[str]) -> int:
+    """A flag-less agent action: PUT the endpoint, print Consul's message."""
+    p = FlagParser(f"beacon {command}")
     add_http_flags(p)
     args = p.parse_args(argv)
-    Client.from_args(args).call("PUT", "/v1/agent/leave")
-    print("Graceful leave complete")
+    Client.from_args(args).call("PUT", path)
+    print(done)
     return 0
+
+
+def leave(argv: list[str]) -> int:
+    return _agent_put("leave", "/v1/agent/leave", "Graceful leave complete", argv)
 
 
 def reload(argv: list[str]) -> int:
-    p = FlagParser("beacon reload")
-    add_http_flags(p)
-    args = p.parse_args(argv)
-    Client.from_args(args).call("PUT", "/v1/agent/reload")
-    print("Configuration reload triggered")
-    return 0
+    return _agent_put("reload", "/v1/agent/reload", "Configuration reload triggered", argv)
 
 
 def force_leave(argv: list[str]) -> int:
