@@ -20,6 +20,7 @@ from beacon.agent.http import (
     event,
     health,
     kv,
+    limits,
     metrics,
     monitor,
     session,
@@ -103,6 +104,8 @@ class Agent:
         self.http_port: int | None = None
         self.dns_port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._http_server: asyncio.Server | None = None
+        self.http_guard: limits.ConnectionGuard | None = None
         self._dns: Any = None
         self.shutdown_requested = asyncio.Event()
         self.left_gracefully = False
@@ -174,6 +177,9 @@ class Agent:
         if self.registrator is not None:  # first: the engine's shutdown is not a reason to deregister
             await self.registrator.stop()
             self.registrator = None
+        if self._http_server is not None:
+            self._http_server.close()  # stop accepting; open connections end in cleanup()
+            self._http_server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -390,11 +396,16 @@ class Agent:
             app.router.add_get("/", self._root)
         # Open blocking queries (every UI tab holds some) would otherwise hold shutdown for aiohttp's
         # default 60 s; Consul gives its HTTP servers 1 s.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        cfg = self.config
+        self.http_guard = limits.ConnectionGuard(limits.HTTPLimits(
+            max_conns_per_client=cfg.http_max_conns_per_client,
+            read_header_timeout=cfg.http_read_header_timeout, idle_timeout=cfg.http_idle_timeout))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                                     keepalive_timeout=cfg.http_idle_timeout)
         await self._runner.setup()
         sock = bind_tcp(self.config.http_bind, self.config.http_port)
         self.http_port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        self._http_server = await limits.serve(self._runner, sock, self.http_guard)
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="Consul Agent")
