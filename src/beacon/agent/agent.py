@@ -4,6 +4,7 @@ and (in -dev) the embedded container engine, and starts/stops them in order."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -66,14 +67,33 @@ def _load_node_id(data_dir: str) -> str:
         return value
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
+class ListenError(OSError):
+    """A listener could not be opened; the message names the listener, the address and the port."""
+
+
+def bind_tcp(host: str, port: int, listener: str = "HTTP API") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(exc.errno, listen_error(listener, "tcp", host, port, exc)) from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def listen_error(listener: str, proto: str, host: str, port: int, exc: OSError) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = (exc.strerror or str(exc)).lower()
+    hint = ""
+    if exc.errno == errno.EADDRINUSE:
+        hint = f" (another process listens there: choose another port or stop it; `ss -ltnup | grep :{port}` shows it)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = " (no interface of this host has that address)"
+    return f"cannot listen on {where}/{proto} for the {listener}: {reason}{hint}"
 
 
 class Agent:
@@ -415,7 +435,13 @@ class Agent:
             from beacon.agent.dnsrelay import DNSRelay
 
             self._dns = DNSRelay(self.server_dns_targets)
-            self.dns_port = await self._dns.start(self.config.dns_bind, self.config.dns_port)
+            try:
+                self.dns_port = await self._dns.start(self.config.dns_bind, self.config.dns_port)
+            except ListenError:
+                raise
+            except OSError as exc:
+                raise ListenError(exc.errno, listen_error("DNS interface", "udp+tcp", self.config.dns_bind,
+                                                          self.config.dns_port, exc)) from None
             return
         try:
             from beacon.dns import DNSConfig, DNSServer
@@ -426,7 +452,11 @@ class Agent:
         dns_cfg = DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain, datacenter=cfg.datacenter,
                                              node_name=cfg.node_name, recursors=cfg.recursors)
         self._dns = DNSServer(self.store, dns_cfg)
-        udp_port, _ = await self._dns.start(cfg.dns_bind, cfg.dns_port)
+        try:
+            udp_port, _ = await self._dns.start(cfg.dns_bind, cfg.dns_port)
+        except OSError as exc:
+            raise ListenError(exc.errno, listen_error("DNS interface", "udp+tcp", cfg.dns_bind, cfg.dns_port,
+                                                      exc)) from None
         self.dns_port = udp_port
 
     # ------------------------------------------------------------------ writes
