@@ -181,7 +181,7 @@ def main() -> None:
     table = []
     for mode in args.modes.split(","):
         for c, (a, b) in run_mode(mode, args, cases).items():
-            ratios = [y / x for x, y in zip(a, b)]
+            ratios = [y / x for x, y in zip(a, b, strict=True)]
             table.append((mode, c, statistics.median(a), statistics.median(b), statistics.median(ratios)))
     print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds; load average at the end: "
           f"{loadavg()}")
