@@ -7,6 +7,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,9 +29,28 @@ def pinned(core: int | None, argv: list[str]) -> list[str]:
     return argv
 
 
+def loadavg() -> str:
+    """The machine's 1/5/15-minute load average, printed with every table (the cores are shared)."""
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return " ".join(f.read().split()[:3])
+
+
 @contextmanager
-def beacon_agent(*flags: str, core: int | None = 0, timeout: float = 30.0) -> Iterator[tuple[subprocess.Popen, int, int | None]]:
-    argv = pinned(core, [sys.executable, "-m", "beacon", "agent", "-dev", "-no-engine", "-log-level", "warn",
+def beacon_agent(*flags: str, core: int | None = 0, timeout: float = 30.0, dev: bool = True,
+                 ) -> Iterator[tuple[subprocess.Popen, int, int | None]]:
+    """A real ``beacon agent`` pinned to ``core``: ``-dev``, or (dev=False) a single bootstrapped
+    server with its own temporary data directory, which is what a production agent runs."""
+    with tempfile.TemporaryDirectory(prefix="beacon-bench-") as data_dir:
+        mode = (["-dev", "-no-engine"] if dev else
+                ["-server", "-bootstrap-expect", "1", "-bind", "127.0.0.1", "-data-dir", data_dir])
+        with _agent(mode, flags, core, timeout) as started:
+            yield started
+
+
+@contextmanager
+def _agent(mode: list[str], flags: tuple[str, ...], core: int | None, timeout: float,
+           ) -> Iterator[tuple[subprocess.Popen, int, int | None]]:
+    argv = pinned(core, [sys.executable, "-m", "beacon", "agent", *mode, "-log-level", "warn",
                          "-http-port", "0", "-dns-port", "0", *flags])
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
     http = dns = None
@@ -46,6 +67,8 @@ def beacon_agent(*flags: str, core: int | None = 0, timeout: float = 30.0) -> It
                 break
         if http is None:
             raise RuntimeError("agent did not start")
+        # Keep reading its output so a chatty agent never blocks on a full pipe mid-benchmark.
+        threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()
         yield proc, http, dns
     finally:
         proc.terminate()

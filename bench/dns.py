@@ -1,93 +1,50 @@
-"""DNS throughput: Beacon's DNS server against dnsmasq, one pinned core each, same records.
+"""DNS throughput through a real ``beacon agent -dev`` against dnsmasq, one pinned core each, same records.
 
-    python3 bench/dns.py [--seconds 10] [--rounds 3] [--clients 10] [--server-core 0] [--client-core 1]
+    python3 bench/dns.py [--seconds 10] [--rounds 3] [--clients 10] [--phases basic,churn,names]
+                         [--names 10000] [--server-core 0] [--client-core 1]
 
-Starts dnsmasq (the anchor, flags as in the project's bench anchors) and a Beacon DNS server in a
-subprocess under uvloop, both pinned with taskset to the server core, registers the same two
-``web`` instances in each (10.0.0.1 and 10.0.0.2, port 8080: data only, nothing is sent to them),
-then runs dnsperf pinned to the client core against each for a bounded time with a query file of
-``web.service.consul A`` and ``web.service.consul SRV``. The two servers take turns for ``--rounds``
-rounds (the machine is shared, so load drifts); it prints every round, the median queries/s of
-each, the ratio of the medians and a markdown table row. Everything it starts is stopped before it
-exits.
+Phases (issue 16's targets in brackets):
 
-``--serve PORT`` is the subprocess mode (the Beacon side): serve DNS on 127.0.0.1:PORT until stdin
-closes.
+* ``basic``: two ``web`` instances (10.0.0.1, 10.0.0.2, port 8080), queries ``web.service.consul``
+  A and SRV, each measured on its own [>= 1.0x dnsmasq on A and on SRV].
+* ``churn``: the same A queries while another service is re-registered 50 times a second through the
+  agent's HTTP API (each registration changes its port, so the catalog index moves every time)
+  [>= 0.9x]. dnsmasq has no catalog; its figure is the same static answer.
+* ``names``: ``--names`` services with one instance each, queried in turn (``svc-N.service.consul
+  A``) [>= 0.9x]. dnsmasq gets the same names from an ``--addn-hosts`` file.
+
+dnsmasq runs with the flags from the project's bench anchors; the agent is started with the same
+``taskset`` core. Addresses are only data: nothing is sent to them. dnsperf (pinned to the client
+core) alternates between the two servers for ``--rounds`` rounds; every round, the medians, and the
+load average are printed. Everything started is stopped before the script exits.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import json
 import os
 import re
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import beacon_agent, loadavg, require  # noqa: E402
+
 INSTANCES = [("node1", "10.0.0.1"), ("node2", "10.0.0.2")]
-QUERIES = ["web.service.consul A", "web.service.consul SRV"]
-
-
-# ---------------------------------------------------------------------- the Beacon side
-def serve(port: int) -> None:
-    sys.path.insert(0, str(ROOT / "src"))
-    from beacon.dns import DNSConfig, DNSServer
-    from beacon.server.fsm import MessageType, StateStore
-
-    try:
-        import uvloop
-    except ImportError:  # still a valid run, but the figures are for plain asyncio
-        uvloop = None
-        print("uvloop not installed: serving with asyncio", file=sys.stderr)
-
-    store = StateStore()
-    for node, address in INSTANCES:
-        store.apply((MessageType.REGISTER, {
-            "node": node, "address": address,
-            "service": {"id": "web", "service": "web", "port": 8080, "address": address},
-            "checks": [{"node": node, "check_id": "serfHealth", "status": "passing"}],
-        }))
-
-    async def main() -> None:
-        server = DNSServer(store, DNSConfig(node_name=INSTANCES[0][0]))
-        await server.start("127.0.0.1", port)
-        print("ready", flush=True)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin
-        await server.stop()
-
-    if uvloop is not None:
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
-
-
-# ---------------------------------------------------------------------- the driver
-def free_port() -> int:
-    """A port free for both UDP and TCP right now (the bench binds it a moment later)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
+CHURN_RATE = 50.0
 
 
 def wait_udp_answer(port: int, timeout: float = 10.0) -> None:
-    """Wait until the server answers a query (bounded)."""
     query = bytes.fromhex("abcd01000001000000000000") + b"\x03web\x07service\x06consul\x00\x00\x01\x00\x01"
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -100,14 +57,81 @@ def wait_udp_answer(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"server on port {port} did not answer within {timeout}s")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", 0))
+        return u.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dnsmasq(core: int, tmp: Path, names: int) -> Iterator[int]:
+    hosts = tmp / "hosts"
+    hosts.write_text("".join(f"{name_addr(i)} svc-{i}.service.consul\n" for i in range(names)))
+    port = free_udp_port()
+    cmd = ["taskset", "-c", str(core), "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--no-poll",
+           f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--local-ttl=0",
+           f"--pid-file={tmp}/dnsmasq.pid", f"--addn-hosts={hosts}",
+           *[f"--host-record=web.service.consul,{a}" for _, a in INSTANCES],
+           "--srv-host=_web._tcp.service.consul,web.service.consul,8080,1,1",
+           "--srv-host=web.service.consul,web.service.consul,8080,1,1"]
+    if os.geteuid() == 0:
+        cmd.append("--user=root")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_udp_answer(port)
+        yield port
+    finally:
         proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        proc.wait(10)
+
+
+def name_addr(i: int) -> str:
+    return f"10.{2 + i // 65536}.{i // 256 % 256}.{i % 256}"
+
+
+def put(base: str, path: str, body: object) -> None:
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="PUT")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        resp.read()
+
+
+def fill(base: str, names: int) -> None:
+    for node, address in INSTANCES:
+        put(base, "/v1/catalog/register", {
+            "Node": node, "Address": address,
+            "Service": {"ID": "web", "Service": "web", "Port": 8080, "Address": address},
+            "Check": {"CheckID": "serfHealth", "Name": "serf", "Status": "passing"}})
+    ops = [{"Service": {"Verb": "set", "Node": f"n-{i}",
+                        "Service": {"ID": f"svc-{i}", "Service": f"svc-{i}", "Port": 80}}} for i in range(names)]
+    nodes = [{"Node": {"Verb": "set", "Node": {"Node": f"n-{i}", "Address": name_addr(i)}}} for i in range(names)]
+    for i in range(0, names, 32):
+        put(base, "/v1/txn", nodes[i:i + 32] + ops[i:i + 32])
+
+
+@contextlib.contextmanager
+def churn(base: str, rate: float) -> Iterator[list[int]]:
+    """Re-register the ``churn`` service ``rate`` times a second (its port changes every time)."""
+    stop = threading.Event()
+    count = [0]
+
+    def loop() -> None:
+        period = 1.0 / rate
+        nxt = time.monotonic()
+        while not stop.is_set():
+            put(base, "/v1/catalog/register", {
+                "Node": "churner", "Address": "10.9.9.9",
+                "Service": {"ID": "churn", "Service": "churn", "Port": 1000 + count[0] % 50000}})
+            count[0] += 1
+            nxt += period
+            stop.wait(max(0.0, nxt - time.monotonic()))
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield count
+    finally:
+        stop.set()
+        t.join(10)
 
 
 def dnsperf(port: int, qfile: Path, seconds: int, clients: int, core: int) -> tuple[float, str]:
@@ -123,70 +147,56 @@ def dnsperf(port: int, qfile: Path, seconds: int, clients: int, core: int) -> tu
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--phases", default="basic,churn,names")
+    ap.add_argument("--names", type=int, default=10_000)
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--client-core", type=int, default=1)
     args = ap.parse_args()
-    if args.serve is not None:
-        serve(args.serve)
-        return 0
-    for tool in ("dnsmasq", "dnsperf", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is not installed (Debian: apt-get install dnsmasq dnsperf util-linux)", file=sys.stderr)
-            return 2
-
-    procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="beacon-dns-bench-") as tmp:
-        qfile = Path(tmp) / "queries"
-        qfile.write_text("\n".join(QUERIES) + "\n")
-        try:
-            dm_port = free_port()
-            dnsmasq_cmd = [
-                "taskset", "-c", str(args.server_core), "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
-                "--no-poll", f"--port={dm_port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-                "--local-ttl=0", f"--pid-file={tmp}/dnsmasq.pid",
-                *[f"--host-record=web.service.consul,{a}" for _, a in INSTANCES],
-                "--srv-host=_web._tcp.service.consul,web.service.consul,8080,1,1",
-                "--srv-host=web.service.consul,web.service.consul,8080,1,1",
-            ]
-            if os.geteuid() == 0:
-                dnsmasq_cmd.append("--user=root")
-            procs.append(subprocess.Popen(dnsmasq_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_udp_answer(dm_port)
-
-            bc_port = free_port()
-            beacon = subprocess.Popen(
-                ["taskset", "-c", str(args.server_core), sys.executable, __file__, "--serve", str(bc_port)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            procs.append(beacon)
+    require("dnsmasq", "dnsperf", "taskset")
+    phases = args.phases.split(",")
+    cases: list[tuple[str, list[str]]] = []
+    if "basic" in phases:
+        cases += [("A", ["web.service.consul A"]), ("SRV", ["web.service.consul SRV"])]
+    if "churn" in phases:
+        cases.append(("A, churn 50/s", ["web.service.consul A"]))
+    if "names" in phases:
+        cases.append((f"A, {args.names:,} names", [f"svc-{i}.service.consul A" for i in range(args.names)]))
+    table = []
+    with tempfile.TemporaryDirectory(prefix="beacon-dns-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        names = args.names if "names" in phases else 0
+        with dnsmasq(args.server_core, tmp, names) as dm_port, \
+                beacon_agent(core=args.server_core) as (_, http, bc_port):
+            assert bc_port is not None
+            base = f"http://127.0.0.1:{http}"
+            fill(base, names)
             wait_udp_answer(bc_port)
-
-            print(f"dnsperf -c {args.clients} -l {args.seconds}s x {args.rounds} rounds, server on core {args.server_core}, "
-                  f"dnsperf on core {args.client_core}; queries: {', '.join(QUERIES)}")
-            dm_runs: list[float] = []
-            bc_runs: list[float] = []
-            for rnd in range(1, args.rounds + 1):
-                dm_qps, dm_lost = dnsperf(dm_port, qfile, args.seconds, args.clients, args.client_core)
-                bc_qps, bc_lost = dnsperf(bc_port, qfile, args.seconds, args.clients, args.client_core)
-                dm_runs.append(dm_qps)
-                bc_runs.append(bc_qps)
-                print(f"round {rnd}: dnsmasq {dm_qps:,.0f} q/s (lost {dm_lost}), beacon {bc_qps:,.0f} q/s "
-                      f"(lost {bc_lost}), ratio {bc_qps / dm_qps:.2f}x")
-            dm_qps, bc_qps = statistics.median(dm_runs), statistics.median(bc_runs)
-            ratio = bc_qps / dm_qps if dm_qps else float("nan")
-            print(f"median: dnsmasq {dm_qps:,.0f} q/s, beacon {bc_qps:,.0f} q/s, ratio beacon/dnsmasq {ratio:.2f}x")
-            print("| Beacon DNS (uvloop, cached) | dnsmasq | ratio |")
-            print("|---|---|---|")
-            print(f"| {bc_qps:,.0f} q/s | {dm_qps:,.0f} q/s | {ratio:.2f}x |")
-        finally:
-            for proc in reversed(procs):
-                if proc.stdin:
-                    with contextlib.suppress(OSError):
-                        proc.stdin.close()
-                stop(proc)
+            print(f"dnsperf -c {args.clients} -l {args.seconds}s x {args.rounds} rounds; servers on core "
+                  f"{args.server_core}, dnsperf on core {args.client_core}", flush=True)
+            for label, queries in cases:
+                qfile = tmp / "queries"
+                qfile.write_text("\n".join(queries) + "\n")
+                dm_runs, bc_runs = [], []
+                for rnd in range(1, args.rounds + 1):
+                    dm, dm_lost = dnsperf(dm_port, qfile, args.seconds, args.clients, args.client_core)
+                    with churn(base, CHURN_RATE) if "churn" in label else contextlib.nullcontext([0]) as n:
+                        bc, bc_lost = dnsperf(bc_port, qfile, args.seconds, args.clients, args.client_core)
+                    dm_runs.append(dm)
+                    bc_runs.append(bc)
+                    extra = f", {n[0] / args.seconds:.0f} re-registrations/s" if "churn" in label else ""
+                    print(f"{label}: round {rnd}: dnsmasq {dm:,.0f} q/s (lost {dm_lost}), beacon {bc:,.0f} q/s "
+                          f"(lost {bc_lost}){extra}, {bc / dm:.2f}x  (load {loadavg()})", flush=True)
+                ratios = [b / d for d, b in zip(dm_runs, bc_runs, strict=True)]
+                table.append((label, statistics.median(bc_runs), statistics.median(dm_runs),
+                              statistics.median(ratios)))
+    print(f"\nload average at the end: {loadavg()}")
+    print("| query | Beacon (real agent, -dev) | dnsmasq | Beacon / dnsmasq (median of rounds) |")
+    print("|---|---:|---:|---:|")
+    for label, bc, dm, r in table:
+        print(f"| {label} | {bc:,.0f} q/s | {dm:,.0f} q/s | **{r:.2f}x** |")
     return 0
 
 

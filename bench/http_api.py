@@ -1,97 +1,194 @@
-"""HTTP API throughput: KV GET and PUT requests/s on one agent core, against a bare aiohttp anchor.
+"""HTTP API read throughput through a real ``beacon agent``, against a bare aiohttp handler that returns
+the same bytes.
 
-The anchor is the ceiling for any aiohttp server on this machine: a handler that returns a small JSON
-body, measured in the same run with the same wrk settings. Beacon's ratio to it says how much of the
-framework's budget the API logic takes.
+    python3 bench/http_api.py [--seconds 5] [--rounds 3] [--connections 100] [--modes dev,server]
+                              [--cases kv,health,services]
 
-    python3 bench/http_api.py [--seconds 10] [--connections 100]
+Cases (issue 16's targets, each >= 0.8x its anchor):
+
+* ``kv``: ``GET /v1/kv/bench/key``
+* ``health``: ``GET /v1/health/service/web?passing`` with 10 instances, each with a passing check
+* ``services``: ``GET /v1/catalog/services`` with 10,000 services on 100 nodes
+
+Modes: ``dev`` (``beacon agent -dev``: pretty-printed JSON, in memory) and ``server`` (a single
+bootstrapped server with a data directory: compact JSON, durable log), one agent at a time.
+
+For each mode the agent (pinned to the server core) is filled through its own API, then each case's
+body is fetched from it; an anchor process (aiohttp on uvloop, pinned to the same core) serves those
+exact bytes with a bare handler. ``wrk -t1`` pinned to the load core then alternates between the two
+for every case and round. Every round and the medians are printed, with the machine's load average
+(the cores are shared). Everything started is stopped before the script exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import aiohttp
 
 # Named http_api.py, not http.py: a bench/http.py would shadow the stdlib's `http` for every script in
 # this folder (aiohttp imports it).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import beacon_agent, env, pinned, require  # noqa: E402
+from _util import beacon_agent, env, loadavg, pinned, require  # noqa: E402
 
+CASES = {
+    "kv": "/v1/kv/bench/key",
+    "health": "/v1/health/service/web?passing",
+    "services": "/v1/catalog/services",
+}
+
+# The anchor: a bare aiohttp handler per path returning the bytes captured from the agent.
 ANCHOR = textwrap.dedent("""
-    import asyncio, socket, sys
+    import json, socket, sys
     from aiohttp import web
-    try:
-        import uvloop; uvloop.install()
-    except ImportError:
-        pass
-    async def h(request):
-        return web.json_response([{"Key": "bench/key", "Value": "dmFsdWU=", "Flags": 0}])
+    import uvloop
+    bodies = json.load(open(sys.argv[1]))
     app = web.Application()
-    app.router.add_get("/v1/kv/bench/key", h)
+    def handler(body):
+        async def h(request):
+            return web.Response(body=body, content_type="application/json")
+        return h
+    for path, text in bodies.items():
+        app.router.add_get(path.split("?")[0], handler(text.encode()))
     sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen(1024)
     print(sock.getsockname()[1], flush=True)
+    uvloop.install()
     web.run_app(app, sock=sock, access_log=None, print=None)
 """)
 
 
-def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> float:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
-    if script:
-        argv += ["-s", script]
-    out = subprocess.run(pinned(1, argv + [url]), capture_output=True, text=True, timeout=seconds + 30).stdout
+# ---------------------------------------------------------------------------- filling the agent
+async def _txn(session: aiohttp.ClientSession, base: str, ops: list[dict[str, object]]) -> None:
+    async with session.put(base + "/v1/txn", json=ops) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"txn failed: {resp.status} {await resp.text()}")
+
+
+async def fill(base: str, services: int) -> None:
+    """KV key, 10 healthy ``web`` instances, and ``services`` services on 100 nodes (64 ops per txn)."""
+    async with aiohttp.ClientSession() as s:
+        async with s.put(base + "/v1/kv/bench/key", data=b"value") as resp:
+            assert resp.status == 200
+        for i in range(10):
+            body = {"Node": f"web-{i}", "Address": f"10.0.1.{i + 1}",
+                    "Service": {"ID": "web", "Service": "web", "Port": 8080, "Tags": ["v1"]},
+                    "Check": {"CheckID": "web-alive", "Name": "web alive", "Status": "passing",
+                              "ServiceID": "web"}}
+            async with s.put(base + "/v1/catalog/register", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+        nodes = [{"Node": {"Verb": "set", "Node": {"Node": f"n-{i:03d}", "Address": f"10.1.0.{i}"}}}
+                 for i in range(100)]
+        await asyncio.gather(*(_txn(s, base, nodes[i:i + 64]) for i in range(0, len(nodes), 64)))
+        ops = [{"Service": {"Verb": "set", "Node": f"n-{i % 100:03d}",
+                            "Service": {"ID": f"svc-{i:05d}", "Service": f"svc-{i:05d}", "Port": 80,
+                                        "Tags": ["a", f"t{i % 7}"]}}} for i in range(services)]
+        sem = asyncio.Semaphore(16)
+
+        async def one(chunk: list[dict[str, object]]) -> None:
+            async with sem:
+                await _txn(s, base, chunk)
+
+        await asyncio.gather(*(one(ops[i:i + 64]) for i in range(0, len(ops), 64)))
+
+
+def capture(base: str, paths: list[str]) -> dict[str, str]:
+    async def get() -> dict[str, str]:
+        out = {}
+        async with aiohttp.ClientSession() as s:
+            for path in paths:
+                async with s.get(base + path) as resp:
+                    assert resp.status == 200, (path, resp.status)
+                    out[path] = await resp.text()
+        return out
+    return asyncio.run(get())
+
+
+# ---------------------------------------------------------------------------- load
+def wrk(url: str, seconds: int, connections: int, core: int) -> float:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
+    out = subprocess.run(pinned(core, argv), capture_output=True, text=True, timeout=seconds + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not m:
         raise RuntimeError(out)
+    if "Non-2xx" in out:
+        raise RuntimeError("wrk saw non-2xx answers:\n" + out)
     return float(m.group(1))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=100)
-    args = ap.parse_args()
-    require("wrk")
-    results: dict[str, float] = {}
-    proc = subprocess.Popen(pinned(0, [sys.executable, "-c", ANCHOR]), stdout=subprocess.PIPE, text=True, env=env())
+@contextmanager
+def anchor(bodies: dict[str, str], core: int) -> Iterator[int]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(bodies, f)
+    proc = subprocess.Popen(pinned(core, [sys.executable, "-c", ANCHOR, f.name]), stdout=subprocess.PIPE,
+                            text=True, env=env())
     try:
-        port = int(proc.stdout.readline())
-        time.sleep(0.3)
-        results["anchor"] = wrk(f"http://127.0.0.1:{port}/v1/kv/bench/key", args.seconds, args.connections)
+        assert proc.stdout is not None
+        yield int(proc.stdout.readline())
     finally:
         proc.terminate()
         proc.wait(10)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write('wrk.method = "PUT"\nwrk.body = "value"\n')
-        put_script = f.name
-    try:
-        with beacon_agent(core=0) as (_, http, _dns):
-            base = f"http://127.0.0.1:{http}"
-            urllib.request.urlopen(urllib.request.Request(base + "/v1/kv/bench/key", data=b"value", method="PUT"))
-            results["get"] = wrk(base + "/v1/kv/bench/key", args.seconds, args.connections)
-            results["put"] = wrk(base + "/v1/kv/bench/key", args.seconds, args.connections, put_script)
-        with tempfile.TemporaryDirectory() as d, beacon_agent("-data-dir", d, core=0) as (_, http, _dns):
-            base = f"http://127.0.0.1:{http}"
-            results["put_durable"] = wrk(base + "/v1/kv/bench/key", args.seconds, args.connections, put_script)
-    finally:
-        os.unlink(put_script)
-    a = results["anchor"]
-    print(f"aiohttp anchor (bare handler)      {a:10.0f} req/s")
-    for name, label in (("get", "Beacon KV GET"), ("put", "Beacon KV PUT (in memory)"),
-                        ("put_durable", "Beacon KV PUT (-data-dir, fsync)")):
-        print(f"{label:<34} {results[name]:10.0f} req/s   {results[name] / a:5.2f}x anchor")
-    print()
-    print("| measure | req/s | vs bare aiohttp |")
-    print("|---|---|---|")
-    print(f"| bare aiohttp handler (anchor) | {a:.0f} | 1.00x |")
-    for name, label in (("get", "KV GET"), ("put", "KV PUT, in memory"), ("put_durable", "KV PUT, -data-dir (fsync'd)")):
-        print(f"| {label} | {results[name]:.0f} | {results[name] / a:.2f}x |")
+        os.unlink(f.name)
+
+
+def run_mode(mode: str, args: argparse.Namespace, cases: list[str]) -> dict[str, tuple[list[float], list[float]]]:
+    results: dict[str, tuple[list[float], list[float]]] = {c: ([], []) for c in cases}
+    with beacon_agent(core=args.server_core, dev=(mode == "dev")) as (_, http, _dns):
+        base = f"http://127.0.0.1:{http}"
+        t0 = time.monotonic()
+        asyncio.run(fill(base, args.services))
+        print(f"[{mode}] filled in {time.monotonic() - t0:.1f}s", flush=True)
+        bodies = capture(base, [CASES[c] for c in cases])
+        for c in cases:
+            print(f"[{mode}] {c}: {len(bodies[CASES[c]].encode()):,} bytes per answer", flush=True)
+        with anchor(bodies, args.server_core) as aport:
+            time.sleep(0.3)
+            for rnd in range(1, args.rounds + 1):
+                for c in cases:
+                    a = wrk(f"http://127.0.0.1:{aport}{CASES[c]}", args.seconds, args.connections, args.load_core)
+                    b = wrk(base + CASES[c], args.seconds, args.connections, args.load_core)
+                    results[c][0].append(a)
+                    results[c][1].append(b)
+                    print(f"[{mode}] round {rnd} {c:<9} anchor {a:9,.0f} req/s  beacon {b:9,.0f} req/s  "
+                          f"{b / a:5.2f}x  (load {loadavg()})", flush=True)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=100)
+    ap.add_argument("--services", type=int, default=10_000)
+    ap.add_argument("--modes", default="dev,server")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--server-core", type=int, default=0)
+    ap.add_argument("--load-core", type=int, default=1)
+    args = ap.parse_args()
+    require("wrk")
+    cases = args.cases.split(",")
+    table = []
+    for mode in args.modes.split(","):
+        for c, (a, b) in run_mode(mode, args, cases).items():
+            ratios = [y / x for x, y in zip(a, b, strict=True)]
+            table.append((mode, c, statistics.median(a), statistics.median(b), statistics.median(ratios)))
+    print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds; load average at the end: "
+          f"{loadavg()}")
+    print("| agent | case | anchor req/s | Beacon req/s | Beacon / anchor (median of rounds) |")
+    print("|---|---|---:|---:|---:|")
+    for mode, c, a, b, r in table:
+        print(f"| {mode} | {c} `{CASES[c]}` | {a:,.0f} | {b:,.0f} | **{r:.2f}x** |")
 
 
 if __name__ == "__main__":

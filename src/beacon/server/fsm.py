@@ -89,6 +89,9 @@ class StateStore:
     def __init__(self, on_change: ChangeCallback | None = None) -> None:
         self.lock = threading.RLock()
         self.on_change = on_change
+        # Bumped by every restore: a cached view stamped with table indexes is only valid within
+        # one generation (a restored snapshot can reuse an index for different content).
+        self.generation = 0
         self._handlers: dict[int, Callable[[int, dict[str, Any]], Any]] = {}
         self._register_handlers()
         self._reset()
@@ -117,7 +120,14 @@ class StateStore:
         self.session_expires: dict[str, float] = {}
         # session id -> keys it holds locked (derived from kv; rebuilt on restore).
         self.session_keys: dict[str, set[str]] = {}
+        self._reset_derived()
         self._changes: set[str] = set()
+
+    def _reset_derived(self) -> None:
+        # Service display name -> union of its instances' tags (/v1/catalog/services), kept up to
+        # date per changed service name after each apply so no read walks every service.
+        self.service_tags: dict[str, list[str]] = {}
+        self._service_displays: dict[str, list[str]] = {}
 
     def _register_handlers(self) -> None:
         table = {
@@ -161,9 +171,29 @@ class StateStore:
                 result = ApplyResult(idx, None, CommandError(f"invalid command: {exc!r}", 400))
             changes = self._changes
             self._changes = set()
+            self._refresh_derived(changes)
         if changes and self.on_change is not None:
             self.on_change(idx, changes)
         return result
+
+    def _refresh_derived(self, changes: set[str]) -> None:
+        for key in changes:
+            if key.startswith("svc:"):
+                self._refresh_service_tags(key[4:])
+
+    def _refresh_service_tags(self, name_key: str) -> None:
+        for display in self._service_displays.pop(name_key, ()):
+            self.service_tags.pop(display, None)
+        out: dict[str, list[str]] = {}
+        for key in sorted(self.services_by_name.get(name_key, ())):
+            svc = self.services[key]
+            tags = out.setdefault(svc.service, [])
+            for t in svc.tags:
+                if t not in tags:
+                    tags.append(t)
+        if out:
+            self._service_displays[name_key] = list(out)
+            self.service_tags.update(out)
 
     def _touch(self, *keys: str) -> None:
         self._changes.update(keys)
@@ -593,17 +623,12 @@ class StateStore:
             return self.tables["nodes"], sorted(self.nodes.values(), key=lambda n: n.node)
 
     def list_services(self) -> tuple[int, dict[str, list[str]]]:
-        """Service name -> union of tags across instances."""
+        """Service name -> union of tags across instances (in instance order), sorted by name.
+
+        Only a C-level copy happens under the lock; the sort happens outside it."""
         with self.lock:
-            out: dict[str, list[str]] = {}
-            for keys in self.services_by_name.values():
-                for key in keys:
-                    svc = self.services[key]
-                    tags = out.setdefault(svc.service, [])
-                    for t in svc.tags:
-                        if t not in tags:
-                            tags.append(t)
-            return self.tables["services"], dict(sorted(out.items()))
+            idx, tags = self.tables["services"], dict(self.service_tags)
+        return idx, dict(sorted(tags.items()))
 
     def service_nodes(self, name: str) -> tuple[int, list[tuple[Node, Service]]]:
         with self.lock:
@@ -721,10 +746,14 @@ class StateStore:
             fresh.sessions[sess.id] = sess
         fresh.lock_delays = dict(snap.get("lock_delays", {}))
         fresh.session_expires = dict(snap.get("session_expires", {}))
+        for name_key in fresh.services_by_name:
+            fresh._refresh_service_tags(name_key)
         with self.lock:
+            self.generation += 1
             for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
                          "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
-                         "tombstones", "sessions", "lock_delays", "session_expires", "session_keys"):
+                         "tombstones", "sessions", "lock_delays", "session_expires", "session_keys",
+                         "service_tags", "_service_displays"):
                 setattr(self, attr, getattr(fresh, attr))
         if self.on_change is not None:
             self.on_change(self.index, {"*"})

@@ -17,6 +17,7 @@ from beacon.agent.http.core import (
 )
 from beacon.agent.http.decode import DecodeError, Fields, validate_meta
 from beacon.agent.http.encode import catalog_service_json, node_json, service_node_json
+from beacon.agent.http.views import views_of
 from beacon.model import Node
 from beacon.server.fsm import MessageType
 
@@ -36,6 +37,10 @@ def node_meta_filter(req: web.Request) -> list[tuple[str, str]]:
 
 def meta_matches(node: Node, wanted: list[tuple[str, str]]) -> bool:
     return all(node.meta.get(k) == v for k, v in wanted)
+
+
+def meta_matches_json(meta: dict[str, str], wanted: list[tuple[str, str]]) -> bool:
+    return all(meta.get(k) == v for k, v in wanted)
 
 
 def has_tags(tags: list[str], wanted: list[str]) -> bool:
@@ -117,14 +122,16 @@ async def catalog_datacenters(req: web.Request, agent: Agent) -> Reply:
 async def catalog_nodes(req: web.Request, agent: Agent) -> Reply:
     opts = query_options(req, agent)
     meta = node_meta_filter(req)
-    store = agent.store
+    views = views_of(agent)
 
-    def read() -> tuple[int, list[dict[str, Any]]]:
-        idx, nodes = store.list_nodes()
-        return idx, [node_json(n) for n in nodes if meta_matches(n, meta)]
+    def read() -> tuple[int, Any]:
+        idx, listing = views.catalog_nodes()
+        if not meta and opts.filter is None:
+            return idx, listing  # the shared view, bytes included
+        return idx, apply_filter(opts, [n for n in listing.value if meta_matches_json(n["Meta"], meta)])
 
-    idx, items = await blocking_query(agent, opts, ["nodes"], read)
-    return Reply(apply_filter(opts, items), index=idx)
+    idx, body = await blocking_query(agent, opts, ["nodes"], read)
+    return Reply(body, index=idx)
 
 
 @router.get("/v1/catalog/services")
@@ -133,9 +140,9 @@ async def catalog_services(req: web.Request, agent: Agent) -> Reply:
     meta = node_meta_filter(req)
     store = agent.store
 
-    def read() -> tuple[int, dict[str, list[str]]]:
+    def read() -> tuple[int, Any]:
         if not meta and opts.filter is None:
-            return store.list_services()
+            return views_of(agent).catalog_services()
         with store.lock:
             out: dict[str, list[str]] = {}
             for (node_key, _), svc in sorted(store.services.items()):

@@ -8,13 +8,13 @@ middleware turns that into bytes, status and headers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 
 from beacon.agent.http.bexpr import FilterError, compile_filter
@@ -31,6 +31,47 @@ log = logging.getLogger("beacon.http")
 AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
 
 
+# orjson (C): the whole HTTP path encodes with it. Non-string keys are allowed because json.dumps
+# allowed them (it stringifies int keys); indentation is 2, not Consul's 4: clients don't care.
+_COMPACT = orjson.OPT_NON_STR_KEYS
+_PRETTY = orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+
+
+def encode_compact(value: Any) -> bytes:
+    return orjson.dumps(value, option=_COMPACT)
+
+
+def encode_pretty(value: Any) -> bytes:
+    return orjson.dumps(value, option=_PRETTY)
+
+
+class Encoded:
+    """A JSON-able value with its two encodings, each made once on first use and then shared.
+
+    Cached views hand the same instance to every request and every woken blocking query, so a
+    thousand readers of one unchanged view cost one encode.
+    """
+
+    __slots__ = ("value", "_compact", "_pretty")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._compact: bytes | None = None
+        self._pretty: bytes | None = None
+
+    def compact(self) -> bytes:
+        b = self._compact
+        if b is None:
+            b = self._compact = encode_compact(self.value)
+        return b
+
+    def pretty(self) -> bytes:
+        b = self._pretty
+        if b is None:
+            b = self._pretty = encode_pretty(self.value)
+        return b
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -40,7 +81,7 @@ class HTTPError(Exception):
 
 @dataclass
 class Reply:
-    body: Any = None              # JSON-able value, or bytes/str for raw bodies
+    body: Any = None              # JSON-able value, an Encoded, or bytes/str for raw bodies
     status: int = 200
     index: int | None = None      # sets X-Consul-Index (+ leader headers) when not None
     raw: bool = False             # body is already bytes/str
@@ -215,16 +256,14 @@ def render(request: web.Request, reply: Reply) -> web.StreamResponse:
         return web.Response(status=reply.status, body=body, content_type=reply.content_type, headers=headers)
     body = reply.body
     if body is True or body is False:  # KV and catalog writes: skip the encoder entirely
-        text = "true" if body else "false"
+        data = b"true" if body else b"false"
     elif agent.config.dev or "pretty" in request.query:
-        # Consul's -dev always pretty-prints. json's indenting encoder is pure Python; small
-        # bodies are cheap enough, and a reply is what a person reads in -dev.
-        text = json.dumps(body, indent=4) + "\n"
+        # Consul's -dev always pretty-prints.
+        data = body.pretty() if isinstance(body, Encoded) else encode_pretty(body)
     else:
-        text = json.dumps(body, separators=(",", ":"))
-    resp = web.Response(status=reply.status, body=text.encode(), headers=headers)
-    resp.content_type = "application/json"
-    if len(text) > 1024 and "gzip" in request.headers.get("Accept-Encoding", ""):
+        data = body.compact() if isinstance(body, Encoded) else encode_compact(body)
+    resp = web.Response(status=reply.status, body=data, headers=headers, content_type="application/json")
+    if len(data) > 1024 and "gzip" in request.headers.get("Accept-Encoding", ""):
         resp.enable_compression()
     return resp
 
@@ -258,7 +297,7 @@ async def read_json(request: web.Request, required: bool = True) -> Any:
             raise HTTPError(400, "Request decode failed: EOF")
         return None
     try:
-        value = json.loads(body)
+        value = orjson.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"Request decode failed: {exc}") from None
     except RecursionError:

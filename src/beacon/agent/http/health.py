@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from beacon.agent.http.catalog import has_tags, meta_matches, node_meta_filter
+from beacon.agent.http.catalog import has_tags, meta_matches, meta_matches_json, node_meta_filter
 from beacon.agent.http.core import (
     HTTPError,
     Reply,
@@ -16,7 +16,8 @@ from beacon.agent.http.core import (
     parse_bool,
     query_options,
 )
-from beacon.agent.http.encode import catalog_service_json, check_json, node_json
+from beacon.agent.http.encode import check_json
+from beacon.agent.http.views import views_of
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -72,20 +73,17 @@ async def health_service(req: web.Request, agent: Agent) -> Reply:
     if "passing" in req.query:
         passing = parse_bool(req.query["passing"], "?passing")
 
-    def read() -> tuple[int, list[dict[str, Any]]]:
-        idx, rows = agent.store.health_service(name)
-        out = []
-        for node, svc, checks in rows:
-            if not has_tags(svc.tags, tags) or not meta_matches(node, meta):
-                continue
-            if passing and any(c.status != "passing" for c in checks):
-                continue
-            out.append({"Node": node_json(node), "Service": catalog_service_json(svc),
-                        "Checks": [check_json(c) for c in checks]})
-        return idx, out
+    views = views_of(agent)
 
-    idx, items = await blocking_query(agent, opts, ["svc:" + name.lower()], read)
-    return Reply(apply_filter(opts, items), index=idx)
+    def read() -> tuple[int, Any]:
+        idx, listing = views.health_service(name, passing)
+        if not tags and not meta and opts.filter is None:
+            return idx, listing  # the shared view, bytes included
+        return idx, apply_filter(opts, [e for e in listing.value if has_tags(e["Service"]["Tags"], tags)
+                                        and meta_matches_json(e["Node"]["Meta"], meta)])
+
+    idx, body = await blocking_query(agent, opts, ["svc:" + name.lower()], read)
+    return Reply(body, index=idx)
 
 
 @router.get("/v1/health/state/{state}")

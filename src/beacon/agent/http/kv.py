@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from beacon.agent.http.core import HTTPError, Reply, Router, blocking_query, flag, query_options
-from beacon.agent.http.encode import kv_json
+from beacon.agent.http.views import views_of
 from beacon.server.fsm import MessageType
 
 if TYPE_CHECKING:
@@ -42,18 +42,22 @@ async def kv_get(req: web.Request, agent: Agent) -> Reply:
         if not keys and key:
             return Reply(None, status=404, index=idx, empty=True)
         return Reply(keys, index=idx)
+    views = views_of(agent)
     if recurse:
-        idx, entries = await blocking_query(agent, opts, [], lambda: store.kv_list(key), prefixes=[key])
-        if not entries:
+        idx, listing = await blocking_query(agent, opts, [], lambda: views.kv_recurse(key), prefixes=[key])
+        if not listing.value:
             return Reply(None, status=404, index=idx, empty=True)
-        return Reply([kv_json(e) for e in entries], index=idx)
-    idx, entry = await blocking_query(agent, opts, ["kv:" + key], lambda: store.kv_get(key))
-    if entry is None:
-        return Reply(None, status=404, index=idx, empty=True)
+        return Reply(listing, index=idx)
     if flag(req, "raw"):
+        idx, entry = await blocking_query(agent, opts, ["kv:" + key], lambda: store.kv_get(key))
+        if entry is None:
+            return Reply(None, status=404, index=idx, empty=True)
         return Reply(entry.value or b"", index=idx, raw=True, content_type="text/plain",
                      headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"})
-    return Reply([kv_json(entry)], index=idx)
+    idx, body = await blocking_query(agent, opts, ["kv:" + key], lambda: views.kv_entry(key))
+    if body is None:
+        return Reply(None, status=404, index=idx, empty=True)
+    return Reply(body, index=idx)
 
 
 async def kv_put(req: web.Request, agent: Agent) -> Reply:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 
 from beacon.agent.http.core import MAX_JSON_DEPTH, HTTPError, Reply, Router, json_depth, query_options
@@ -116,7 +116,7 @@ async def txn(req: web.Request, agent: Agent) -> Reply:
         raise HTTPError(413, f"Request body({len(data)} bytes) too large, max size: {TXN_MAX_REQ_LEN} bytes. "
                              "See the txn_max_req_len limit.")
     try:
-        body = json.loads(data) if data.strip() else None
+        body = orjson.loads(data) if data.strip() else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"Failed to parse body: {exc}") from None
     except RecursionError:

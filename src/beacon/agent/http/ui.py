@@ -12,14 +12,15 @@ counts (``/v1/internal/ui/services``), every node with its services and checks
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from beacon.agent.http.core import Reply, Router, apply_filter, blocking_query, query_options
-from beacon.agent.http.encode import check_json, node_json
+from beacon.agent.http.core import Encoded, Reply, Router, apply_filter, blocking_query, query_options
+from beacon.agent.http.views import ui_node_summary, views_of
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -71,66 +72,26 @@ async def ui_page(request: web.Request) -> web.StreamResponse:
 
 # ---------------------------------------------------------------------------------------------- summaries
 
-def _health_counts(checks: list[Any]) -> dict[str, int]:
-    counts = {"passing": 0, "warning": 0, "critical": 0}
-    for c in checks:
-        if c.status in counts:
-            counts[c.status] += 1
-    return counts
-
-
 @router.get("/v1/internal/ui/services")
 async def ui_services(req: web.Request, agent: Agent) -> Reply:
     """Every service with its tags, nodes, instance count and check counts (node checks included)."""
-    opts = query_options(req, agent)
-    store = agent.store
-    dc = agent.config.datacenter
-
-    def read() -> tuple[int, list[dict[str, Any]]]:
-        with store.lock:
-            _, names = store.list_services()
-            out = []
-            for name, tags in names.items():
-                _, rows = store.health_service(name)
-                nodes: list[str] = []
-                counts = {"passing": 0, "warning": 0, "critical": 0}
-                for node, _svc, checks in rows:
-                    if node.node not in nodes:
-                        nodes.append(node.node)
-                    for status, n in _health_counts(checks).items():
-                        counts[status] += n
-                out.append({"Name": name, "Datacenter": dc, "Tags": tags, "Nodes": nodes, "Kind": "",
-                            "InstanceCount": len(rows), "ChecksPassing": counts["passing"],
-                            "ChecksWarning": counts["warning"], "ChecksCritical": counts["critical"],
-                            "ExternalSources": []})
-            return store.catalog_index, out
-
-    idx, items = await blocking_query(agent, opts, _CATALOG_KEYS, read)
-    return Reply(apply_filter(opts, items), index=idx)
-
-
-def _node_summary(store: Any, node: Any) -> dict[str, Any]:
-    _, _, services = store.node_services(node.node)
-    _, checks = store.node_checks(node.node)
-    out = node_json(node)
-    out["Services"] = [{"ID": s.id, "Service": s.service, "Tags": list(s.tags), "Address": s.address,
-                        "Port": s.port, "Meta": dict(s.meta)} for s in services]
-    out["Checks"] = [check_json(c) for c in checks]
-    return out
+    return await _summaries(req, agent, views_of(agent).ui_services)
 
 
 @router.get("/v1/internal/ui/nodes")
 async def ui_nodes(req: web.Request, agent: Agent) -> Reply:
+    return await _summaries(req, agent, views_of(agent).ui_nodes)
+
+
+async def _summaries(req: web.Request, agent: Agent, view: Callable[[], tuple[int, Encoded]]) -> Reply:
     opts = query_options(req, agent)
-    store = agent.store
 
-    def read() -> tuple[int, list[dict[str, Any]]]:
-        with store.lock:
-            _, nodes = store.list_nodes()
-            return store.catalog_index, [_node_summary(store, n) for n in nodes]
+    def read() -> tuple[int, Any]:
+        idx, listing = view()
+        return (idx, listing) if opts.filter is None else (idx, apply_filter(opts, listing.value))
 
-    idx, items = await blocking_query(agent, opts, _CATALOG_KEYS, read)
-    return Reply(apply_filter(opts, items), index=idx)
+    idx, body = await blocking_query(agent, opts, _CATALOG_KEYS, read)
+    return Reply(body, index=idx)
 
 
 @router.get("/v1/internal/ui/node/{node:.+}")
@@ -142,7 +103,7 @@ async def ui_node(req: web.Request, agent: Agent) -> Reply:
     def read() -> tuple[int, dict[str, Any] | None]:
         with store.lock:
             idx, node, _ = store.node_services(name)
-            return idx, None if node is None else _node_summary(store, node)
+            return idx, None if node is None else ui_node_summary(store, node)
 
     idx, body = await blocking_query(agent, opts, ["node:" + name.lower(), "nodes"], read)
     if body is None:
