@@ -54,6 +54,8 @@ class MessageType(IntEnum):
     NOOP = 6
     CHECK_STATUS = 7
     SNAPSHOT_RESTORE = 8
+    PREPARED_QUERY = 9   # beacon.server.queries
+    CONFIG_ENTRY = 10    # beacon.server.config_entries
 
 
 class CommandError(Exception):
@@ -118,6 +120,8 @@ class StateStore:
         # session id -> keys it holds locked (derived from kv; rebuilt on restore).
         self.session_keys: dict[str, set[str]] = {}
         self._changes: set[str] = set()
+        # Tables of later command families (prepared queries, config entries): name -> {key: JSON row}.
+        self.extra: dict[str, dict[str, Any]] = {}
 
     def _register_handlers(self) -> None:
         table = {
@@ -684,6 +688,7 @@ class StateStore:
                 "sessions": [s.to_dict() for s in self.sessions.values()],
                 "lock_delays": dict(self.lock_delays),
                 "session_expires": dict(self.session_expires),
+                "extra": {name: dict(rows) for name, rows in self.extra.items()},
             }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -721,10 +726,11 @@ class StateStore:
             fresh.sessions[sess.id] = sess
         fresh.lock_delays = dict(snap.get("lock_delays", {}))
         fresh.session_expires = dict(snap.get("session_expires", {}))
+        fresh.extra = {name: dict(rows) for name, rows in snap.get("extra", {}).items()}
         with self.lock:
             for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
                          "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
-                         "tombstones", "sessions", "lock_delays", "session_expires", "session_keys"):
+                         "tombstones", "sessions", "lock_delays", "session_expires", "session_keys", "extra"):
                 setattr(self, attr, getattr(fresh, attr))
         if self.on_change is not None:
             self.on_change(self.index, {"*"})

@@ -18,7 +18,7 @@ log = logging.getLogger("beacon.http.forward")
 
 # Events stay local: they are best-effort and agent-local in Consul too.
 FORWARDED_PREFIXES = ("catalog", "health", "kv", "session", "txn", "status", "operator", "snapshot",
-                      "coordinate", "query", "internal")
+                      "coordinate", "query", "internal", "config", "discovery-chain")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 
 
@@ -33,6 +33,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
     session = agent.forward_session
     body = await request.read()
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    # A prepared query's Near "_agent" means this (client) agent's node, not the server's.
+    headers["X-Beacon-Agent-Node"] = agent.config.node_name
     last = "no servers known"
     for target in agent.server_http_targets():
         url = f"http://{target}{request.rel_url}"
