@@ -17,6 +17,7 @@ from beacon.agent.http.core import (
     query_options,
 )
 from beacon.agent.http.encode import catalog_service_json, check_json, node_json
+from beacon.agent.http.readopts import cache_meta
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -85,7 +86,7 @@ async def health_service(req: web.Request, agent: Agent) -> Reply:
         return idx, out
 
     idx, items = await blocking_query(agent, opts, ["svc:" + name.lower()], read)
-    return Reply(apply_filter(opts, items), index=idx)
+    return cache_meta(req, agent, Reply(apply_filter(opts, items), index=idx))
 
 
 @router.get("/v1/health/state/{state}")
