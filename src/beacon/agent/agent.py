@@ -18,12 +18,15 @@ from beacon import telemetry
 from beacon.agent.http import (
     agent_api,
     catalog,
+    config,
     event,
     health,
     kv,
     limits,
     metrics,
     monitor,
+    query,
+    readopts,
     session,
     snapshot,
     status,
@@ -396,7 +399,7 @@ class Agent:
         return lines
 
     async def _start_http(self) -> None:
-        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware],
+        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware, readopts.peer_middleware],
                               client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
         for module in (agent_api, event):  # agent-local everywhere
@@ -406,7 +409,7 @@ class Agent:
 
             forward.install(app)
         else:
-            for module in (catalog, health, kv, status, session, txn, snapshot):
+            for module in (catalog, health, kv, status, session, txn, snapshot, query, config):
                 module.router.install(app)
         metrics.install(app)
         monitor.install(app)

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("beacon.cli.agent", "Run a Beacon agent (-dev for a one-process cluster)"),
     "members": ("beacon.cli.members", "List the cluster's members"),
     "kv": ("beacon.cli.kv", "Read and write the KV store (get, put, delete)"),
+    "config": ("beacon.cli.config", "Write, read, list and delete config entries (JSON files)"),
     "catalog": ("beacon.cli.catalog", "List catalog services and nodes"),
     "services": ("beacon.cli.services", "Register and deregister services on the local agent"),
     "version": ("beacon.cli.version", "Print the version"),

@@ -22,7 +22,7 @@ log = logging.getLogger("beacon.http.forward")
 
 # Events stay local: they are best-effort and agent-local in Consul too.
 FORWARDED_PREFIXES = ("catalog", "health", "kv", "session", "txn", "status", "operator", "snapshot",
-                      "coordinate", "query", "internal")
+                      "coordinate", "query", "internal", "config", "discovery-chain")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 
 
@@ -63,6 +63,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if request.method == "PUT" and request.path == "/v1/session/create":
         body = _session_for_this_node(body, agent.config.node_name)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    # A prepared query's Near "_agent" means this (client) agent's node, not the server's.
+    headers["X-Beacon-Agent-Node"] = agent.config.node_name
     last = "no servers known"
     wait = _wait_seconds(request.query)
     deadline = time.monotonic() + wait if wait is not None else None
