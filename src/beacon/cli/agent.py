@@ -54,7 +54,7 @@ def build_parser() -> FlagParser:
     p.flag("enable-local-script-checks", action="store_true", default=None)
     p.flag("ui", action="store_true", default=None)
     p.flag("engine-socket")
-    p.flag("engine-isolation", choices=["auto", "netns", "process"])
+    p.flag("engine-isolation", choices=["auto", "runc", "netns", "process"])
     p.flag("no-engine", action="store_true", help="do not start the embedded container engine in -dev")
     p.flag("no-registrator", action="store_true",
            help="do not register the embedded engine's containers as services in -dev")
