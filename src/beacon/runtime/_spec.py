@@ -74,9 +74,33 @@ class Settings:
     tty: bool = False
 
 
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 37
+
+
+def _bounding() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return (1 << 64) - 1
+
+
+# The list is in capability-number order. --privileged gets what this kernel has and the engine may
+# grant (its bounding set): asking runc for more fails the start ("unable to apply caps").
+KERNEL_CAPS = [c for i, c in enumerate(ALL_CAPS[: _last_cap() + 1]) if _bounding() >> i & 1]
+
+
 def capabilities(add: list[str], drop: list[str], privileged: bool) -> list[str]:
     if privileged:
-        return list(ALL_CAPS)
+        return list(KERNEL_CAPS)
     caps = list(DEFAULT_CAPS)
 
     def norm(name: str) -> str:
@@ -92,7 +116,7 @@ def capabilities(add: list[str], drop: list[str], privileged: bool) -> list[str]
     else:
         caps = [c for c in caps if c not in drops]
     if "ALL" in adds or "CAP_ALL" in adds:
-        caps = [c for c in ALL_CAPS if c not in drops]
+        caps = [c for c in KERNEL_CAPS if c not in drops]
     else:
         caps += [c for c in adds if c not in caps]
     return caps
