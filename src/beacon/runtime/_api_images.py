@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from beacon.runtime._errors import EngineError, InvalidParameter, NotFound
+from beacon.runtime._errors import EngineError, InvalidParameter, NotFound, NotImplementedByEngine
 from beacon.runtime._http import Request, Response, Stream
 from beacon.runtime._images import normalize, split_ref
 
@@ -154,7 +154,13 @@ class ImageHandlers:
         if tag.startswith("sha256:"):
             digest, tag = tag, ""
         ref = f"{name}@{digest}" if digest else f"{name}:{tag or 'latest'}"
-        from beacon.runtime._registry import pull
+        from beacon.runtime._registry import HUB, pull, split_registry
+
+        if split_registry(name)[0] == HUB:
+            # Never reach out to the internet on an unqualified name (a typo in a test would).
+            raise NotImplementedByEngine(
+                f"pull access denied for {name}: beacon engine has no default registry (Docker Hub is not "
+                f"used); name the registry (127.0.0.1:5000/{name}) or `docker load` the image")
 
         user, password = registry_auth(req)
         return progress(lambda emit: pull(self.store, ref, user, password, emit))
