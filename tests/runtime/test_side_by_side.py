@@ -285,3 +285,52 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.terminate()
     proc.wait(timeout=10)
 
+
+
+def test_cp_top_pause_rename_update_export(side: Side, tmp_path: Path) -> None:
+    name = side.name()
+    side.docker("run", "-d", "--name", name, "-h", "cpbox", "busybox", "sleep", "300")
+    (tmp_path / "up.txt").write_text("uploaded\n")
+    side.docker("cp", str(tmp_path / "up.txt"), f"{name}:/tmp/")
+    assert side.docker("exec", name, "cat", "/tmp/up.txt").stdout == "uploaded\n"
+    side.docker("cp", f"{name}:/etc/hostname", str(tmp_path / "down.txt"))
+    assert (tmp_path / "down.txt").read_text() == "cpbox\n"
+    top = side.docker("top", name).stdout.splitlines()
+    assert top[0].split()[:2] == ["UID", "PID"] and "sleep 300" in top[1]
+    side.docker("pause", name)
+    assert side.docker("inspect", "-f", "{{.State.Status}} {{.State.Paused}}", name).stdout.split() == \
+        ["paused", "true"]
+    side.docker("unpause", name)
+    renamed = side.name()
+    side.docker("rename", name, renamed)
+    assert side.docker("inspect", "-f", "{{.Name}}", renamed).stdout.strip() == f"/{renamed}"
+    side.docker("update", "--memory", "64m", "--memory-swap", "128m", renamed)
+    assert side.docker("inspect", "-f", "{{.HostConfig.Memory}}", renamed).stdout.strip() == str(64 << 20)
+    stats = side.docker("stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", renamed).stdout.split()
+    assert stats == [renamed, "1"]
+    members = subprocess.run(f"{DOCKER} -H {side.host} export {renamed} | tar -t", shell=True, capture_output=True,
+                             text=True, env=beacon_env(), timeout=60).stdout.split()
+    assert "./bin/busybox" in members or "bin/busybox" in members
+    side.docker("rm", "-f", renamed)
+
+
+def test_user_network_resolves_names(side: Side) -> None:
+    net = f"sbs-net-{uuid.uuid4().hex[:6]}"
+    side.docker("network", "create", net)
+    try:
+        assert net in side.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+        server = side.name()
+        side.docker("run", "-d", "--name", server, "--network", net, "--network-alias", "db", "busybox",
+                    "httpd", "-f", "-p", "80", "-h", "/var/www")
+        # busybox-static's wget cannot use glibc's resolver (it crashes): resolve with nslookup, then GET.
+        looked = side.run("--network", net, "busybox", "nslookup", "db").stdout
+        address = looked.split("Name:")[1].split("Address:")[1].split()[0]
+        got = side.run("--network", net, "busybox", "wget", "-qO-", f"http://{address}:80/index.html")
+        assert got.stdout == "beacon registrator test page\n"
+        res = side.docker("network", "rm", net, check=False)
+        assert res.returncode != 0  # in use
+        side.docker("rm", "-f", server)
+    finally:
+        side.docker("network", "rm", net, check=False)
+    assert net not in side.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert "Images" in side.docker("system", "df").stdout

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from beacon.runtime import _api_images
+from beacon.runtime import _api_extra, _api_images
 from beacon.runtime import _views as views
 from beacon.runtime._errors import Conflict, EngineError, InvalidParameter
 from beacon.runtime._events import EventFilter
@@ -114,7 +114,7 @@ class ApiServer:
                 ("POST", r"/exec/(?P<id>[^/]+)/resize", self._nocontent(lambda r, i: _noop(e.exec.get(i)))),
                 ("GET", r"/exec/(?P<id>[^/]+)/json", self.exec_inspect),
                 ("GET", r"/events", self.events),
-                *_api_images.routes(self),
+                *_api_images.routes(self), *_api_extra.routes(self),
             ]]
 
     async def start(self, path: str) -> None:

@@ -41,6 +41,7 @@ from beacon.runtime._model import (
     random_name,
     signal_number,
 )
+from beacon.runtime._networks import Networks
 from beacon.runtime._relay import PortRelay
 from beacon.runtime._volumes import Volumes, validate_binds
 
@@ -105,6 +106,7 @@ class Engine:
         self._stopping = False
         self.images = ImageStore(self.data_dir / "images")
         self.volumes = Volumes(self.data_dir / "volumes")
+        self.networks = Networks(self.data_dir / "networks.json")
         self.gateway: Any = None  # _gateway.Gateway once connect_agent() ran
 
     # -- lifecycle of the engine ---------------------------------------------------------------
@@ -134,6 +136,7 @@ class Engine:
             self.warnings.append(warning)
             log.warning("%s", warning)
         self._load()
+        await self._start_gateway()
         self._api = ApiServer(self)
         await self._api.start(self.socket_path)
         for cid in self._restart_on_start:
@@ -141,25 +144,38 @@ class Engine:
             self._schedule_restart(self.slots[cid], 0.0)
 
     async def connect_agent(self, http: tuple[str, int] | None, dns: tuple[str, int] | None) -> bool:
-        """Let containers reach the agent: relay the bridge gateway's 8500 and 53 to these loopback
-        listeners, and point new containers' resolv.conf at it. False (and a warning in ``info``)
-        when there is no bridge to put the gateway on."""
+        """Let containers reach the agent: the bridge gateway's 8500 and 53 relay to these loopback
+        listeners. False when there is no bridge (no gateway) in this isolation mode."""
+        if self.gateway is None:
+            return False
+        self.gateway.http, self.gateway.dns = http, dns
+        return True
+
+    async def _start_gateway(self) -> None:
         from beacon.runtime._gateway import Gateway
 
         backend = self._backend
-        if not isinstance(backend, NetnsIsolation) or backend.bridge is None:
-            return False
-        if self.gateway is not None:
-            await self.gateway.stop()
-        gateway = Gateway(backend, http, dns)
+        if not isinstance(backend, NetnsIsolation) or backend.bridge is None or self.isolation != "runc":
+            return
+        gateway = Gateway(backend, self._lookup_name)
         try:
             await gateway.start()
         except OSError as exc:
             await gateway.stop()
-            self.warnings.append(f"WARNING: containers cannot reach the agent ({exc})")
-            return False
+            self.warnings.append(f"WARNING: containers get no DNS or way to the agent ({exc})")
+            return
         self.gateway = gateway
-        return True
+
+    def _lookup_name(self, src: str, name: str) -> list[str] | None:
+        """The engine's DNS for containers: names and aliases on the asker's user network."""
+        asker = next((c for c in self.containers() if c.address.partition("/")[0] == src), None)
+        if asker is None or asker.network_mode in ("bridge", "host", "none"):
+            return None
+        short = name.removesuffix("." + asker.network_mode)
+        found = [c.address.partition("/")[0] for c in self.containers()
+                 if c.network_mode == asker.network_mode and c.state.status == "running" and c.address
+                 and short in (c.name, c.id[:12], *c.aliases)]
+        return found or None
 
     async def _choose(self) -> tuple[Isolation, str]:
         """runc when asked for or on auto (root, runc installed); otherwise the older backends."""
@@ -289,6 +305,10 @@ class Engine:
                 name = f"{random_name()}{len(taken)}"
         if self.isolation == "runc":
             validate_binds(spec["binds"], spec["mounts"])
+            if not spec["network_mode"].startswith("container:"):
+                self.networks.get(spec["network_mode"])  # 404 for an unknown network
+            else:
+                raise InvalidParameter("--network container:<name> is not supported by beacon engine")
             await asyncio.get_running_loop().run_in_executor(None, self._merge_image, spec)
         if not (spec["cmd"] or spec["entrypoint"]):
             raise InvalidParameter("No command specified")
@@ -462,7 +482,7 @@ class Engine:
             slot.health_task = None
         slot.logs.close()
         await self.exec.container_exited(c.id)
-        st.status, st.exit_code, st.pid = "exited", code, 0
+        st.status, st.exit_code, st.pid, st.paused = "exited", code, 0, False
         c.address = ""
         st.finished_at, st.finished_unix = now_rfc3339(), time.time()
         if st.health_status:
@@ -548,6 +568,13 @@ class Engine:
             await self._stop_locked(slot, self._stop_timeout(slot.c, timeout), manual=True,
                                     signum=signal_number(sig or slot.c.stop_signal or "SIGTERM"))
 
+    async def _thaw(self, slot: _Slot) -> None:
+        """A paused (frozen) container cannot act on a signal: resume it first, as dockerd does."""
+        pause = getattr(self.backend, "pause", None)
+        if slot.c.state.paused and slot.spawned is not None and pause is not None:
+            await pause(slot.spawned, True)
+            slot.c.state.paused = False
+
     @staticmethod
     def _stop_timeout(c: Container, timeout: float | None) -> float:
         if timeout is not None:
@@ -561,6 +588,7 @@ class Engine:
         slot.stop_requested = True
         c.state.manually_stopped = manual
         exited = slot.next_exit
+        await self._thaw(slot)
         self._emit(c, "kill", signal=str(int(signum)))
         self.backend.signal(spawned, signum)
         try:
@@ -582,6 +610,7 @@ class Engine:
             slot.stop_requested = True
             slot.c.state.manually_stopped = True
         exited = slot.next_exit
+        await self._thaw(slot)
         self._emit(slot.c, "kill", signal=str(signum))
         self.backend.signal(slot.spawned, signum)
         if signum == signal.SIGKILL:
@@ -630,6 +659,7 @@ class Engine:
                 slot.stop_requested = True
                 c.state.manually_stopped = True
                 exited = slot.next_exit
+                await self._thaw(slot)
                 self._emit(c, "kill", signal=str(int(signal.SIGKILL)))
                 assert slot.spawned is not None
                 self.backend.signal(slot.spawned, signal.SIGKILL)

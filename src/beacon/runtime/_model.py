@@ -223,6 +223,9 @@ class Container:
     init: bool = False
     extra_hosts: list[str] = field(default_factory=list)
     dns: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # names on a user network (compose services)
+    open_stdin: bool = False
+    stdin_once: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -324,7 +327,17 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
         "pids_limit": max(0, int(host.get("PidsLimit") or 0)) if isinstance(host.get("PidsLimit") or 0, int) else 0,
         "init": bool(host.get("Init")),
         "extra_hosts": _strs(host.get("ExtraHosts"), "ExtraHosts"), "dns": _strs(host.get("Dns"), "Dns"),
+        "aliases": _aliases(body.get("NetworkingConfig")),
     }
+
+
+def _aliases(value: Any) -> list[str]:
+    endpoints = _object(_object(value, "NetworkingConfig").get("EndpointsConfig"), "EndpointsConfig")
+    out: list[str] = []
+    for ep in endpoints.values():
+        if isinstance(ep, dict):
+            out += [a for a in ep.get("Aliases") or [] if isinstance(a, str)]
+    return out
 
 
 def _str(value: Any, what: str) -> str:

@@ -86,7 +86,7 @@ class RuncIsolation(NetnsIsolation):
             settings = self._settings(c, cdir, rootfs)
             if c.network_mode != "host":
                 netns_fd = await asyncio.get_running_loop().run_in_executor(self._pool, self._new_netns)
-                if c.network_mode == "bridge" and self.bridge is not None:
+                if c.network_mode != "none" and self.bridge is not None:
                     address = await self.bridge.plug_fd(netns_fd)
                 settings.netns_path = f"/proc/{os.getpid()}/fd/{netns_fd}"
             self._write_files(c, cdir, address)
@@ -199,6 +199,8 @@ class RuncIsolation(NetnsIsolation):
                  "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
                  "ff02::2\tip6-allrouters"]
         hosts += [f"{ip}\t{c.hostname}"] if ip else []
+        for peer, names in self.engine.networks.peers(self.engine, c.network_mode, c.id):
+            hosts.append(f"{peer}\t{' '.join(names)}")
         for entry in c.extra_hosts:
             name, _, addr = entry.partition(":")
             hosts.append(f"{addr}\t{name}")
@@ -210,7 +212,7 @@ class RuncIsolation(NetnsIsolation):
         if c.dns:
             return "".join(f"nameserver {d}\n" for d in c.dns)
         gateway = self.engine.gateway
-        if on_bridge and gateway is not None and gateway.dns_port:
+        if on_bridge and gateway is not None:
             return f"nameserver {gateway.address}\noptions ndots:0\n"
         try:
             host = Path("/etc/resolv.conf").read_text()

@@ -51,6 +51,8 @@ def status_text(c: Container) -> str:
         health = f" ({st.health_status})" if st.health_status else ""
         if st.health_status == "starting":
             health = " (health: starting)"
+        if st.paused:
+            health = " (Paused)"
         return f"Up {human_duration(now - st.started_unix)}{health}"
     if st.status == "restarting":
         return f"Restarting ({st.exit_code}) {human_duration(now - st.finished_unix)} ago"
@@ -177,7 +179,8 @@ def summary(c: Container, isolation: str) -> dict[str, Any]:
     return {
         "Id": c.id, "Names": ["/" + c.name], "Image": c.image, "ImageID": _image_id(c),
         "Command": " ".join(c.argv), "Created": int(c.created_unix), "Ports": ports, "Labels": c.labels,
-        "State": c.state.status, "Status": status_text(c), "HostConfig": {"NetworkMode": net},
+        "State": "paused" if c.state.paused and c.state.status == "running" else c.state.status,
+        "Status": status_text(c), "HostConfig": {"NetworkMode": net},
         "NetworkSettings": {"Networks": {net: {"IPAddress": c.address.partition("/")[0],
                                                         "NetworkID": isolation}}},
         "Mounts": _mounts(c),
