@@ -308,7 +308,7 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                 elif ek == "socket":
                     cfg.engine_socket = _str(f"engine.{ek}", ev, src)
                 elif ek == "isolation":
-                    cfg.engine_isolation = _choice(f"engine.{ek}", ev, src, ("auto", "netns", "process"))
+                    cfg.engine_isolation = _choice(f"engine.{ek}", ev, src, ("auto", "runc", "netns", "process"))
                 else:
                     log.warning("%s: unknown key 'engine.%s' ignored", src, ek)
         elif k == "registrator":

@@ -181,6 +181,9 @@ class Agent:
             await self._start_http()
         if self.config.dns_port >= 0:
             await self._start_dns()
+        if self.engine is not None:  # containers reach this agent's DNS and HTTP at the bridge gateway
+            await self.engine.connect_agent(self._loopback(self.config.http_bind, self.http_port),
+                                            self._loopback(self.config.dns_bind, self.dns_port))
         if self.cluster is not None:
             import aiohttp
 
@@ -359,6 +362,12 @@ class Agent:
                                             else "/tmp/beacon-dev/engine.sock")
         self.engine = Engine(data_dir=base, socket_path=socket_path, isolation=cfg.engine_isolation)
         await self.engine.start()
+
+    @staticmethod
+    def _loopback(bind: str, port: int | None) -> tuple[str, int] | None:
+        if not port:
+            return None
+        return ("127.0.0.1" if bind in ("", "0.0.0.0") else "::1" if bind == "::" else bind), port
 
     async def _start_registrator(self) -> None:
         """The same registrator as `beacon registrator`: Docker API in, this agent's HTTP API out."""

@@ -60,8 +60,9 @@ def build_parser() -> FlagParser:
            help="allow script checks from config files only")
     p.flag("ui", action="store_true", default=None, help="serve the web UI at /ui (on by default)")
     p.flag("engine-socket", help="unix socket of the embedded container engine (Docker Engine API)")
-    p.flag("engine-isolation", choices=["auto", "netns", "process"],
-           help="how the embedded engine isolates containers (default auto)")
+    p.flag("engine-isolation", choices=["auto", "runc", "netns", "process"],
+           help="how the embedded engine isolates containers: runc (images, namespaces, cgroups), "
+                "netns, or process (host filesystem; a fallback); default auto")
     p.flag("no-engine", action="store_true", help="do not start the embedded container engine in -dev")
     p.flag("no-registrator", action="store_true",
            help="do not register the embedded engine's containers as services in -dev")
