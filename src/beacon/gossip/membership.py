@@ -347,6 +347,8 @@ class Membership:
                 current = {m.name: m for m in (Member.from_rpc(d) for d in await client.members())}
                 if not first:
                     self.reconnects += 1
+                    if await self._rejoin_if_alone(client, current):
+                        current = {m.name: m for m in (Member.from_rpc(d) for d in await client.members())}
                     self._resync(current)
                 else:
                     self._known = current
@@ -363,6 +365,23 @@ class Membership:
                 self._stream_client = None
                 await client.close()
             await asyncio.sleep(delay)
+
+    async def _rejoin_if_alone(self, client: SerfClient, current: dict[str, Member]) -> bool:
+        """A restarted child rejoins from its snapshot, but Serf flushes that file lazily, so a child
+        killed soon after joining may come back alone: then join the members we knew were alive."""
+        if len(current) > 1:
+            return False
+        peers = [f"{m.addr}:{m.port}" for m in self._known.values()
+                 if m.name != self.node_name and m.status == "alive" and m.addr]
+        if not peers:
+            return False
+        try:
+            n = await client.join(peers)
+            log.info("gossip %s: rejoined %d known members after a restart", self.serf.config.pool, n)
+            return True
+        except SerfError as exc:
+            log.warning("gossip %s: rejoin after restart failed: %s", self.serf.config.pool, exc)
+            return False
 
     def _resync(self, current: dict[str, Member]) -> None:
         """Emit what changed while the stream was down, as Serf would have (flagged synthetic)."""
