@@ -238,11 +238,16 @@ class Membership:
         """Consul's /v1/agent/members body for this pool."""
         return [m.consul_json() for m in sorted(await self.members(), key=lambda m: m.name)]
 
+    async def member(self, name: str) -> Member | None:
+        """One member by name (its current state in this agent's view), or None."""
+        found = await (await self._rpc()).members_filtered(name=re.escape(name))
+        return Member.from_rpc(found[0]) if found else None
+
     async def local_member(self) -> Member:
-        found = await (await self._rpc()).members_filtered(name=re.escape(self.node_name))
-        if not found:
+        me = await self.member(self.node_name)
+        if me is None:
             raise SerfRPCError(f"serf does not list the local member {self.node_name}")
-        return Member.from_rpc(found[0])
+        return me
 
     async def servers(self, datacenter: str | None = None) -> list[ServerInfo]:
         """Alive servers from gossip tags: on the LAN, those of this datacenter; on the WAN, those of
