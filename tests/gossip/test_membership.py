@@ -140,3 +140,30 @@ async def test_coordinates_are_returned_and_estimate_rtt(pool: Pool) -> None:
     assert own.to_json().keys() == {"Vec", "Error", "Adjustment", "Height"}
     assert await a.coordinate("no-such-node") is None
     assert math.isinf(rtt(own, None))
+
+
+async def test_consul_user_events_ride_serf_and_malformed_ones_are_dropped(pool: Pool) -> None:
+    from beacon.gossip.events import decode_user_event, encode_user_event
+
+    for _ in range(3):
+        await pool.add()
+    await pool.converge()
+    subs = [m.subscribe() for m in pool.members]
+    ev = {"ID": "7b0f2c3e-0000-4000-8000-000000000001", "Name": "deploy", "Payload": b"v1",
+          "NodeFilter": "n.*", "ServiceFilter": "", "TagFilter": ""}
+    name, payload = encode_user_event(ev)
+    assert name == "consul:event:deploy"
+    await pool.members[0].fire(name, payload)
+    for sub in subs:
+        while True:
+            got = await sub.get(30)
+            if isinstance(got, UserEvent):
+                break
+        decoded = decode_user_event(got.name, got.payload, got.ltime)
+        assert decoded is not None and decoded["LTime"] == got.ltime >= 1
+        assert {k: decoded[k] for k in ev} == ev and decoded["Version"] == 1
+    # Untrusted bytes: not msgpack, wrong types, a name that does not match, another serf event.
+    assert decode_user_event("consul:event:x", b"\xc1\xc1") is None
+    assert decode_user_event("consul:event:x", encode_user_event({"Name": "x", "ID": 5})[1]) is None
+    assert decode_user_event("consul:event:y", encode_user_event({"Name": "x"})[1]) is None
+    assert decode_user_event("deploy", payload) is None

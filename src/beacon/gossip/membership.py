@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from beacon.gossip.coordinate import Coordinate
+from beacon.gossip.coordinate import Coordinate, sort_datacenters
 from beacon.gossip.rpc import RecordStream, SerfClient, SerfConnectionError, SerfError, SerfRPCError
 from beacon.gossip.supervisor import LAN_PORT, WAN_PORT, SerfAgent, SerfConfig
 from beacon.gossip.tags import ServerInfo, server_info
@@ -446,6 +446,17 @@ class Membership:
         """This member's Vivaldi coordinate, or the one Serf cached for `node` (None if unknown)."""
         raw = await (await self._rpc()).get_coordinate(node or self.node_name)
         return Coordinate.from_json(raw) if raw else None
+
+    async def datacenters(self) -> list[str]:
+        """Datacenters with an alive server in this pool (the WAN pool, on servers), nearest first by
+        the median estimated RTT to their servers, as Consul sorts /v1/catalog/datacenters."""
+        own = await self.coordinate()
+        servers: list[tuple[str, Coordinate | None]] = []
+        for m in await self.members():
+            info = m.server
+            if info is not None and m.status == "alive" and info.datacenter:
+                servers.append((info.datacenter, own if m.name == self.node_name else await self.coordinate(m.name)))
+        return sort_datacenters(self.datacenter, own, servers)
 
     async def coordinates(self) -> dict[str, Coordinate]:
         """Coordinates of every alive member this agent has one for (its own included)."""

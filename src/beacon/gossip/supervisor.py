@@ -113,6 +113,7 @@ class SerfConfig:
     tombstone_timeout: str = "24h"
     log_level: str = "info"
     rpc_host: str = "127.0.0.1"
+    user_event_size_limit: int = 0      # bytes of name + payload; 0 keeps Serf's 512 (its cap is 9 KiB)
 
     def effective_profile(self) -> str:
         return self.profile or ("wan" if self.pool == "wan" else "lan")
@@ -195,6 +196,8 @@ class SerfAgent:
             "leave_on_terminate": False,
             "skip_leave_on_interrupt": True,
         }
+        if cfg.user_event_size_limit:
+            conf["user_event_size_limit"] = cfg.user_event_size_limit
         if cfg.advertise_addr:
             conf["advertise"] = f"{_host(cfg.advertise_addr)}:{cfg.advertise_port or cfg.port}"
         if os.path.exists(self.keyring_path):
