@@ -80,6 +80,7 @@ async def test_leave_is_seen_left_and_force_leave_prunes(pool: Pool) -> None:
     os.kill(dead.serf.pid or 0, signal.SIGKILL)
     await asyncio.gather(*(_next_member_event(s, "member-failed", dead.node_name, 60) for s in subs))
     await pool.members[0].force_leave(dead.node_name, prune=True)
+    await asyncio.gather(*(_next_member_event(s, "member-reap", dead.node_name, 30) for s in subs))
 
     async def gone_everywhere() -> bool:
         for m in pool.members[:2]:

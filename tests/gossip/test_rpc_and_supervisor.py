@@ -177,3 +177,27 @@ async def test_a_restarted_serf_with_no_peers_in_its_snapshot_is_rejoined_by_the
         log_text = f.read()
     restarted = log_text.split("Serf agent starting")[-1]
     assert "Re-joined to previously known node" not in restarted and "agent: joining:" in restarted
+
+
+async def test_rpc_filters_monitor_stats_and_stream_stop(pool: Pool) -> None:
+    await pool.add(tags={"role": "consul", "dc": "dc1"})
+    await pool.add(tags={"role": "node", "dc": "dc1"})
+    await pool.converge()
+    client = await pool.members[0].serf.connect()
+    try:
+        assert [m["Name"] for m in await client.members_filtered(tags={"role": "consul"})] == ["n1"]
+        assert [m["Name"] for m in await client.members_filtered(tags={"role": "no.*"}, status="alive")] == ["n2"]
+        assert await client.members_filtered(status="failed") == []
+        stats = await client.stats()
+        assert stats["agent"]["name"] == "n1" and stats["serf"]["members"] == "2" and stats["serf"]["encrypted"] == "true"
+        monitor = await client.monitor("info")
+        first = await monitor.get(10)  # the agent replays its recent log lines to a new monitor
+        assert first is not None and "[INFO]" in first["Log"]
+        await monitor.stop()
+        stream = await client.stream("user")
+        await stream.stop()
+        assert await stream.get(5) is None  # ended, not hanging
+        # The connection is still good after both were stopped.
+        assert len(await client.members()) == 2
+    finally:
+        await client.close()
