@@ -1,22 +1,26 @@
-"""Gossip membership on Serf at a size this machine holds: failure detection, traffic and CPU at idle.
+"""Membership at the sizes this machine holds: Serf gossip vs the heartbeat scheme it replaces.
 
-For each cluster size, starts that many real `serf agent` children (Beacon's supervisor and Membership
-facade, the code the agent will run), each on its own loopback address 127.A.B.x with the LAN profile
-Consul uses, all joined through the first; then:
+1. Comparison (--compare-clients K): 3 servers + K clients on each scheme, both running at once, idle
+   windows and kill rounds alternating between them. Gossip: real `serf agent` children run by
+   Beacon's supervisor and Membership facade (the code the agent will use), LAN profile as Consul's.
+   Heartbeat: real `beacon agent` processes (3 -server, K clients) on agent/cluster.py as it is today,
+   measured while it still exists in the tree (bench/_heartbeat.py).
+2. Gossip scale (--sizes): N serf members alone.
 
-* idle: for --idle seconds, every member's gossip bytes and packets sent and received (nftables
-  counters in a table of our own, matched on each member's address; the RPC to the facade runs on
-  127.0.0.1 and is not counted), and CPU and RSS of every serf process (/proc/<pid>/stat);
-* failure detection, --rounds times: `kill -9` one member and time until each other member lists it
-  `failed` (first observer, median, last), and until its event stream delivers `member-failed`.
+Every member/agent has its own loopback address 127.A.B.x. Measured:
+
+* idle, per agent: membership bytes and packets sent + received per second (nftables counters in a
+  table of this run's own: every packet of a serf member's address, which carries only gossip since
+  its RPC is on 127.0.0.1; for a Beacon agent, TCP to or from port 8301, the heartbeat RPC), CPU and
+  RSS per process (/proc/<pid>/stat, status);
+* failure detection: `kill -9` of a client, time until every other member lists it `failed` (serf:
+  also until the facade's event stream delivers member-failed; heartbeat: servers and clients apart,
+  clients capped at --hb-cap).
 
 Every round is printed, then the medians. Bounded: --budget seconds overall, every wait has a deadline,
-and every process and the nftables table are removed at the end.
+every process and the nftables table are removed at the end.
 
-The heartbeat scheme this replaces is compared in the same run once the agent runs on this layer
-(after the etcd work lands): see docs/benchmarks.md, "Membership".
-
-    python3 bench/membership.py [--sizes 10,40] [--idle 20] [--rounds 3] [--budget 420]
+    python3 bench/membership.py [--compare-clients 10] [--sizes 50] [--idle 15] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from beacon.gossip import MemberEvent, Membership, SerfConfig  # noqa: E402
 from beacon.gossip.supervisor import free_port  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _heartbeat import HEARTBEAT_PORT, HeartbeatCluster  # noqa: E402
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -59,13 +66,19 @@ class Counters:
     def _nft(self, *args: str) -> bool:
         return subprocess.run(["nft", *args], capture_output=True, text=True).returncode == 0
 
-    def watch(self, addr: str) -> None:
-        if self.ok:
-            self._nft("add", "rule", "inet", self.table, "out", "ip", "saddr", addr, "counter", "comment", f'"tx {addr}"')
-            self._nft("add", "rule", "inet", self.table, "out", "ip", "daddr", addr, "counter", "comment", f'"rx {addr}"')
+    def watch(self, addr: str, tcp_port: int | None = None) -> None:
+        """Count what `addr` sends (tx) and receives (rx). With `tcp_port`, only the server side of TCP
+        on that port: requests in (daddr addr, dport) and replies out (saddr addr, sport). That is the
+        only attribution that holds on loopback, where a socket that did not bind its source gets the
+        destination's address as its own (so a client's requests show saddr = the server)."""
+        if not self.ok:
+            return
+        for kind, field, direction in (("tx", "saddr", "sport"), ("rx", "daddr", "dport")):
+            match = ["ip", field, addr] + (["tcp", direction, str(tcp_port)] if tcp_port else [])
+            self._nft("add", "rule", "inet", self.table, "out", *match, "counter", "comment", f'"{kind} {addr}"')
 
     def read(self) -> dict[str, tuple[int, int]]:
-        """{"tx 127.x.y.z": (bytes, packets), "rx ...": ...}"""
+        """{"tx 127.x.y.z": (bytes, packets), "rx ...": ...}, summed over each address's rules"""
         if not self.ok:
             return {}
         out = subprocess.run(["nft", "-j", "list", "table", "inet", self.table], capture_output=True, text=True)
@@ -76,7 +89,9 @@ class Counters:
                 continue
             for expr in rule.get("expr", []):
                 if "counter" in expr:
-                    result[rule.get("comment", "")] = (expr["counter"]["bytes"], expr["counter"]["packets"])
+                    key = " ".join(rule.get("comment", "").split()[:2])
+                    b, p = result.get(key, (0, 0))
+                    result[key] = (b + expr["counter"]["bytes"], p + expr["counter"]["packets"])
         return result
 
     def close(self) -> None:
@@ -137,26 +152,41 @@ async def start_cluster(n: int, net: str, tmp: str, key: str, counters: Counters
     return members
 
 
-async def idle(members: list[Membership], seconds: float, counters: Counters) -> dict[str, float]:
-    pids = [m.serf.pid or 0 for m in members]
-    addrs = [m.serf.config.bind_addr for m in members]
-    c0, t0 = counters.read(), time.monotonic()
-    cpu0 = [cpu_seconds(p) for p in pids]
-    await asyncio.sleep(seconds)  # the measurement window itself, not a wait for a condition
-    c1, dt = counters.read(), time.monotonic() - t0
-    cpu1 = [cpu_seconds(p) for p in pids]
-    out = {"cpu_pct_median": statistics.median((b - a) / dt * 100 for a, b in zip(cpu0, cpu1, strict=True)),
-           "cpu_pct_max": max((b - a) / dt * 100 for a, b in zip(cpu0, cpu1, strict=True)),
+def window_stats(pids: list[int], addrs: list[str], cpu0: list[float], cpu1: list[float],
+                 c0: dict[str, tuple[int, int]], c1: dict[str, tuple[int, int]], dt: float) -> dict[str, float]:
+    cpu = [(b - a) / dt * 100 for a, b in zip(cpu0, cpu1, strict=True)]
+    out = {"cpu_pct_median": statistics.median(cpu), "cpu_pct_max": max(cpu),
            "rss_mib_median": statistics.median(rss_mib(p) for p in pids)}
     if c1:
         def rate(kind: str, idx: int) -> list[float]:
-            return [(c1[f"{kind} {a}"][idx] - c0.get(f"{kind} {a}", (0, 0))[idx]) / dt for a in addrs]
+            return [(c1.get(f"{kind} {a}", (0, 0))[idx] - c0.get(f"{kind} {a}", (0, 0))[idx]) / dt for a in addrs]
         tx_b, rx_b, tx_p, rx_p = rate("tx", 0), rate("rx", 0), rate("tx", 1), rate("rx", 1)
         both = [a + b for a, b in zip(tx_b, rx_b, strict=True)]
         out |= {"bytes_s_median": statistics.median(both), "bytes_s_max": max(both),
-                "tx_bytes_s_median": statistics.median(tx_b), "pkts_s_median": statistics.median(
-                    a + b for a, b in zip(tx_p, rx_p, strict=True)), "tx_pkts_s_median": statistics.median(tx_p)}
+                "pkts_s_median": statistics.median(a + b for a, b in zip(tx_p, rx_p, strict=True))}
     return out
+
+
+async def idle(groups: dict[str, list[tuple[int, str]]], seconds: float, counters: Counters
+               ) -> dict[str, dict[str, float]]:
+    """One idle window; per group of (pid, address): traffic per agent, CPU and RSS per process."""
+    c0, t0 = counters.read(), time.monotonic()
+    cpu0 = {g: [cpu_seconds(p) for p, _ in members] for g, members in groups.items()}
+    await asyncio.sleep(seconds)  # the measurement window itself, not a wait for a condition
+    c1, dt = counters.read(), time.monotonic() - t0
+    return {g: window_stats([p for p, _ in m], [a for _, a in m], cpu0[g], [cpu_seconds(p) for p, _ in m], c0, c1, dt)
+            for g, m in groups.items()}
+
+
+def fmt(stats: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:,.2f}" for k, v in stats.items())
+
+
+def serf_groups(members: list[Membership], servers: int = 0) -> dict[str, list[tuple[int, str]]]:
+    pairs = [(m.serf.pid or 0, m.serf.config.bind_addr) for m in members if m.serf.pid]
+    if not servers:
+        return {"all": pairs}
+    return {"servers": pairs[:servers], "clients": pairs[servers:]}
 
 
 async def detection_round(members: list[Membership], victim: Membership) -> tuple[list[float], list[float]]:
@@ -191,48 +221,137 @@ async def detection_round(members: list[Membership], victim: Membership) -> tupl
             s.close()
 
 
+async def serf_detection(members: list[Membership], alive: list[Membership]) -> tuple[list[float], list[float], str]:
+    victim = alive.pop(random.randrange(len(alive)))
+    times, ev_times = await detection_round([m for m in members if m.serf.pid], victim)
+    line = (f"kill -9 {victim.node_name}: listed failed by first {times[0]:.2f}s, median "
+            f"{statistics.median(times):.2f}s, all {len(times)} by {times[-1]:.2f}s; member-failed event "
+            f"delivered median {statistics.median(ev_times):.2f}s")
+    return times, ev_times, line
+
+
+def summarize_detection(rows: list[tuple[list[float], list[float]]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    return {"detect_first_s": statistics.median(t[0] for t, _ in rows),
+            "detect_median_s": statistics.median(statistics.median(t) for t, _ in rows),
+            "detect_all_s": statistics.median(t[-1] for t, _ in rows),
+            "event_median_s": statistics.median(statistics.median(e) for _, e in rows)}
+
+
 async def run_size(n: int, args: argparse.Namespace, counters: Counters, deadline: float) -> dict[str, float]:
     net = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
-    key = base64.b64encode(os.urandom(32)).decode()
     tmp = tempfile.mkdtemp(prefix="beacon-membership-bench-")
     members: list[Membership] = []
     try:
         t0 = time.monotonic()
-        members = await start_cluster(n, net, tmp, key, counters)
-        print(f"\n== {n} members on {net}.0/24: started and converged in {time.monotonic() - t0:.1f}s")
-        idle_stats = await idle(members, args.idle, counters)
-        print("  idle: " + ", ".join(f"{k} {v:,.2f}" for k, v in idle_stats.items()))
-        firsts, medians, lasts, ev_medians = [], [], [], []
+        members = await start_cluster(n, net, tmp, base64.b64encode(os.urandom(32)).decode(), counters)
+        print(f"\n== gossip scale: {n} serf members on {net}.0/24, started and converged in "
+              f"{time.monotonic() - t0:.1f}s")
+        stats = (await idle(serf_groups(members), args.idle, counters))["all"]
+        print("  idle: " + fmt(stats))
+        rows = []
         alive = list(members[1:])  # member 0 is the seed; keep it
         for r in range(args.rounds):
             if time.monotonic() > deadline - 60:
                 print("  (budget reached: fewer detection rounds)")
                 break
-            victim = alive.pop(random.randrange(len(alive)))
-            times, ev_times = await detection_round([m for m in members if m.serf.pid], victim)
-            firsts.append(times[0])
-            medians.append(statistics.median(times))
-            lasts.append(times[-1])
-            ev_medians.append(statistics.median(ev_times))
-            print(f"  round {r + 1}: kill -9 {victim.node_name}: listed failed by first {times[0]:.2f}s, "
-                  f"median {statistics.median(times):.2f}s, all {len(times)} by {times[-1]:.2f}s; "
-                  f"member-failed event delivered median {statistics.median(ev_times):.2f}s, "
-                  f"last {ev_times[-1]:.2f}s")
-        if firsts:
-            idle_stats |= {"detect_first_s": statistics.median(firsts), "detect_median_s": statistics.median(medians),
-                           "detect_all_s": statistics.median(lasts), "event_median_s": statistics.median(ev_medians)}
-        return idle_stats
+            times, ev_times, line = await serf_detection(members, alive)
+            rows.append((times, ev_times))
+            print(f"  round {r + 1}: {line}")
+        return stats | summarize_detection(rows)
     finally:
+        await asyncio.gather(*(m.stop() for m in members), return_exceptions=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def derive_heartbeat_agents(row: dict[str, dict[str, float]], k: int) -> None:
+    """The counters see each heartbeat exchange at its server end only (see Counters.watch). Every
+    second there are 3k + 6 exchanges of one shape (k clients and 3 servers each heartbeat every other
+    server), so a client's share is 3 exchanges and a server's is what it serves plus 2 of its own."""
+    srv, cli = row["servers"], row["clients"]
+    if "bytes_s_median" not in srv:
+        return
+    flows = 3 * k + 6
+    total_b, total_p = srv["bytes_s_median"] * 3, srv["pkts_s_median"] * 3
+    cli["bytes_s_median"] = cli["bytes_s_max"] = total_b * 3 / flows
+    cli["pkts_s_median"] = total_p * 3 / flows
+    for key, total in (("bytes_s_median", total_b), ("bytes_s_max", total_b), ("pkts_s_median", total_p)):
+        srv[key] += total * 2 / flows
+
+
+async def compare(k: int, args: argparse.Namespace, counters: Counters, deadline: float) -> None:
+    """3 servers + k clients on each scheme at once, rounds alternating between them."""
+    n = 3 + k
+    tmp = tempfile.mkdtemp(prefix="beacon-membership-compare-")
+    members: list[Membership] = []
+    hb = HeartbeatCluster(f"127.{random.randint(100, 250)}.{random.randint(1, 250)}", os.path.join(tmp, "hb"))
+    try:
+        t0 = time.monotonic()
+        members = await start_cluster(n, f"127.{random.randint(100, 250)}.{random.randint(1, 250)}",
+                                      os.path.join(tmp, "serf"), base64.b64encode(os.urandom(32)).decode(), counters)
+        await hb.start(k)
+        for a in hb.agents:
+            counters.watch(a.addr, tcp_port=HEARTBEAT_PORT)
+        print(f"\n== comparison at {n} agents (3 servers + {k} clients): serf gossip vs the heartbeat scheme "
+              f"(both started in {time.monotonic() - t0:.1f}s); serf figures are per serf process, heartbeat "
+              f"CPU/RSS per Beacon agent process (which does everything else too)")
+        idle_rows: dict[str, list[dict[str, dict[str, float]]]] = {"serf": [], "heartbeat": []}
+        for r in range(args.rounds):
+            for scheme in ("serf", "heartbeat"):
+                groups = serf_groups(members, 3) if scheme == "serf" else {
+                    "servers": [(a.proc.pid, a.addr) for a in hb.agents if a.server],
+                    "clients": [(a.proc.pid, a.addr) for a in hb.agents if not a.server]}
+                row = await idle(groups, args.idle, counters)
+                if scheme == "heartbeat":
+                    derive_heartbeat_agents(row, k)
+                idle_rows[scheme].append(row)
+                print(f"  idle round {r + 1} {scheme:9s}: servers: {fmt(row['servers'])}")
+                print(f"  {'':23s} clients: {fmt(row['clients'])}")
+        serf_alive = list(members[3:])
+        hb_alive = [a for a in hb.agents if not a.server]
+        serf_rows, hb_servers, hb_clients = [], [], []
+        for r in range(args.rounds):
+            if time.monotonic() > deadline - 60:
+                print("  (budget reached: fewer detection rounds)")
+                break
+            times, ev_times, line = await serf_detection(members, serf_alive)
+            serf_rows.append((times, ev_times))
+            print(f"  kill round {r + 1} serf     : {line}")
+            victim = hb_alive.pop(random.randrange(len(hb_alive)))
+            servers, clients = await hb.detection(victim, args.hb_cap)
+            seen = sorted(c for c in clients if c is not None)
+            hb_servers.append(servers)
+            hb_clients.append(len(seen))
+            print(f"  kill round {r + 1} heartbeat: kill -9 {victim.name}: servers listed it failed at "
+                  + ", ".join(f"{t:.2f}s" for t in servers)
+                  + f"; clients: {len(seen)} of {len(clients)} within {args.hb_cap:.0f}s"
+                  + (f" (by {seen[-1]:.2f}s)" if seen else ""))
+        print("  medians:")
+        for scheme, rows in idle_rows.items():
+            for g in ("servers", "clients"):
+                keys = rows[0][g].keys()
+                print(f"    {scheme:9s} {g:7s}: " + fmt({k: statistics.median(r[g][k] for r in rows) for k in keys}))
+        if serf_rows:
+            print("    serf      detection: " + fmt(summarize_detection(serf_rows)))
+        if hb_servers and all(hb_servers):
+            print(f"    heartbeat detection: servers median {statistics.median(statistics.median(s) for s in hb_servers):.2f}s; "
+                  f"clients that saw it within {args.hb_cap:.0f}s: {hb_clients}")
+    finally:
+        hb.stop()
         await asyncio.gather(*(m.stop() for m in members), return_exceptions=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="10,40", help="cluster sizes, comma separated")
-    ap.add_argument("--idle", type=float, default=20.0, help="seconds of idle measurement per size")
-    ap.add_argument("--rounds", type=int, default=3, help="kill -9 rounds per size")
-    ap.add_argument("--budget", type=float, default=420.0, help="overall seconds before stopping early")
+    ap.add_argument("--compare-clients", type=int, default=10,
+                    help="clients (plus 3 servers) in the serf-vs-heartbeat comparison; 0 skips it")
+    ap.add_argument("--sizes", default="50", help="serf-only cluster sizes, comma separated ('' skips)")
+    ap.add_argument("--idle", type=float, default=15.0, help="seconds per idle measurement window")
+    ap.add_argument("--rounds", type=int, default=3, help="idle windows and kill -9 rounds per scheme/size")
+    ap.add_argument("--hb-cap", type=float, default=20.0, help="seconds to wait for heartbeat clients to see a failure")
+    ap.add_argument("--budget", type=float, default=600.0, help="overall seconds before stopping early")
     args = ap.parse_args()
     if shutil.which("serf") is None:
         sys.exit("needs the serf agent: apt-get install serf")
@@ -240,7 +359,10 @@ async def main() -> None:
     counters = Counters()
     results: dict[int, dict[str, float]] = {}
     try:
-        for n in (int(s) for s in args.sizes.split(",")):
+        if args.compare_clients:
+            await asyncio.wait_for(compare(args.compare_clients, args, counters, deadline),
+                                   max(deadline - time.monotonic(), 30))
+        for n in (int(x) for x in args.sizes.split(",") if x.strip()):
             if time.monotonic() > deadline - 90:
                 print(f"(budget reached: size {n} skipped)")
                 break
@@ -248,12 +370,13 @@ async def main() -> None:
                                                 max(deadline - time.monotonic(), 30))
     finally:
         counters.close()
-    print("\nsummary (medians; bytes and packets per agent per second, gossip only):")
-    keys = ["detect_first_s", "detect_median_s", "detect_all_s", "event_median_s", "bytes_s_median", "bytes_s_max",
-            "pkts_s_median", "tx_pkts_s_median", "cpu_pct_median", "cpu_pct_max", "rss_mib_median"]
-    print("  members " + " ".join(f"{k:>16}" for k in keys))
-    for n, r in results.items():
-        print(f"  {n:7d} " + " ".join(f"{r.get(k, float('nan')):16.2f}" for k in keys))
+    if results:
+        print("\ngossip scale summary (medians; bytes and packets per agent per second, gossip only):")
+        keys = ["detect_first_s", "detect_median_s", "detect_all_s", "event_median_s", "bytes_s_median",
+                "bytes_s_max", "pkts_s_median", "cpu_pct_median", "cpu_pct_max", "rss_mib_median"]
+        print("  members " + " ".join(f"{k:>16}" for k in keys))
+        for n, r in results.items():
+            print(f"  {n:7d} " + " ".join(f"{r.get(k, float('nan')):16.2f}" for k in keys))
 
 
 if __name__ == "__main__":
