@@ -22,7 +22,7 @@ from beacon.gossip import (
     find_serf,
 )
 from beacon.gossip.supervisor import free_port
-from tests.gossip.conftest import Pool, next_addr, wait_for
+from tests.gossip.conftest import Pool, new_key, next_addr, wait_for
 
 
 async def test_rpc_with_a_wrong_auth_key_is_refused(pool: Pool) -> None:
@@ -136,6 +136,11 @@ async def test_without_a_serf_binary_the_error_names_the_debian_package(tmp_path
 async def test_a_bad_gossip_key_or_busy_port_fails_start_with_the_reason(tmp_path) -> None:
     with pytest.raises(ValueError, match="16, 24 or 32 bytes"):
         SerfAgent(SerfConfig(node_name="x", data_dir=str(tmp_path), encrypt="c2hvcnQ="))
+    # Gossip on a non-loopback address must be authenticated (the keyring), as all cluster traffic.
+    for bind, advertise in (("0.0.0.0", ""), ("127.0.0.1", "192.0.2.7")):
+        with pytest.raises(ValueError, match="without an encryption key"):
+            SerfAgent(SerfConfig(node_name="x", data_dir=str(tmp_path), bind_addr=bind, advertise_addr=advertise))
+    SerfAgent(SerfConfig(node_name="x", data_dir=str(tmp_path), bind_addr="0.0.0.0", encrypt=new_key()))
     addr = next_addr()
     port = free_port(addr, udp=True)
     first = SerfAgent(SerfConfig(node_name="a", data_dir=str(tmp_path / "a"), bind_addr=addr, port=port),

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -132,6 +133,12 @@ class SerfAgent:
         self.dir = os.path.join(config.data_dir, "serf")
         self.snapshot_path = os.path.join(self.dir, f"{config.pool}.snapshot")
         self.keyring_path = os.path.join(self.dir, f"{config.pool}.keyring")
+        exposed = [a for a in (config.bind_addr, config.advertise_addr) if a and not _is_loopback(a)]
+        if exposed and not config.encrypt and not os.path.exists(self.keyring_path):
+            # Serf's keyring is what authenticates gossip (AES-GCM): without it anyone who can reach
+            # the port can join, mark members failed or fire events.
+            raise ValueError(f"refusing to gossip on {exposed[0]} without an encryption key: pass -encrypt "
+                             "(generate one with `beacon keygen`) or bind to loopback")
         self.config_path = os.path.join(self.dir, f"{config.pool}.json")
         self.log_path = os.path.join(self.dir, f"{config.pool}.log")
         self.auth_key = secrets.token_urlsafe(24)
@@ -343,6 +350,13 @@ class SerfAgent:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             await self.proc.wait()
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name or 0.0.0.0-like wildcard: treat as exposed
 
 
 def _host(addr: str) -> str:
