@@ -7,7 +7,9 @@ import asyncio
 import errno
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -70,6 +72,9 @@ def _load_node_id(data_dir: str) -> str:
         return value
 
 
+DEV_ENGINE_DIR = "/tmp/beacon-dev"  # -dev's engine (and the docker CLI's DOCKER_HOST in the README)
+
+
 class ListenError(OSError):
     """A listener could not be opened; the message names the listener, the address and the port."""
 
@@ -128,6 +133,7 @@ class Agent:
         self.dns_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._http_server: asyncio.Server | None = None
+        self._engine_tmp = ""  # a -dev agent's own engine dir when the shared one is taken
         self.http_guard: limits.ConnectionGuard | None = None
         self._dns: Any = None
         self.shutdown_requested = asyncio.Event()
@@ -217,6 +223,9 @@ class Agent:
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None
+        if self._engine_tmp:
+            shutil.rmtree(self._engine_tmp, ignore_errors=True)
+            self._engine_tmp = ""
         if self.session_reaper is not None:
             await self.session_reaper.stop()
             self.session_reaper = None
@@ -354,14 +363,26 @@ class Agent:
             await self.register_check(obj, source="config", sync=False)
 
     async def _start_engine(self) -> None:
-        from beacon.runtime import Engine
+        from beacon.runtime import Engine, EngineError
 
         cfg = self.config
-        base = os.path.join(cfg.data_dir, "engine") if cfg.data_dir else "/tmp/beacon-dev"
+        base = os.path.join(cfg.data_dir, "engine") if cfg.data_dir else DEV_ENGINE_DIR
         socket_path = cfg.engine_socket or (os.path.join(cfg.data_dir, "engine.sock") if cfg.data_dir
-                                            else "/tmp/beacon-dev/engine.sock")
+                                            else os.path.join(DEV_ENGINE_DIR, "engine.sock"))
         self.engine = Engine(data_dir=base, socket_path=socket_path, isolation=cfg.engine_isolation)
-        await self.engine.start()
+        try:
+            await self.engine.start()
+        except EngineError:
+            if cfg.data_dir or cfg.engine_socket:
+                raise
+            # Another -dev agent owns the shared dev engine: this one gets an engine of its own in a
+            # temporary directory, removed when it stops, so any number of -dev agents run side by side.
+            self._engine_tmp = tempfile.mkdtemp(prefix="beacon-dev-")
+            self.engine = Engine(data_dir=self._engine_tmp, isolation=cfg.engine_isolation,
+                                 socket_path=os.path.join(self._engine_tmp, "engine.sock"))
+            await self.engine.start()
+            log.info("%s is in use by another agent; this agent's engine runs in %s", DEV_ENGINE_DIR,
+                     self._engine_tmp)
 
     @staticmethod
     def _loopback(bind: str, port: int | None) -> tuple[str, int] | None:
