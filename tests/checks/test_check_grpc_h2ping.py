@@ -105,8 +105,11 @@ async def test_h2ping_passes_against_an_http2_server_and_fails_against_http1(sch
     strict = await recorder.wait_status("h2strict", "critical", timeout=10)
     assert "certificate verify failed" in strict.output
 
+    async def http1_only(request: web.Request) -> web.Response:
+        return web.Response(text="http/1.1 only")
+
     app = web.Application()
-    app.router.add_get("/", lambda r: web.Response(text="http/1.1 only"))
+    app.router.add_get("/", http1_only)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
