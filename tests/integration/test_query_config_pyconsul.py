@@ -127,6 +127,8 @@ def test_prepared_query_dns_answers(agent, client) -> None:
     assert "127.0.0.21" in answer
     srv = dig(agent.dns_port, "_dns-redis._tcp.query.consul", "SRV", "+noall", "+answer", "+additional")
     assert "1 1 6379 7f000015.addr.dc1.consul." in srv and "127.0.0.21" in srv
+    # A template (geo-, created above) renders the DNS name too.
+    assert "127.0.0.22" in dig(agent.dns_port, "geo-redis-old.query.consul", "A", "+noall", "+answer")
     missing = dig(agent.dns_port, "no-such-query.query.consul", "A")
     assert "status: NXDOMAIN" in missing
     assert "status: NXDOMAIN" in dig(agent.dns_port, "dns-redis.query.dc9.consul", "A")
