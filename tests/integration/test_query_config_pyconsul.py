@@ -70,7 +70,13 @@ def test_query_execute_shape_filters_and_index(agent, client) -> None:
     entry = result["Nodes"][0]
     assert entry["Service"]["Port"] == 6379 and entry["Node"]["Node"] == AGENT_NODE
     assert {c["CheckID"] for c in entry["Checks"]} >= {"serfHealth"}
-    assert client.query.execute(qid)["Service"] == "redis"  # by ID too
+    # py-consul always sends Template.Type "name_prefix_match", so its queries are templates, and
+    # Consul refuses to run a template by ID.
+    with pytest.raises(consul.ConsulException, match="templates can only be resolved up by name"):
+        client.query.execute(qid)
+    status, _, data = agent.request("POST", "/v1/query", {"Name": "exec-plain", "Service": {"Service": "redis"}})
+    plain_id = json.loads(data)["ID"]
+    assert client.query.execute(plain_id)["Service"] == "redis"  # a plain query runs by ID
     status, headers, _ = agent.request("GET", "/v1/query/exec-redis/execute")
     assert status == 200 and int(headers["X-Consul-Index"]) >= 1
     assert client.query.execute("no-such-query") is None  # 404 "Query not found"
@@ -88,7 +94,8 @@ def test_near_agent_puts_the_agents_node_first(client) -> None:
     # ?near= on the request names another node: that one goes first instead.
     assert _instances(client.query.execute("near-redis", near=OTHER_NODE))[0][0] == OTHER_NODE
     # Without Near the order is shuffled (Consul's rule), so both orders show up.
-    plain = client.query.create("redis", name="shuffled-redis")["ID"]
+    client.query.create("redis", name="shuffled-redis")
+    plain = "shuffled-redis"
     seen = set()
     for _ in range(60):
         seen.add(tuple(_instances(client.query.execute(plain))))

@@ -112,9 +112,9 @@ class QueryCommands:
             if other["ID"] == qid:
                 continue
             if name and other["Name"] == name:
-                raise CommandError(f"name \"{name}\" aliases an existing query name")
+                raise CommandError(f"name '{name}' aliases an existing query name")
             if name and other["ID"] == name:
-                raise CommandError(f"name \"{name}\" aliases an existing query ID")
+                raise CommandError(f"name '{name}' aliases an existing query ID")
             if is_template and not name and other["Template"]["Type"] and not other["Name"]:
                 raise CommandError("a query template with an empty name already exists")
         old = table.get(qid)
@@ -163,15 +163,16 @@ def lookup(store: StateStore, id_or_name: str) -> dict[str, Any] | None:
 
 
 def resolve(store: StateStore, id_or_name: str) -> dict[str, Any] | None:
-    """The query ready to run: templates rendered against the asked name."""
+    """The query ready to run: templates rendered against the asked name. A template asked for by
+    its ID is an error, as in Consul (there is no name to render it with)."""
     found = lookup(store, id_or_name)
     if found is None:
         return None
     if not found["Template"]["Type"]:
         return found
-    # Execution by ID renders the template with its own name, as Consul does.
-    name = found["Name"] if id_or_name == found["ID"] else id_or_name
-    return render(found, name)
+    if id_or_name == found["ID"]:
+        raise CommandError("prepared query templates can only be resolved up by name, not by ID")
+    return render(found, id_or_name)
 
 
 def render(query: dict[str, Any], full_name: str, regexp: re.Pattern[str] | None = None) -> dict[str, Any]:
