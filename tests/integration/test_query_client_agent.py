@@ -65,3 +65,30 @@ def test_config_entries_and_chain_through_a_client(pair) -> None:
     assert status == 200 and json.loads(data)["Protocol"] == "http"
     status, _, data = client.request("GET", "/v1/discovery-chain/web")
     assert status == 200 and json.loads(data)["Chain"]["Protocol"] == "http"
+
+
+def test_queries_and_config_entries_survive_a_server_restart(tmp_path) -> None:
+    data_dir = os.path.join(tmp_path, "srv")
+    flags = ("-server", "-bootstrap-expect", "1", "-node", "solo", "-data-dir", data_dir)
+    server = launch(*flags, dev=False)
+    try:
+        status, _, data = server.request("POST", "/v1/query", {"Name": "kept", "Service": {"Service": "web"},
+                                                               "DNS": {"TTL": "5s"}})
+        assert status == 200, data
+        qid = json.loads(data)["ID"]
+        status, _, data = server.request("PUT", "/v1/config", {"Kind": "service-defaults", "Name": "web",
+                                                               "Protocol": "http"})
+        assert status == 200 and data == b"true"
+        _, headers, _ = server.request("GET", "/v1/config/service-defaults/web")
+        index = int(headers["X-Consul-Index"])
+    finally:
+        server.stop()
+    server = launch(*flags, dev=False)
+    try:
+        status, _, data = server.request("GET", f"/v1/query/{qid}")
+        assert status == 200 and json.loads(data)[0]["DNS"] == {"TTL": "5s"}
+        status, headers, data = server.request("GET", "/v1/config/service-defaults/web")
+        assert status == 200 and json.loads(data)["Protocol"] == "http"
+        assert int(headers["X-Consul-Index"]) == index
+    finally:
+        server.stop()

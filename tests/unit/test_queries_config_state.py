@@ -183,3 +183,21 @@ def test_chain_compiles_resolver_subsets_splitter_and_router() -> None:
     plain = compile_chain({}, "db", "dc1")
     assert plain["StartNode"] == "resolver:db.default.default.dc1" and plain["Protocol"] == "tcp"
     assert plain["Default"] is True and list(plain["Targets"]) == ["db.default.default.dc1"]
+
+
+def test_a_query_bound_to_a_session_goes_with_it() -> None:
+    store = _store()
+    store.apply((MessageType.REGISTER, {"node": "n1", "address": "10.0.0.1"}))
+    sid = str(uuid.uuid4())
+    res = store.apply((MessageType.SESSION, {"op": "create", "now": 0.0, "session": {
+        "id": sid, "node": "n1", "node_checks": [], "behavior": "release"}}))
+    assert res.error is None, res.error
+    q = _query("bound", "web", Session=sid)
+    assert store.apply((MessageType.PREPARED_QUERY, {"op": "set", "query": q})).error is None
+    missing = _query("other", "web", Session=str(uuid.uuid4()))
+    res = store.apply((MessageType.PREPARED_QUERY, {"op": "set", "query": missing}))
+    assert res.error is not None and res.error.message.startswith("invalid session")
+    assert queries.lookup(store, "bound") is not None
+    store.apply((MessageType.SESSION, {"op": "destroy", "id": sid, "now": 1.0}))
+    assert queries.lookup(store, "bound") is None
+    assert queries.live(store) == []
