@@ -66,6 +66,9 @@ def test_query_execute_shape_filters_and_index(agent, client) -> None:
     assert set(result) >= {"Service", "Nodes", "DNS", "Datacenter", "Failovers"}
     assert result["Service"] == "redis" and result["Datacenter"] == "dc1" and result["Failovers"] == 0
     assert result["DNS"] == {"TTL": "9s"}
+    # Consul's reply embeds its QueryMeta struct, so these fields are part of the body too.
+    assert result["KnownLeader"] is True and result["Index"] >= 1 and result["ConsistencyLevel"] == "leader"
+    assert result["PeerName"] == ""
     assert _instances(result) == [(AGENT_NODE, "redis-local")]  # "!old" dropped the other instance
     entry = result["Nodes"][0]
     assert entry["Service"]["Port"] == 6379 and entry["Node"]["Node"] == AGENT_NODE
