@@ -304,3 +304,40 @@ def test_config_cli_write_read_list_delete(agent, tmp_path) -> None:
     out = cli("delete", "-kind", "service-defaults", "-name", "cli-svc")
     assert out.returncode == 0 and out.stdout.strip() == "Config entry deleted: service-defaults/cli-svc"
     assert cli("read", "-kind", "service-defaults", "-name", "cli-svc").returncode == 1
+
+
+def test_malformed_bodies_are_400s_and_the_agent_keeps_serving(agent) -> None:
+    # "x" speaks http, so routers and splitters for it are compiled (and their shapes checked).
+    assert agent.request("PUT", "/v1/config", {"Kind": "service-defaults", "Name": "x", "Protocol": "http"})[0] == 200
+    bodies: list[object] = [
+        [], "[1", "7", {"Kind": 5, "Name": "x"}, {"Kind": "service-defaults", "Name": ["x"]},
+        {"Kind": "service-splitter", "Name": "x", "Splits": "all"},
+        {"Kind": "service-splitter", "Name": "x", "Splits": [{"Weight": "50"}]},
+        {"Kind": "service-resolver", "Name": "x", "Subsets": ["v1"]},
+        {"Kind": "service-resolver", "Name": "x", "Subsets": {"v1": "yes"}},
+        {"Kind": "service-resolver", "Name": "x", "Failover": {"*": "dc2"}},
+        {"Kind": "service-resolver", "Name": "x", "Redirect": "other"},
+        {"Kind": "service-router", "Name": "x", "Routes": [{"Match": ["nope"]}]},
+        {"Kind": "service-router", "Name": "x", "Routes": [{"Destination": "web"}]},
+        {"Kind": "ingress-gateway", "Name": "x", "Listeners": ["80"]},
+        {"Kind": "terminating-gateway", "Name": "x", "Services": "web"},
+        {"Kind": "service-intentions", "Name": "x", "Sources": ["web"]},
+        {"Kind": "service-defaults", "Name": "x", "Meta": {"k": 1}},
+        {"Kind": "service-splitter", "Name": "x", "Splits": [{"Weight": 100, "Service": ["y"]}]},
+    ]
+    for body in bodies:
+        status, _, data = agent.request("PUT", "/v1/config", body)
+        assert status == 400, (body, status, data)
+    for body in ([], {"Service": "web"}, {"Service": {"Service": 5}}, {"Template": "x", "Service": {"Service": "w"}},
+                 {"Service": {"Service": "w", "Tags": "a"}}, {"Service": {"Service": "w"}, "DNS": {"TTL": 5}}):
+        status, _, data = agent.request("POST", "/v1/query", body)
+        assert status in (400, 500) and data, (body, status, data)
+        assert not data.startswith(b"Internal error"), (body, data)
+    # A redirect loop is refused when the second half is written.
+    assert agent.request("PUT", "/v1/config", {"Kind": "service-resolver", "Name": "loop-a",
+                                               "Redirect": {"Service": "loop-b"}})[0] == 200
+    status, _, data = agent.request("PUT", "/v1/config", {"Kind": "service-resolver", "Name": "loop-b",
+                                                          "Redirect": {"Service": "loop-a"}})
+    assert status == 500 and b"circular resolver redirect" in data
+    status, _, _ = agent.request("GET", "/v1/config/service-defaults")
+    assert status == 200
