@@ -201,3 +201,5 @@ def test_a_query_bound_to_a_session_goes_with_it() -> None:
     store.apply((MessageType.SESSION, {"op": "destroy", "id": sid, "now": 1.0}))
     assert queries.lookup(store, "bound") is None
     assert queries.live(store) == []
+    again = _query("bound", "web")  # the name is free again
+    assert store.apply((MessageType.PREPARED_QUERY, {"op": "set", "query": again})).error is None

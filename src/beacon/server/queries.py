@@ -106,6 +106,10 @@ class QueryCommands:
         session = query.get("Session") or ""
         if session and session not in self.store.sessions:
             raise CommandError(f"invalid session \"{session}\"")
+        # Queries whose session is gone are hidden from reads (see live()); drop them here so a
+        # hidden one never holds on to its name. Every replica sees the same sessions.
+        for orphan in [q["ID"] for q in table.values() if q.get("Session") and q["Session"] not in self.store.sessions]:
+            del table[orphan]
         name = query.get("Name") or ""
         is_template = bool(query["Template"]["Type"])
         for other in table.values():
