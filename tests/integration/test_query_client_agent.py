@@ -92,3 +92,25 @@ def test_queries_and_config_entries_survive_a_server_restart(tmp_path) -> None:
         assert int(headers["X-Consul-Index"]) == index
     finally:
         server.stop()
+
+
+def test_snapshot_save_and_restore_carry_queries_and_config_entries() -> None:
+    agent = launch()
+    try:
+        status, _, data = agent.request("POST", "/v1/query", {"Name": "snap", "Service": {"Service": "web"}})
+        assert status == 200, data
+        assert agent.request("PUT", "/v1/config", {"Kind": "service-defaults", "Name": "snap",
+                                                   "Protocol": "http"})[0] == 200
+        status, _, archive = agent.request("GET", "/v1/snapshot")
+        assert status == 200 and archive
+        assert agent.request("DELETE", "/v1/query/snap")[0] == 200
+        assert agent.request("DELETE", "/v1/config/service-defaults/snap")[0] == 200
+        assert agent.request("GET", "/v1/query/snap")[0] == 404
+        status, _, data = agent.request("PUT", "/v1/snapshot", archive)
+        assert status == 200, data
+        status, _, data = agent.request("GET", "/v1/query/snap")
+        assert status == 200 and json.loads(data)[0]["Name"] == "snap"
+        status, _, data = agent.request("GET", "/v1/config/service-defaults/snap")
+        assert status == 200 and json.loads(data)["Protocol"] == "http"
+    finally:
+        agent.stop()
