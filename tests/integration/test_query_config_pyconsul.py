@@ -232,6 +232,10 @@ def test_discovery_chain_with_resolver_subsets_and_splitter(agent, client) -> No
     status, _, data = agent.request("PUT", "/v1/config", {"Kind": "service-defaults", "Name": "web",
                                                           "Protocol": "tcp"})
     assert status == 500 and b"does not permit advanced routing or splitting" in data
+    # Every service the chain can end at must speak its protocol.
+    status, _, data = agent.request("PUT", "/v1/config", {"Kind": "service-splitter", "Name": "web", "Splits": [
+        {"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "Service": "redis"}]})
+    assert status == 500 and b'uses inconsistent protocols; service "redis" has "tcp" which is not "http"' in data
     # POST with an override compiles as asked without writing anything.
     over = client.discovery_chain.get("web", override_connect_timeout="22s")["Chain"]
     assert over["Nodes"]["resolver:v2.web.default.default.dc1"]["Resolver"]["ConnectTimeout"] == "22s"
