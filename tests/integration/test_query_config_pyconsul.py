@@ -236,6 +236,9 @@ def test_discovery_chain_with_resolver_subsets_and_splitter(agent, client) -> No
     status, _, data = agent.request("PUT", "/v1/config", {"Kind": "service-splitter", "Name": "web", "Splits": [
         {"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "Service": "redis"}]})
     assert status == 500 and b'uses inconsistent protocols; service "redis" has "tcp" which is not "http"' in data
+    # Deleting what the chain depends on is refused too (the splitter would be stranded on tcp).
+    status, _, data = agent.request("DELETE", "/v1/config/service-defaults/web")
+    assert status == 500 and b"does not permit advanced routing or splitting" in data
     # POST with an override compiles as asked without writing anything.
     over = client.discovery_chain.get("web", override_connect_timeout="22s")["Chain"]
     assert over["Nodes"]["resolver:v2.web.default.default.dc1"]["Resolver"]["ConnectTimeout"] == "22s"

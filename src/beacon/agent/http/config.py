@@ -73,13 +73,17 @@ async def config_apply(req: web.Request, agent: Agent) -> Reply:
     return Reply(bool(await _submit(agent, {"op": "set", "entry": entry, "cas": _cas(req)})))
 
 
-def _check_compiles(agent: Agent, entry: dict[str, Any]) -> None:
-    """Compile the chains the entry takes part in, as Consul does before accepting a write: a shape
-    the per-kind checks let through (a list where an object belongs) is a 400 here, never a broken
-    chain later; a redirect loop is refused with Consul's message."""
+def _check_compiles(agent: Agent, entry: dict[str, Any], delete: bool = False) -> None:
+    """Compile the chains the entry takes part in, as Consul does before accepting a write (or a
+    delete): a shape the per-kind checks let through (a list where an object belongs) is a 400 here,
+    never a broken chain later; a redirect loop or a protocol mismatch is refused with Consul's message."""
+    key = f"{entry['Kind']}/{entry['Name']}"
     with agent.store.lock:
         table = dict(ce.rows(agent.store))
-    table[f"{entry['Kind']}/{entry['Name']}"] = entry
+    if delete:
+        table.pop(key, None)
+    else:
+        table[key] = entry
     names = {entry["Name"]} if entry["Kind"] != "proxy-defaults" else set()
     for other in table.values():
         if other["Kind"] in ce.CHAIN_KINDS:
@@ -128,6 +132,7 @@ async def config_delete(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
     kind, name = _kind(req), req.match_info["name"]
     cas = _cas(req)
+    _check_compiles(agent, {"Kind": kind, "Name": name}, delete=True)
     deleted = await _submit(agent, {"op": "delete", "kind": kind, "name": name, "cas": cas})
     return Reply(bool(deleted) if cas is not None else {})
 
