@@ -66,11 +66,20 @@ def test_query_execute_shape_filters_and_index(agent, client) -> None:
     assert set(result) >= {"Service", "Nodes", "DNS", "Datacenter", "Failovers"}
     assert result["Service"] == "redis" and result["Datacenter"] == "dc1" and result["Failovers"] == 0
     assert result["DNS"] == {"TTL": "9s"}
+    # Consul's reply embeds its QueryMeta struct, so these fields are part of the body too.
+    assert result["KnownLeader"] is True and result["Index"] >= 1 and result["ConsistencyLevel"] == "leader"
+    assert result["PeerName"] == ""
     assert _instances(result) == [(AGENT_NODE, "redis-local")]  # "!old" dropped the other instance
     entry = result["Nodes"][0]
     assert entry["Service"]["Port"] == 6379 and entry["Node"]["Node"] == AGENT_NODE
     assert {c["CheckID"] for c in entry["Checks"]} >= {"serfHealth"}
-    assert client.query.execute(qid)["Service"] == "redis"  # by ID too
+    # py-consul always sends Template.Type "name_prefix_match", so its queries are templates, and
+    # Consul refuses to run a template by ID.
+    with pytest.raises(consul.ConsulException, match="templates can only be resolved up by name"):
+        client.query.execute(qid)
+    status, _, data = agent.request("POST", "/v1/query", {"Name": "exec-plain", "Service": {"Service": "redis"}})
+    plain_id = json.loads(data)["ID"]
+    assert client.query.execute(plain_id)["Service"] == "redis"  # a plain query runs by ID
     status, headers, _ = agent.request("GET", "/v1/query/exec-redis/execute")
     assert status == 200 and int(headers["X-Consul-Index"]) >= 1
     assert client.query.execute("no-such-query") is None  # 404 "Query not found"
@@ -88,7 +97,8 @@ def test_near_agent_puts_the_agents_node_first(client) -> None:
     # ?near= on the request names another node: that one goes first instead.
     assert _instances(client.query.execute("near-redis", near=OTHER_NODE))[0][0] == OTHER_NODE
     # Without Near the order is shuffled (Consul's rule), so both orders show up.
-    plain = client.query.create("redis", name="shuffled-redis")["ID"]
+    client.query.create("redis", name="shuffled-redis")
+    plain = "shuffled-redis"
     seen = set()
     for _ in range(60):
         seen.add(tuple(_instances(client.query.execute(plain))))
@@ -127,6 +137,8 @@ def test_prepared_query_dns_answers(agent, client) -> None:
     assert "127.0.0.21" in answer
     srv = dig(agent.dns_port, "_dns-redis._tcp.query.consul", "SRV", "+noall", "+answer", "+additional")
     assert "1 1 6379 7f000015.addr.dc1.consul." in srv and "127.0.0.21" in srv
+    # A template (geo-, created above) renders the DNS name too.
+    assert "127.0.0.22" in dig(agent.dns_port, "geo-redis-old.query.consul", "A", "+noall", "+answer")
     missing = dig(agent.dns_port, "no-such-query.query.consul", "A")
     assert "status: NXDOMAIN" in missing
     assert "status: NXDOMAIN" in dig(agent.dns_port, "dns-redis.query.dc9.consul", "A")
@@ -220,6 +232,13 @@ def test_discovery_chain_with_resolver_subsets_and_splitter(agent, client) -> No
     status, _, data = agent.request("PUT", "/v1/config", {"Kind": "service-defaults", "Name": "web",
                                                           "Protocol": "tcp"})
     assert status == 500 and b"does not permit advanced routing or splitting" in data
+    # Every service the chain can end at must speak its protocol.
+    status, _, data = agent.request("PUT", "/v1/config", {"Kind": "service-splitter", "Name": "web", "Splits": [
+        {"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "Service": "redis"}]})
+    assert status == 500 and b'uses inconsistent protocols; service "redis" has "tcp" which is not "http"' in data
+    # Deleting what the chain depends on is refused too (the splitter would be stranded on tcp).
+    status, _, data = agent.request("DELETE", "/v1/config/service-defaults/web")
+    assert status == 500 and b"does not permit advanced routing or splitting" in data
     # POST with an override compiles as asked without writing anything.
     over = client.discovery_chain.get("web", override_connect_timeout="22s")["Chain"]
     assert over["Nodes"]["resolver:v2.web.default.default.dc1"]["Resolver"]["ConnectTimeout"] == "22s"
@@ -292,3 +311,40 @@ def test_config_cli_write_read_list_delete(agent, tmp_path) -> None:
     out = cli("delete", "-kind", "service-defaults", "-name", "cli-svc")
     assert out.returncode == 0 and out.stdout.strip() == "Config entry deleted: service-defaults/cli-svc"
     assert cli("read", "-kind", "service-defaults", "-name", "cli-svc").returncode == 1
+
+
+def test_malformed_bodies_are_400s_and_the_agent_keeps_serving(agent) -> None:
+    # "x" speaks http, so routers and splitters for it are compiled (and their shapes checked).
+    assert agent.request("PUT", "/v1/config", {"Kind": "service-defaults", "Name": "x", "Protocol": "http"})[0] == 200
+    bodies: list[object] = [
+        [], "[1", "7", {"Kind": 5, "Name": "x"}, {"Kind": "service-defaults", "Name": ["x"]},
+        {"Kind": "service-splitter", "Name": "x", "Splits": "all"},
+        {"Kind": "service-splitter", "Name": "x", "Splits": [{"Weight": "50"}]},
+        {"Kind": "service-resolver", "Name": "x", "Subsets": ["v1"]},
+        {"Kind": "service-resolver", "Name": "x", "Subsets": {"v1": "yes"}},
+        {"Kind": "service-resolver", "Name": "x", "Failover": {"*": "dc2"}},
+        {"Kind": "service-resolver", "Name": "x", "Redirect": "other"},
+        {"Kind": "service-router", "Name": "x", "Routes": [{"Match": ["nope"]}]},
+        {"Kind": "service-router", "Name": "x", "Routes": [{"Destination": "web"}]},
+        {"Kind": "ingress-gateway", "Name": "x", "Listeners": ["80"]},
+        {"Kind": "terminating-gateway", "Name": "x", "Services": "web"},
+        {"Kind": "service-intentions", "Name": "x", "Sources": ["web"]},
+        {"Kind": "service-defaults", "Name": "x", "Meta": {"k": 1}},
+        {"Kind": "service-splitter", "Name": "x", "Splits": [{"Weight": 100, "Service": ["y"]}]},
+    ]
+    for body in bodies:
+        status, _, data = agent.request("PUT", "/v1/config", body)
+        assert status == 400, (body, status, data)
+    for body in ([], {"Service": "web"}, {"Service": {"Service": 5}}, {"Template": "x", "Service": {"Service": "w"}},
+                 {"Service": {"Service": "w", "Tags": "a"}}, {"Service": {"Service": "w"}, "DNS": {"TTL": 5}}):
+        status, _, data = agent.request("POST", "/v1/query", body)
+        assert status in (400, 500) and data, (body, status, data)
+        assert not data.startswith(b"Internal error"), (body, data)
+    # A redirect loop is refused when the second half is written.
+    assert agent.request("PUT", "/v1/config", {"Kind": "service-resolver", "Name": "loop-a",
+                                               "Redirect": {"Service": "loop-b"}})[0] == 200
+    status, _, data = agent.request("PUT", "/v1/config", {"Kind": "service-resolver", "Name": "loop-b",
+                                                          "Redirect": {"Service": "loop-a"}})
+    assert status == 500 and b"circular resolver redirect" in data
+    status, _, _ = agent.request("GET", "/v1/config/service-defaults")
+    assert status == 200

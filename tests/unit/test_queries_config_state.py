@@ -9,7 +9,7 @@ import pytest
 
 from beacon.server import config_entries as ce
 from beacon.server import queries, sessions
-from beacon.server.discovery_chain import compile_chain
+from beacon.server.discovery_chain import ChainError, compile_chain
 from beacon.server.fsm import CommandError, MessageType, StateStore
 
 
@@ -174,6 +174,8 @@ def test_chain_compiles_resolver_subsets_splitter_and_router() -> None:
     router = ce.decode({"Kind": "service-router", "Name": "web", "Routes": [
         {"Match": {"HTTP": {"PathPrefix": "/admin"}}, "Destination": {"Service": "admin"}}]})
     table["service-router/web"] = router
+    # Routed-to services must speak the chain's protocol too (Consul's rule).
+    table["service-defaults/admin"] = ce.decode({"Kind": "service-defaults", "Name": "admin", "Protocol": "http"})
     chain = compile_chain(table, "web", "dc1")
     assert chain["StartNode"] == "router:web.default.default"
     routes = chain["Nodes"]["router:web.default.default"]["Routes"]
@@ -183,3 +185,41 @@ def test_chain_compiles_resolver_subsets_splitter_and_router() -> None:
     plain = compile_chain({}, "db", "dc1")
     assert plain["StartNode"] == "resolver:db.default.default.dc1" and plain["Protocol"] == "tcp"
     assert plain["Default"] is True and list(plain["Targets"]) == ["db.default.default.dc1"]
+
+
+def test_a_query_bound_to_a_session_goes_with_it() -> None:
+    store = _store()
+    store.apply((MessageType.REGISTER, {"node": "n1", "address": "10.0.0.1"}))
+    sid = str(uuid.uuid4())
+    res = store.apply((MessageType.SESSION, {"op": "create", "now": 0.0, "session": {
+        "id": sid, "node": "n1", "node_checks": [], "behavior": "release"}}))
+    assert res.error is None, res.error
+    q = _query("bound", "web", Session=sid)
+    assert store.apply((MessageType.PREPARED_QUERY, {"op": "set", "query": q})).error is None
+    missing = _query("other", "web", Session=str(uuid.uuid4()))
+    res = store.apply((MessageType.PREPARED_QUERY, {"op": "set", "query": missing}))
+    assert res.error is not None and res.error.message.startswith("invalid session")
+    assert queries.lookup(store, "bound") is not None
+    store.apply((MessageType.SESSION, {"op": "destroy", "id": sid, "now": 1.0}))
+    assert queries.lookup(store, "bound") is None
+    assert queries.live(store) == []
+    again = _query("bound", "web")  # the name is free again
+    assert store.apply((MessageType.PREPARED_QUERY, {"op": "set", "query": again})).error is None
+
+
+def test_chain_refuses_inconsistent_protocols_like_consul() -> None:
+    table = {}
+    for body in ({"Kind": "service-defaults", "Name": "main", "Protocol": "http"},
+                 {"Kind": "service-defaults", "Name": "other", "Protocol": "tcp"},
+                 {"Kind": "service-splitter", "Name": "main",
+                  "Splits": [{"Weight": 90}, {"Weight": 10, "Service": "other"}]}):
+        entry = ce.decode(body)
+        table[f"{entry['Kind']}/{entry['Name']}"] = entry
+    with pytest.raises(ChainError, match='discovery chain "main" uses inconsistent protocols; service "other" '
+                                         'has "tcp" which is not "http"'):
+        compile_chain(table, "main", "dc1")
+    table["service-defaults/other"] = ce.decode({"Kind": "service-defaults", "Name": "other", "Protocol": "http"})
+    assert compile_chain(table, "main", "dc1")["StartNode"] == "splitter:main.default.default"
+    # OverrideProtocol compiles as if every service spoke it: a tcp override drops the splitter.
+    assert compile_chain(table, "main", "dc1", override_protocol="tcp")["StartNode"] == \
+        "resolver:main.default.default.dc1"

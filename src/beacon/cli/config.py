@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from urllib.parse import quote
 
 from beacon.cli.flags import FlagParser
@@ -34,7 +35,7 @@ def _write(argv: list[str]) -> int:
     p.add_argument("file", help="JSON file with the entry, or - for stdin")
     args = p.parse_args(argv)
     try:
-        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     except OSError as exc:
         raise CLIError(f"Failed to read config entry input: {exc}") from None
     try:

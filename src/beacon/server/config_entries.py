@@ -93,6 +93,10 @@ def decode(body: Any) -> dict[str, Any]:
     if kind.lower() not in KINDS:
         raise CommandError(f"Request decode failed: invalid config entry kind: {kind}", 400)
     entry["Kind"] = kind.lower()
+    if entry["Kind"] in ("service-defaults", "proxy-defaults"):
+        # Consul always writes these (non-pointer structs) back, empty or not.
+        for key in ("TransparentProxy", "MeshGateway", "Expose"):
+            entry.setdefault(key, {})
     entry.pop("CreateIndex", None)
     entry.pop("ModifyIndex", None)
     return entry

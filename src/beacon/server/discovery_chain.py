@@ -41,13 +41,20 @@ def target_id(service: str, subset: str, datacenter: str) -> str:
 
 
 class Compiler:
-    def __init__(self, table: dict[str, dict[str, Any]], service: str, datacenter: str) -> None:
+    def __init__(self, table: dict[str, dict[str, Any]], service: str, datacenter: str,
+                 override_protocol: str = "") -> None:
         self.table = table
         self.service = service
         self.dc = datacenter
         self.nodes: dict[str, dict[str, Any]] = {}
         self.targets: dict[str, dict[str, Any]] = {}
         self.used_entries = False
+        self.override_protocol = override_protocol.lower()
+        self.protocol = self.protocol_of(service)
+
+    def protocol_of(self, service: str) -> str:
+        """``OverrideProtocol`` (POST) compiles the chain as if every service in it spoke that protocol."""
+        return self.override_protocol or protocol_of(self.table, service)
 
     def entry(self, kind: str, name: str) -> dict[str, Any] | None:
         found = self.table.get(f"{kind}/{name}")
@@ -60,6 +67,12 @@ class Compiler:
         tid = target_id(service, subset, datacenter)
         if tid in self.targets:
             return tid
+        proto = self.protocol_of(service)
+        if proto != self.protocol:
+            # Every service a chain can end at (routes, splits, redirects, failover) must speak the
+            # chain's protocol, as in Consul's compiler.
+            raise ChainError(f"discovery chain \"{self.service}\" uses inconsistent protocols; service "
+                             f"\"{service}\" has \"{proto}\" which is not \"{self.protocol}\"")
         resolver = self.entry("service-resolver", service) or {}
         subset_def = (resolver.get("Subsets") or {}).get(subset, {}) if subset else {}
         sni_base = f"{service}.{NAMESPACE}.{datacenter}.internal.{trust_domain(self.dc)}"
@@ -170,7 +183,7 @@ class Compiler:
         return name
 
     def compile(self) -> dict[str, Any]:
-        protocol = protocol_of(self.table, self.service)
+        protocol = self.protocol
         http = protocol in HTTP_PROTOCOLS
         router = self.entry("service-router", self.service) if http else None
         if router is not None:
@@ -191,11 +204,7 @@ class Compiler:
 
 def compile_chain(table: dict[str, dict[str, Any]], service: str, datacenter: str,
                   override_protocol: str = "", override_connect_timeout: str = "") -> dict[str, Any]:
-    if override_protocol:
-        table = {**table, f"service-defaults/{service}": {
-            **(table.get(f"service-defaults/{service}") or {"Kind": "service-defaults", "Name": service}),
-            "Protocol": override_protocol}}
-    chain = Compiler(table, service, datacenter).compile()
+    chain = Compiler(table, service, datacenter, override_protocol).compile()
     if override_connect_timeout:
         for node in chain["Nodes"].values():
             if node["Type"] == "resolver":

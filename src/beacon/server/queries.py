@@ -106,15 +106,19 @@ class QueryCommands:
         session = query.get("Session") or ""
         if session and session not in self.store.sessions:
             raise CommandError(f"invalid session \"{session}\"")
+        # Queries whose session is gone are hidden from reads (see live()); drop them here so a
+        # hidden one never holds on to its name. Every replica sees the same sessions.
+        for orphan in [q["ID"] for q in table.values() if q.get("Session") and q["Session"] not in self.store.sessions]:
+            del table[orphan]
         name = query.get("Name") or ""
         is_template = bool(query["Template"]["Type"])
         for other in table.values():
             if other["ID"] == qid:
                 continue
             if name and other["Name"] == name:
-                raise CommandError(f"name \"{name}\" aliases an existing query name")
+                raise CommandError(f"name '{name}' aliases an existing query name")
             if name and other["ID"] == name:
-                raise CommandError(f"name \"{name}\" aliases an existing query ID")
+                raise CommandError(f"name '{name}' aliases an existing query ID")
             if is_template and not name and other["Template"]["Type"] and not other["Name"]:
                 raise CommandError("a query template with an empty name already exists")
         old = table.get(qid)
@@ -163,15 +167,16 @@ def lookup(store: StateStore, id_or_name: str) -> dict[str, Any] | None:
 
 
 def resolve(store: StateStore, id_or_name: str) -> dict[str, Any] | None:
-    """The query ready to run: templates rendered against the asked name."""
+    """The query ready to run: templates rendered against the asked name. A template asked for by
+    its ID is an error, as in Consul (there is no name to render it with)."""
     found = lookup(store, id_or_name)
     if found is None:
         return None
     if not found["Template"]["Type"]:
         return found
-    # Execution by ID renders the template with its own name, as Consul does.
-    name = found["Name"] if id_or_name == found["ID"] else id_or_name
-    return render(found, name)
+    if id_or_name == found["ID"]:
+        raise CommandError("prepared query templates can only be resolved up by name, not by ID")
+    return render(found, id_or_name)
 
 
 def render(query: dict[str, Any], full_name: str, regexp: re.Pattern[str] | None = None) -> dict[str, Any]:

@@ -66,7 +66,36 @@ async def config_apply(req: web.Request, agent: Agent) -> Reply:
         ce.validate(entry)
     except CommandError as exc:
         raise HTTPError(exc.status, exc.message) from None
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        # A value of the wrong JSON type somewhere inside (a string where an object belongs).
+        raise HTTPError(400, f"Request decode failed: {exc}") from None
+    _check_compiles(agent, entry)
     return Reply(bool(await _submit(agent, {"op": "set", "entry": entry, "cas": _cas(req)})))
+
+
+def _check_compiles(agent: Agent, entry: dict[str, Any], delete: bool = False) -> None:
+    """Compile the chains the entry takes part in, as Consul does before accepting a write (or a
+    delete): a shape the per-kind checks let through (a list where an object belongs) is a 400 here,
+    never a broken chain later; a redirect loop or a protocol mismatch is refused with Consul's message."""
+    key = f"{entry['Kind']}/{entry['Name']}"
+    with agent.store.lock:
+        table = dict(ce.rows(agent.store))
+    if delete:
+        table.pop(key, None)
+    else:
+        table[key] = entry
+    names = {entry["Name"]} if entry["Kind"] != "proxy-defaults" else set()
+    for other in table.values():
+        if other["Kind"] in ce.CHAIN_KINDS:
+            names.add(other["Name"])
+    for name in sorted(names):
+        try:
+            compile_chain(table, name, agent.config.datacenter)
+        except ChainError as exc:
+            raise HTTPError(500, str(exc)) from None
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise HTTPError(400, f"Request decode failed: {entry['Kind']} \"{entry['Name']}\" is malformed: "
+                                 f"{exc}") from None
 
 
 async def config_get(req: web.Request, agent: Agent) -> Reply:
@@ -103,6 +132,7 @@ async def config_delete(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
     kind, name = _kind(req), req.match_info["name"]
     cas = _cas(req)
+    _check_compiles(agent, {"Kind": kind, "Name": name}, delete=True)
     deleted = await _submit(agent, {"op": "delete", "kind": kind, "name": name, "cas": cas})
     return Reply(bool(deleted) if cas is not None else {})
 

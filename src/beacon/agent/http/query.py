@@ -160,6 +160,14 @@ def _resolve(agent: Agent, ident: str) -> dict[str, Any]:
     return found
 
 
+def _query_meta(req: web.Request, agent: Agent, index: int) -> dict[str, Any]:
+    """Consul's execute and explain replies embed its QueryMeta struct, so its fields appear in the body."""
+    mode = "stale" if "stale" in req.query else "consistent" if "consistent" in req.query else "leader"
+    return {"Index": max(1, index), "LastContact": agent.consensus.last_contact_ms() * 1_000_000,
+            "KnownLeader": agent.consensus.known_leader(), "ConsistencyLevel": mode, "NotModified": False,
+            "Backend": 0}
+
+
 def encode_instance(inst: queries.Instance) -> dict[str, Any]:
     node, svc, checks = inst
     return {"Node": node_json(node), "Service": catalog_service_json(svc), "Checks": [check_json(c) for c in checks]}
@@ -178,13 +186,16 @@ async def query_execute(req: web.Request, agent: Agent) -> Reply:
     agent_node = req.headers.get(AGENT_NODE_HEADER) or agent.config.node_name
     idx, body = queries.execute(agent.store, query, agent_node, agent.config.datacenter,
                                 near=req.query.get("near", ""), limit=limit, encode=encode_instance)
+    body["PeerName"] = ""  # no cluster peering: results always come from the local datacenter
+    body.update(_query_meta(req, agent, idx))
     return cache_meta(req, agent, Reply(body, index=idx))
 
 
 async def query_explain(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
     query = _resolve(agent, _query_id(req))
-    return Reply({"Query": query}, index=max(1, query["ModifyIndex"]))
+    index = max(1, query["ModifyIndex"])
+    return Reply({"Query": query, **_query_meta(req, agent, index)}, index=index)
 
 
 router.add("GET", "/v1/query", query_list)
