@@ -99,13 +99,18 @@ class Cluster:
 
         wait_until(converged, timeout=timeout)
 
+    def signal(self, name: str, sig: int) -> None:
+        """Signal a server's whole process group: the agent and the etcd member it supervises, as a
+        paused or crashed machine would be."""
+        try:
+            os.killpg(self.all()[name].proc.pid, sig)
+        except OSError:
+            pass
+
     def stop_all(self) -> None:
-        for agent in self.all().values():
+        for name, agent in self.all().items():
             if agent.proc.poll() is None:
-                try:
-                    os.kill(agent.proc.pid, signal.SIGCONT)
-                except OSError:
-                    pass
+                self.signal(name, signal.SIGCONT)
                 agent.stop(signal.SIGKILL)
 
 

@@ -49,6 +49,12 @@ def build_parser() -> FlagParser:
     p.flag("recursor", action="append", default=[])
     p.flag("retry-join", action="append", default=[])
     p.flag("encrypt")
+    p.flag("etcd-bin", help="the etcd binary a server runs (default: etcd from PATH)")
+    p.flag("etcd-endpoints", help="comma-separated client URLs of an existing etcd cluster (no member is started)")
+    p.flag("etcd-ca-file")
+    p.flag("etcd-cert-file")
+    p.flag("etcd-key-file")
+    p.flag("raft-snapshot-threshold", type=int)
     p.flag("node-meta", action="append", default=[])
     p.flag("enable-script-checks", action="store_true", default=None)
     p.flag("enable-local-script-checks", action="store_true", default=None)
@@ -83,7 +89,9 @@ def load_config(argv: list[str]) -> AgentConfig:
               "dns_port": "dns_port", "server_port": "server_port", "data_dir": "data_dir",
               "pid_file": "pid_file", "encrypt": "encrypt", "bootstrap_expect": "bootstrap_expect",
               "engine_socket": "engine_socket", "engine_isolation": "engine_isolation",
-              "serf_lan_port": "serf_lan_port"}
+              "serf_lan_port": "serf_lan_port", "etcd_bin": "etcd_bin", "etcd_ca_file": "etcd_ca_file",
+              "etcd_cert_file": "etcd_cert_file", "etcd_key_file": "etcd_key_file",
+              "raft_snapshot_threshold": "raft_snapshot_threshold"}
     for attr, dest in simple.items():
         value = getattr(args, attr)
         if value is not None:
@@ -108,6 +116,8 @@ def load_config(argv: list[str]) -> AgentConfig:
                 raise ConfigError(f"-{name.replace('_', '-')}: {exc}") from None
     cfg.recursors += args.recursor
     cfg.retry_join += args.retry_join
+    if args.etcd_endpoints:
+        cfg.etcd_endpoints += [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
     for item in args.node_meta:
         k, sep, v = item.partition(":")
         if not sep:

@@ -7,7 +7,7 @@ same state and the same indexes.
 
 Indexes (Consul's rules):
 
-* ``self.index`` advances by one for every applied command.
+* ``self.index`` advances for every applied command (by one, or to the etcd revision that carried it).
 * Every row keeps ``create_index``/``modify_index``. A write that changes nothing keeps the old
   ``modify_index`` and wakes nobody.
 * Tables keep their own index (``nodes``, ``services``, ``checks``, ``kvs``, ``sessions``); each service
@@ -138,17 +138,20 @@ class StateStore:
             raise RuntimeError(f"duplicate handler for message type {mtype}")
         self._handlers[mtype] = fn
 
-    def apply(self, command: Command) -> ApplyResult:
-        """Apply one command; return its result. Errors are results, not exceptions."""
+    def apply(self, command: Command, index: int | None = None) -> ApplyResult:
+        """Apply one command; return its result. Errors are results, not exceptions.
+
+        ``index`` is the log position when the log numbers its entries itself (etcd revisions, which
+        have gaps); without it the index advances by one. It never goes backwards."""
         mtype, payload = command
         with self.lock:
             handler = self._handlers.get(mtype & ~IGNORE_UNKNOWN_FLAG)
             if handler is None:
                 if mtype & IGNORE_UNKNOWN_FLAG:
-                    self.index += 1
+                    self.index = max(self.index + 1, index or 0)
                     return ApplyResult(self.index)
                 raise RuntimeError(f"unknown command type {mtype}; refusing to diverge")
-            self.index += 1
+            self.index = max(self.index + 1, index or 0)
             idx = self.index
             self._changes = set()
             try:
