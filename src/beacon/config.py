@@ -65,6 +65,7 @@ class AgentConfig:
     etcd_cert_file: str = ""
     etcd_key_file: str = ""
     raft_snapshot_threshold: int = 16384   # log revisions between snapshots (then etcd is compacted)
+    tombstone_ttl: float = 900.0           # deleted KV keys' tombstones are reaped after this (Consul: 15m)
     node_meta: dict[str, str] = field(default_factory=dict)
     check_update_interval: float = 300.0
     check_reap_interval: float = 30.0
@@ -269,6 +270,8 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             setattr(cfg, k, _str(key, value, src))
         elif k == "etcd_endpoints":
             cfg.etcd_endpoints += _str_list(key, value, src)
+        elif k == "tombstone_ttl":
+            cfg.tombstone_ttl = _duration(key, value, src)
         elif k == "raft_snapshot_threshold":
             cfg.raft_snapshot_threshold = _int(key, value, src, minimum=16)
         elif k == "node_meta":

@@ -86,6 +86,7 @@ class Agent:
         sessions.install(self.store)  # before any replay: the log holds session and txn commands
         self.events = event.EventBuffer()
         self.session_reaper: SessionReaper | None = None
+        self.tombstone_reaper: Any = None
         self.raft: Any = None  # EtcdConsensus once a cluster server's etcd log is running
         self.etcd_member: Any = None  # the etcd process a cluster server supervises
         self.cluster: Any = None
@@ -148,6 +149,11 @@ class Agent:
             self.session_reaper = SessionReaper(self.store, self.submit, self.consensus.is_leader,
                                                 max_sleep=min(1.0, self.config.session_ttl_min / 4))
             self.session_reaper.start()
+            from beacon.server.tombstones import TombstoneReaper
+
+            self.tombstone_reaper = TombstoneReaper(self.store, self.submit, self.consensus.is_leader,
+                                                    ttl=self.config.tombstone_ttl)
+            self.tombstone_reaper.start()
         if self.config.http_port >= 0:
             await self._start_http()
         if self.config.dns_port >= 0:
@@ -185,6 +191,9 @@ class Agent:
         if self.session_reaper is not None:
             await self.session_reaper.stop()
             self.session_reaper = None
+        if self.tombstone_reaper is not None:
+            await self.tombstone_reaper.stop()
+            self.tombstone_reaper = None
         for task in list(self._tasks):
             task.cancel()
         if self.cluster is not None:

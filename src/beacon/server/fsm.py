@@ -54,6 +54,7 @@ class MessageType(IntEnum):
     NOOP = 6
     CHECK_STATUS = 7
     SNAPSHOT_RESTORE = 8
+    TOMBSTONE_REAP = 9
 
 
 class CommandError(Exception):
@@ -110,6 +111,8 @@ class StateStore:
         self.kv: dict[str, KVEntry] = {}
         self.kv_keys: list[str] = []
         self.tombstones: dict[str, int] = {}
+        # Reaped tombstones' highest index: list indexes never drop below it (Consul's tombstone GC).
+        self.tombstone_floor = 0
         self.sessions: dict[str, Session] = {}
         # key -> time (seconds, proposer's clock) before which the key cannot be locked again.
         self.lock_delays: dict[str, float] = {}
@@ -126,6 +129,7 @@ class StateStore:
             MessageType.KVS: self._apply_kvs,
             MessageType.NOOP: lambda idx, p: None,
             MessageType.CHECK_STATUS: self._apply_check_status,
+            MessageType.TOMBSTONE_REAP: self._apply_tombstone_reap,
         }
         for mtype, fn in table.items():
             if mtype in self._handlers:
@@ -483,6 +487,16 @@ class StateStore:
         self._kv_touch(key)
         return True
 
+    def _apply_tombstone_reap(self, idx: int, p: dict[str, Any]) -> int:
+        """Forget tombstones up to ``index`` (the leader proposes it once they are older than the
+        tombstone TTL). Wakes nobody; list indexes stay at least ``index``, so none goes backwards."""
+        upto = int(p["index"])
+        dead = [k for k, i in self.tombstones.items() if i <= upto]
+        for k in dead:
+            del self.tombstones[k]
+        self.tombstone_floor = max(self.tombstone_floor, upto)
+        return len(dead)
+
     def kv_delete_cas(self, idx: int, key: str, cas_index: int) -> bool:
         old = self.kv.get(key)
         if old is None or old.modify_index != cas_index:
@@ -571,7 +585,7 @@ class StateStore:
                 idx = max([idx] + [i for k, i in self.tombstones.items() if k.startswith(prefix)])
             if idx == 0:
                 idx = self.tables["kvs"]
-            return idx, entries
+            return max(idx, self.tombstone_floor), entries
 
     def kv_list_keys(self, prefix: str, separator: str = "") -> tuple[int, list[str]]:
         idx, entries = self.kv_list(prefix)
@@ -684,6 +698,7 @@ class StateStore:
                 "checks": [c.to_dict() for c in self.checks.values()],
                 "kv": [e.to_dict() for e in self.kv.values()],
                 "tombstones": dict(self.tombstones),
+                "tombstone_floor": self.tombstone_floor,
                 "sessions": [s.to_dict() for s in self.sessions.values()],
                 "lock_delays": dict(self.lock_delays),
                 "session_expires": dict(self.session_expires),
@@ -719,6 +734,7 @@ class StateStore:
             if entry.session:
                 fresh.session_keys.setdefault(entry.session, set()).add(entry.key)
         fresh.tombstones = dict(snap["tombstones"])
+        fresh.tombstone_floor = int(snap.get("tombstone_floor", 0))
         for s in snap["sessions"]:
             sess = Session.from_dict(s)
             fresh.sessions[sess.id] = sess
@@ -727,7 +743,7 @@ class StateStore:
         with self.lock:
             for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
                          "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
-                         "tombstones", "sessions", "lock_delays", "session_expires", "session_keys"):
+                         "tombstones", "tombstone_floor", "sessions", "lock_delays", "session_expires", "session_keys"):
                 setattr(self, attr, getattr(fresh, attr))
         if self.on_change is not None:
             self.on_change(self.index, {"*"})
