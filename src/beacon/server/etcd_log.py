@@ -99,6 +99,9 @@ class EtcdConsensus:
         self._waiter_seq = 0
         self._lease = 0
         self._leader_until = 0.0
+        self._leader_since = 0.0
+        self._absent_since = 0.0
+        self._last_colocation_check = 0.0
         self._last_ok = 0.0
         self._last_members = 0.0
         self._ri_next: asyncio.Future[int] | None = None
@@ -420,7 +423,7 @@ class EtcdConsensus:
                 log.debug("leader round: %s", exc)
             except Exception:
                 log.exception("leader round failed")
-            await asyncio.sleep(0.3 if not self.is_leader() else self.lease_ttl / 5)
+            await asyncio.sleep(0.2 if not self.is_leader() else self.lease_ttl / 5)
 
     async def _leader_round(self) -> None:
         t0 = time.monotonic()
@@ -429,11 +432,19 @@ class EtcdConsensus:
             if ttl > 0:
                 self._leader_until = t0 + min(ttl, self.lease_ttl) - 0.5
                 self._last_ok = time.monotonic()
+                if await self._co_located_too_long():
+                    return
                 await self._leader_duties()
                 return
             self._lease = 0
         _, kv = await self.client.get(self.leader_key)
         self._last_ok = time.monotonic()
+        if kv is None and self._absent_since == 0.0:
+            self._absent_since = t0
+        if kv is not None:
+            self._absent_since = 0.0
+        elif t0 - self._absent_since < 1.0 and len(self.members) > 1 and await self._member_is_etcd_leader():
+            return  # let a server whose member is an etcd follower take it (see _co_located_too_long)
         if kv is None:
             lease = await self.client.lease_grant(self.lease_ttl)
             value = json.dumps({"name": self.node_name, "addr": self.self_addr}).encode()
@@ -442,6 +453,7 @@ class EtcdConsensus:
                 [{"request_put": {"key": b64(self.leader_key), "value": b64(value), "lease": str(lease)}}])
             if ok:
                 self._lease = lease
+                self._leader_since = t0
                 self._leader_until = t0 + self.lease_ttl - 0.5
                 self._set_leader({"name": self.node_name, "addr": self.self_addr})
                 log.info("%s is the leader", self.node_name)
@@ -460,6 +472,26 @@ class EtcdConsensus:
         if time.monotonic() - self._last_members > 2.0:
             self.members = await self.client.member_list()
             self._last_members = time.monotonic()
+
+    async def _member_is_etcd_leader(self) -> bool:
+        st = await self.client.status()
+        return bool(st.get("leader")) and st.get("leader") == st.get("header", {}).get("member_id")
+
+    async def _co_located_too_long(self) -> bool:
+        """Leader duties move off the server whose member is the etcd leader: killing that server
+        would otherwise cost an etcd election plus the lease TTL (etcd extends leases on a new
+        leader) before anyone takes over; apart, a crash costs one or the other. True if resigned."""
+        now = time.monotonic()
+        if now - self._leader_since < 5.0 or now - self._last_colocation_check < 2.0 or len(self.members) < 3:
+            return False
+        self._last_colocation_check = now
+        if not await self._member_is_etcd_leader():
+            return False
+        log.info("%s hands leadership over: its etcd member is the etcd leader", self.node_name)
+        lease, self._lease = self._lease, 0
+        self._leader_until = 0.0
+        await self.client.lease_revoke(lease)
+        return True
 
     def _set_leader(self, info: dict[str, str] | None) -> None:
         if info != self.leader:
