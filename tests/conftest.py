@@ -83,7 +83,9 @@ class AgentProcess:
         return self.proc.returncode
 
 
-def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, str] | None = None) -> AgentProcess:
+def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, str] | None = None,
+           prefix: tuple[str, ...] = ()) -> AgentProcess:
+    """Start an agent; `prefix` runs it under a wrapper (for example `ip netns exec NS`)."""
     args = ["agent"]
     if dev:
         args.append("-dev")
@@ -93,7 +95,7 @@ def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, 
         args += ["-dns-port", "0"]
     if "-engine-socket" not in flags and "-no-engine" not in flags and dev:
         args.append("-no-engine")
-    proc = subprocess.Popen(beacon_cmd(*args, *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*prefix, *beacon_cmd(*args, *flags)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env or beacon_env(), start_new_session=True)
     lines: list[str] = []
     ready: dict[str, str] = {}
