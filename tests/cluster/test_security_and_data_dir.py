@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -100,3 +101,88 @@ def test_single_server_data_dir_corruption_is_reported(tmp_path) -> None:
     r = subprocess.run(beacon_cmd("agent", "-dev", "-data-dir", d, "-http-port", "0", "-dns-port", "-1",
                                   "-no-engine"), capture_output=True, text=True, env=beacon_env(), timeout=30)
     assert r.returncode == 1 and "corrupt" in r.stderr
+
+
+class _Pwn:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _listening_ports(pids: set[int]) -> set[tuple[str, int]]:
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=10).stdout
+    found = set()
+    for line in out.splitlines():
+        if any(f"pid={p}," in line for p in pids):
+            local = line.split()[3]
+            host, _, port = local.rpartition(":")
+            found.add((host.strip("[]"), int(port)))
+    return found
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return {int(p) for p in f.read().split()}
+    except OSError:
+        return set()
+
+
+def test_a_pickle_payload_sent_to_every_tcp_port_of_a_server_executes_nothing(tmp_path) -> None:
+    import pickle
+    import socket
+
+    c = start_cluster(tmp_path, clients=0)
+    try:
+        s1 = c.servers["s1"]
+        pids = {s1.proc.pid} | _children(s1.proc.pid)
+        ports = _listening_ports(pids)
+        # HTTP, DNS over TCP, the cluster RPC port, etcd's peer port and its private client port
+        assert len(ports) >= 5, ports
+        marker = str(tmp_path / "pwned")
+        payload = pickle.dumps(_Pwn(marker))
+        for host, port in sorted(ports):
+            for data in (payload, b"POST /rpc/apply HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(payload)
+                         + payload, b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                         % len(payload) + payload):
+                try:
+                    with socket.create_connection((host, port), timeout=3) as sock:
+                        sock.sendall(data)
+                        sock.settimeout(2)
+                        try:
+                            sock.recv(4096)
+                        except OSError:
+                            pass
+                except OSError:
+                    pass
+        assert not os.path.exists(marker)
+        assert s1.proc.poll() is None
+        assert s1.request("PUT", "/v1/kv/still", "alive", timeout=10)[2] == b"true"
+        assert not os.path.exists(marker)
+    finally:
+        c.stop_all()
+
+
+def test_the_cluster_rpc_port_refuses_callers_without_the_key_or_of_another_user(tmp_path) -> None:
+    c = start_cluster(tmp_path, clients=0)
+    try:
+        wait_until(lambda: len(json.loads(c.servers["s1"].request("GET", "/v1/status/peers")[2])) == 3, timeout=10)
+        peers_before = sorted(json.loads(c.servers["s1"].request("GET", "/v1/status/peers")[2]))
+        victim = f"{c.addr('s2')}:8300"
+        script = ("import urllib.request,urllib.error,sys\n"
+                  f"req=urllib.request.Request('http://{c.addr('s1')}:8301/rpc/raft_remove',"
+                  f"data=b'{{\"raft_addr\": \"{victim}\"}}',method='POST')\n"
+                  "try:\n urllib.request.urlopen(req,timeout=5); print(200)\n"
+                  "except urllib.error.HTTPError as e: print(e.code)\n")
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
+                            script], capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "403", (r.stdout, r.stderr)
+        assert sorted(json.loads(c.servers["s1"].request("GET", "/v1/status/peers")[2])) == peers_before
+        # the same call from this agent's own user is accepted (the check is armed, not a blanket refusal)
+        r = subprocess.run([sys.executable, "-c", script.replace("raft_remove", "nosuch")],
+                           capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "404", (r.stdout, r.stderr)
+    finally:
+        c.stop_all()

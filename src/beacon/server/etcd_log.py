@@ -427,6 +427,8 @@ class EtcdConsensus:
 
     async def _leader_round(self) -> None:
         t0 = time.monotonic()
+        if t0 - self._last_members > 2.0:
+            await self.refresh_members()
         if self._lease and self.is_leader():
             ttl = await self.client.lease_keepalive(self._lease)
             if ttl > 0:
@@ -469,9 +471,6 @@ class EtcdConsensus:
             self._set_leader(info)
         else:
             self._set_leader(None)
-        if time.monotonic() - self._last_members > 2.0:
-            self.members = await self.client.member_list()
-            self._last_members = time.monotonic()
 
     async def _member_is_etcd_leader(self) -> bool:
         st = await self.client.status()
@@ -504,9 +503,6 @@ class EtcdConsensus:
     async def _leader_duties(self) -> None:
         if time.time() - self.log_clock > TICK_IDLE:
             await self._tick(timeout=1.0)
-        if time.monotonic() - self._last_members > 2.0:
-            self.members = await self.client.member_list()
-            self._last_members = time.monotonic()
         if not self._snapshotting and self.applied - self.snapshot_rev >= self.snapshot_threshold:
             task = asyncio.get_running_loop().create_task(self._maybe_snapshot(), name="etcd-snapshot")
             self._tasks.append(task)
