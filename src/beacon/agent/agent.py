@@ -116,7 +116,7 @@ class Agent:
 
     def _make_consensus(self) -> Consensus:
         cfg = self.config
-        if cfg.dev or (cfg.server and cfg.bootstrap_expect <= 1 and not cfg.retry_join):
+        if cfg.dev or (cfg.server and cfg.bootstrap_expect <= 1 and not cfg.retry_join and not cfg.etcd_endpoints):
             self.mode = "single"
             return SingleServer(self.store, f"{cfg.advertise}:{cfg.server_port}", self.node_id,
                                 cfg.node_name, cfg.data_dir or None)

@@ -133,6 +133,12 @@ class EtcdClient:
         doc = await self.call("kv/put", body, timeout)
         return int(doc["header"]["revision"])
 
+    async def put_prev(self, key: bytes, value: bytes, timeout: float | None = None) -> tuple[int, int]:
+        """Put; returns (revision, mod_revision of the value it replaced, 0 if none)."""
+        doc = await self.call("kv/put", {"key": b64(key), "value": b64(value), "prev_kv": True}, timeout)
+        prev = doc.get("prev_kv") or {}
+        return int(doc["header"]["revision"]), int(prev.get("mod_revision", 0))
+
     async def range(self, key: bytes, end: bytes | None = None, revision: int = 0, serializable: bool = False,
                     limit: int = 0, keys_only: bool = False,
                     timeout: float | None = None) -> tuple[int, list[KV]]:

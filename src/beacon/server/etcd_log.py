@@ -87,7 +87,8 @@ class EtcdConsensus:
         self.applied = 0           # last log revision applied here
         self.log_clock = 0.0       # largest proposer time among applied entries
         self.snapshot_rev = 0      # revision of the newest snapshot we know of
-        self.recent: dict[str, float] = {}  # ids of applied commands that could still reappear -> expiry
+        self.recent: dict[str, float] = {}
+        self._early: dict[int, KV] = {}  # previous log revision -> our own entry that follows it  # ids of applied commands that could still reappear -> expiry
         self.leader: dict[str, str] | None = None
         self.leader_changes = 0
         self.names: dict[str, str] = {}
@@ -155,7 +156,11 @@ class EtcdConsensus:
                 if attempt < 0.05 or time.time() > env["x"]:
                     return await self._settle(fut, env, deadline)
                 try:
-                    rev = await self.client.put(self.log_key, data, timeout=attempt)
+                    rev, prev = await self.client.put_prev(self.log_key, data, timeout=attempt)
+                    # Our entry directly follows `prev` in the log: once `prev` is applied here, apply
+                    # ours from this answer instead of waiting for the watch to bring it back.
+                    self._early[prev] = KV(self.log_key, data, rev, 0, 0)
+                    self._drain_early()
                 except EtcdNotConnected:  # never reached etcd
                     await asyncio.sleep(0.1)
                 except EtcdError as exc:  # etcd refused it: nothing was proposed
@@ -219,6 +224,7 @@ class EtcdConsensus:
                     for ev in events:
                         if ev["type"] == "PUT":
                             self._apply_kv(ev["kv"])
+                            self._drain_early()
                     if not self.caught_up.is_set():
                         self._check_caught_up()
             except asyncio.CancelledError:
@@ -249,6 +255,12 @@ class EtcdConsensus:
             self.caught_up.set()
         except NoLeaderError:
             pass
+
+    def _drain_early(self) -> None:
+        while self.applied in self._early:
+            self._apply_kv(self._early.pop(self.applied))
+        if len(self._early) > 1024:  # entries the watch applied first
+            self._early = {p: kv for p, kv in self._early.items() if p >= self.applied}
 
     def _apply_kv(self, kv: KV) -> None:
         rev = kv.mod_revision

@@ -130,9 +130,9 @@ class EtcdMember:
         self.peer_port = peer_port
         self.tls = tls
         self.bin = etcd_bin or shutil.which("etcd") or ""
-        if not self.bin:
-            raise RuntimeError("etcd not found: a cluster server runs an etcd member; install it "
-                               "(apt-get install etcd-server) or pass -etcd-bin PATH")
+        if not self.bin or not os.access(self.bin, os.X_OK):
+            raise RuntimeError(f"etcd not found{f' at {etcd_bin}' if etcd_bin else ' in PATH'}: a cluster server "
+                               "runs an etcd member; install it (apt-get install etcd-server) or pass -etcd-bin PATH")
         self.scheme = "https" if tls is not None else "http"
         self.client_port = 0
         self.proc: asyncio.subprocess.Process | None = None
