@@ -49,6 +49,10 @@ class RPCError(Exception):
     pass
 
 
+class RPCNotSent(RPCError):
+    """The connection could not be made: the peer never saw the call (safe to try another)."""
+
+
 class Codec:
     """Encrypts and authenticates RPC bodies with the cluster key, or passes JSON through."""
 
@@ -198,6 +202,8 @@ class Cluster:
                 if resp.status != 200:
                     raise RPCError(f"{target} {name}: {resp.status} {body[:200].decode(errors='replace')}")
                 return self.codec.decode(body)
+        except aiohttp.ClientConnectorError as exc:
+            raise RPCNotSent(f"{target} {name}: {exc}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise RPCError(f"{target} {name}: {exc or type(exc).__name__}") from None
 
@@ -516,11 +522,12 @@ class RemoteConsensus:
             for m in self._targets():
                 try:
                     out = await self.cluster.call(m.rpc_addr, "apply", payload, timeout=self.hold_timeout + 1)
-                except RPCError as exc:
+                except RPCNotSent as exc:
                     last = str(exc)
-                    if "No cluster leader" in last or "may or may not" in last:
-                        raise NoLeaderError(last.split(": ", 2)[-1]) from None
                     continue
+                except RPCError as exc:
+                    # The server may have proposed it: another try could apply it twice. Indeterminate.
+                    raise NoLeaderError(str(exc).split(": ", 2)[-1]) from None
                 err = out.get("error")
                 return ApplyResult(out["index"], out.get("value"),
                                    CommandError(err["message"], err["status"]) if err else None)
@@ -565,8 +572,20 @@ def _peer_is_same_user(request: web.Request) -> bool:
             return False
     except ValueError:
         return False
+    # One /proc lookup per connection, not per call: RPC clients keep their connections alive. The
+    # cache holds the transport itself, so its id cannot be reused by a later connection meanwhile.
+    cached = _PEER_CACHE.get(id(transport))
+    if cached is not None and cached[0] is transport and cached[1] == peer:
+        return cached[2]
     uid = socket_owner(peer[0], int(peer[1]), local[0], int(local[1]))
-    return uid is not None and uid in (os.getuid(), 0)
+    ok = uid is not None and uid in (os.getuid(), 0)
+    if len(_PEER_CACHE) > 1024:
+        _PEER_CACHE.clear()
+    _PEER_CACHE[id(transport)] = (transport, peer, ok)
+    return ok
+
+
+_PEER_CACHE: dict[int, tuple[Any, Any, bool]] = {}
 
 
 def _proc_addr(host: str, port: int) -> str:

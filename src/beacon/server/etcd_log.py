@@ -94,7 +94,6 @@ class EtcdConsensus:
         self.names: dict[str, str] = {}
         self.members: list[dict[str, Any]] = []
         self.last_snapshot: dict[str, float] = {}
-        self.caught_up = asyncio.Event()
         self._pending: dict[str, asyncio.Future[ApplyResult | None]] = {}
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_seq = 0
@@ -225,8 +224,6 @@ class EtcdConsensus:
                         if ev["type"] == "PUT":
                             self._apply_kv(ev["kv"])
                             self._drain_early()
-                    if not self.caught_up.is_set():
-                        self._check_caught_up()
             except asyncio.CancelledError:
                 raise
             except EtcdCompacted as exc:
@@ -243,18 +240,6 @@ class EtcdConsensus:
             except Exception:
                 log.exception("applying the log failed")
                 await asyncio.sleep(1.0)
-
-    def _check_caught_up(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._catch_up_once())
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
-
-    async def _catch_up_once(self) -> None:
-        try:
-            await self.read_barrier(self.hold_timeout)
-            self.caught_up.set()
-        except NoLeaderError:
-            pass
 
     def _drain_early(self) -> None:
         while self.applied in self._early:
