@@ -116,12 +116,16 @@ class Cluster:
 
 def start_cluster(tmp_path, clients: int = 2, extra: tuple[str, ...] = ()) -> Cluster:
     c = Cluster(str(tmp_path), _block(), extra)
-    for name in ("s1", "s2", "s3"):
-        c.start_server(name)
-    c.leader()
-    for i in range(1, clients + 1):
-        c.start_client(f"c{i}")
-    c.wait_converged()
+    try:
+        for name in ("s1", "s2", "s3"):
+            c.start_server(name)
+        c.leader()
+        for i in range(1, clients + 1):
+            c.start_client(f"c{i}")
+        c.wait_converged()
+    except BaseException:
+        c.stop_all()  # a fixture that fails in setup gets no teardown: leave no agents behind
+        raise
     return c
 
 

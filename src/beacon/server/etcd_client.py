@@ -111,7 +111,7 @@ class EtcdClient:
                     continue
                 raise EtcdNotConnected(f"etcd at {ep}: {exc}") from None
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise EtcdUnavailable(f"etcd at {ep}: {exc or type(exc).__name__}") from None
+                raise EtcdUnavailable(f"etcd at {ep}: {str(exc) or type(exc).__name__}") from None
             try:
                 doc = json.loads(data) if data else {}
             except ValueError:
@@ -222,7 +222,7 @@ class EtcdClient:
                                   for e in result.get("events", [])]
                         yield int(result.get("header", {}).get("revision", 0)), events
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise EtcdUnavailable(f"etcd watch: {exc or type(exc).__name__}") from None
+            raise EtcdUnavailable(f"etcd watch: {str(exc) or type(exc).__name__}") from None
         raise EtcdUnavailable("etcd watch stream ended")
 
     # ------------------------------------------------------------------ leases

@@ -2,12 +2,14 @@
 
 Layout under ``/beacon/<dc>/``:
 
-* ``log``: every write is one put of this key; its value is an *envelope*
-  ``{"i": command id, "t": proposer time, "x": expiry, "c": [type, payload]}``. etcd's Raft orders,
-  replicates and persists the puts; the key's revisions are the log. Every server watches the key
-  from the revision after the last one it applied and applies each command in revision order with
-  the revision as its index (``X-Consul-Index``, ``ModifyIndex``): indexes are etcd revisions, so they
-  stay monotonic across leader changes and restarts.
+* ``log``: every write is part of a put of this key; its value is an *envelope*
+  ``{"t": proposer time, "b": [{"i": command id, "x": expiry, "c": [type, payload]}, ...]}`` holding
+  the commands that queued on one server while its previous puts were in flight (group commit).
+  etcd's Raft orders, replicates and persists the puts; the key's revisions are the log. Every
+  server watches the key from the revision after the last one it applied and applies the commands in
+  order; a command's index (``X-Consul-Index``, ``ModifyIndex``) is ``revision * 1000 + position``,
+  derived from etcd's revision, so monotonic across leader changes and restarts and unique per
+  command.
 * ``snap/meta`` and ``snap/<rev>/<n>``: the newest snapshot of the state machine at log revision
   ``rev``, zlib'd and cut into 1 MiB chunks (etcd refuses requests above 1.5 MiB). The leader writes
   one every ``snapshot_threshold`` revisions, then compacts etcd at ``rev``. A server that starts, or
@@ -19,7 +21,7 @@ Layout under ``/beacon/<dc>/``:
 
 **A write answered with an error is never applied later.** A put whose answer was lost (timeout,
 connection reset, etcd "request timed out") may still commit, later, e.g. when a partition heals.
-Every envelope carries an expiry ``x`` (proposer time + hold timeout - 2 s); replicas keep a *log
+Every command carries an expiry ``x`` (proposer time + hold timeout - 2 s); replicas keep a *log
 clock*, the largest proposer time among entries applied so far, and skip (as an error result) a
 command whose expiry is below the log clock when it comes up. The log clock is part of the log, so
 every replica decides the same. The leader appends a clock tick when the log has been idle for 1 s,
@@ -64,6 +66,9 @@ log = logging.getLogger("beacon.etcd")
 CHUNK = 1024 * 1024
 TICK_IDLE = 1.0
 ATTEMPT = 1.0       # seconds per put attempt before retrying the same envelope
+MAX_BATCH = 500     # commands per put (the envelope stays far below etcd's 1.5 MiB request limit)
+MAX_INFLIGHT = 4    # batch puts in flight per server
+INDEX_STRIDE = 1000  # Consul index = etcd revision * 1000 + position in the batch
 EXPIRY_MARGIN = 2.0
 
 
@@ -88,7 +93,11 @@ class EtcdConsensus:
         self.log_clock = 0.0       # largest proposer time among applied entries
         self.snapshot_rev = 0      # revision of the newest snapshot we know of
         self.recent: dict[str, float] = {}
-        self._early: dict[int, KV] = {}  # previous log revision -> our own entry that follows it  # ids of applied commands that could still reappear -> expiry
+        self._early: dict[int, KV] = {}
+        self._queue: list[dict[str, Any]] = []
+        self._recent_limit = 4096
+        self._flush_wake = asyncio.Event()
+        self._senders: set[asyncio.Task[None]] = set()  # previous log revision -> our own entry that follows it  # ids of applied commands that could still reappear -> expiry
         self.leader: dict[str, str] | None = None
         self.leader_changes = 0
         self.names: dict[str, str] = {}
@@ -114,7 +123,8 @@ class EtcdConsensus:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._apply_loop(), name="etcd-apply"),
-                       loop.create_task(self._leader_loop(), name="etcd-leader")]
+                       loop.create_task(self._leader_loop(), name="etcd-leader"),
+                       loop.create_task(self._flush_loop(), name="etcd-flush")]
 
     async def stop(self) -> None:
         self._closed = True
@@ -123,9 +133,9 @@ class EtcdConsensus:
                 await asyncio.wait_for(self.client.lease_revoke(self._lease), 2)
             except (TimeoutError, EtcdUnavailable, EtcdError):
                 pass
-        for t in self._tasks:
+        for t in [*self._tasks, *self._senders]:
             t.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._senders]:
             try:
                 await t
             except (asyncio.CancelledError, Exception):
@@ -135,72 +145,106 @@ class EtcdConsensus:
 
     # ------------------------------------------------------------------ writes
     async def submit(self, command: Command) -> ApplyResult:
+        """Queue the command for the next batch put; return its result once applied here."""
         if self._closed:
             raise NoLeaderError("server is shutting down")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.hold_timeout
-        now = time.time()
         cid = uuid.uuid4().hex
-        env = {"i": cid, "t": now, "x": now + max(1.0, self.hold_timeout - EXPIRY_MARGIN),
-               "c": [int(command[0]), command[1]]}
-        data = encode(env)
+        entry = {"i": cid, "x": time.time() + max(1.0, self.hold_timeout - EXPIRY_MARGIN),
+                 "c": [int(command[0]), command[1]]}
         fut: asyncio.Future[ApplyResult | None] = loop.create_future()
         self._pending[cid] = fut
+        self._queue.append(entry)
+        self._flush_wake.set()
         try:
-            rev = 0
-            while not rev:
-                # Short attempts, retried with the same envelope: a copy that commits twice applies
-                # once (apply skips a command id it has seen), so a lost answer costs one attempt.
-                attempt = min(ATTEMPT, deadline - loop.time())
-                if attempt < 0.05 or time.time() > env["x"]:
-                    return await self._settle(fut, env, deadline)
-                try:
-                    rev, prev = await self.client.put_prev(self.log_key, data, timeout=attempt)
-                    # Our entry directly follows `prev` in the log: once `prev` is applied here, apply
-                    # ours from this answer instead of waiting for the watch to bring it back.
-                    self._early[prev] = KV(self.log_key, data, rev, 0, 0)
-                    self._drain_early()
-                except EtcdNotConnected:  # never reached etcd
-                    await asyncio.sleep(0.1)
-                except EtcdError as exc:  # etcd refused it: nothing was proposed
-                    if fut.done():
-                        return self._result(fut.result())
-                    raise NoLeaderError(f"write refused: {exc}") from None
-                except EtcdUnavailable:
-                    if fut.done():
-                        return self._result(fut.result())
-                    await asyncio.sleep(0.05)
-            self._last_ok = time.monotonic()
-            # Committed at `rev`: the local watch will apply it (the log decides whether it expired).
-            result = await asyncio.wait_for(asyncio.shield(fut), max(30.0, deadline - loop.time()))
+            # The batch sender answers within the hold timeout; past it, the command was committed
+            # and only this server's apply is late.
+            result = await asyncio.wait_for(asyncio.shield(fut), self.hold_timeout + 30.0)
             return self._result(result)
         except TimeoutError:
             raise NoLeaderError("the write was committed but this server has not applied it yet") from None
         finally:
             self._pending.pop(cid, None)
 
-    async def _settle(self, fut: asyncio.Future[ApplyResult | None], env: dict[str, Any],
-                      deadline: float) -> ApplyResult:
-        """The put's outcome is unknown: let the log decide, with a clock tick past the expiry."""
-        loop = asyncio.get_running_loop()
-        while loop.time() < deadline:
-            if fut.done():
-                return self._result(fut.result())
-            wait_expiry = env["x"] - time.time()
-            if wait_expiry > 0:
-                await asyncio.wait([fut], timeout=min(wait_expiry + 0.05, max(0.05, deadline - loop.time())))
+    async def _flush_loop(self) -> None:
+        """Group commit: whatever queued while earlier puts were in flight goes out as one put (up to
+        MAX_BATCH commands), with at most MAX_INFLIGHT puts in flight."""
+        slots = asyncio.Semaphore(MAX_INFLIGHT)
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake.clear()
+            while self._queue:
+                await slots.acquire()
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                task = asyncio.get_running_loop().create_task(self._send(batch))
+                self._senders.add(task)
+                task.add_done_callback(self._senders.discard)
+                task.add_done_callback(lambda _t: slots.release())
+
+    async def _send(self, batch: list[dict[str, Any]]) -> None:
+        expiry = min(e["x"] for e in batch)
+        deadline = expiry + EXPIRY_MARGIN  # wall clock: the hold timeout of the oldest command
+        data = encode({"t": time.time(), "b": batch})
+        uncertain = False
+        try:
+            while True:
+                # Short attempts, retried with the same envelope: a copy that commits twice applies
+                # once (apply skips command ids it has seen), so a lost answer costs one attempt.
+                attempt = min(ATTEMPT, deadline - time.time())
+                if attempt < 0.05 or time.time() > expiry or self._all_done(batch):
+                    break
+                try:
+                    rev, prev = await self.client.put_prev(self.log_key, data, timeout=attempt)
+                except EtcdNotConnected:  # never reached etcd
+                    await asyncio.sleep(0.1)
+                    continue
+                except EtcdError as exc:  # refused: this copy was not proposed
+                    if not uncertain:
+                        self._fail(batch, NoLeaderError(f"write refused: {exc}"))
+                        return
+                    break
+                except EtcdUnavailable:
+                    uncertain = True
+                    await asyncio.sleep(0.05)
+                    continue
+                self._last_ok = time.monotonic()
+                # The batch directly follows `prev` in the log: once `prev` is applied here, apply it
+                # from this answer instead of waiting for the watch to bring it back.
+                self._early[prev] = KV(self.log_key, data, rev, 0, 0)
+                self._drain_early()
+                return  # committed: the apply resolves every command (the log decides expiry)
+            await self._settle(batch, expiry, deadline)
+        except asyncio.CancelledError:
+            self._fail(batch, NoLeaderError("server is shutting down"))
+            raise
+
+    def _all_done(self, batch: list[dict[str, Any]]) -> bool:
+        return all(f is None or f.done() for f in (self._pending.get(e["i"]) for e in batch))
+
+    def _fail(self, batch: list[dict[str, Any]], exc: Exception) -> None:
+        for e in batch:
+            fut = self._pending.get(e["i"])
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
+    async def _settle(self, batch: list[dict[str, Any]], expiry: float, deadline: float) -> None:
+        """The outcome is unknown: let the log decide, with a clock tick past the expiry. Once that
+        tick is applied here, every command of the batch has applied before it or never will."""
+        while time.time() < deadline and not self._all_done(batch):
+            if time.time() <= expiry:
+                await asyncio.sleep(min(0.1, expiry - time.time() + 0.01))
                 continue
             try:
-                tick = await self._tick(timeout=max(0.2, min(1.0, deadline - loop.time())))
-                await self.wait_applied(tick, max(0.5, deadline - loop.time()))
+                tick = await self._tick(timeout=max(0.2, min(1.0, deadline - time.time())))
+                await self.wait_applied(tick, max(0.5, deadline - time.time()))
             except (EtcdUnavailable, EtcdError, NoLeaderError):
                 await asyncio.sleep(0.2)
                 continue
-            if fut.done():
-                return self._result(fut.result())
-            raise NoLeaderError("No cluster leader: the write was not committed in time and will not be applied")
-        raise NoLeaderError("No cluster leader: the write was not committed within the hold timeout; "
-                            "it will not be applied")
+            self._fail(batch, NoLeaderError("No cluster leader: the write was not committed in time and "
+                                            "will not be applied"))
+            return
+        self._fail(batch, NoLeaderError("No cluster leader: the write was not committed within the hold "
+                                        "timeout; it will not be applied"))
 
     @staticmethod
     def _result(result: ApplyResult | None) -> ApplyResult:
@@ -256,27 +300,27 @@ class EtcdConsensus:
         except ValueError:
             log.error("skipping undecodable log entry at revision %d", rev)
             env = {}
-        result: ApplyResult | None = None
-        cmd = env.get("c")
-        cid = str(env.get("i", ""))
-        duplicate = False
-        if cmd is not None:
-            expiry = float(env.get("x", float("inf")))
-            if expiry < self.log_clock:
+        clock = self.log_clock  # the log's time before this entry: decides every expiry in it
+        for pos, e in enumerate(env.get("b", ())):
+            cid = str(e.get("i", ""))
+            result: ApplyResult | None = None
+            if float(e.get("x", float("inf"))) < clock:
                 result = None  # expired before it was committed: its proposer answered an error
             elif cid in self.recent:
-                duplicate = True  # a retried copy of a command that already applied
+                continue  # a retried copy of a command that already applied
             else:
-                result = self.store.apply((int(cmd[0]), cmd[1]), index=rev)
-                self.recent[cid] = expiry
+                cmd = e["c"]
+                result = self.store.apply((int(cmd[0]), cmd[1]), index=rev * INDEX_STRIDE + pos)
+                self.recent[cid] = float(e["x"])
+            fut = self._pending.get(cid)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
         self.log_clock = max(self.log_clock, float(env.get("t", 0.0)))
         self.applied = rev
-        if len(self.recent) > 4096:
+        if len(self.recent) > self._recent_limit:
             # An id whose expiry is behind the log clock cannot apply again anyway: forget it.
             self.recent = {k: x for k, x in self.recent.items() if x >= self.log_clock}
-        fut = self._pending.get(cid)
-        if fut is not None and not fut.done() and not duplicate:
-            fut.set_result(result)
+            self._recent_limit = max(4096, 2 * len(self.recent))
         while self._waiters and self._waiters[0][0] <= rev:
             _, _, w = heapq.heappop(self._waiters)
             if not w.done():
@@ -549,21 +593,36 @@ class EtcdConsensus:
         self._last_members = time.monotonic()
         return self.members
 
+    async def _retrying(self, what: str, fn: Any, seconds: float = 20.0) -> Any:
+        """Membership changes need an etcd leader: ride out an election in progress."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            try:
+                return await fn()
+            except EtcdUnavailable as exc:
+                if loop.time() > deadline:
+                    raise EtcdUnavailable(f"{what}: {exc}") from None
+                await asyncio.sleep(0.3)
+
     async def add_server(self, raft_addr: str) -> list[dict[str, Any]]:
         """MemberAdd for a server that is about to start its member; returns the member list."""
-        members = await self.refresh_members()
-        if raft_addr not in {self._addr(u) for m in members for u in m.get("peerURLs", [])}:
-            await self.client.member_add([f"{self.peer_scheme}://{raft_addr}"])
+        async def add() -> list[dict[str, Any]]:
             members = await self.refresh_members()
-        return members
+            if raft_addr not in {self._addr(u) for m in members for u in m.get("peerURLs", [])}:
+                await self.client.member_add([f"{self.peer_scheme}://{raft_addr}"])
+                members = await self.refresh_members()
+            return members
+        return await self._retrying(f"adding {raft_addr}", add)
 
     async def remove_server(self, raft_addr: str) -> None:
-        for m in await self.refresh_members():
-            if raft_addr in {self._addr(u) for u in m.get("peerURLs", [])}:
-                await self.client.member_remove(m["ID"])
-                log.info("removed etcd member %s (%s)", m.get("name"), raft_addr)
-        await self.refresh_members()
-
+        async def remove() -> None:
+            for m in await self.refresh_members():
+                if raft_addr in {self._addr(u) for u in m.get("peerURLs", [])}:
+                    await self.client.member_remove(m["ID"])
+                    log.info("removed etcd member %s (%s)", m.get("name"), raft_addr)
+            await self.refresh_members()
+        await self._retrying(f"removing {raft_addr}", remove)
 
 
 def _decompress(data: bytes) -> Any:
