@@ -118,6 +118,7 @@ class Agent:
         self.tombstone_reaper: Any = None
         self.raft: Any = None  # EtcdConsensus once a cluster server's etcd log is running
         self.etcd_member: Any = None  # the etcd process a cluster server supervises
+        self.etcd_initial: tuple[str, str, str] | None = None  # how that member was first started
         self.cluster: Any = None
         self.consensus: Consensus = self._make_consensus()
         self.local = LocalState(

@@ -230,8 +230,12 @@ class Cluster:
 
     # ------------------------------------------------------------------ RPC handlers
     async def rpc_hello(self, p: Any) -> Any:
-        return {"member": self.me.public(), "members": self._member_list(),
-                "raft_running": self.agent.raft_running(), "leader": self._leader_name()}
+        out = {"member": self.me.public(), "members": self._member_list(),
+               "raft_running": self.agent.raft_running(), "leader": self._leader_name()}
+        initial = self.agent.etcd_initial
+        if initial is not None and initial[1] == "new":
+            out["initial"] = list(initial)  # servers named in it start the same new cluster
+        return out
 
     async def rpc_heartbeat(self, p: Any) -> Any:
         if not self.me.server:

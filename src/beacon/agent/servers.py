@@ -42,6 +42,14 @@ def tls_files(agent: Agent) -> TLSFiles | None:
     return None
 
 
+def _names(initial: Any, raft_addr: str) -> bool:
+    """True when ``initial`` is a peer's [initial-cluster, "new", token] that lists ``raft_addr``."""
+    if not isinstance(initial, list) or len(initial) != 3 or not isinstance(initial[0], str):
+        return False
+    urls = (part.partition("=")[2] for part in initial[0].split(","))
+    return any(url.split("://", 1)[-1] == raft_addr for url in urls)
+
+
 class EtcdBootstrap:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -77,6 +85,7 @@ class EtcdBootstrap:
                 await member.start()
             else:
                 initial, state, token = await self.discover(member.scheme)
+                agent.etcd_initial = (initial, state, token)
                 log.info("starting the etcd member (%s cluster): %s", state, initial)
                 await member.start(initial, state, token)
             client = EtcdClient([member.client_url], ctx)
@@ -109,6 +118,12 @@ class EtcdBootstrap:
             for h in hellos:
                 if isinstance(h, BaseException):
                     continue
+                if _names(h.get("initial"), me.raft_addr):
+                    # A peer already started the new cluster and this server is in it: start the same
+                    # one. (Asking that peer to MemberAdd us instead would wait for a quorum that
+                    # needs us.)
+                    initial, state, token = h["initial"]
+                    return str(initial), str(state), str(token)
                 peer = Member.from_public(h["member"])[0]
                 if peer.name != me.name:
                     cluster._observe(peer, seen_at=time.monotonic())
