@@ -113,6 +113,9 @@ class Agent:
         telemetry.bind_store(self.store)
         telemetry.bind_hub(self.hub)
         sessions.install(self.store)  # before any replay: the log holds session and txn commands
+        from beacon.agent import security
+
+        security.setup(self)  # self.tls, self.acl (None with ACLs off), self.https_port
         self.events = event.EventBuffer()
         self.session_reaper: SessionReaper | None = None
         self.tombstone_reaper: Any = None
@@ -187,7 +190,7 @@ class Agent:
             self.tombstone_reaper = TombstoneReaper(self.store, self.submit, self.consensus.is_leader,
                                                     ttl=self.config.tombstone_ttl)
             self.tombstone_reaper.start()
-        if self.config.http_port >= 0:
+        if self.config.http_port >= 0 or self.config.https_port >= 0:
             await self._start_http()
         if self.config.dns_port >= 0:
             await self._start_dns()
@@ -216,6 +219,9 @@ class Agent:
         if self._http_server is not None:
             self._http_server.close()  # stop accepting; open connections end in cleanup()
             self._http_server = None
+        from beacon.agent import security
+
+        security.stop_https(self)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -437,6 +443,9 @@ class Agent:
         else:
             for module in (catalog, health, kv, status, session, txn, snapshot, query, config):
                 module.router.install(app)
+        from beacon.agent import security
+
+        security.install_http(self, app)  # ACL middleware and /v1/acl/*, /v1/agent/token/*
         metrics.install(app)
         monitor.install(app)
         if self.config.ui:
@@ -452,9 +461,11 @@ class Agent:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                                      keepalive_timeout=cfg.http_idle_timeout)
         await self._runner.setup()
-        sock = bind_tcp(self.config.http_bind, self.config.http_port)
-        self.http_port = sock.getsockname()[1]
-        self._http_server = await limits.serve(self._runner, sock, self.http_guard)
+        if cfg.http_port >= 0:
+            sock = bind_tcp(self.config.http_bind, self.config.http_port)
+            self.http_port = sock.getsockname()[1]
+            self._http_server = await limits.serve(self._runner, sock, self.http_guard)
+        await security.start_https(self, self._runner, self.http_guard)
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="Consul Agent")
