@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,18 @@ class Identity:
     accessor: str
     authz: Authorizer
     description: str = ""
+
+
+def initial_accessor(secret: str) -> str:
+    """The initial management token's AccessorID: derived from the secret, so every server that
+    proposes it writes the same row."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, "beacon-initial-management:" + secret))
+
+
+def initial_management_token(secret: str, created: str) -> dict[str, Any]:
+    return {"AccessorID": initial_accessor(secret), "SecretID": secret, "Description": "Initial Management Token",
+            "Policies": [{"ID": state.MANAGEMENT_POLICY_ID, "Name": "global-management"}], "Local": False,
+            "CreateTime": created}
 
 
 def parse_time(value: str) -> float | None:
@@ -134,7 +147,7 @@ class Resolver:
         if not secret:
             secret = self.tokens.get("default") or state.ANONYMOUS_SECRET
         if secret == self.tokens.get("initial_management"):
-            return Identity("initial-management", management(), "Initial Management Token")
+            return Identity(initial_accessor(secret), management(), "Initial Management Token")
         if secret == self.tokens.get("agent_recovery"):
             return self.recovery_identity()
         if self.store is not None and self.fetch is None:
@@ -197,7 +210,7 @@ class Resolver:
         if not secret:
             secret = self.tokens.get("default") or state.ANONYMOUS_SECRET
         if secret == self.tokens.get("initial_management"):
-            return {"AccessorID": "initial-management", "Management": True}
+            return {"AccessorID": initial_accessor(secret), "Management": True}
         token = state.token_by_secret(self.store, secret)
         if token is None or self._is_expired(token):
             raise ACLNotFound()

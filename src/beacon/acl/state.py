@@ -110,6 +110,8 @@ class ACLCommands:
         op = p.get("op")
         if op == "bootstrap":
             return self.bootstrap(idx, dict(p["token"]))
+        if op == "initial_management":
+            return self.initial_management(idx, dict(p["token"]))
         if op == "token_set":
             return self.token_set(idx, dict(p["token"]))
         if op == "policy_set":
@@ -131,6 +133,14 @@ class ACLCommands:
                                403)
         meta["bootstrap"] = idx
         return self.token_set(idx, token)
+
+    def initial_management(self, idx: int, token: dict[str, Any]) -> bool:
+        """The configured initial_management token, written once by the leader; it ends bootstrap."""
+        if token["AccessorID"] in table(self.store, TOKENS):
+            return False
+        table(self.store, META).setdefault("bootstrap", idx)
+        self.token_set(idx, token)
+        return True
 
     def token_set(self, idx: int, token: dict[str, Any]) -> dict[str, Any]:
         rows = table(self.store, TOKENS)

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from beacon import telemetry
+from beacon.agent import security
 from beacon.agent.http import (
     agent_api,
     catalog,
@@ -113,8 +114,6 @@ class Agent:
         telemetry.bind_store(self.store)
         telemetry.bind_hub(self.hub)
         sessions.install(self.store)  # before any replay: the log holds session and txn commands
-        from beacon.agent import security
-
         security.setup(self)  # self.tls, self.acl (None with ACLs off), self.https_port
         self.events = event.EventBuffer()
         self.session_reaper: SessionReaper | None = None
@@ -192,6 +191,7 @@ class Agent:
             self.tombstone_reaper.start()
         if self.config.http_port >= 0 or self.config.https_port >= 0:
             await self._start_http()
+        self.spawn(security.write_initial_management(self), "acl-initial-management")
         if self.config.dns_port >= 0:
             await self._start_dns()
         if self.engine is not None:  # containers reach this agent's DNS and HTTP at the bridge gateway
@@ -219,8 +219,6 @@ class Agent:
         if self._http_server is not None:
             self._http_server.close()  # stop accepting; open connections end in cleanup()
             self._http_server = None
-        from beacon.agent import security
-
         security.stop_https(self)
         if self._runner is not None:
             await self._runner.cleanup()
@@ -443,8 +441,6 @@ class Agent:
         else:
             for module in (catalog, health, kv, status, session, txn, snapshot, query, config):
                 module.router.install(app)
-        from beacon.agent import security
-
         security.install_http(self, app)  # ACL middleware and /v1/acl/*, /v1/agent/token/*
         metrics.install(app)
         monitor.install(app)

@@ -43,6 +43,30 @@ def setup(agent: Agent) -> None:
         agent.acl.tokens.update(load_persisted_tokens(cfg.data_dir))
 
 
+async def write_initial_management(agent: Agent) -> None:
+    """Servers: once this one leads, store the configured initial_management token (as Consul's
+    leader does), so it is listed, readable through token/self, and bootstrap is over."""
+    import asyncio
+    import datetime as dt
+
+    from beacon.acl import state
+    from beacon.acl.resolver import initial_accessor, initial_management_token
+    from beacon.server.fsm import MessageType
+
+    secret = agent.acl.tokens.get("initial_management") if agent.acl is not None else None
+    if not secret or not (agent.config.server or agent.config.dev):
+        return
+    while initial_accessor(secret) not in state.table(agent.store, state.TOKENS):
+        if agent.consensus.is_leader():
+            created = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+            try:
+                await agent.submit((MessageType.ACL, {"op": "initial_management",
+                                                      "token": initial_management_token(secret, created)}))
+            except Exception as exc:  # no quorum yet: the next round tries again
+                log.debug("initial management token not written yet: %s", exc)
+        await asyncio.sleep(1.0)
+
+
 def load_persisted_tokens(data_dir: str) -> dict[str, str]:
     path = os.path.join(data_dir, TOKENS_FILE)
     try:
