@@ -9,7 +9,7 @@ import subprocess
 import consul
 import pytest
 
-from tests.conftest import beacon_cmd, beacon_env, launch
+from tests.conftest import beacon_cmd, beacon_env, launch, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -129,6 +129,8 @@ def test_tokens_policies_roles_crud(deny_agent) -> None:
 def test_tokens_from_bearer_and_query_and_agent_token_endpoint(deny_agent) -> None:
     import urllib.request
 
+    # The leader writes the initial_management token soon after it starts leading.
+    wait_until(lambda: deny_agent.request("GET", f"/v1/acl/token/self?token={MGMT}")[0] == 200, timeout=30)
     req = urllib.request.Request(f"{deny_agent.http}/v1/acl/token/self",
                                  headers={"Authorization": f"Bearer {MGMT}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
