@@ -1,0 +1,101 @@
+"""What ACL resolution costs on a KV GET with a cached token (issue 14's target: under 10%).
+
+    python3 bench/acl.py [--seconds 5] [--rounds 3] [--connections 50]
+
+Two real single-server agents, pinned to the same core: the anchor without ACLs, and one with
+``acl.enabled`` and ``default_policy = "deny"`` read with a token whose policy is
+``key_prefix "bench/" { policy = "read" }`` (every request resolves the token from the cache and
+checks ``key:read``). ``wrk -t1`` on the load core alternates between them each round; every round,
+the medians and the overhead are printed. Everything started is stopped before the script exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import beacon_agent, loadavg, pinned, require  # noqa: E402
+
+MGMT = "b3c1a2d4-0000-4000-8000-000000000001"
+PATH = "/v1/kv/bench/key"
+
+
+def wrk(url: str, seconds: int, connections: int, core: int, token: str = "") -> float:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", *(["-H", f"X-Consul-Token: {token}"] if token else []),
+            url]
+    out = subprocess.run(pinned(core, argv), capture_output=True, text=True, timeout=seconds + 30).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m or "Non-2xx" in out:
+        raise RuntimeError("wrk failed or saw non-2xx answers:\n" + out)
+    return float(m.group(1))
+
+
+def call(port: int, method: str, path: str, body: object = None, token: str = "") -> bytes:
+    data = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    if token:
+        req.add_header("X-Consul-Token", token)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.read()
+
+
+def wait_written(port: int, token: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            call(port, "PUT", PATH, b"value", token)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--server-core", type=int, default=0)
+    ap.add_argument("--load-core", type=int, default=1)
+    args = ap.parse_args()
+    require("wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": MGMT}}}, f)
+    try:
+        with beacon_agent(core=args.server_core, dev=False) as (_, plain, _d), \
+                beacon_agent("-config-file", f.name, core=args.server_core, dev=False) as (_, acl, _d2):
+            wait_written(plain, "")
+            wait_written(acl, MGMT)
+            pol = json.loads(call(acl, "PUT", "/v1/acl/policy",
+                                  {"Name": "bench", "Rules": 'key_prefix "bench/" { policy = "read" }'}, MGMT))
+            token = json.loads(call(acl, "PUT", "/v1/acl/token", {"Policies": [{"ID": pol["ID"]}]}, MGMT))["SecretID"]
+            assert call(acl, "GET", PATH + "?raw", token=token) == b"value"
+            anchors, acls = [], []
+            for r in range(args.rounds):
+                a = wrk(f"http://127.0.0.1:{plain}{PATH}", args.seconds, args.connections, args.load_core)
+                b = wrk(f"http://127.0.0.1:{acl}{PATH}", args.seconds, args.connections, args.load_core, token)
+                anchors.append(a)
+                acls.append(b)
+                print(f"round {r + 1}: no ACLs {a:9.0f} req/s   ACLs + cached token {b:9.0f} req/s   "
+                      f"ratio {b / a:.3f}", flush=True)
+    finally:
+        os.unlink(f.name)
+    ma, mb = statistics.median(anchors), statistics.median(acls)
+    print(f"\nmedian: no ACLs {ma:.0f} req/s, ACLs {mb:.0f} req/s; ACL cost {100 * (1 - mb / ma):.1f}% "
+          f"(target < 10%)")
+    print(f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds; load average: {loadavg()}")
+
+
+if __name__ == "__main__":
+    main()
