@@ -182,3 +182,56 @@ def test_cli_policy_and_token(deny_agent, tmp_path) -> None:
     read = _cli(deny_agent, "acl", "policy", "read", "-name", "cli-writer", token=MGMT)
     assert 'key_prefix "cli/"' in read.stdout
     assert os.path.exists(rules)
+
+
+def test_service_and_node_rules_gate_registration_and_discovery(deny_agent) -> None:
+    mgmt = _c(deny_agent, MGMT)
+    node = deny_agent.json("GET", f"/v1/agent/self?token={MGMT}")["Config"]["NodeName"]
+    for name in ("web", "db"):
+        assert mgmt.catalog.register("ext-node", "10.9.9.9", service={"Service": name, "ID": f"{name}-1"})
+    pol = mgmt.acl.policy.create("web-only", rules='service "web" { policy = "write" }\n'
+                                                   f'node "{node}" {{ policy = "read" }}\n')
+    web = _c(deny_agent, mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"])
+    # Discovery: only what the token may read, flagged as filtered.
+    assert set(web.catalog.services()[1]) == {"web"}
+    status, headers, body = deny_agent.request("GET", f"/v1/catalog/services?token={MGMT}")
+    assert {"web", "db"} <= set(json.loads(body))  # armed: both exist
+    token = web.token
+    status, headers, body = deny_agent.request("GET", f"/v1/catalog/service/db?token={token}")
+    assert (status, json.loads(body)) == (200, []) and headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+    # web is on ext-node, which the token may not read: the instance is filtered out too.
+    assert web.catalog.service("web")[1] == []
+    assert [n["Node"] for n in web.catalog.nodes()[1]] == [node]
+    assert web.health.service("db")[1] == []
+    # Registration: the service it may write, not another, and not on a node it may not write.
+    assert web.agent.service.register("web", service_id="web-local") is True
+    with pytest.raises(consul.ACLPermissionDenied, match="service:write"):
+        web.agent.service.register("db", service_id="db-local")
+    with pytest.raises(consul.ACLPermissionDenied, match="node:write"):
+        web.catalog.register("other-node", "10.9.9.8", service={"Service": "web"})
+    with pytest.raises(consul.ACLPermissionDenied):
+        web.catalog.deregister("ext-node")
+    with pytest.raises(consul.ACLPermissionDenied, match="operator:read"):
+        web.operator.raft_config()
+    status, _, _ = deny_agent.request("GET", f"/v1/snapshot?token={token}")
+    assert status == 403
+
+
+def test_prepared_queries_follow_query_and_service_rules(deny_agent) -> None:
+    mgmt = _c(deny_agent, MGMT)
+    mgmt.catalog.register("q-node", "10.9.9.7", service={"Service": "qsvc", "ID": "qsvc-1"})
+    # (py-consul's query.create sends its token in the body, not as a header: raw HTTP here.)
+    qid = deny_agent.json("POST", f"/v1/query?token={MGMT}", {"Name": "q-all", "Service": {"Service": "qsvc"}})["ID"]
+    pol = mgmt.acl.policy.create("q-reader", rules='query_prefix "q-" { policy = "read" }\n'
+                                                   'service "qsvc" { policy = "read" }\n')
+    reader = mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"]
+    assert [q["Name"] for q in _c(deny_agent, reader).query.list()] == ["q-all"]
+    # The instance's node is not readable by this token: execute drops it (management sees it).
+    status, _, body = deny_agent.request("GET", f"/v1/query/{qid}/execute?token={MGMT}")
+    assert [n["Node"]["Node"] for n in json.loads(body)["Nodes"]] == ["q-node"]
+    status, headers, body = deny_agent.request("GET", f"/v1/query/{qid}/execute?token={reader}")
+    assert status == 200 and json.loads(body)["Nodes"] == [] and headers[
+        "X-Consul-Results-Filtered-By-ACLs"] == "true"
+    status, _, _ = deny_agent.request("DELETE", f"/v1/query/{qid}?token={reader}")
+    assert status == 403
+    assert [q["ID"] for q in mgmt.query.list()] == [qid]

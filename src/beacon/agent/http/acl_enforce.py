@@ -178,7 +178,7 @@ async def catalog_register(request: web.Request, agent: Agent, a: Authorizer) ->
         _need(a.service_write(name), "service:write", name)
 
 
-async def catalog_deregister(request: web.Request, agent: Agent, a: Authorizer) -> None:
+async def body_node_write(request: web.Request, agent: Agent, a: Authorizer) -> None:
     doc = await _body(request)
     node = _field(doc, "Node")
     if isinstance(node, str):
@@ -276,6 +276,28 @@ async def txn(request: web.Request, agent: Agent, a: Authorizer) -> None:
                 _need(a.allowed(resource, name, WRITE), f"{resource}:write", name)
 
 
+async def query_write(request: web.Request, agent: Agent, a: Authorizer) -> None:
+    """Prepared queries: write on the query's name (from the body, else the stored query's)."""
+    name = _field(await _body(request), "Name")
+    if not isinstance(name, str) or not name:
+        from beacon.server import queries
+
+        stored = queries.rows(agent.store).get(request.path.rsplit("/", 1)[-1]) or {}
+        name = stored.get("Name") or ""
+    _need(a.allowed("query", name, WRITE), "query:write", name)
+
+
+def query_result(request: web.Request, agent: Agent, a: Authorizer) -> Callable[[Any], tuple[Any, bool]]:
+    """An execute/explain reply: drop instances on nodes or of services the token may not read."""
+    def keep(body: Any) -> tuple[Any, bool]:
+        nodes = body.get("Nodes") if isinstance(body, dict) else None
+        if not isinstance(nodes, list):
+            return body, False
+        kept = [n for n in nodes if a.node_read(_get(n, "Node", "Node")) and a.service_read(_get(n, "Service", "Service"))]
+        return ({**body, "Nodes": kept}, True) if len(kept) != len(nodes) else (body, False)
+    return keep
+
+
 def _keep(pred: Callable[[Authorizer, Any], bool]) -> Callable[[web.Request, Agent, Authorizer], Any]:
     return lambda request, agent, a: _keep_list(lambda item: pred(a, item))
 
@@ -317,7 +339,7 @@ TABLE: tuple[Route, ...] = (
     _r(W, r"/v1/kv/", gate(kv_write)),
     _r(W, r"/v1/txn$", gate(txn)),
     _r(W, r"/v1/catalog/register$", gate(catalog_register)),
-    _r(W, r"/v1/catalog/deregister$", gate(catalog_deregister)),
+    _r(W, r"/v1/catalog/deregister$", gate(body_node_write)),
     _r(R, r"/v1/catalog/services$", filtered(_keep(lambda a, kv: a.service_read(kv[0])))),
     _r(R, r"/v1/catalog/nodes$", filtered(_keep(lambda a, n: a.node_read(_get(n, "Node"))))),
     _r(R, r"/v1/catalog/service/", _named_then("service", "/v1/catalog/service/",
@@ -347,7 +369,12 @@ TABLE: tuple[Route, ...] = (
     _r(R + "," + W, r"/v1/operator/keyring", gate(scalar("keyring"))),
     _r(R + "," + W, r"/v1/operator/", gate(scalar("operator"))),
     _r(R + "," + W, r"/v1/snapshot", gate(management)),
-    _r(R, r"/v1/query$", filtered(_keep(lambda a, q: a.allowed("query", _get(q, "Name"), READ)))),
+    _r(R, r"/v1/query/[^/]+/(execute|explain)$", filtered(query_result)),
+    _r(R, r"/v1/query(/[^/]+)?$", filtered(_keep(lambda a, q: a.allowed("query", _get(q, "Name"), READ)))),
+    _r(W, r"/v1/query(/[^/]+)?$", gate(query_write)),
+    _r(W, r"/v1/coordinate/update$", gate(body_node_write)),
+    _r(R, r"/v1/health/connect/", _named_then("service", "/v1/health/connect/",
+                                                        lambda a, e: a.node_read(_get(e, "Node", "Node")))),
     _r(R, r"/v1/coordinate/", filtered(_keep(lambda a, c: a.node_read(_get(c, "Node"))))),
     _r(R, r"/v1/internal/ui/services$", filtered(_keep(lambda a, s: a.service_read(_get(s, "Name"))))),
     _r(R, r"/v1/internal/ui/nodes$", filtered(_keep(lambda a, n: a.node_read(_get(n, "Node"))))),
