@@ -56,3 +56,25 @@ def test_deleted_token_stops_working_on_a_client_within_the_ttl(tmp_path) -> Non
         if client is not None:
             client.stop()
         server.stop()
+
+
+def test_agent_tokens_persist_across_a_restart_with_enable_token_persistence(tmp_path) -> None:
+    cfg = tmp_path / "acl.json"
+    cfg.write_text(json.dumps({"acl": {"enabled": True, "default_policy": "deny", "enable_token_persistence": True,
+                                       "tokens": {"initial_management": MGMT}}}))
+    flags = ("-server", "-bootstrap-expect", "1", "-node", "solo", "-data-dir", str(tmp_path / "data"),
+             "-config-file", str(cfg))
+    agent = launch(*flags, dev=False)
+    try:
+        wait_until(lambda: agent.request("GET", f"/v1/acl/token/self?token={MGMT}")[0] == 200, timeout=30)
+        assert agent.request("GET", "/v1/kv/missing")[0] == 403  # armed: anonymous is denied
+        status, _, _ = agent.request("PUT", f"/v1/agent/token/default?token={MGMT}", {"Token": MGMT})
+        assert status == 200
+        assert agent.request("GET", "/v1/kv/missing")[0] == 404  # now the default token reads
+    finally:
+        agent.stop()
+    agent = launch(*flags, dev=False)
+    try:
+        wait_until(lambda: agent.request("GET", "/v1/kv/missing")[0] == 404, timeout=30)
+    finally:
+        agent.stop()

@@ -296,7 +296,7 @@ async def token_delete(req: web.Request, agent: Agent) -> Reply:
 
 @router.get("/v1/acl/tokens")
 async def token_list(req: web.Request, agent: Agent) -> Reply:
-    _need(req, READ)
+    show_secret = _need(req, READ).authz.scalar("acl", WRITE)
     policy, role = req.query.get("policy"), req.query.get("role")
     out = []
     for tok in state.tokens(agent.store).values():
@@ -304,7 +304,7 @@ async def token_list(req: web.Request, agent: Agent) -> Reply:
             continue
         if role and all(r["ID"] != role for r in tok.get("Roles") or []):
             continue
-        out.append(render_token(agent, tok, False))
+        out.append(render_token(agent, tok, show_secret))
     return Reply(sorted(out, key=lambda t: t.get("CreateIndex", 0)), index=state.acl_index(agent.store))
 
 

@@ -189,5 +189,10 @@ async def serve(runner: Any, sock: Any, guard: ConnectionGuard, backlog: int = 1
     and times connections the same way and sees decrypted bytes.
     """
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(guard.wrap(runner.server), sock=sock, backlog=backlog, ssl=ssl_context)
+    extra: dict[str, Any] = {}
+    if ssl_context is not None and guard.limits.read_header_timeout > 0:
+        # The guard sees a TLS connection only once its handshake is done: bound the handshake too.
+        extra["ssl_handshake_timeout"] = guard.limits.read_header_timeout
+    server = await loop.create_server(guard.wrap(runner.server), sock=sock, backlog=backlog, ssl=ssl_context,
+                                      **extra)
     return server
