@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from beacon.acl.resolver import DOWN_POLICIES, ACLConfig
@@ -18,6 +19,7 @@ TOKEN_NAMES = {"initial_management": "initial_management", "master": "initial_ma
                "agent": "agent", "agent_recovery": "agent_recovery", "agent_master": "agent_recovery",
                "default": "default", "replication": "replication",
                "config_file_service_registration": "config_file_service_registration"}
+log = logging.getLogger("beacon.config")
 KEYS = ("enabled", "default_policy", "down_policy", "token_ttl", "policy_ttl", "role_ttl",
         "enable_token_persistence", "enable_token_replication", "enable_key_list_policy", "tokens")
 
@@ -31,13 +33,15 @@ def _error(message: str) -> Exception:
 def merge_acl_block(into: dict[str, Any], block: dict[str, Any], src: str) -> None:
     for key, value in block.items():
         if key not in KEYS:
-            raise _error(f"{src}: unknown key 'acl.{key}'")
+            log.warning("%s: unknown key 'acl.%s' ignored", src, key)  # as the rest of the config does
+            continue
         if key == "tokens":
             if not isinstance(value, dict):
                 raise _error(f"{src}: 'acl.tokens' must be an object")
             for name, tok in value.items():
                 if name not in TOKEN_NAMES:
-                    raise _error(f"{src}: unknown key 'acl.tokens.{name}'")
+                    log.warning("%s: unknown key 'acl.tokens.%s' ignored", src, name)
+                    continue
                 if not isinstance(tok, str):
                     raise _error(f"{src}: 'acl.tokens.{name}' must be a string")
                 into.setdefault("tokens", {})[TOKEN_NAMES[name]] = tok

@@ -11,6 +11,7 @@ pre-1.12 top-level keys (``ca_file``, ``cert_file``, ``key_file``, ``verify_*``)
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from beacon.config import AgentConfig
 
+log = logging.getLogger("beacon.config")
 SECTIONS = ("defaults", "https", "internal_rpc", "grpc")
 KEYS = ("ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_outgoing",
         "verify_server_hostname", "tls_min_version", "tls_cipher_suites")
@@ -33,12 +35,14 @@ def _error(message: str) -> Exception:
 def merge_tls_block(into: dict[str, Any], block: dict[str, Any], src: str) -> None:
     for section, body in block.items():
         if section not in SECTIONS:
-            raise _error(f"{src}: unknown key 'tls.{section}'")
+            log.warning("%s: unknown key 'tls.%s' ignored", src, section)
+            continue
         if not isinstance(body, dict):
             raise _error(f"{src}: 'tls.{section}' must be an object")
         for key, value in body.items():
             if key not in KEYS:
-                raise _error(f"{src}: unknown key 'tls.{section}.{key}'")
+                log.warning("%s: unknown key 'tls.%s.%s' ignored", src, section, key)
+                continue
             into.setdefault(section, {})[key] = value
 
 
