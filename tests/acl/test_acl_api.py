@@ -235,3 +235,20 @@ def test_prepared_queries_follow_query_and_service_rules(deny_agent) -> None:
     status, _, _ = deny_agent.request("DELETE", f"/v1/query/{qid}?token={reader}")
     assert status == 403
     assert [q["ID"] for q in mgmt.query.list()] == [qid]
+
+
+def test_txn_checks_every_operation(deny_agent) -> None:
+    mgmt = _c(deny_agent, MGMT)
+    pol = mgmt.acl.policy.create("txn-app", rules='key_prefix "txn/" { policy = "write" }')
+    token = mgmt.acl.token.create(policies_id=[pol["ID"]])["SecretID"]
+    import base64
+
+    def op(key: str) -> dict:
+        return {"KV": {"Verb": "set", "Key": key, "Value": base64.b64encode(b"v").decode()}}
+    status, _, body = deny_agent.request("PUT", f"/v1/txn?token={token}", [op("txn/a"), op("elsewhere/b")])
+    assert status == 409
+    assert json.loads(body)["Errors"] == [{"OpIndex": 1, "What": "Permission denied"}]
+    assert mgmt.kv.get("txn/a")[1] is None  # nothing applied
+    status, _, body = deny_agent.request("PUT", f"/v1/txn?token={token}", [op("txn/a"), op("txn/b")])
+    assert status == 200, body
+    assert mgmt.kv.get("txn/b")[1]["Value"] == b"v"

@@ -412,6 +412,8 @@ class Agent:
                 tags=tuple(split_tags(tags) if isinstance(tags, str) else tags),
                 resync=float(opts.get("resync", 30.0)), cleanup=bool(opts.get("cleanup", True)),
                 deregister=opts.get("deregister", "always"), retry_attempts=2, retry_interval=0.5))
+            if self.acl is not None:  # it registers through this agent's API: with the agent's token
+                reg.registry.token = self.acl.tokens.get("agent") or self.acl.tokens.get("default") or ""
             await reg.start()
         except (RegistratorError, ValueError, TypeError) as exc:
             log.error("registrator not started: %s", exc)

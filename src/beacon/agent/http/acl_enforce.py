@@ -252,28 +252,36 @@ async def session_write(request: web.Request, agent: Agent, a: Authorizer) -> No
     _need(a.allowed("session", node, WRITE), "session:write", node)
 
 
-async def txn(request: web.Request, agent: Agent, a: Authorizer) -> None:
+def _txn_op_allowed(a: Authorizer, op: Any) -> bool:
+    kv = _field(op, "KV")
+    if isinstance(kv, dict):
+        key = _field(kv, "Key")
+        key = key if isinstance(key, str) else ""
+        verb = str(_field(kv, "Verb") or "")
+        if verb in ("get", "get-tree", "check-index", "check-session", "check-not-exists"):
+            return a.key_read(key)
+        return a.key_write_prefix(key) if verb == "delete-tree" else a.key_write(key)
+    for kind, resource in (("Node", "node"), ("Service", "service"), ("Check", "node"), ("Session", "session")):
+        sub = _field(op, kind)
+        if isinstance(sub, dict):
+            inner = _field(sub, kind)
+            name = _field(inner, "Service" if kind == "Service" else "Node") if isinstance(inner, dict) else ""
+            verb = str(_field(sub, "Verb") or "")
+            access = READ if verb.startswith("get") else WRITE
+            return a.allowed(resource, name if isinstance(name, str) else "", access)
+    return True  # not an operation: the handler answers the decode error
+
+
+async def txn(request: web.Request, agent: Agent, a: Authorizer, nxt: Next) -> web.StreamResponse:
+    """Each operation is checked; any denied one fails the whole transaction with Consul's 409 and
+    per-operation errors, before anything is applied."""
     ops = await _body(request)
-    for op in ops if isinstance(ops, list) else []:
-        kv = _field(op, "KV")
-        if isinstance(kv, dict):
-            key = _field(kv, "Key") or ""
-            verb = str(_field(kv, "Verb") or "")
-            if verb in ("get", "get-tree", "check-index", "check-session", "check-not-exists"):
-                _need(a.key_read(key), "key:read", key)
-            elif verb == "delete-tree":
-                _need(a.key_write_prefix(key), "key:write", key)
-            else:
-                _need(a.key_write(key), "key:write", key)
-            continue
-        for kind, field, resource in (("Node", "Node", "node"), ("Service", "Service", "service"),
-                                      ("Check", "Check", "node"), ("Session", "Session", "session")):
-            sub = _field(op, kind)
-            if isinstance(sub, dict):
-                inner = _field(sub, field)
-                name = _field(inner, "Service" if kind == "Service" else "Node") if isinstance(inner, dict) else ""
-                name = name if isinstance(name, str) else ""
-                _need(a.allowed(resource, name, WRITE), f"{resource}:write", name)
+    errors = [{"OpIndex": i, "What": "Permission denied"}
+              for i, op in enumerate(ops if isinstance(ops, list) else []) if not _txn_op_allowed(a, op)]
+    if errors:
+        return web.Response(status=409, body=encode_compact({"Results": None, "Errors": errors}),
+                            content_type="application/json")
+    return await nxt(request)
 
 
 async def query_write(request: web.Request, agent: Agent, a: Authorizer) -> None:
@@ -337,7 +345,7 @@ TABLE: tuple[Route, ...] = (
     _r(R, r"/v1/catalog/datacenters$", _allow),
     _r(R, r"/v1/kv/", kv_get),
     _r(W, r"/v1/kv/", gate(kv_write)),
-    _r(W, r"/v1/txn$", gate(txn)),
+    _r(W, r"/v1/txn$", txn),
     _r(W, r"/v1/catalog/register$", gate(catalog_register)),
     _r(W, r"/v1/catalog/deregister$", gate(body_node_write)),
     _r(R, r"/v1/catalog/services$", filtered(_keep(lambda a, kv: a.service_read(kv[0])))),
