@@ -61,6 +61,37 @@ def wait_written(port: int, token: str) -> None:
             time.sleep(0.2)
 
 
+def in_process_cost(n: int = 100_000) -> float:
+    """Microseconds per request of what the middleware adds for a cached token: resolve, route
+    lookup, key:read. A number the shared cores' noise cannot swamp, to read next to wrk's."""
+    import asyncio
+    import time
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+    from beacon.acl.resolver import ACLConfig, Resolver
+    from beacon.agent.http.acl_enforce import rule_for
+    from beacon.server import sessions
+    from beacon.server.fsm import MessageType, StateStore
+
+    store = StateStore()
+    sessions.install(store)
+    store.apply((MessageType.ACL, {"op": "policy_set", "policy": {
+        "ID": "p", "Name": "bench", "Rules": 'key_prefix "bench/" { policy = "read" }'}}))
+    store.apply((MessageType.ACL, {"op": "token_set", "token": {"AccessorID": "a", "SecretID": "s",
+                                                                "Policies": [{"ID": "p", "Name": "bench"}]}}))
+    resolver = Resolver(ACLConfig(enabled=True, default_policy="deny"), "bench", store=store)
+
+    async def run() -> float:
+        await resolver.resolve("s")
+        start = time.perf_counter()
+        for _ in range(n):
+            ident = await resolver.resolve("s")
+            rule_for("GET", PATH)
+            ident.authz.key_read("bench/key")
+        return (time.perf_counter() - start) / n * 1e6
+    return asyncio.run(run())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
@@ -95,6 +126,9 @@ def main() -> None:
     print(f"\nmedian: no ACLs {ma:.0f} req/s, ACLs {mb:.0f} req/s; ACL cost {100 * (1 - mb / ma):.1f}% "
           f"(target < 10%)")
     print(f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds; load average: {loadavg()}")
+    cost = in_process_cost()
+    print(f"in process: {cost:.1f} us per request for resolve + route lookup + key:read "
+          f"({100 * cost * ma / 1e6:.1f}% of the anchor's {1e6 / ma:.0f} us per request)")
 
 
 if __name__ == "__main__":
