@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import launch, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MGMT = "0f0e0d0c-0b0a-4909-8807-060504030201"
 

@@ -83,6 +83,12 @@ def test_https_api_with_curl_cacert(pki, tmp_path) -> None:
         got = subprocess.run(beacon_cmd("kv", "get", "-http-addr", f"https://127.0.0.1:{port}", "tls/key"),
                              env=env, capture_output=True, text=True, timeout=30)
         assert got.stdout.strip() == "tls-value", got.stderr
+        # -tls-server-name: the name checked instead of the address (good name works, wrong one not).
+        for name, ok_expected in (("server.dc1.consul", True), ("wrong.example", False)):
+            got = subprocess.run(beacon_cmd("kv", "get", "-http-addr", f"https://127.0.0.1:{port}",
+                                            "-tls-server-name", name, "tls/key"),
+                                 env=env, capture_output=True, text=True, timeout=30)
+            assert (got.stdout.strip() == "tls-value") is ok_expected, (name, got.stderr)
         env.update(CONSUL_HTTP_SSL="true", CONSUL_HTTP_ADDR=f"127.0.0.1:{port}")
         got = subprocess.run(beacon_cmd("kv", "get", "tls/key"), env=env, capture_output=True, text=True, timeout=30)
         assert got.stdout.strip() == "tls-value", got.stderr

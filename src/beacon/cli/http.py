@@ -8,6 +8,7 @@ comes from ``-token``, else ``-token-file``, else ``CONSUL_HTTP_TOKEN``/``CONSUL
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import ssl
@@ -63,23 +64,22 @@ class Client:
         if token is None and os.environ.get("CONSUL_HTTP_TOKEN_FILE"):
             token = _read_token_file(os.environ["CONSUL_HTTP_TOKEN_FILE"])
         self.token = token
-        self.context: ssl.SSLContext | None = None
+        self.opener = urllib.request.build_opener()
         if self.base.startswith("https://"):
-            self.context = self._ssl_context(ca_file or os.environ.get("CONSUL_CACERT"),
-                                             client_cert or os.environ.get("CONSUL_CLIENT_CERT"),
-                                             client_key or os.environ.get("CONSUL_CLIENT_KEY"),
-                                             server_name or os.environ.get("CONSUL_TLS_SERVER_NAME"))
+            ctx = self._ssl_context(ca_file or os.environ.get("CONSUL_CACERT"),
+                                    client_cert or os.environ.get("CONSUL_CLIENT_CERT"),
+                                    client_key or os.environ.get("CONSUL_CLIENT_KEY"))
+            name = server_name or os.environ.get("CONSUL_TLS_SERVER_NAME")
+            self.opener = urllib.request.build_opener(_NamedHTTPSHandler(ctx, name or None))
 
     @staticmethod
-    def _ssl_context(ca: str | None, cert: str | None, key: str | None, server_name: str | None) -> ssl.SSLContext:
+    def _ssl_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
         try:
             ctx = ssl.create_default_context(cafile=ca or None)
             if cert:
                 ctx.load_cert_chain(cert, key or None)
         except (OSError, ssl.SSLError) as exc:
             raise CLIError(f"Error loading TLS files: {exc}") from None
-        if server_name:
-            ctx.check_hostname = False  # urllib cannot set SNI/verify name separately; trust the CA only
         return ctx
 
     @classmethod
@@ -94,7 +94,7 @@ class Client:
         if self.token:
             req.add_header("X-Consul-Token", self.token)
         try:
-            with urllib.request.urlopen(req, timeout=30, context=self.context) as resp:
+            with self.opener.open(req, timeout=30) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             data = exc.read()
@@ -113,6 +113,33 @@ class Client:
         body = None if obj is None else json.dumps(obj).encode()
         _, data = self.call("PUT", path, body)
         return json.loads(data) if data.strip() else None
+
+
+class _NamedHTTPSConnection(http.client.HTTPSConnection):
+    """-tls-server-name: verify (and send as SNI) this name instead of the address's host."""
+
+    server_name: str | None = None
+
+    def connect(self) -> None:
+        if not self.server_name:
+            super().connect()
+            return
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.server_name)  # type: ignore[attr-defined]
+
+
+class _NamedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext, server_name: str | None) -> None:
+        super().__init__(context=context)
+        self._ctx = context
+        self._name = server_name
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        name = self._name
+
+        class Conn(_NamedHTTPSConnection):
+            server_name = name
+        return self.do_open(Conn, req, context=self._ctx)
 
 
 def run_subcommand(table: dict[str, Callable[[list[str]], int]], usage: str, argv: list[str],
