@@ -8,6 +8,7 @@ import subprocess
 
 import consul
 import pytest
+from consul.exceptions import BadRequest
 
 from tests.conftest import beacon_cmd, beacon_env, launch, wait_until
 
@@ -252,3 +253,12 @@ def test_txn_checks_every_operation(deny_agent) -> None:
     status, _, body = deny_agent.request("PUT", f"/v1/txn?token={token}", [op("txn/a"), op("txn/b")])
     assert status == 200, body
     assert mgmt.kv.get("txn/b")[1]["Value"] == b"v"
+
+
+def test_token_expiration_bounds(deny_agent) -> None:
+    mgmt = _c(deny_agent, MGMT)
+    with pytest.raises(BadRequest, match="1m0s and 24h0m0s"):
+        mgmt.acl.token.create(expiration_ttl="30s")
+    tok = mgmt.acl.token.create(expiration_ttl="10m")
+    assert tok["ExpirationTime"].endswith("Z")
+    assert _c(deny_agent, tok["SecretID"]).acl.token.read_self()["AccessorID"] == tok["AccessorID"]

@@ -151,3 +151,53 @@ def test_an_expired_token_is_not_found() -> None:
     now[0] += 11
     with pytest.raises(ACLNotFound):
         resolver.resolve_local("s")
+
+
+def _client_resolver(down_policy: str, answers: list) -> Resolver:
+    """A client agent's resolver whose server answers come from `answers` (a doc, or an exception)."""
+    calls = []
+
+    async def fetch(secret: str) -> dict:
+        calls.append(secret)
+        answer = answers[min(len(calls), len(answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    r = Resolver(ACLConfig(enabled=True, default_policy="deny", down_policy=down_policy, token_ttl=0.0),
+                 "n", fetch=fetch)
+    r.calls = calls  # type: ignore[attr-defined]
+    return r
+
+
+DOC = {"AccessorID": "a", "Rules": {"key_prefix": {"app/": {"policy": "read"}}}}
+
+
+@pytest.mark.parametrize(("down", "expect"), [("extend-cache", "cached"), ("async-cache", "cached"),
+                                              ("deny", "error"), ("allow", "allow")])
+async def test_down_policy_when_no_server_answers(down: str, expect: str) -> None:
+    from beacon.acl.resolver import ACLUnavailable
+
+    r = _client_resolver(down, [DOC, OSError("connection refused")])
+    first = await r.resolve("s")
+    assert first.authz.key_read("app/x") and not first.authz.key_read("b")
+    if expect == "error":
+        with pytest.raises(ACLUnavailable):
+            await r.resolve("s")
+        return
+    again = await r.resolve("s")
+    if expect == "cached":
+        assert again.authz.key_read("app/x") and not again.authz.key_read("b")
+    else:
+        assert again.authz.key_read("b")
+
+
+async def test_a_token_the_server_no_longer_knows_is_dropped_from_the_cache() -> None:
+    r = _client_resolver("extend-cache", [DOC, ACLNotFound(), OSError("down")])
+    await r.resolve("s")
+    with pytest.raises(ACLNotFound):
+        await r.resolve("s")
+    from beacon.acl.resolver import ACLUnavailable
+
+    with pytest.raises(ACLUnavailable):  # nothing cached any more to extend
+        await r.resolve("s")

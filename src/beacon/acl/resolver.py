@@ -10,6 +10,7 @@ An unknown or expired SecretID is "ACL not found" (403), as in Consul.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
@@ -136,6 +137,7 @@ class Resolver:
         # servers: secret -> (acl index, identity, expires at or None)
         self._local: dict[str, tuple[int, Identity, float | None]] = {}
         self._remote: dict[str, tuple[float, Identity]] = {}  # clients: secret -> (fetched at, identity)
+        self._refreshing: set[str] = set()
 
     def recovery_identity(self) -> Identity:
         rules = Rules()
@@ -183,6 +185,24 @@ class Resolver:
         hit = self._remote.get(secret)
         if hit is not None and now - hit[0] < self.config.token_ttl:
             return hit[1]
+        if hit is not None and self.config.down_policy == "async-cache":
+            # Consul's async-cache: answer from the stale entry at once, refresh in the background.
+            if secret not in self._refreshing:
+                self._refreshing.add(secret)
+                task = asyncio.get_running_loop().create_task(self._refresh(secret))
+                task.add_done_callback(lambda _t, s=secret: self._refreshing.discard(s))
+            return hit[1]
+        return await self._fetch_remote(secret, hit)
+
+    async def _refresh(self, secret: str) -> None:
+        try:
+            await self._fetch_remote(secret, self._remote.get(secret))
+        except (ACLNotFound, ACLUnavailable):
+            pass  # _fetch_remote already dropped a deleted token; an unreachable server keeps the entry
+
+    async def _fetch_remote(self, secret: str, hit: tuple[float, Identity] | None) -> Identity:
+        assert self.fetch is not None
+        now = time.monotonic()
         try:
             doc = await self.fetch(secret)
         except ACLNotFound:

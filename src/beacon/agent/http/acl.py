@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 router = Router()
 IDENTITY_KEY = "beacon.acl.identity"
+# Consul's acl.token_min_expiration_ttl / token_max_expiration_ttl defaults.
+MIN_EXPIRATION, MAX_EXPIRATION = 60.0, 24 * 3600.0
 AGENT_TOKEN_TYPES = {"default": "default", "agent": "agent", "agent_recovery": "agent_recovery",
                      "agent_master": "agent_recovery", "acl_token": "default", "acl_agent_token": "agent",
                      "acl_agent_master_token": "agent_recovery", "replication": "replication",
@@ -147,8 +149,18 @@ def decode_token(agent: Agent, body: Any, old: dict[str, Any] | None) -> dict[st
     ttl = f.duration("ExpirationTTL")
     if expires and ttl:
         raise HTTPError(400, "Expiration TTL and Expiration Time cannot both be set")
+    if ttl is not None and not MIN_EXPIRATION <= ttl <= MAX_EXPIRATION:
+        raise HTTPError(400, "Token Expiration TTL must be between 1m0s and 24h0m0s")
     if ttl:
         expires = _now_rfc3339(now + ttl)
+    elif expires and old is None:
+        from beacon.acl.resolver import parse_time
+
+        at = parse_time(expires)
+        if at is None:
+            raise HTTPError(400, f"Invalid ExpirationTime {expires!r}: not an RFC 3339 time")
+        if not MIN_EXPIRATION <= at - now <= MAX_EXPIRATION:
+            raise HTTPError(400, "ExpirationTime must be between 1m0s and 24h0m0s in the future")
     token = {
         "AccessorID": accessor, "SecretID": secret, "Description": f.str("Description"),
         "Policies": _links(agent, f, "Policies", "policy"), "Roles": _links(agent, f, "Roles", "role"),
