@@ -30,7 +30,7 @@ def setup(agent: Agent) -> None:
     cfg = agent.config
     agent.tls = tls_config(cfg)
     agent.https_port = None
-    agent._https_server = None
+    agent.https_server = None
     agent.outgoing_ssl = agent.tls.client_context() if agent.tls.verify_outgoing else None
     acl = acl_config(cfg)
     if not acl.enabled:
@@ -117,13 +117,13 @@ async def start_https(agent: Agent, runner: web.AppRunner, guard: Any) -> None:
     except OSError as exc:
         raise ListenError(exc.errno, listen_error("HTTPS API", "tcp", cfg.http_bind, cfg.https_port, exc)) from None
     agent.https_port = sock.getsockname()[1]
-    agent._https_server = await limits.serve(runner, sock, guard, ssl_context=agent.tls.server_context())
+    agent.https_server = await limits.serve(runner, sock, guard, ssl_context=agent.tls.server_context())
 
 
 def stop_https(agent: Agent) -> None:
-    if getattr(agent, "_https_server", None) is not None:
-        agent._https_server.close()
-        agent._https_server = None
+    if agent.https_server is not None:
+        agent.https_server.close()
+        agent.https_server = None
 
 
 def server_api_targets(agent: Agent) -> list[tuple[str, dict[str, Any]]]:
