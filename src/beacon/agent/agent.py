@@ -27,6 +27,7 @@ from beacon.agent.http import (
     limits,
     metrics,
     monitor,
+    operator,
     query,
     readopts,
     session,
@@ -435,7 +436,7 @@ class Agent:
 
             forward.install(app)
         else:
-            for module in (catalog, health, kv, status, session, txn, snapshot, query, config):
+            for module in (catalog, health, kv, status, operator, session, txn, snapshot, query, config):
                 module.router.install(app)
         metrics.install(app)
         monitor.install(app)
