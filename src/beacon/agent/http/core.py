@@ -174,18 +174,29 @@ async def blocking_query(agent: Agent, opts: QueryOptions, keys: Iterable[str],
     hub = agent.hub
     while True:
         fut = hub.watch(keys, prefixes)
-        try:
-            index, result = read()
-            if index > opts.index:
-                return index, result
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return index, result
-            await asyncio.wait((fut,), timeout=remaining)
-            if not fut.done():
-                return read()
-        finally:
+        index, result = read()  # after arming: a change between the read above and watch() wakes us
+        if index > opts.index:
             hub.unwatch(fut, keys, prefixes)
+            return index, result
+        # A bare future and one timer per parked query (no asyncio.wait: its extra future and
+        # callbacks cost memory per idle watcher and time per wake-up when thousands wake at once).
+        timer = loop.call_at(deadline, _expire, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            hub.unwatch(fut, keys, prefixes)
+        index, result = read()
+        if index > opts.index or fut.result() is _TIMED_OUT:
+            return index, result
+
+
+_TIMED_OUT = object()
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(_TIMED_OUT)
 
 
 class Router:
