@@ -37,6 +37,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import cpu_seconds  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- agent
@@ -55,13 +57,6 @@ def start_agent() -> tuple[subprocess.Popen[str], int]:
             break
     proc.kill()
     raise RuntimeError("agent did not start")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process has used (the agent's own work, whatever the machine's load)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
