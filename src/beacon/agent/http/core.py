@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -85,7 +85,7 @@ class Reply:
     index: int | None = None      # sets X-Consul-Index (+ leader headers) when not None
     raw: bool = False             # body is already bytes/str
     content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] | None = None
     empty: bool = False           # 200 with an empty body (agent writes)
 
 
@@ -116,8 +116,12 @@ def parse_bool(value: str, what: str) -> bool:
 
 
 def query_options(request: web.Request, agent: Agent) -> QueryOptions:
-    q = request.query
     opts = QueryOptions()
+    if not request.query_string:  # the common case: nothing to parse
+        if request.headers.get("X-Consul-Namespace"):
+            raise HTTPError(400, 'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature')
+        return opts
+    q = request.query
     if "ns" in q and q["ns"] or request.headers.get("X-Consul-Namespace"):
         raise HTTPError(400, 'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature')
     dc = q.get("dc")
@@ -252,13 +256,16 @@ def _dispatcher(methods: dict[str, Handler]) -> Callable[[web.Request], Awaitabl
 
 def render(request: web.Request, reply: Reply) -> web.StreamResponse:
     agent = request.app[AGENT_KEY]
-    headers = dict(reply.headers)
+    headers = dict(reply.headers) if reply.headers else {}
+    query = request.query
     if reply.index is not None:
-        headers["X-Consul-Index"] = str(max(1, reply.index))
-        headers["X-Consul-KnownLeader"] = "true" if agent.consensus.known_leader() else "false"
-        headers["X-Consul-LastContact"] = str(agent.consensus.last_contact_ms())
+        consensus = agent.consensus
+        headers["X-Consul-Index"] = str(reply.index) if reply.index > 1 else "1"
+        headers["X-Consul-KnownLeader"] = "true" if consensus.known_leader() else "false"
+        headers["X-Consul-LastContact"] = str(consensus.last_contact_ms())
         headers["X-Consul-Effective-Consistency"] = (
-            "stale" if "stale" in request.query else "consistent" if "consistent" in request.query else "leader")
+            ("stale" if "stale" in query else "consistent" if "consistent" in query else "leader")
+            if query else "leader")
     if reply.empty:
         return web.Response(status=reply.status, headers=headers)
     if reply.raw:
@@ -267,7 +274,7 @@ def render(request: web.Request, reply: Reply) -> web.StreamResponse:
     body = reply.body
     if body is True or body is False:  # KV and catalog writes: skip the encoder entirely
         data = b"true" if body else b"false"
-    elif agent.config.dev or "pretty" in request.query:
+    elif agent.config.dev or "pretty" in query:
         # Consul's -dev always pretty-prints.
         data = body.pretty() if isinstance(body, Encoded) else encode_pretty(body)
     else:
