@@ -57,17 +57,26 @@ def wait_udp_answer(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"server on port {port} did not answer within {timeout}s")
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-        u.bind(("127.0.0.1", 0))
-        return u.getsockname()[1]
+def free_port() -> int:
+    """A port free for both UDP and TCP right now (dnsmasq binds both a moment later)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
 
 
 @contextlib.contextmanager
 def dnsmasq(core: int, tmp: Path, names: int) -> Iterator[tuple[int, int]]:
     hosts = tmp / "hosts"
     hosts.write_text("".join(f"{name_addr(i)} svc-{i}.service.consul\n" for i in range(names)))
-    port = free_udp_port()
+    port = free_port()
     cmd = ["taskset", "-c", str(core), "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--no-poll",
            f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--local-ttl=0",
            f"--pid-file={tmp}/dnsmasq.pid", f"--addn-hosts={hosts}",

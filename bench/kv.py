@@ -282,7 +282,7 @@ async def wait_parked(port: int, watchers: int, timeout: float = 120.0) -> None:
         if parked >= watchers:
             conn.close()
             return
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05)
     raise RuntimeError(f"only {parked} of {watchers} watchers parked within {timeout}s")
 
 
