@@ -83,7 +83,8 @@ class AgentProcess:
         return self.proc.returncode
 
 
-def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, str] | None = None) -> AgentProcess:
+def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, str] | None = None,
+           engine: bool = False) -> AgentProcess:
     args = ["agent"]
     if dev:
         args.append("-dev")
@@ -91,7 +92,7 @@ def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, 
         args += ["-http-port", "0"]
     if "-dns-port" not in flags:
         args += ["-dns-port", "0"]
-    if "-engine-socket" not in flags and "-no-engine" not in flags and dev:
+    if "-engine-socket" not in flags and "-no-engine" not in flags and dev and not engine:
         args.append("-no-engine")
     proc = subprocess.Popen(beacon_cmd(*args, *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env or beacon_env(), start_new_session=True)

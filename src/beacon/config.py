@@ -72,6 +72,9 @@ class AgentConfig:
     default_query_time: float = 300.0
     max_query_time: float = 600.0
     kv_max_value_size: int = 512 * 1024
+    http_max_conns_per_client: int = 200
+    http_read_header_timeout: float = 10.0
+    http_idle_timeout: float = 90.0
     session_ttl_min: float = 10.0
     ui: bool = True
     engine_enabled: bool = False
@@ -286,6 +289,14 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             for lk, lv in _dict(key, value, src).items():
                 if lk == "kv_max_value_size":
                     cfg.kv_max_value_size = _int(f"limits.{lk}", lv, src, minimum=1)
+                elif lk == "http_max_conns_per_client":
+                    cfg.http_max_conns_per_client = _int(f"limits.{lk}", lv, src, minimum=0)
+        elif k == "http_config":
+            for hk, hv in _dict(key, value, src).items():
+                if hk == "read_header_timeout":
+                    cfg.http_read_header_timeout = _duration(f"http_config.{hk}", hv, src)
+                elif hk == "idle_timeout":
+                    cfg.http_idle_timeout = _duration(f"http_config.{hk}", hv, src)
         elif k == "ui":
             cfg.ui = _bool(key, value, src)
         elif k == "ui_config":
@@ -297,7 +308,7 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                 elif ek == "socket":
                     cfg.engine_socket = _str(f"engine.{ek}", ev, src)
                 elif ek == "isolation":
-                    cfg.engine_isolation = _choice(f"engine.{ek}", ev, src, ("auto", "netns", "process"))
+                    cfg.engine_isolation = _choice(f"engine.{ek}", ev, src, ("auto", "runc", "netns", "process"))
                 else:
                     log.warning("%s: unknown key 'engine.%s' ignored", src, ek)
         elif k == "registrator":

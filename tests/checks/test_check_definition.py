@@ -83,7 +83,7 @@ def test_defaults_match_consul():
     ({"Header": {"A": [1]}, "HTTP": "http://x", "Interval": "1s"}, "values of header"),
     ({"FailuresBeforeCritical": "many", "TTL": "1s"}, "must be an integer"),
     ({"TLSSkipVerify": "maybe", "HTTP": "http://x", "Interval": "1s"}, "must be a boolean"),
-    ({"GRPC": "127.0.0.1:9000", "Interval": "1s"}, "GRPC checks are not supported"),
+    ({"OSService": "winsvc", "Interval": "1s"}, "OSService checks are not supported"),
 ])
 def test_undecodable_bodies_raise_clear_errors(body, message):
     with pytest.raises(CheckDefinitionError, match=message):
@@ -98,6 +98,8 @@ def test_from_json_rejects_non_objects():
 @pytest.mark.parametrize(("body", "message"), [
     ({"TTL": "10s", "Interval": "10s", "HTTP": "http://x"}, "Interval and TTL cannot both be specified"),
     ({"HTTP": "http://x"}, "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks"),
+    ({"H2PING": "x:1"}, "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks"),
+    ({"GRPC": "127.0.0.1:9000"}, "Interval must be > 0 for a GRPC check"),
     ({"TCP": "127.0.0.1:1"}, "Interval must be > 0 for Script, HTTP"),
     ({"UDP": "127.0.0.1:1"}, "Interval must be > 0 for Script, HTTP"),
     ({"Args": ["true"]}, "Interval must be > 0 for Script, HTTP"),
@@ -156,7 +158,7 @@ def test_definition_json_has_consul_shape():
     })
     assert d.definition_json() == {
         "HTTP": "http://127.0.0.1:8080/h", "Header": {"X": ["1"]}, "Method": "HEAD",
-        "DisableRedirects": True, "Interval": "10s", "OutputMaxSize": 4096, "Timeout": "1s",
+        "Interval": "10s", "OutputMaxSize": 4096, "Timeout": "1s",
         "DeregisterCriticalServiceAfter": "1h30m0s",
     }
     assert (d.type, d.interval_str, d.timeout_str) == ("http", "10s", "1s")
@@ -175,6 +177,9 @@ def test_definition_json_has_consul_shape():
     {"DockerContainerID": "c", "Args": ["a", "b"], "Shell": "/bin/bash", "Interval": "1m"},
     {"TTL": "45s", "DeregisterCriticalServiceAfter": "10m", "OutputMaxSize": 100},
     {"AliasService": "web", "AliasNode": "n2"},
+    {"HTTP": "http://127.0.0.1/h", "DisableRedirects": True, "Interval": "5s"},
+    {"GRPC": "127.0.0.1:9000/svc", "GRPCUseTLS": True, "TLSSkipVerify": True, "Interval": "5s"},
+    {"H2PING": "127.0.0.1:9000", "H2PingUseTLS": False, "Interval": "5s"},
 ])
 def test_definition_json_decodes_back_to_the_same_check(body):
     d = CheckDefinition.from_json({"ID": "c1", "Name": "n", **body})

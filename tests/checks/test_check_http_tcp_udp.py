@@ -44,13 +44,13 @@ async def test_user_agent_header_can_be_overridden(scheduler, recorder, http_tar
     assert "ua=mine " in got.output
 
 
-async def test_redirects_are_not_followed_unless_asked(scheduler, recorder, http_target):
+async def test_redirects_are_followed_unless_disabled(scheduler, recorder, http_target):
     scheduler.add(http_check(http_target.url("/redirect")))
-    got = await recorder.wait_status("web", "critical")
-    assert "302 Found" in got.output
-    scheduler.add(http_check(http_target.url("/redirect"), ID="follow", DisableRedirects=False))
-    followed = await recorder.wait_status("follow", "passing")
+    followed = await recorder.wait_status("web", "passing")
     assert "200 OK Output: answer 200" in followed.output
+    scheduler.add(http_check(http_target.url("/redirect"), ID="stay", DisableRedirects=True))
+    got = await recorder.wait_status("stay", "critical")
+    assert "302 Found" in got.output
 
 
 async def test_http_body_in_output_is_capped(scheduler, recorder, http_target):

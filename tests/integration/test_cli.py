@@ -102,3 +102,34 @@ def test_unknown_command_and_bad_flag() -> None:
     assert r.returncode == 1 and "Unknown command" in r.stderr
     r = subprocess.run(beacon_cmd("kv", "get", "-nosuchflag", "x"), capture_output=True, text=True, env=beacon_env())
     assert r.returncode == 1 and r.stderr.startswith("Error:")
+
+
+def test_a_mistyped_command_gets_the_nearest_suggestion() -> None:
+    r = subprocess.run(beacon_cmd("memebrs"), capture_output=True, text=True, env=beacon_env())
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ["Unknown command: 'memebrs'", "Did you mean 'beacon members'?"]
+
+
+def test_a_service_of_the_wrong_type_in_a_config_file_is_one_line_naming_file_and_key(tmp_path) -> None:
+    path = tmp_path / "svc.json"
+    path.write_text(json.dumps({"services": [{"name": "web", "port": "eighty"}]}))
+    r = subprocess.run(beacon_cmd("agent", "-dev", "-no-engine", "-http-port", "0", "-dns-port", "0",
+                                  "-config-file", str(path)), capture_output=True, text=True, env=beacon_env(),
+                       timeout=30)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr + r.stdout
+    assert r.stderr.strip() == f"==> Error: {path}: service 'web': Port must be an integer"
+
+
+def test_an_address_in_use_names_the_listener_address_and_port() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(beacon_cmd("agent", "-dev", "-no-engine", "-http-port", str(port), "-dns-port", "0"),
+                           capture_output=True, text=True, env=beacon_env(), timeout=30)
+    assert r.returncode == 1
+    assert (f"==> Error starting agent: cannot listen on 127.0.0.1:{port}/tcp for the HTTP API: "
+            "address already in use") in r.stderr

@@ -19,6 +19,21 @@ def test_status_leader_handshake(client) -> None:
     assert client.agent.self()["Config"]["Version"]
 
 
+def test_agent_self_has_the_stats_and_sections_clients_read(client, dev_agent) -> None:
+    me = client.agent.self()
+    leader = client.status.leader()
+    assert me["Stats"]["consul"]["leader_addr"] == leader and me["Stats"]["consul"]["server"] == "true"
+    assert me["Stats"]["consul"]["leader"] == "true" and me["Stats"]["consul"]["acl"] == "disabled"
+    assert me["Stats"]["raft"]["state"] == "Leader"
+    assert int(me["Stats"]["raft"]["applied_index"]) >= 1
+    assert me["Stats"]["serf_lan"]["members"] == "1"
+    assert set(me["Stats"]) >= {"agent", "build", "consul", "raft", "runtime", "serf_lan"}
+    assert all(isinstance(v, str) for section in me["Stats"].values() for v in section.values())
+    assert me["DebugConfig"]["NodeName"] == me["Config"]["NodeName"]
+    assert me["DebugConfig"]["HTTPPort"] == dev_agent.http_port
+    assert me["xDS"] == {"SupportedProxies": {"envoy": []}, "Port": -1, "Ports": {"Plaintext": -1, "TLS": -1}}
+
+
 def test_kv_put_get_delete_recurse(client) -> None:
     assert client.kv.put("pyc/a", "1") is True
     assert client.kv.put("pyc/b", b"\x00bin", flags=7) is True

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.conftest import AgentProcess, beacon_cmd, beacon_env, launch
-from tests.runtime.helpers import start_engine, stop_engine
+from tests.runtime.helpers import RUNC, ensure_busybox, start_engine, stop_engine
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 DOCKERD_SOCKET = "/tmp/beacon-dockerd/docker.sock"
@@ -69,12 +69,20 @@ class Docker:
     host: str                      # unix://...
     created: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.kind == "embedded" and RUNC:  # the engine runs real images under runc: give it busybox
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as tmp:
+                ensure_busybox(self.host, Path(tmp))
+
     @property
     def image(self) -> str:
         return "busybox"
 
     def http_cmd(self, port: int = 80) -> list[str]:
-        if self.kind == "dockerd":
+        if self.kind == "dockerd" or RUNC:
             return ["httpd", "-f", "-p", str(port), "-h", "/var/www"]
         return ["python3", "-m", "http.server", str(port)]
 
@@ -110,7 +118,7 @@ class Docker:
 @pytest.fixture(scope="session")
 def embedded_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("reg-engine")
-    e = start_engine(tmp, "netns" if IS_ROOT else "process")
+    e = start_engine(tmp, "runc" if RUNC else "netns" if IS_ROOT else "process")
     yield e.url
     stop_engine(e.proc)
 

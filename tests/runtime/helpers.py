@@ -157,3 +157,42 @@ def http_get(port: int, path: str = "/", timeout: float = 10) -> tuple[int, byte
             raise OSError(str(exc)) from exc
 
     return until(attempt, timeout, f"http://127.0.0.1:{port}{path}")
+
+
+RUNC = IS_ROOT and shutil.which("runc") is not None and shutil.which("busybox") is not None
+RUNC_REASON = "runc containers need root, runc and busybox-static (apt-get install runc busybox-static)"
+
+
+def busybox_tar(dest: Path) -> Path:
+    """A root filesystem tar made from the static busybox, as .ci/dockerd.sh makes its image."""
+    out = dest / "busybox.tar"
+    if out.exists():
+        return out
+    bb = shutil.which("busybox")
+    assert bb is not None
+    root = dest / "bbroot"
+    for d in ("bin", "sbin", "etc", "tmp", "proc", "sys", "dev", "root", "var/www"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy(bb, root / "bin" / "busybox")
+    applets = subprocess.run([bb, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox" and not (root / "bin" / applet).exists():
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\nnobody:x:65534:\n")
+    (root / "var" / "www" / "index.html").write_text("beacon registrator test page\n")
+    (root / "tmp").chmod(0o1777)
+    subprocess.run(["tar", "-C", str(root), "-cf", str(out), "."], check=True)
+    return out
+
+
+def ensure_busybox(host: str, workdir: Path) -> None:
+    """``busybox:latest`` in the engine at ``host`` (imported from busybox-static when missing)."""
+    env = beacon_env()
+    have = subprocess.run([DOCKER, "-H", host, "image", "inspect", "busybox:latest"], capture_output=True,
+                          env=env, timeout=30)
+    if have.returncode == 0:
+        return
+    tar = busybox_tar(workdir)
+    subprocess.run([DOCKER, "-H", host, "import", "--change", 'CMD ["sh"]', "--change", "ENV PATH=/bin:/sbin",
+                    str(tar), "busybox:latest"], check=True, capture_output=True, env=env, timeout=60)

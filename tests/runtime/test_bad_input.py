@@ -77,7 +77,8 @@ CASES = [
     ("PUT", "/containers/json", None, 405, "not allowed"),
     ("GET", "/containers/json?filters=%7Bbad", None, 400, "invalid filter"),
     ("GET", "/containers/json?filters=%7B%22color%22%3A%5B%22red%22%5D%7D", None, 400, "invalid filter 'color'"),
-    ("POST", "/images/create?fromImage=busybox&tag=latest", None, 501, "no registry"),
+    ("POST", "/images/create?fromImage=busybox&tag=latest", None, 501, "no default registry"),
+    ("POST", "/images/create", None, 400, "fromImage or fromSrc is required"),
     ("GET", "/exec/nope/json", None, 404, "No such exec instance"),
 ]
 

@@ -28,13 +28,13 @@ async def http_json(sock: str, method: str, path: str, body: dict | None = None)
 
 
 @pytest.mark.parametrize("isolation", [
-    pytest.param("auto", marks=pytest.mark.skipif(not NETNS, reason=NETNS_REASON)), "process"])
+    pytest.param("netns", marks=pytest.mark.skipif(not NETNS, reason=NETNS_REASON)), "process"])
 async def test_engine_starts_in_the_callers_loop_and_keeps_state(tmp_path, isolation: str) -> None:
     engine = Engine(data_dir=tmp_path / "d", socket_path=str(tmp_path / "s.sock"), isolation=isolation)
     async with asyncio.timeout(30):
         await engine.start()
         try:
-            assert engine.isolation == ("netns" if isolation == "auto" else "process")
+            assert engine.isolation == isolation
             assert engine.socket_path == str(tmp_path / "s.sock")
             status, created = await http_json(engine.socket_path, "POST", "/v1.47/containers/create?name=bg",
                                               {"Image": "x", "Cmd": ["sleep", "30"], "Labels": {"k": "v"}})

@@ -24,7 +24,8 @@ def _python_for_nobody() -> str | None:
         return None
     for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
         # The engine re-executes sys.executable for each container, so that must work too.
-        probe = subprocess.run([*NOBODY, candidate, "-c", "import subprocess, sys; "
+        # It must also have the engine's dependencies (Debian's python3 usually has none of them).
+        probe = subprocess.run([*NOBODY, candidate, "-c", "import aiohttp, dnslib, subprocess, sys; "
                                 "subprocess.run([sys.executable, '-S', '-c', '0'], check=True)"],
                                capture_output=True, cwd="/", env=beacon_env())
         if probe.returncode == 0:

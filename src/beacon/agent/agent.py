@@ -4,9 +4,12 @@ and (in -dev) the embedded container engine, and starts/stops them in order."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -17,11 +20,15 @@ from beacon import telemetry
 from beacon.agent.http import (
     agent_api,
     catalog,
+    config,
     event,
     health,
     kv,
+    limits,
     metrics,
     monitor,
+    query,
+    readopts,
     session,
     snapshot,
     status,
@@ -65,14 +72,36 @@ def _load_node_id(data_dir: str) -> str:
         return value
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
+DEV_ENGINE_DIR = "/tmp/beacon-dev"  # -dev's engine (and the docker CLI's DOCKER_HOST in the README)
+
+
+class ListenError(OSError):
+    """A listener could not be opened; the message names the listener, the address and the port."""
+
+
+def bind_tcp(host: str, port: int, listener: str = "HTTP API") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(exc.errno, listen_error(listener, "tcp", host, port, exc)) from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def listen_error(listener: str, proto: str, host: str, port: int, exc: OSError) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = (exc.strerror or str(exc)).lower()
+    hint = ""
+    if exc.errno == errno.EADDRINUSE:
+        hint = f" (another process listens there: choose another port or stop it; `ss -ltnup | grep :{port}` shows it)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = " (no interface of this host has that address)"
+    return f"cannot listen on {where}/{proto} for the {listener}: {reason}{hint}"
 
 
 class Agent:
@@ -103,6 +132,9 @@ class Agent:
         self.http_port: int | None = None
         self.dns_port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._http_server: asyncio.Server | None = None
+        self._engine_tmp = ""  # a -dev agent's own engine dir when the shared one is taken
+        self.http_guard: limits.ConnectionGuard | None = None
         self._dns: Any = None
         self.shutdown_requested = asyncio.Event()
         self.left_gracefully = False
@@ -155,6 +187,9 @@ class Agent:
             await self._start_http()
         if self.config.dns_port >= 0:
             await self._start_dns()
+        if self.engine is not None:  # containers reach this agent's DNS and HTTP at the bridge gateway
+            await self.engine.connect_agent(self._loopback(self.config.http_bind, self.http_port),
+                                            self._loopback(self.config.dns_bind, self.dns_port))
         if self.cluster is not None:
             import aiohttp
 
@@ -174,6 +209,9 @@ class Agent:
         if self.registrator is not None:  # first: the engine's shutdown is not a reason to deregister
             await self.registrator.stop()
             self.registrator = None
+        if self._http_server is not None:
+            self._http_server.close()  # stop accepting; open connections end in cleanup()
+            self._http_server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -185,6 +223,9 @@ class Agent:
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None
+        if self._engine_tmp:
+            shutil.rmtree(self._engine_tmp, ignore_errors=True)
+            self._engine_tmp = ""
         if self.session_reaper is not None:
             await self.session_reaper.stop()
             self.session_reaper = None
@@ -322,14 +363,32 @@ class Agent:
             await self.register_check(obj, source="config", sync=False)
 
     async def _start_engine(self) -> None:
-        from beacon.runtime import Engine
+        from beacon.runtime import Engine, EngineError
 
         cfg = self.config
-        base = os.path.join(cfg.data_dir, "engine") if cfg.data_dir else "/tmp/beacon-dev"
+        base = os.path.join(cfg.data_dir, "engine") if cfg.data_dir else DEV_ENGINE_DIR
         socket_path = cfg.engine_socket or (os.path.join(cfg.data_dir, "engine.sock") if cfg.data_dir
-                                            else "/tmp/beacon-dev/engine.sock")
+                                            else os.path.join(DEV_ENGINE_DIR, "engine.sock"))
         self.engine = Engine(data_dir=base, socket_path=socket_path, isolation=cfg.engine_isolation)
-        await self.engine.start()
+        try:
+            await self.engine.start()
+        except EngineError:
+            if cfg.data_dir or cfg.engine_socket:
+                raise
+            # Another -dev agent owns the shared dev engine: this one gets an engine of its own in a
+            # temporary directory, removed when it stops, so any number of -dev agents run side by side.
+            self._engine_tmp = tempfile.mkdtemp(prefix="beacon-dev-")
+            self.engine = Engine(data_dir=self._engine_tmp, isolation=cfg.engine_isolation,
+                                 socket_path=os.path.join(self._engine_tmp, "engine.sock"))
+            await self.engine.start()
+            log.info("%s is in use by another agent; this agent's engine runs in %s", DEV_ENGINE_DIR,
+                     self._engine_tmp)
+
+    @staticmethod
+    def _loopback(bind: str, port: int | None) -> tuple[str, int] | None:
+        if not port:
+            return None
+        return ("127.0.0.1" if bind in ("", "0.0.0.0") else "::1" if bind == "::" else bind), port
 
     async def _start_registrator(self) -> None:
         """The same registrator as `beacon registrator`: Docker API in, this agent's HTTP API out."""
@@ -370,7 +429,7 @@ class Agent:
         return lines
 
     async def _start_http(self) -> None:
-        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware],
+        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware, readopts.peer_middleware],
                               client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
         for module in (agent_api, event):  # agent-local everywhere
@@ -380,7 +439,7 @@ class Agent:
 
             forward.install(app)
         else:
-            for module in (catalog, health, kv, status, session, txn, snapshot):
+            for module in (catalog, health, kv, status, session, txn, snapshot, query, config):
                 module.router.install(app)
         metrics.install(app)
         monitor.install(app)
@@ -390,11 +449,16 @@ class Agent:
             app.router.add_get("/", self._root)
         # Open blocking queries (every UI tab holds some) would otherwise hold shutdown for aiohttp's
         # default 60 s; Consul gives its HTTP servers 1 s.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        cfg = self.config
+        self.http_guard = limits.ConnectionGuard(limits.HTTPLimits(
+            max_conns_per_client=cfg.http_max_conns_per_client,
+            read_header_timeout=cfg.http_read_header_timeout, idle_timeout=cfg.http_idle_timeout))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                                     keepalive_timeout=cfg.http_idle_timeout)
         await self._runner.setup()
         sock = bind_tcp(self.config.http_bind, self.config.http_port)
         self.http_port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        self._http_server = await limits.serve(self._runner, sock, self.http_guard)
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="Consul Agent")
@@ -404,7 +468,13 @@ class Agent:
             from beacon.agent.dnsrelay import DNSRelay
 
             self._dns = DNSRelay(self.server_dns_targets)
-            self.dns_port = await self._dns.start(self.config.dns_bind, self.config.dns_port)
+            try:
+                self.dns_port = await self._dns.start(self.config.dns_bind, self.config.dns_port)
+            except ListenError:
+                raise
+            except OSError as exc:
+                raise ListenError(exc.errno, listen_error("DNS interface", "udp+tcp", self.config.dns_bind,
+                                                          self.config.dns_port, exc)) from None
             return
         try:
             from beacon.dns import DNSConfig, DNSServer
@@ -415,7 +485,11 @@ class Agent:
         dns_cfg = DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain, datacenter=cfg.datacenter,
                                              node_name=cfg.node_name, recursors=cfg.recursors)
         self._dns = DNSServer(self.store, dns_cfg)
-        udp_port, _ = await self._dns.start(cfg.dns_bind, cfg.dns_port)
+        try:
+            udp_port, _ = await self._dns.start(cfg.dns_bind, cfg.dns_port)
+        except OSError as exc:
+            raise ListenError(exc.errno, listen_error("DNS interface", "udp+tcp", cfg.dns_bind, cfg.dns_port,
+                                                      exc)) from None
         self.dns_port = udp_port
 
     # ------------------------------------------------------------------ writes

@@ -170,9 +170,12 @@ class AgentChecks:
         defn = self.defs.get(check_id)
         if path is None or defn is None or defn.ttl <= 0:
             return
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        atomic_write(path, json.dumps({"check_id": check_id, "status": status, "output": output,
-                                       "expires": time.time() + defn.ttl}).encode())
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            atomic_write(path, json.dumps({"check_id": check_id, "status": status, "output": output,
+                                           "expires": time.time() + defn.ttl}).encode())
+        except OSError as exc:  # a full disk costs the state across a restart, not the update itself
+            log.warning("check %s: cannot persist TTL state: %s", check_id, exc)
 
     def _drop_ttl_state(self, check_id: str) -> None:
         path = self._ttl_path(check_id)

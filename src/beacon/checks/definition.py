@@ -9,14 +9,12 @@ decoded from a Consul check body (``PUT /v1/agent/check/register``, or one entry
   ``CheckID`` of ``ID``;
 * durations are Go strings or integer nanoseconds (:func:`beacon.checks.durations.parse_duration`);
   an empty string means "not set";
-* unknown keys are ignored, as Consul ignores them; check types this agent cannot run (``GRPC``,
-  ``H2PING``, ``OSService``) are refused with a clear error rather than registered as something else.
+* unknown keys are ignored, as Consul ignores them; a check type this agent cannot run
+  (``OSService``, a Windows service) is refused with a clear error rather than registered as something else.
 
 Durations are float seconds and ``0.0`` means "not set", as a zero ``time.Duration`` does in Consul.
 
-One deliberate difference from Consul: ``disable_redirects`` defaults to ``True`` (project issue 3 asks
-for HTTP checks that do not follow redirects, so a 3xx answer is critical). Send
-``"DisableRedirects": false`` to follow redirects as Consul does by default.
+HTTP checks follow redirects unless ``DisableRedirects`` is true, as in Consul (then a 3xx is critical).
 """
 
 from __future__ import annotations
@@ -84,6 +82,10 @@ _KEYS: dict[str, tuple[str, str]] = {
     "disableredirects": ("disable_redirects", "bool"),
     "tcp": ("tcp", "str"),
     "udp": ("udp", "str"),
+    "grpc": ("grpc", "str"),
+    "grpcusetls": ("grpc_use_tls", "bool"),
+    "h2ping": ("h2ping", "str"),
+    "h2pingusetls": ("h2ping_use_tls", "bool"),
     "aliasservice": ("alias_service", "str"),
     "aliasnode": ("alias_node", "str"),
     "successbeforepassing": ("success_before_passing", "int"),
@@ -91,7 +93,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "failuresbeforecritical": ("failures_before_critical", "int"),
     "outputmaxsize": ("output_max_size", "int"),
 }
-_UNSUPPORTED = {"grpc": "GRPC", "h2ping": "H2PING", "osservice": "OSService"}
+_UNSUPPORTED = {"osservice": "OSService"}
 
 
 def _decode(kind: str, key: str, value: Any) -> Any:
@@ -173,9 +175,13 @@ class CheckDefinition:
     body: str = ""
     tls_skip_verify: bool = False
     tls_server_name: str = ""
-    disable_redirects: bool = True
+    disable_redirects: bool = False
     tcp: str = ""
     udp: str = ""
+    grpc: str = ""               # host:port[/service]
+    grpc_use_tls: bool = False
+    h2ping: str = ""             # host:port
+    h2ping_use_tls: bool = True  # Consul's default
     alias_service: str = ""
     alias_node: str = ""
     success_before_passing: int = 0
@@ -225,7 +231,8 @@ class CheckDefinition:
 
     @property
     def kind(self) -> str:
-        """``http``, ``ttl``, ``tcp``, ``udp``, ``alias``, ``docker``, ``script``, or ``""`` if none."""
+        """``http``, ``ttl``, ``tcp``, ``udp``, ``grpc``, ``h2ping``, ``alias``, ``docker``, ``script``,
+        or ``""`` if none."""
         if self.http:
             return "http"
         if self.ttl > 0:
@@ -234,6 +241,10 @@ class CheckDefinition:
             return "tcp"
         if self.udp:
             return "udp"
+        if self.grpc:
+            return "grpc"
+        if self.h2ping:
+            return "h2ping"
         if self.alias_service or self.alias_node:
             return "alias"
         if self.docker_container_id:
@@ -290,14 +301,16 @@ class CheckDefinition:
                 raise CheckDefinitionError("Interval cannot be set for Alias checks")
             if self.ttl > 0:
                 raise CheckDefinitionError("TTL must be not be set for Alias checks")
-        if kind in ("script", "docker", "http", "tcp", "udp") and self.interval <= 0:
+        if kind in ("script", "docker", "http", "tcp", "udp", "h2ping") and self.interval <= 0:
             raise CheckDefinitionError(
                 "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks")
+        if kind == "grpc" and self.interval <= 0:
+            raise CheckDefinitionError("Interval must be > 0 for a GRPC check")
         if self.ttl < 0 and kind == "":
             raise CheckDefinitionError("TTL must be > 0 for TTL checks")
         if kind == "":
             raise CheckDefinitionError(
-                "Check type is not valid: set one of Args, HTTP, TCP, UDP, TTL, "
+                "Check type is not valid: set one of Args, HTTP, TCP, UDP, GRPC, H2PING, TTL, "
                 "DockerContainerID (with Args), AliasService or AliasNode")
         if kind == "docker" and not self.command:
             raise CheckDefinitionError("Docker checks need Args (or Script) to run in the container")
@@ -349,11 +362,14 @@ class CheckDefinition:
         put("Header", {k: list(v) for k, v in self.header.items()})
         put("Method", self.method)
         put("Body", self.body)
-        if self.http:
-            # Always shown for HTTP checks: Beacon's default (true) differs from Consul's (false).
-            out["DisableRedirects"] = self.disable_redirects
+        put("DisableRedirects", self.disable_redirects)
         put("TCP", self.tcp)
         put("UDP", self.udp)
+        put("H2PING", self.h2ping)
+        if self.h2ping:
+            out["H2PingUseTLS"] = self.h2ping_use_tls
+        put("GRPC", self.grpc)
+        put("GRPCUseTLS", self.grpc_use_tls)
         put("Interval", self.interval_str)
         put("OutputMaxSize", self.output_max_size)
         put("Timeout", self.timeout_str)

@@ -285,6 +285,14 @@ class CheckScheduler:
             return TCPProbe(defn.tcp, timeout)
         if kind == "udp":
             return UDPProbe(defn.udp, timeout)
+        if kind == "grpc":
+            from beacon.checks.grpc import GRPCProbe
+
+            return GRPCProbe(defn, timeout)
+        if kind == "h2ping":
+            from beacon.checks.h2ping import H2PingProbe
+
+            return H2PingProbe(defn, timeout)
         if kind == "docker":
             if self._docker is None:
                 self._docker = DockerExecClient(self._docker_host)

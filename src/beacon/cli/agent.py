@@ -25,40 +25,62 @@ log = logging.getLogger("beacon.agent")
 
 def build_parser() -> FlagParser:
     p = FlagParser("beacon agent", "Run a Beacon agent.")
-    p.flag("dev", action="store_true", help="one-process development cluster (in memory unless -data-dir)")
-    p.flag("server", action="store_true", default=None)
-    p.flag("bootstrap-expect", type=int)
-    p.flag("node", dest="node_name")
-    p.flag("datacenter")
-    p.flag("bind", dest="bind_addr")
-    p.flag("advertise", dest="advertise_addr")
-    p.flag("client", dest="client_addr")
-    p.flag("http-port", type=int, help="HTTP API port (-1 disables, 0 picks a free one)")
-    p.flag("dns-port", type=int, help="DNS port (-1 disables, 0 picks a free one)")
-    p.flag("server-port", type=int)
-    p.flag("serf-lan-port", type=int)
+    p.flag("dev", action="store_true",
+           help="one-process development agent: server, HTTP, DNS, UI, container engine, registrator "
+                "(in memory unless -data-dir)")
+    p.flag("server", action="store_true", default=None, help="run as a server (holds and replicates the state)")
+    p.flag("bootstrap-expect", type=int, help="servers to wait for before forming the cluster (3 or 5)")
+    p.flag("node", dest="node_name", help="this node's name (default: the hostname)")
+    p.flag("datacenter", help="datacenter name (default dc1)")
+    p.flag("bind", dest="bind_addr", help="address for cluster traffic (default 127.0.0.1)")
+    p.flag("advertise", dest="advertise_addr", help="address other agents use to reach this one (default -bind)")
+    p.flag("client", dest="client_addr", help="address of the HTTP API and DNS listeners (default 127.0.0.1)")
+    p.flag("http-port", type=int, help="HTTP API port (default 8500; -1 disables, 0 picks a free one)")
+    p.flag("dns-port", type=int, help="DNS port (default 8600; -1 disables, 0 picks a free one)")
+    p.flag("server-port", type=int, help="server RPC port (default 8300)")
+    p.flag("serf-lan-port", type=int, help="LAN membership port (default 8301)")
     p.flag("reconnect-timeout", help="reap failed nodes after this long (default 72h)")
     p.flag("failure-timeout", help="mark a node failed after this long without a heartbeat (default 3s)")
-    p.flag("data-dir")
-    p.flag("config-file", action="append", default=[])
-    p.flag("config-dir", action="append", default=[])
-    p.flag("log-level")
-    p.flag("log-json", action="store_true", default=None)
-    p.flag("pid-file")
-    p.flag("domain")
-    p.flag("recursor", action="append", default=[])
-    p.flag("retry-join", action="append", default=[])
-    p.flag("encrypt")
-    p.flag("node-meta", action="append", default=[])
-    p.flag("enable-script-checks", action="store_true", default=None)
-    p.flag("enable-local-script-checks", action="store_true", default=None)
-    p.flag("ui", action="store_true", default=None)
-    p.flag("engine-socket")
-    p.flag("engine-isolation", choices=["auto", "netns", "process"])
+    p.flag("data-dir", help="directory for state that survives restarts (required except with -dev)")
+    p.flag("config-file", action="append", default=[], help="JSON or YAML config file (repeatable)")
+    p.flag("config-dir", action="append", default=[],
+           help="directory whose *.json, *.yaml and *.yml files are read in order (repeatable)")
+    p.flag("log-level", help="trace, debug, info, warn or error (default info; debug with -dev)")
+    p.flag("log-json", action="store_true", default=None, help="log one JSON object per line")
+    p.flag("pid-file", help="write the agent's PID to this file")
+    p.flag("domain", help="DNS domain served (default consul)")
+    p.flag("recursor", action="append", default=[],
+           help="upstream DNS server for names outside the domain (repeatable)")
+    p.flag("retry-join", action="append", default=[], help="address of an agent to join, retried (repeatable)")
+    p.flag("encrypt", help="cluster key from `beacon keygen` (required when binding a non-loopback address)")
+    p.flag("node-meta", action="append", default=[], help="key:value metadata for this node (repeatable)")
+    p.flag("enable-script-checks", action="store_true", default=None,
+           help="allow script checks, including ones registered over HTTP (trusted networks only)")
+    p.flag("enable-local-script-checks", action="store_true", default=None,
+           help="allow script checks from config files only")
+    p.flag("ui", action="store_true", default=None, help="serve the web UI at /ui (on by default)")
+    p.flag("engine-socket", help="unix socket of the embedded container engine (Docker Engine API)")
+    p.flag("engine-isolation", choices=["auto", "runc", "netns", "process"],
+           help="how the embedded engine isolates containers: runc (images, namespaces, cgroups), "
+                "netns, or process (host filesystem; a fallback); default auto")
     p.flag("no-engine", action="store_true", help="do not start the embedded container engine in -dev")
     p.flag("no-registrator", action="store_true",
            help="do not register the embedded engine's containers as services in -dev")
     return p
+
+
+def _check_services(objs: list, path: str) -> None:
+    """Decode a file's service definitions now, so a bad one is a one-line error naming the file."""
+    from beacon.agent.http.decode import DecodeError, decode_service
+
+    for obj in objs:
+        try:
+            decode_service(obj)
+        except DecodeError as exc:
+            name = obj.get("name") or obj.get("Name") if isinstance(obj, dict) else None
+            what = f"service {name!r}" if isinstance(name, str) else "a service"
+            msg = str(exc).removeprefix("Request decode failed: ")
+            raise ConfigError(f"{path}: {what}: {msg}") from None
 
 
 def load_config(argv: list[str]) -> AgentConfig:
@@ -76,7 +98,9 @@ def load_config(argv: list[str]) -> AgentConfig:
     for d in args.config_dir:
         files += config_dir_files(d)
     for path in files:
+        before = len(cfg.services)
         apply_file(cfg, read_config_file(path), path)
+        _check_services(cfg.services[before:], path)
     cfg.config_files = files
     simple = {"node_name": "node_name", "datacenter": "datacenter", "bind_addr": "bind_addr",
               "advertise_addr": "advertise_addr", "client_addr": "client_addr", "http_port": "http_port",
@@ -209,6 +233,7 @@ def run(argv: list[str]) -> int:
         uvloop.install()
     except ImportError:
         pass
+    from beacon.agent.agent import ListenError
     from beacon.agent.http.core import HTTPError
     from beacon.server.durable import DataDirError
 
@@ -221,5 +246,5 @@ def run(argv: list[str]) -> int:
         print(f"==> Error in configuration: {exc.message}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"==> Error starting agent: {exc}", file=sys.stderr)
+        print(f"==> Error starting agent: {exc.strerror if isinstance(exc, ListenError) else exc}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ def _parser() -> FlagParser:
     p.flag("data-dir", default=DEFAULT_DATA_DIR, help="where container state and logs live")
     p.flag("socket", "engine-socket", dest="socket", default=None,
            help="unix socket to serve the Docker API on (default <data-dir>/engine.sock)")
-    p.flag("isolation", choices=("auto", "netns", "process"), default="auto",
+    p.flag("isolation", choices=("auto", "runc", "netns", "process"), default="auto",
            help="netns: own network/UTS/PID namespaces per container; process: plain process groups")
     p.flag("log-level", default="warning", help="trace, debug, info, warning or error")
     return p

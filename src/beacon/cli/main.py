@@ -6,6 +6,7 @@ imported lazily so `beacon kv get` does not pay for the agent's imports.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -19,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("beacon.cli.agent", "Run a Beacon agent (-dev for a one-process cluster)"),
     "members": ("beacon.cli.members", "List the cluster's members"),
     "kv": ("beacon.cli.kv", "Read and write the KV store (get, put, delete)"),
+    "config": ("beacon.cli.config", "Write, read, list and delete config entries (JSON files)"),
     "catalog": ("beacon.cli.catalog", "List catalog services and nodes"),
     "services": ("beacon.cli.services", "Register and deregister services on the local agent"),
     "version": ("beacon.cli.version", "Print the version"),
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         args[0] = "version"
     entry = COMMANDS.get(args[0])
     if entry is None:
-        print(f"Unknown command: {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        near = difflib.get_close_matches(args[0], list(COMMANDS), n=1, cutoff=0.6)
+        hint = f"\nDid you mean 'beacon {near[0]}'?" if near else f"\n\n{_usage()}"
+        print(f"Unknown command: {args[0]!r}{hint}", file=sys.stderr)
         return 1
     module_name, _, func = entry[0].partition(":")
     module = importlib.import_module(module_name)

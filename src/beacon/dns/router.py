@@ -52,6 +52,7 @@ from .catalog import (
 )
 from .config import DNSConfig
 from .limits import fit_udp, request_opt, trim
+from .query import prepared_query_instances
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 
@@ -95,6 +96,7 @@ class Context:
     # Filled in while routing.
     variants: int = 1
     time_dependent: bool = False
+    cacheable: bool = True
 
     def permute(self, items: Sequence[T]) -> list[T]:
         """Answer order number ``variant``: all n! orders in turn for small n, else a random one."""
@@ -243,7 +245,7 @@ def _handle_query(req: DNSRecord, labels: tuple[str, ...], domain: str, ctx: Con
             reply.add_auth(ctx.soa(domain))
     _set_edns(req, reply)
     wire = fit_udp(req, reply, ctx.tcp, ctx.cfg, trim(req, reply, ctx.tcp, ctx.cfg))
-    return _done(reply, ctx, cacheable=True, wire=wire)
+    return _done(reply, ctx, cacheable=ctx.cacheable, wire=wire)
 
 
 def _nameservers(domain: str, ctx: Context) -> tuple[list[RR], list[RR]]:
@@ -305,11 +307,20 @@ def _dispatch(qname: object, qtype: int, labels: tuple[str, ...], domain: str, r
     cfg = ctx.cfg
     if kind == "addr":
         return _addr_lookup(qname, qtype, parts, reply, ctx), False
-    if kind == "query":
-        return NXDOMAIN, False  # Beacon has no prepared queries: "unknown query"
     valid, dc = _parse_locality(suffixes, cfg)
     if not valid or dc != cfg.datacenter:
         return NXDOMAIN, False  # bad layout, unknown datacenter, or a peer
+    if kind == "query":
+        ctx.cacheable = False  # depends on the queries table, which the catalog index does not cover
+        found = prepared_query_instances(ctx.store, parts, dc, cfg)
+        if not found or not found[0]:
+            return NXDOMAIN, False
+        instances, ttl = found
+        if qtype == r.T_SRV:
+            _srv_records(qname, instances, dc, domain, ttl, reply, ctx, depth)
+        else:
+            _address_records(qname, qtype, instances, dc, domain, ttl, reply, ctx, depth)
+        return NOERROR, not reply.rr
     if kind == "node":
         return _node_lookup(qname, qtype, ".".join(parts), domain, reply, ctx, depth), False
     if kind != "service":

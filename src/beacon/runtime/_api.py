@@ -10,13 +10,13 @@ import asyncio
 import json
 import re
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from beacon.runtime import _api_extra, _api_images
 from beacon.runtime import _views as views
-from beacon.runtime._errors import Conflict, EngineError, InvalidParameter, NotFound, NotImplementedByEngine
+from beacon.runtime._errors import Conflict, EngineError, InvalidParameter
 from beacon.runtime._events import EventFilter
 from beacon.runtime._http import HttpServer, Request, Response, Stream
 from beacon.runtime._logs import LogRecord
@@ -113,9 +113,8 @@ class ApiServer:
                 ("POST", r"/exec/(?P<id>[^/]+)/start", self.exec_start),
                 ("POST", r"/exec/(?P<id>[^/]+)/resize", self._nocontent(lambda r, i: _noop(e.exec.get(i)))),
                 ("GET", r"/exec/(?P<id>[^/]+)/json", self.exec_inspect),
-                ("GET", r"/events", self.events), ("GET", r"/images/json", self.images),
-                ("POST", r"/images/create", self.image_create),
-                ("GET", r"/images/(?P<id>.+)/json", self.image_inspect),
+                ("GET", r"/events", self.events),
+                *_api_images.routes(self), *_api_extra.routes(self),
             ]]
 
     async def start(self, path: str) -> None:
@@ -172,7 +171,7 @@ class ApiServer:
 
     async def info(self, req: Request, args: dict[str, str]) -> Response:
         e = self.engine
-        return Response(200, views.info(e.counts(), len(e.images()), e.isolation, e.warnings,
+        return Response(200, views.info(e.counts(), len(e.images.ids()), e.isolation, e.warnings,
                                         str(e.data_dir), self.engine_id))
 
     # -- containers ----------------------------------------------------------------------------
@@ -297,40 +296,6 @@ class ApiServer:
                 yield json.dumps(event).encode() + b"\n"
 
         return Stream(body())
-
-    async def images(self, req: Request, args: dict[str, str]) -> Response:
-        out = []
-        for image, containers in self.engine.images().items():
-            tag = image if ":" in image.rsplit("/", 1)[-1] else image + ":latest"
-            out.append({"Id": views.image_id(image), "ParentId": "", "RepoTags": [tag], "RepoDigests": [],
-                        "Created": int(min(c.created_unix for c in containers)), "Size": 0, "SharedSize": -1,
-                        "VirtualSize": 0, "Labels": {}, "Containers": len(containers)})
-        return Response(200, out)
-
-    async def image_create(self, req: Request, args: dict[str, str]) -> Response:
-        image = req.q("fromImage") or req.q("fromSrc") or ""
-        raise NotImplementedByEngine(
-            f"beacon engine does not pull or import images ({image or 'no image given'}): it has no registry. "
-            "Containers run their command on the host filesystem; just run with any image name.")
-
-    async def image_inspect(self, req: Request, args: dict[str, str]) -> Response:
-        name = args["id"]
-        known = self.engine.images()
-        by_id = {views.image_id(n): n for n in known}
-        ref = name.removeprefix("sha256:")
-        ids = [i for i in by_id if len(ref) >= 12 and i.removeprefix("sha256:").startswith(ref)]
-        if name in known or name + ":latest" in known:
-            name = name if name in known else name + ":latest"
-        elif len(ids) == 1:
-            name = by_id[ids[0]]
-        else:
-            # Only names containers were created with exist: there is no image store to look in.
-            raise NotFound(f"No such image: {name}")
-        return Response(200, {"Id": views.image_id(name), "RepoTags": [name], "RepoDigests": [], "Parent": "",
-                              "Created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.engine.started_at)),
-                              "Os": "linux", "Architecture": views._arch(), "Size": 0,
-                              "Config": {"Env": [], "Cmd": None, "Entrypoint": None, "Labels": {}},
-                              "RootFS": {"Type": "layers", "Layers": []}})
 
 
 def _error(status: int, message: str) -> Response:

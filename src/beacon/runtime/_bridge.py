@@ -12,20 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import ipaddress
+import itertools
 import os
+import socket
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
 SUBNET = ipaddress.ip_network("10.213.0.0/16")
+GATEWAY = "10.213.0.1"  # the bridge's own address in the hub: where the agent relay listens
 BRIDGE = "beacon0"
 CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in the calling thread's network namespace (ioctl: no process needed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        res = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
+        flags = struct.unpack("16sH", res[:18])[1] | IFF_UP
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))
 
 
 class Bridge:
     def __init__(self, libc: ctypes.CDLL, host_fd: int, pool: ThreadPoolExecutor) -> None:
         self._libc, self._host_fd, self._pool = libc, host_fd, pool
         self.hub_fd = -1
-        self._hosts = SUBNET.hosts()
+        self._hosts = (h for h in SUBNET.hosts() if str(h) != GATEWAY)
+        self._veths = itertools.count(1)
         self._free: list[str] = []
         self._used: set[str] = set()
 
@@ -40,11 +55,12 @@ class Bridge:
             if self._libc.setns(self._host_fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns back to the host namespace failed")
 
-    async def _ip(self, commands: list[str]) -> None:
+    async def _ip(self, commands: list[str], netns_fd: int = -1) -> None:
+        fd = self.hub_fd if netns_fd < 0 else netns_fd
         proc = await asyncio.create_subprocess_exec(
-            "nsenter", f"--net=/proc/self/fd/{self.hub_fd}", "ip", "-batch", "-",
+            "nsenter", f"--net=/proc/self/fd/{fd}", "ip", "-batch", "-",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            pass_fds=(self.hub_fd,))
+            pass_fds=(fd,))
         _, err = await proc.communicate(("\n".join(commands) + "\n").encode())
         if proc.returncode != 0:
             raise OSError(f"ip: {err.decode(errors='replace').strip()}")
@@ -52,7 +68,8 @@ class Bridge:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.hub_fd = await loop.run_in_executor(self._pool, self._new_netns)
-        await self._ip(["link set lo up", f"link add {BRIDGE} type bridge", f"link set {BRIDGE} up"])
+        await self._ip(["link set lo up", f"link add {BRIDGE} type bridge",
+                        f"addr add {GATEWAY}/{SUBNET.prefixlen} dev {BRIDGE}", f"link set {BRIDGE} up"])
 
     def _allocate(self) -> str:
         if self._free:
@@ -73,6 +90,23 @@ class Bridge:
             raise
         self._used.add(address)
         return f"{address}/{SUBNET.prefixlen}"
+
+    async def plug_fd(self, netns_fd: int) -> str:
+        """Give the network namespace ``netns_fd`` an ``eth0`` on the bridge, addressed, with a default
+        route to the gateway; returns its address as ``A.B.C.D/16``."""
+        address = self._allocate()
+        veth = f"vb{next(self._veths)}"
+        cidr = f"{address}/{SUBNET.prefixlen}"
+        try:
+            await self._ip([f"link add {veth} type veth peer name eth0 netns /proc/{os.getpid()}/fd/{netns_fd}",
+                            f"link set {veth} master {BRIDGE}", f"link set {veth} up"])
+            await self._ip([f"addr add {cidr} dev eth0", "link set eth0 up",
+                            f"route add default via {GATEWAY}"], netns_fd)
+        except OSError:
+            self._free.append(address)
+            raise
+        self._used.add(address)
+        return cidr
 
     def unplug(self, cidr: str) -> None:
         """The container's namespace is gone (and with it both veth ends): reuse its address."""

@@ -19,13 +19,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from beacon.runtime._errors import Conflict, EngineError, InvalidParameter, NotModified, no_such_container
+from beacon.runtime._errors import (
+    Conflict,
+    EngineError,
+    InvalidParameter,
+    NotFound,
+    NotModified,
+    no_such_container,
+)
 from beacon.runtime._events import EventBus
 from beacon.runtime._exec import ExecManager
-from beacon.runtime._isolation import Isolation, Spawned, choose
+from beacon.runtime._images import ImageStore, normalize
+from beacon.runtime._isolation import Isolation, NetnsIsolation, Spawned, choose
 from beacon.runtime._logs import LogStore, rfc3339
-from beacon.runtime._model import Container, create_warnings, new_id, parse_create, random_name, signal_number
+from beacon.runtime._model import (
+    Container,
+    HealthSpec,
+    create_warnings,
+    new_id,
+    parse_create,
+    random_name,
+    signal_number,
+)
+from beacon.runtime._networks import Networks
 from beacon.runtime._relay import PortRelay
+from beacon.runtime._volumes import Volumes, validate_binds
 
 log = logging.getLogger(__name__)
 SHUTDOWN_STOP_TIMEOUT = 5.0
@@ -86,6 +104,10 @@ class Engine:
         self._lock_fd = -1
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.images = ImageStore(self.data_dir / "images")
+        self.volumes = Volumes(self.data_dir / "volumes")
+        self.networks = Networks(self.data_dir / "networks.json")
+        self.gateway: Any = None  # _gateway.Gateway once connect_agent() ran
 
     # -- lifecycle of the engine ---------------------------------------------------------------
 
@@ -108,23 +130,82 @@ class Engine:
             os.close(self._lock_fd)
             self._lock_fd = -1
             raise EngineError(f"another engine is using {self.data_dir}") from None
-        self._backend, warning = await choose(self.requested_isolation)
+        self._backend, warning = await self._choose()
         self.isolation = self._backend.name
         if warning:
             self.warnings.append(warning)
             log.warning("%s", warning)
         self._load()
+        await self._start_gateway()
         self._api = ApiServer(self)
         await self._api.start(self.socket_path)
         for cid in self._restart_on_start:
             self.slots[cid].c.state.status = "restarting"
             self._schedule_restart(self.slots[cid], 0.0)
 
+    async def connect_agent(self, http: tuple[str, int] | None, dns: tuple[str, int] | None) -> bool:
+        """Let containers reach the agent: the bridge gateway's 8500 and 53 relay to these loopback
+        listeners. False when there is no bridge (no gateway) in this isolation mode."""
+        if self.gateway is None:
+            return False
+        self.gateway.http, self.gateway.dns = http, dns
+        return True
+
+    async def _start_gateway(self) -> None:
+        from beacon.runtime._gateway import Gateway
+
+        backend = self._backend
+        if not isinstance(backend, NetnsIsolation) or backend.bridge is None or self.isolation != "runc":
+            return
+        gateway = Gateway(backend, self._lookup_name)
+        try:
+            await gateway.start()
+        except OSError as exc:
+            await gateway.stop()
+            self.warnings.append(f"WARNING: containers get no DNS or way to the agent ({exc})")
+            return
+        self.gateway = gateway
+
+    def _lookup_name(self, src: str, name: str) -> list[str] | None:
+        """The engine's DNS for containers: names and aliases on the asker's user network."""
+        asker = next((c for c in self.containers() if c.address.partition("/")[0] == src), None)
+        if asker is None or asker.network_mode in ("bridge", "host", "none"):
+            return None
+        short = name.removesuffix("." + asker.network_mode)
+        found = [c.address.partition("/")[0] for c in self.containers()
+                 if c.network_mode == asker.network_mode and c.state.status == "running" and c.address
+                 and short in (c.name, c.id[:12], *c.aliases)]
+        return found or None
+
+    async def _choose(self) -> tuple[Isolation, str]:
+        """runc when asked for or on auto (root, runc installed); otherwise the older backends."""
+        from beacon.runtime._runc import RuncIsolation, runc_available
+
+        requested = self.requested_isolation
+        if requested in ("auto", "runc"):
+            reason = runc_available()
+            if not reason:
+                backend = RuncIsolation(self)
+                return backend, await backend.setup()
+            if requested == "runc":
+                raise EngineError(f"runc isolation unavailable: {reason}")
+            backend2, warning = await choose("process")
+            return backend2, (f"WARNING: runc isolation unavailable ({reason}); containers run as plain "
+                              "processes on the host filesystem and network")
+        backend3, warning = await choose(requested)
+        if backend3.name == "process" and not warning:
+            warning = ("WARNING: process isolation: containers run as plain processes on the host filesystem "
+                       "and network, without images")
+        return backend3, warning
+
     async def stop(self) -> None:
         self._stopping = True
         if self._api is not None:
             await self._api.stop()
             self._api = None
+        if self.gateway is not None:
+            await self.gateway.stop()
+            self.gateway = None
         slots = list(self.slots.values())
         for slot in slots:
             if slot.restart_task is not None:
@@ -222,6 +303,15 @@ class Engine:
             name = random_name()
             while name in taken:
                 name = f"{random_name()}{len(taken)}"
+        if self.isolation == "runc":
+            validate_binds(spec["binds"], spec["mounts"])
+            if not spec["network_mode"].startswith("container:"):
+                self.networks.get(spec["network_mode"])  # 404 for an unknown network
+            else:
+                raise InvalidParameter("--network container:<name> is not supported by beacon engine")
+            await asyncio.get_running_loop().run_in_executor(None, self._merge_image, spec)
+        if not (spec["cmd"] or spec["entrypoint"]):
+            raise InvalidParameter("No command specified")
         cid = new_id()
         spec["hostname"] = spec["hostname"] or cid[:12]
         c = Container(id=cid, name=name, created=now_rfc3339(), created_unix=time.time(), **spec)
@@ -230,16 +320,47 @@ class Engine:
         self.slots[cid] = _Slot(c=c, logs=LogStore(path / "log.jsonl"))
         self._save(c)
         self._emit(c, "create")
-        return cid, create_warnings(body)
+        return cid, (create_warnings(body) if self.isolation != "runc" else [])
+
+    def _merge_image(self, spec: dict[str, Any]) -> None:
+        """Fill what the create request left out from the image config, as dockerd does."""
+        try:
+            image_id = self.images.resolve(spec["image"])
+        except NotFound:
+            raise NotFound(f"No such image: {normalize(spec['image'])}") from None
+        cfg = self.images.config(image_id).get("config") or {}
+        spec["image_id"] = image_id
+        if spec["entrypoint"] is None:
+            spec["entrypoint"] = list(cfg.get("Entrypoint") or []) or None
+            if not spec["cmd"]:
+                spec["cmd"] = list(cfg.get("Cmd") or [])
+        spec["image_env"] = list(cfg.get("Env") or [])
+        spec["working_dir"] = spec["working_dir"] or cfg.get("WorkingDir") or ""
+        spec["user"] = spec["user"] or cfg.get("User") or ""
+        spec["labels"] = {**(cfg.get("Labels") or {}), **spec["labels"]}
+        for port in cfg.get("ExposedPorts") or {}:
+            if port not in spec["exposed_ports"]:
+                spec["exposed_ports"].append(port)
+        if spec["health"] is None and cfg.get("Healthcheck"):
+            spec["health"] = HealthSpec.from_api(cfg["Healthcheck"])
+        spec["stop_signal"] = spec["stop_signal"] or cfg.get("StopSignal") or ""
 
     async def start_container(self, ref: str) -> None:
         slot = self.resolve(ref)
         async with slot.lock:
             if slot.c.state.status == "running":
                 raise NotModified("container already started")
-            await self._start_locked(slot)
+            try:
+                await self._start_locked(slot)
+            except EngineError:
+                if slot.c.auto_remove:  # dockerd removes it too, so `run --rm` does not wait forever
+                    self._schedule_auto_remove(slot.c.id)
+                raise
 
     async def _start_locked(self, slot: _Slot) -> None:
+        if self.isolation == "runc":
+            await self._start_runc(slot)
+            return
         c, backend = slot.c, self.backend
         env = c.process_env()
         argv = c.argv
@@ -257,6 +378,30 @@ class Engine:
             for relay in relays:
                 await relay.close()
             raise
+        self._running(slot, spawned, relays)
+
+    async def _start_runc(self, slot: _Slot) -> None:
+        from beacon.runtime._runc import RuncIsolation
+
+        c, backend = slot.c, self.backend
+        assert isinstance(backend, RuncIsolation)
+        relays = await self._bind_ports(c)
+        try:
+            spawned = await backend.launch(c)
+        except InvalidParameter as exc:
+            for relay in relays:
+                await relay.close()
+            code = 127 if "not found" in exc.message else 126
+            self._fail_start(c, code, exc.message)
+        except BaseException:
+            for relay in relays:
+                await relay.close()
+            raise
+        c.state.oom_killed = False
+        self._running(slot, spawned, relays)
+
+    def _running(self, slot: _Slot, spawned: Spawned, relays: list[PortRelay]) -> None:
+        c = slot.c
         for relay in relays:
             relay.spawned = spawned
         slot.spawned, slot.relays, slot.stop_requested = spawned, relays, False
@@ -325,6 +470,9 @@ class Engine:
 
     async def _on_exit(self, slot: _Slot, spawned: Spawned, code: int) -> None:
         c, st = slot.c, slot.c.state
+        finish = getattr(self.backend, "finish", None)
+        if finish is not None:
+            st.oom_killed = await finish(spawned)
         self.backend.release(spawned)
         for relay in slot.relays:
             await relay.close()
@@ -334,7 +482,7 @@ class Engine:
             slot.health_task = None
         slot.logs.close()
         await self.exec.container_exited(c.id)
-        st.status, st.exit_code, st.pid = "exited", code, 0
+        st.status, st.exit_code, st.pid, st.paused = "exited", code, 0, False
         c.address = ""
         st.finished_at, st.finished_unix = now_rfc3339(), time.time()
         if st.health_status:
@@ -349,9 +497,12 @@ class Engine:
         if restart_delay is not None:
             self._schedule_restart(slot, restart_delay)
         elif c.auto_remove:
-            task = asyncio.create_task(self._auto_remove(c.id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._schedule_auto_remove(c.id)
+
+    def _schedule_auto_remove(self, cid: str) -> None:
+        task = asyncio.create_task(self._auto_remove(cid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _auto_remove(self, cid: str) -> None:
         try:
@@ -417,6 +568,13 @@ class Engine:
             await self._stop_locked(slot, self._stop_timeout(slot.c, timeout), manual=True,
                                     signum=signal_number(sig or slot.c.stop_signal or "SIGTERM"))
 
+    async def _thaw(self, slot: _Slot) -> None:
+        """A paused (frozen) container cannot act on a signal: resume it first, as dockerd does."""
+        pause = getattr(self.backend, "pause", None)
+        if slot.c.state.paused and slot.spawned is not None and pause is not None:
+            await pause(slot.spawned, True)
+            slot.c.state.paused = False
+
     @staticmethod
     def _stop_timeout(c: Container, timeout: float | None) -> float:
         if timeout is not None:
@@ -430,6 +588,7 @@ class Engine:
         slot.stop_requested = True
         c.state.manually_stopped = manual
         exited = slot.next_exit
+        await self._thaw(slot)
         self._emit(c, "kill", signal=str(int(signum)))
         self.backend.signal(spawned, signum)
         try:
@@ -451,6 +610,7 @@ class Engine:
             slot.stop_requested = True
             slot.c.state.manually_stopped = True
         exited = slot.next_exit
+        await self._thaw(slot)
         self._emit(slot.c, "kill", signal=str(signum))
         self.backend.signal(slot.spawned, signum)
         if signum == signal.SIGKILL:
@@ -499,6 +659,7 @@ class Engine:
                 slot.stop_requested = True
                 c.state.manually_stopped = True
                 exited = slot.next_exit
+                await self._thaw(slot)
                 self._emit(c, "kill", signal=str(int(signal.SIGKILL)))
                 assert slot.spawned is not None
                 self.backend.signal(slot.spawned, signal.SIGKILL)
@@ -550,6 +711,14 @@ class Engine:
         running = states.count("running")
         return {"Containers": len(states), "ContainersRunning": running, "ContainersPaused": 0,
                 "ContainersStopped": len(states) - running}
+
+    def images_in_use(self) -> dict[str, list[str]]:
+        """Image ID -> IDs of the containers created from it."""
+        out: dict[str, list[str]] = {}
+        for c in self.containers():
+            if c.image_id:
+                out.setdefault(c.image_id, []).append(c.id)
+        return out
 
     def images(self) -> dict[str, list[Container]]:
         out: dict[str, list[Container]] = {}

@@ -102,6 +102,12 @@ class ExecManager:
                      cwd: str) -> asyncio.subprocess.Process:
         from beacon.runtime._engine import find_executable
 
+        exec_command = getattr(self.engine.backend, "exec_command", None)
+        if exec_command is not None:  # runc: `runc exec`, checked against the container's rootfs
+            full, host_env, host_cwd = exec_command(spawned, c, argv, env, cwd)
+            return await asyncio.create_subprocess_exec(
+                *full, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=host_env, cwd=host_cwd, start_new_session=True)
         if not os.path.isdir(cwd):
             raise InvalidParameter(f"working directory {cwd!r} does not exist on the host")
         if not find_executable(argv[0], env["PATH"], cwd):

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 LINE_LIMIT = 64 * 1024
 MAX_HEADERS = 100
 MAX_BODY = 16 * 1024 * 1024
+MAX_UPLOAD = 2 * 1024 * 1024 * 1024  # image loads, imports, build contexts, archive uploads
+UPLOAD_RE = re.compile(r"^(/v[0-9.]+)?/(images/load|images/create|build|containers/[^/]+/archive)/?$")
 
 
 class BadRequest(Exception):
@@ -191,12 +194,14 @@ class HttpServer:
             headers[name.strip().lower()] = value.strip()
         else:
             raise BadRequest("too many headers")
-        body = await self._read_body(reader, headers)
         parts = urlsplit(target)
+        limit = MAX_UPLOAD if UPLOAD_RE.match(parts.path) else MAX_BODY
+        body = await self._read_body(reader, headers, limit)
         return Request(method.upper(), unquote(parts.path), parse_qs(parts.query, keep_blank_values=True),
                        headers, body)
 
-    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str],
+                         limit: int = MAX_BODY) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():
             chunks: list[bytes] = []
             total = 0
@@ -211,14 +216,14 @@ class HttpServer:
                         pass
                     return b"".join(chunks)
                 total += size
-                if total > MAX_BODY:
+                if total > limit:
                     raise BadRequest("request body too large")
                 chunks.append(await reader.readexactly(size))
                 await reader.readline()
         length = headers.get("content-length", "0") or "0"
         if not length.isdigit():
             raise BadRequest("malformed Content-Length")
-        if int(length) > MAX_BODY:
+        if int(length) > limit:
             raise BadRequest("request body too large")
         return await reader.readexactly(int(length)) if int(length) else b""
 

@@ -38,6 +38,8 @@ class Spawned:
     address: str = ""  # "10.213.0.2/16" when the container is plugged into the engine's bridge
     channel_lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = field(default=False)
+    runc_id: str = ""  # runc backend: the container's runc ID and bundle directory
+    bundle: str = ""
 
     @property
     def pid(self) -> int:

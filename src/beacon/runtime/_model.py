@@ -169,6 +169,8 @@ class ContainerState:
     health_status: str = ""
     failing_streak: int = 0
     health_log: list[dict[str, Any]] = field(default_factory=list)
+    oom_killed: bool = False
+    paused: bool = False
     started_unix: float = 0.0
     finished_unix: float = 0.0
 
@@ -201,6 +203,29 @@ class Container:
     # host port actually bound, per "80/tcp": [{"HostIp": ..., "HostPort": ...}]
     ports: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     address: str = ""  # "10.213.0.2/16" on the engine's private bridge while running
+    # From the image (runc backend) and the HostConfig: what the OCI spec is made of.
+    image_id: str = ""
+    image_env: list[str] = field(default_factory=list)
+    user: str = ""
+    network_mode: str = "bridge"
+    read_only: bool = False
+    privileged: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    binds: list[str] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    memory: int = 0
+    memory_swap: int = 0
+    nano_cpus: int = 0
+    cpu_shares: int = 0
+    pids_limit: int = 0
+    init: bool = False
+    extra_hosts: list[str] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # names on a user network (compose services)
+    open_stdin: bool = False
+    stdin_once: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -219,7 +244,7 @@ class Container:
     def process_env(self) -> dict[str, str]:
         """The environment the command starts with: a clean one, as in a container."""
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": self.hostname, "HOME": "/root"}
-        for item in self.env:
+        for item in [*self.image_env, *self.env]:
             key, sep, value = item.partition("=")
             if sep:
                 env[key] = value
@@ -245,8 +270,6 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
     for value, what in ((cmd, "Cmd"), (entrypoint, "Entrypoint")):
         if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise InvalidParameter(f"{what} must be a list of strings")
-    if not (cmd or entrypoint):
-        raise InvalidParameter("No command specified")
     if body.get("Tty"):
         raise InvalidParameter("beacon engine does not allocate TTYs: run without -t")
     if body.get("OpenStdin"):
@@ -293,7 +316,78 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
         "health": HealthSpec.from_api(body.get("Healthcheck")), "tty": False,
         "stop_signal": _stop_signal(body.get("StopSignal")),
         "stop_timeout": _stop_timeout(body.get("StopTimeout")),
+        "user": _str(body.get("User"), "User"),
+        "network_mode": _network_mode(host.get("NetworkMode")),
+        "read_only": bool(host.get("ReadonlyRootfs")), "privileged": bool(host.get("Privileged")),
+        "cap_add": _strs(host.get("CapAdd"), "CapAdd"), "cap_drop": _strs(host.get("CapDrop"), "CapDrop"),
+        "binds": _strs(host.get("Binds"), "Binds"), "mounts": _mounts(host.get("Mounts")),
+        "tmpfs": _tmpfs(host.get("Tmpfs"), host.get("Mounts")),
+        "memory": _int(host.get("Memory"), "Memory"), "memory_swap": _swap(host.get("MemorySwap")),
+        "nano_cpus": _int(host.get("NanoCpus"), "NanoCpus"), "cpu_shares": _int(host.get("CpuShares"), "CpuShares"),
+        "pids_limit": max(0, int(host.get("PidsLimit") or 0)) if isinstance(host.get("PidsLimit") or 0, int) else 0,
+        "init": bool(host.get("Init")),
+        "extra_hosts": _strs(host.get("ExtraHosts"), "ExtraHosts"), "dns": _strs(host.get("Dns"), "Dns"),
+        "aliases": _aliases(body.get("NetworkingConfig")),
     }
+
+
+def _aliases(value: Any) -> list[str]:
+    endpoints = _object(_object(value, "NetworkingConfig").get("EndpointsConfig"), "EndpointsConfig")
+    out: list[str] = []
+    for ep in endpoints.values():
+        if isinstance(ep, dict):
+            out += [a for a in ep.get("Aliases") or [] if isinstance(a, str)]
+    return out
+
+
+def _str(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{what} must be a string")
+    return value
+
+
+def _strs(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidParameter(f"{what} must be a list of strings")
+    return list(value)
+
+
+def _swap(value: Any) -> int:
+    if value in (None, 0):
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise InvalidParameter(f"MemorySwap must be an integer >= -1, got {value!r}")
+    return value
+
+
+def _network_mode(value: Any) -> str:
+    mode = value or "default"
+    if not isinstance(mode, str):
+        raise InvalidParameter("NetworkMode must be a string")
+    if mode == "default":
+        return "bridge"
+    return mode
+
+
+def _mounts(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise InvalidParameter("Mounts must be a list of objects")
+    return [dict(m) for m in value]
+
+
+def _tmpfs(value: Any, mounts: Any) -> dict[str, str]:
+    out = {str(k): str(v or "") for k, v in _object(value, "Tmpfs").items()}
+    for m in _mounts(mounts):
+        if m.get("Type") == "tmpfs" and str(m.get("Target", "")).startswith("/"):
+            size = (m.get("TmpfsOptions") or {}).get("SizeBytes")
+            out[str(m["Target"])] = f"size={size}" if size else ""
+    return out
 
 
 def _stop_signal(value: Any) -> str:
@@ -314,9 +408,9 @@ def create_warnings(body: dict[str, Any]) -> list[str]:
     host = body.get("HostConfig") or {}
     warnings = []
     if body.get("User"):
-        warnings.append("User is ignored: the command runs as the engine's user")
+        warnings.append("User is ignored in process isolation: the command runs as the engine's user")
     if host.get("Binds") or host.get("Mounts") or body.get("Volumes"):
-        warnings.append("Volumes and binds are ignored: containers already see the host filesystem")
-    if host.get("Memory") or host.get("NanoCpus") or host.get("CpuShares"):
-        warnings.append("Resource limits are ignored: beacon engine does not use cgroups")
+        warnings.append("Volumes and binds are ignored in process isolation: containers see the host filesystem")
+    if host.get("Memory") or host.get("NanoCpus") or host.get("CpuShares") or host.get("PidsLimit"):
+        warnings.append("Resource limits are ignored in process isolation: no cgroups are used")
     return warnings

@@ -51,6 +51,8 @@ def status_text(c: Container) -> str:
         health = f" ({st.health_status})" if st.health_status else ""
         if st.health_status == "starting":
             health = " (health: starting)"
+        if st.paused:
+            health = " (Paused)"
         return f"Up {human_duration(now - st.started_unix)}{health}"
     if st.status == "restarting":
         return f"Restarting ({st.exit_code}) {human_duration(now - st.finished_unix)} ago"
@@ -66,8 +68,38 @@ def image_id(image: str) -> str:
 
 
 def _env(c: Container) -> list[str]:
-    keys = {e.partition("=")[0] for e in c.env}
-    return [*c.env, *([f"PATH={DEFAULT_PATH}"] if "PATH" not in keys else [])]
+    merged: dict[str, str] = {}
+    for item in [*c.image_env, *c.env]:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    env = [f"{k}={v}" for k, v in merged.items()]
+    return [*env, *([f"PATH={DEFAULT_PATH}"] if "PATH" not in merged else [])]
+
+
+def network_name(c: Container, isolation: str) -> str:
+    if isolation == "runc":
+        return c.network_mode
+    return "bridge" if isolation == "netns" else "host"
+
+
+def _image_id(c: Container) -> str:
+    return c.image_id or image_id(c.image)
+
+
+def _mounts(c: Container) -> list[dict[str, Any]]:
+    out = []
+    for bind in c.binds:
+        parts = bind.split(":")
+        if len(parts) < 2:
+            continue
+        rw = not (len(parts) == 3 and "ro" in parts[2].split(","))
+        if parts[0].startswith("/"):
+            out.append({"Type": "bind", "Source": parts[0], "Destination": parts[1], "Mode": "", "RW": rw,
+                        "Propagation": "rprivate"})
+        else:
+            out.append({"Type": "volume", "Name": parts[0], "Source": "", "Destination": parts[1],
+                        "Driver": "local", "Mode": "z", "RW": rw, "Propagation": ""})
+    return out
 
 
 def _ports_map(c: Container) -> dict[str, Any]:
@@ -85,32 +117,38 @@ def inspect(c: Container, isolation: str) -> dict[str, Any]:
         health = {"Status": st.health_status or "unhealthy", "FailingStreak": st.failing_streak,
                   "Log": st.health_log}
     state: dict[str, Any] = {
-        "Status": st.status, "Running": running, "Paused": False, "Restarting": st.status == "restarting",
-        "OOMKilled": False, "Dead": False, "Pid": st.pid if running else 0, "ExitCode": st.exit_code,
+        "Status": "paused" if running and st.paused else st.status, "Running": running, "Paused": st.paused,
+        "Restarting": st.status == "restarting", "OOMKilled": st.oom_killed, "Dead": False, "Pid": st.pid if running else 0, "ExitCode": st.exit_code,
         "Error": st.error, "StartedAt": st.started_at, "FinishedAt": st.finished_at,
     }
     if health is not None:
         state["Health"] = health
     ip, _, prefix = c.address.partition("/")
     prefix_len = int(prefix or 0)
+    gateway = "10.213.0.1" if ip else ""
     network = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "NetworkID": isolation,
-               "EndpointID": "", "Gateway": "", "IPAddress": ip, "IPPrefixLen": prefix_len, "IPv6Gateway": "",
+               "EndpointID": "", "Gateway": gateway, "IPAddress": ip, "IPPrefixLen": prefix_len, "IPv6Gateway": "",
                "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None, "DNSNames": None}
-    network_name = "bridge" if isolation == "netns" else "host"
+    net = network_name(c, isolation)
     argv = c.argv
     return {
         "Id": c.id, "Created": c.created, "Path": argv[0], "Args": argv[1:], "State": state,
-        "Image": image_id(c.image), "ResolvConfPath": "", "HostnamePath": "", "HostsPath": "",
+        "Image": _image_id(c), "ResolvConfPath": "", "HostnamePath": "", "HostsPath": "",
         "LogPath": "", "Name": "/" + c.name, "RestartCount": st.restart_count, "Driver": "beacon",
         "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
         "HostConfig": {
-            "NetworkMode": network_name, "PortBindings": c.port_bindings or {}, "RestartPolicy": c.restart_policy,
-            "AutoRemove": c.auto_remove, "PublishAllPorts": c.publish_all, "Binds": None, "LogConfig":
-            {"Type": "json-file", "Config": {}}, "Privileged": False, "Isolation": "",
+            "NetworkMode": net, "PortBindings": c.port_bindings or {}, "RestartPolicy": c.restart_policy,
+            "AutoRemove": c.auto_remove, "PublishAllPorts": c.publish_all, "Binds": c.binds or None, "LogConfig":
+            {"Type": "json-file", "Config": {}}, "Privileged": c.privileged, "Isolation": "",
+            "ReadonlyRootfs": c.read_only, "CapAdd": c.cap_add or None, "CapDrop": c.cap_drop or None,
+            "Tmpfs": c.tmpfs or None, "Memory": c.memory, "MemorySwap": c.memory_swap, "NanoCpus": c.nano_cpus,
+            "CpuShares": c.cpu_shares, "PidsLimit": c.pids_limit or None, "Init": c.init or None,
+            "Mounts": c.mounts or None, "ExtraHosts": c.extra_hosts or None, "Dns": c.dns,
         },
-        "GraphDriver": {"Name": "beacon", "Data": None}, "Mounts": [],
+        "GraphDriver": {"Name": "overlay2" if isolation == "runc" else "beacon", "Data": None},
+        "Mounts": _mounts(c),
         "Config": {
-            "Hostname": c.hostname, "Domainname": "", "User": "", "AttachStdin": False, "AttachStdout": False,
+            "Hostname": c.hostname, "Domainname": "", "User": c.user, "AttachStdin": False, "AttachStdout": False,
             "AttachStderr": False, "ExposedPorts": {k: {} for k in c.exposed_ports} or None, "Tty": c.tty,
             "OpenStdin": False, "StdinOnce": False, "Env": _env(c), "Cmd": c.cmd, "Image": c.image,
             "Volumes": None, "WorkingDir": c.working_dir, "Entrypoint": c.entrypoint, "OnBuild": None,
@@ -120,9 +158,9 @@ def inspect(c: Container, isolation: str) -> dict[str, Any]:
         },
         "NetworkSettings": {
             "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": False, "Ports": _ports_map(c),
-            "EndpointID": "", "Gateway": "", "IPAddress": ip, "IPPrefixLen": prefix_len, "MacAddress": "",
+            "EndpointID": "", "Gateway": gateway, "IPAddress": ip, "IPPrefixLen": prefix_len, "MacAddress": "",
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",
-            "Networks": {network_name: network},
+            "Networks": {net: network},
         },
     }
 
@@ -137,14 +175,15 @@ def summary(c: Container, isolation: str) -> dict[str, Any]:
                        "Type": proto} for b in bound]
         else:
             ports.append({"PrivatePort": int(port), "Type": proto})
-    network_name = "bridge" if isolation == "netns" else "host"
+    net = network_name(c, isolation)
     return {
-        "Id": c.id, "Names": ["/" + c.name], "Image": c.image, "ImageID": image_id(c.image),
+        "Id": c.id, "Names": ["/" + c.name], "Image": c.image, "ImageID": _image_id(c),
         "Command": " ".join(c.argv), "Created": int(c.created_unix), "Ports": ports, "Labels": c.labels,
-        "State": c.state.status, "Status": status_text(c), "HostConfig": {"NetworkMode": network_name},
-        "NetworkSettings": {"Networks": {network_name: {"IPAddress": c.address.partition("/")[0],
+        "State": "paused" if c.state.paused and c.state.status == "running" else c.state.status,
+        "Status": status_text(c), "HostConfig": {"NetworkMode": net},
+        "NetworkSettings": {"Networks": {net: {"IPAddress": c.address.partition("/")[0],
                                                         "NetworkID": isolation}}},
-        "Mounts": [],
+        "Mounts": _mounts(c),
     }
 
 
@@ -174,16 +213,19 @@ def info(counts: dict[str, int], images: int, isolation: str, warnings: list[str
         mem = 0
     return {
         "ID": engine_id, **counts, "Images": images, "Driver": "beacon",
-        "DriverStatus": [["Isolation", isolation], ["Images", "host filesystem (no registry)"]],
-        "Isolation": isolation, "MemoryLimit": False, "SwapLimit": False, "CpuCfsPeriod": False,
-        "CpuCfsQuota": False, "IPv4Forwarding": False, "Debug": False, "NFd": 0, "NGoroutines": 0,
+        "DriverStatus": [["Isolation", isolation],
+                         ["Images", "image store + overlayfs" if isolation == "runc" else
+                          "host filesystem (images are not used)"]],
+        "Isolation": isolation, "MemoryLimit": isolation == "runc", "SwapLimit": isolation == "runc",
+        "CpuCfsPeriod": isolation == "runc", "CpuCfsQuota": isolation == "runc", "IPv4Forwarding": False, "Debug": False, "NFd": 0, "NGoroutines": 0,
         "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "LoggingDriver": "json-file",
-        "CgroupDriver": "none", "CgroupVersion": "", "NEventsListener": 0, "KernelVersion": uname.release,
+        "CgroupDriver": "cgroupfs" if isolation == "runc" else "none",
+        "CgroupVersion": "1" if isolation == "runc" else "", "NEventsListener": 0, "KernelVersion": uname.release,
         "OperatingSystem": "Beacon embedded engine", "OSVersion": "", "OSType": "linux", "Architecture": _arch(),
         "IndexServerAddress": "", "RegistryConfig": None, "NCPU": os.cpu_count() or 1, "MemTotal": mem,
         "DockerRootDir": data_dir, "Name": uname.node, "Labels": [], "ExperimentalBuild": False,
-        "ServerVersion": ENGINE_VERSION, "Runtimes": {"beacon": {"path": "beacon-init"}},
-        "DefaultRuntime": "beacon", "Swarm": {"LocalNodeState": "inactive", "ControlAvailable": False},
+        "ServerVersion": ENGINE_VERSION, "Runtimes": {"runc": {"path": "runc"}} if isolation == "runc" else {"beacon": {"path": "beacon-init"}},
+        "DefaultRuntime": "runc" if isolation == "runc" else "beacon", "Swarm": {"LocalNodeState": "inactive", "ControlAvailable": False},
         "LiveRestoreEnabled": False, "SecurityOptions": [], "Warnings": list(warnings),
     }
 

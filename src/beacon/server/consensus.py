@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, Protocol
 
-from beacon.server.durable import CommandLog
+from beacon.server.durable import CommandLog, NotDurableError
 from beacon.server.fsm import ApplyResult, Command, StateStore
 
 log = logging.getLogger("beacon.server")
@@ -70,6 +70,7 @@ class SingleServer:
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._snapshot_retry_at = 0.0
 
     async def start(self) -> None:
         if self._log is None:
@@ -121,17 +122,24 @@ class SingleServer:
                 try:
                     await loop.run_in_executor(None, self._log.append, records)
                 except Exception as exc:  # disk full, I/O error: nothing in the batch is acknowledged
-                    log.error("command log write failed: %s", exc)
+                    log.error("command log write failed, %d write(s) refused: %s", len(batch), exc)
+                    err = exc if isinstance(exc, NotDurableError) else NotDurableError(str(exc))
                     for _, fut in batch:
                         if not fut.done():
-                            fut.set_exception(exc)
+                            fut.set_exception(err)
                     continue
                 for cmd, fut in batch:
                     result = self.store.apply(cmd)
                     if not fut.done():
                         fut.set_result(result)
-                if self._log.records_since_snapshot >= self.SNAPSHOT_EVERY:
-                    self._log.write_snapshot(self.store.snapshot())
+                if (self._log.records_since_snapshot >= self.SNAPSHOT_EVERY
+                        and time.monotonic() >= self._snapshot_retry_at):
+                    try:
+                        self._log.write_snapshot(self.store.snapshot())
+                    except OSError as exc:
+                        # The log still holds every record; try again later rather than on each batch.
+                        self._snapshot_retry_at = time.monotonic() + 30.0
+                        log.error("snapshot failed, keeping the whole command log: %s", exc)
             if self._closing and not self._pending:
                 return
 

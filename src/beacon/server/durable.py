@@ -13,6 +13,8 @@ followed by good ones means the file was damaged and start-up fails with a messa
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -30,6 +32,21 @@ LOG_NAME = "commands.log"
 
 class DataDirError(Exception):
     """The data dir cannot be used as it is (corrupt, truncated, or unreadable)."""
+
+
+class NotDurableError(Exception):
+    """A write could not be made durable (disk full, I/O error): it was not applied or acknowledged."""
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written; a short write on a full disk raises ENOSPC here
+    instead of being mistaken for success."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # not expected from a regular file, but never loop forever
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
 
 
 def _default(obj: Any) -> Any:
@@ -66,10 +83,14 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # give the space back; the old file is untouched
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
 
@@ -83,6 +104,8 @@ class CommandLog:
         self.snapshot_path = os.path.join(directory, SNAPSHOT_NAME)
         self.log_path = os.path.join(directory, LOG_NAME)
         self._fd: int | None = None
+        self._size = 0  # bytes of whole, fsync'd records in the log
+        self._torn = False  # a failed append may have left bytes past _size
         self.records_since_snapshot = 0
 
     # ------------------------------------------------------------------ recovery
@@ -160,28 +183,73 @@ class CommandLog:
     # ------------------------------------------------------------------ writing
     def _open(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            fsync_dir(self.directory)
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                if self._torn:
+                    os.ftruncate(fd, self._size)
+                    os.fsync(fd)
+                    self._torn = False
+                else:
+                    self._size = os.fstat(fd).st_size
+                fsync_dir(self.directory)
+            except OSError:
+                os.close(fd)
+                raise
+            self._fd = fd
         return self._fd
 
     def append(self, records: list[tuple[int, int, dict[str, Any]]]) -> None:
-        """Write and fsync a batch. Blocking: call it from a worker thread."""
+        """Write and fsync a batch. Blocking: call it from a worker thread.
+
+        All or nothing: if any byte of the batch cannot be written or synced (a full disk, an I/O
+        error), the log is cut back to the end of the last durable batch and NotDurableError is
+        raised, so no torn record is left behind to be acknowledged now or to block start-up later.
+        """
         buf = bytearray()
         for rec in records:
             body = encode(list(rec))
             buf += _HEADER.pack(len(body), zlib.crc32(body))
             buf += body
-        fd = self._open()
-        os.write(fd, bytes(buf))
-        os.fsync(fd)
+        try:
+            fd = self._open()
+        except OSError as exc:  # nothing written
+            raise NotDurableError(f"command log {self.log_path}: {exc.strerror or exc}") from exc
+        try:
+            write_all(fd, bytes(buf))
+            os.fsync(fd)
+        except OSError as exc:
+            self._rollback()
+            raise NotDurableError(f"command log {self.log_path}: {exc.strerror or exc}") from exc
+        self._size += len(buf)
         self.records_since_snapshot += len(records)
 
+    def _rollback(self) -> None:
+        """Cut the log back to its last durable size. After a failed fsync the kernel may already
+        have dropped the dirty pages, so the file is reopened rather than trusted."""
+        fd, self._fd = self._fd, None
+        self._torn = True
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        try:
+            with open(self.log_path, "r+b") as f:
+                f.truncate(self._size)
+                os.fsync(f.fileno())
+            self._torn = False
+        except OSError as exc:
+            # Still in the file, unacknowledged; recovery drops a torn tail, and the next append
+            # retries the cut before writing anything after it.
+            log.error("command log %s: cannot cut back to %d bytes after a failed write: %s",
+                      self.log_path, self._size, exc)
+
     def write_snapshot(self, snap: dict[str, Any]) -> None:
-        """Persist a snapshot, then start a new empty log (records up to it are in the snapshot)."""
+        """Persist a snapshot, then start a new empty log (records up to it are in the snapshot).
+        A snapshot that cannot be written leaves the old snapshot and the whole log in place."""
         body = encode(snap)
         atomic_write(self.snapshot_path, b"sha256:" + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
         self.close()
         atomic_write(self.log_path, b"")
+        self._size = 0
         self.records_since_snapshot = 0
 
     def close(self) -> None:

@@ -54,6 +54,8 @@ class MessageType(IntEnum):
     NOOP = 6
     CHECK_STATUS = 7
     SNAPSHOT_RESTORE = 8
+    PREPARED_QUERY = 9   # beacon.server.queries
+    CONFIG_ENTRY = 10    # beacon.server.config_entries
 
 
 class CommandError(Exception):
@@ -129,6 +131,8 @@ class StateStore:
         self.session_keys: dict[str, set[str]] = {}
         self._reset_derived()
         self._changes: set[str] = set()
+        # Tables of later command families (prepared queries, config entries): name -> {key: JSON row}.
+        self.extra: dict[str, dict[str, Any]] = {}
 
     def _reset_derived(self) -> None:
         # Service display name -> union of its instances' tags (/v1/catalog/services), kept up to
@@ -718,6 +722,7 @@ class StateStore:
                 "sessions": [s.to_dict() for s in self.sessions.values()],
                 "lock_delays": dict(self.lock_delays),
                 "session_expires": dict(self.session_expires),
+                "extra": {name: dict(rows) for name, rows in self.extra.items()},
             }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -757,13 +762,14 @@ class StateStore:
         fresh.session_expires = dict(snap.get("session_expires", {}))
         for name_key in fresh.services_by_name:
             fresh._refresh_service_tags(name_key)
+        fresh.extra = {name: dict(rows) for name, rows in snap.get("extra", {}).items()}
         with self.lock:
             self.generation += 1
             self.catalog_version += 1
             for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
                          "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
                          "tombstones", "sessions", "lock_delays", "session_expires", "session_keys",
-                         "service_tags", "_service_displays"):
+                         "service_tags", "_service_displays", "extra"):
                 setattr(self, attr, getattr(fresh, attr))
         if self.on_change is not None:
             self.on_change(self.index, {"*"})

@@ -133,6 +133,7 @@ def apply_snapshot_restore(store: StateStore, idx: int, p: dict[str, Any]) -> in
 
 def install(store: StateStore) -> None:
     """Register the session, txn and snapshot-restore handlers on a store (before any replay)."""
+    from beacon.server import config_entries, queries
     from beacon.server.txn import TxnCommands
 
     sessions = SessionCommands(store)
@@ -140,3 +141,5 @@ def install(store: StateStore) -> None:
     store.register_handler(MessageType.TXN, TxnCommands(store).apply)
     store.register_handler(MessageType.SNAPSHOT_RESTORE,
                            lambda idx, p: apply_snapshot_restore(store, idx, p))
+    queries.install(store)
+    config_entries.install(store)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
+import sys
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -39,20 +42,49 @@ def _unknown_check(cid: str) -> HTTPError:
 @router.get("/v1/agent/self")
 async def agent_self(req: web.Request, agent: Agent) -> Reply:
     cfg = agent.config
+    consensus = agent.consensus
+    members = agent.members()
+    status_counts = {1: 0, 3: 0, 4: 0}
+    for m in members:
+        status_counts[m.get("Status", 1)] = status_counts.get(m.get("Status", 1), 0) + 1
+    # Keys and string values as Consul's: clients read Stats.consul.leader_addr, Config.NodeName, ...
+    stats = {
+        "agent": {"checks": str(len(agent.local.live_checks())), "services": str(len(agent.local.live_services())),
+                  "check_monitors": "0", "check_ttls": "0"},
+        "build": {"prerelease": "", "revision": "beacon", "version": CONSUL_COMPAT_VERSION,
+                  "version_metadata": f"beacon-{__version__}"},
+        "consul": {"acl": "disabled", "bootstrap": str(cfg.bootstrap_expect == 1).lower(),
+                   "known_datacenters": "1", "leader": str(consensus.is_leader()).lower(),
+                   "leader_addr": consensus.leader_address() if consensus.known_leader() else "",
+                   "server": str(cfg.server).lower()},
+        "raft": {"applied_index": str(agent.store.index), "commit_index": str(agent.store.index),
+                 "last_log_index": str(agent.store.index), "last_contact": f"{consensus.last_contact_ms()}ms",
+                 "num_peers": str(max(0, len(consensus.peers()) - 1)), "protocol_version": "3",
+                 "state": "Leader" if consensus.is_leader() else "Follower"} if cfg.server else {},
+        "runtime": {"arch": platform.machine(), "cpu_count": str(os.cpu_count() or 1), "os": sys.platform,
+                    "version": f"python{platform.python_version()}"},
+        "serf_lan": {"members": str(len(members)), "failed": str(status_counts.get(4, 0)),
+                     "left": str(status_counts.get(3, 0)), "health_score": "0"},
+    }
     return Reply({
         "Config": {"Datacenter": cfg.datacenter, "PrimaryDatacenter": cfg.datacenter,
                    "NodeName": cfg.node_name, "NodeID": agent.node_id, "Revision": "beacon",
                    "Server": cfg.server, "Version": CONSUL_COMPAT_VERSION, "BuildDate": "",
                    "BeaconVersion": __version__},
-        "DebugConfig": {"Domain": cfg.domain, "ClientAddrs": [cfg.client_addr], "DataDir": cfg.data_dir,
-                        "DevMode": cfg.dev, "EnableScriptChecks": cfg.enable_script_checks},
+        "DebugConfig": {"Datacenter": cfg.datacenter, "NodeName": cfg.node_name, "NodeID": agent.node_id,
+                        "Domain": cfg.domain, "ClientAddrs": [cfg.client_addr], "BindAddr": cfg.bind_addr,
+                        "AdvertiseAddrLAN": cfg.advertise, "DataDir": cfg.data_dir, "DevMode": cfg.dev,
+                        "ServerMode": cfg.server, "BootstrapExpect": cfg.bootstrap_expect,
+                        "EnableScriptChecks": cfg.enable_script_checks,
+                        "EnableLocalScriptChecks": cfg.enable_local_script_checks,
+                        "HTTPPort": agent.http_port or cfg.http_port, "DNSPort": agent.dns_port or cfg.dns_port,
+                        "HTTPMaxConnsPerClient": cfg.http_max_conns_per_client,
+                        "KVMaxValueSize": cfg.kv_max_value_size, "ACLsEnabled": False},
         "Coord": None,
-        "Member": agent.members()[0],
-        "Stats": {"agent": {"checks": str(len(agent.local.live_checks())),
-                            "services": str(len(agent.local.live_services()))},
-                  "consul": {"server": str(cfg.server).lower(), "leader": str(agent.consensus.is_leader()).lower(),
-                             "known_datacenters": "1"},
-                  "raft": {"last_log_index": str(agent.store.index)}},
+        "Member": members[0],
+        # No service mesh here: no proxies are supported and no xDS port is open.
+        "xDS": {"SupportedProxies": {"envoy": []}, "Port": -1, "Ports": {"Plaintext": -1, "TLS": -1}},
+        "Stats": stats,
         "Meta": dict(cfg.node_meta),
     })
 

@@ -17,6 +17,7 @@ from beacon.agent.http.core import (
 )
 from beacon.agent.http.decode import DecodeError, Fields, validate_meta
 from beacon.agent.http.encode import catalog_service_json, node_json, service_node_json
+from beacon.agent.http.readopts import cache_meta
 from beacon.agent.http.views import views_of
 from beacon.model import Node
 from beacon.server.fsm import MessageType
@@ -156,7 +157,7 @@ async def catalog_services(req: web.Request, agent: Agent) -> Reply:
             return store.tables["services"], dict(sorted(out.items()))
 
     idx, items = await blocking_query(agent, opts, ["services", "nodes"], read)
-    return Reply(items, index=idx)
+    return cache_meta(req, agent, Reply(items, index=idx))
 
 
 @router.get("/v1/catalog/service/{name:.+}")
@@ -172,7 +173,7 @@ async def catalog_service(req: web.Request, agent: Agent) -> Reply:
                      if has_tags(s.tags, tags) and meta_matches(n, meta)]
 
     idx, items = await blocking_query(agent, opts, ["svc:" + name.lower()], read)
-    return Reply(apply_filter(opts, items), index=idx)
+    return cache_meta(req, agent, Reply(apply_filter(opts, items), index=idx))
 
 
 @router.get("/v1/catalog/node/{node:.+}")

@@ -21,6 +21,7 @@ from beacon.agent.http.bexpr import FilterError, compile_filter
 from beacon.agent.http.decode import DecodeError
 from beacon.durations import parse_duration
 from beacon.server.consensus import NoLeaderError
+from beacon.server.durable import NotDurableError
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -296,6 +297,8 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return web.Response(status=400, text=str(exc), content_type="text/plain")
     except NoLeaderError as exc:
         return web.Response(status=500, text=str(exc), content_type="text/plain")
+    except NotDurableError as exc:
+        return web.Response(status=500, text=f"Write refused, nothing was changed: {exc}", content_type="text/plain")
     except web.HTTPException:
         raise
     except (asyncio.CancelledError, ConnectionResetError):
@@ -312,6 +315,35 @@ async def read_json(request: web.Request, required: bool = True) -> Any:
             raise HTTPError(400, "Request decode failed: EOF")
         return None
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"Request decode failed: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, f"Request decode failed: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise HTTPError(400, f"Request decode failed: nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+# Bodies are walked recursively further in (decoding, filters); nothing Consul accepts nests this deep.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest

@@ -3,13 +3,17 @@ to a server's HTTP API, retrying another server when one does not answer."""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from beacon.agent.http.core import AGENT_KEY
+from beacon.durations import parse_duration
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -18,7 +22,7 @@ log = logging.getLogger("beacon.http.forward")
 
 # Events stay local: they are best-effort and agent-local in Consul too.
 FORWARDED_PREFIXES = ("catalog", "health", "kv", "session", "txn", "status", "operator", "snapshot",
-                      "coordinate", "query", "internal")
+                      "coordinate", "query", "internal", "config", "discovery-chain")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 
 
@@ -28,14 +32,49 @@ def install(app: web.Application) -> None:
         app.router.add_route("*", f"/v1/{prefix}", forward)
 
 
+def _session_for_this_node(body: bytes, node: str) -> bytes:
+    """A session created through a client agent belongs to that client's node, as in Consul (the agent
+    fills in its own name), so its locks follow this node's health rather than the server's."""
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        return body  # the server answers the decode error
+    if not isinstance(doc, dict) or any(k.lower() == "node" and v for k, v in doc.items()):
+        return body
+    doc = {k: v for k, v in doc.items() if k.lower() != "node"}
+    doc["Node"] = node
+    return json.dumps(doc).encode()
+
+
+def _wait_seconds(query: Mapping[str, str]) -> float | None:
+    """The wait of a blocking query (Consul's default 5 min when only ?index is given), else None."""
+    if "index" not in query:
+        return None
+    try:
+        return parse_duration(query["wait"]) if query.get("wait") else 300.0
+    except ValueError:
+        return None
+
+
 async def forward(request: web.Request) -> web.StreamResponse:
     agent: Agent = request.app[AGENT_KEY]
     session = agent.forward_session
     body = await request.read()
+    if request.method == "PUT" and request.path == "/v1/session/create":
+        body = _session_for_this_node(body, agent.config.node_name)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    # A prepared query's Near "_agent" means this (client) agent's node, not the server's.
+    headers["X-Beacon-Agent-Node"] = agent.config.node_name
     last = "no servers known"
+    wait = _wait_seconds(request.query)
+    deadline = time.monotonic() + wait if wait is not None else None
     for target in agent.server_http_targets():
-        url = f"http://{target}{request.rel_url}"
+        rel = request.rel_url
+        if deadline is not None:
+            # A blocking query retried on another server waits only for what is left of its wait.
+            left = max(0.0, deadline - time.monotonic())
+            rel = rel.update_query(wait=f"{int(left * 1000)}ms")
+        url = f"http://{target}{rel}"
         try:
             async with session.request(request.method, url, data=body or None, headers=headers,
                                        allow_redirects=False) as resp:

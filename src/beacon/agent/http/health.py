@@ -17,6 +17,7 @@ from beacon.agent.http.core import (
     query_options,
 )
 from beacon.agent.http.encode import check_json
+from beacon.agent.http.readopts import cache_meta
 from beacon.agent.http.views import views_of
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ async def health_service(req: web.Request, agent: Agent) -> Reply:
                                         and meta_matches_json(e["Node"]["Meta"], meta)])
 
     idx, body = await blocking_query(agent, opts, ["svc:" + name.lower()], read)
-    return Reply(body, index=idx)
+    return cache_meta(req, agent, Reply(body, index=idx))
 
 
 @router.get("/v1/health/state/{state}")

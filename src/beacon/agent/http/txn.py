@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from beacon.agent.http.core import HTTPError, Reply, Router, query_options
+from beacon.agent.http.core import MAX_JSON_DEPTH, HTTPError, Reply, Router, json_depth, query_options
 from beacon.agent.http.decode import DecodeError, Fields
 from beacon.agent.http.encode import catalog_service_json, check_json, kv_json, node_json
 from beacon.server.consensus import NoLeaderError
@@ -119,6 +119,10 @@ async def txn(req: web.Request, agent: Agent) -> Reply:
         body = orjson.loads(data) if data.strip() else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"Failed to parse body: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, f"Failed to parse body: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise HTTPError(400, f"Failed to parse body: nested deeper than {MAX_JSON_DEPTH} levels")
     ops = decode_ops(body)
     headers: dict[str, str] = {}
     if is_read_only(ops):

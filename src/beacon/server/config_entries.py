@@ -1,0 +1,353 @@
+"""Config entries: the replicated table, decoding with Consul's key rules, and per-kind validation.
+
+Entries are stored in Consul's JSON shape (PascalCase keys, ``Kind``, ``Name``, ``CreateIndex``,
+``ModifyIndex``) in ``store.extra["config"]`` keyed ``"<kind>/<name>"``. Commands, all
+``(MessageType.CONFIG_ENTRY, {"op": ..., ...})``:
+
+* ``set``    ``{"entry": {...}, "cas": N | None}``: write (``cas`` 0 = create only, N = only if the
+  entry's ModifyIndex is N); the result is ``True``/``False``.
+* ``delete`` ``{"kind", "name", "cas": N | None}``: the result is whether it was deleted.
+
+The proposer decodes and validates each entry alone (:func:`decode`, :func:`validate`); apply checks
+what depends on the other entries, as Consul's state store does: a service with a router or splitter
+must speak an HTTP-family protocol (``service-defaults`` ``Protocol``, else the ``proxy-defaults``
+``Config.protocol``, else ``tcp``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from beacon.server.fsm import CommandError, MessageType, StateStore
+
+TABLE = "config"
+KINDS = ("service-defaults", "proxy-defaults", "service-router", "service-splitter", "service-resolver",
+         "ingress-gateway", "terminating-gateway", "service-intentions")
+CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver")
+HTTP_PROTOCOLS = ("http", "http2", "grpc")
+PROXY_DEFAULTS_NAME = "global"
+
+# Consul decodes config entries case-insensitively with snake_case aliases; these are the field names
+# it writes back. A key not listed is kept as sent (Beacon does not reject unknown fields).
+_FIELDS = """Kind Name Namespace Partition Meta Protocol Mode TransparentProxy OutboundListenerPort
+DialedDirectly MutualTLSMode MeshGateway Expose Checks Paths Path LocalPathPort ListenerPort ExternalSNI
+UpstreamConfig Overrides Defaults Limits MaxConnections MaxPendingRequests MaxConcurrentRequests
+PassiveHealthCheck Interval MaxFailures EnforcingConsecutive5xx MaxEjectionPercent BaseEjectionTime
+ConnectTimeoutMs BalanceOutboundConnections Destination Addresses Port MaxInboundConnections
+LocalConnectTimeoutMs LocalRequestTimeoutMs BalanceInboundConnections RateLimits InstanceLevel
+RequestsPerSecond RequestsMaxBurst Routes EnvoyExtensions Required Arguments ConsulVersion EnvoyVersion
+Config AccessLogs Enabled DisableListenerLogs Type JSONFormat TextFormat FailoverPolicy Regions
+PrioritizeByLocality Match HTTP PathExact PathPrefix PathRegex Header QueryParam Methods Present Exact
+Prefix Suffix Contains Regex IgnoreCase Invert Service ServiceSubset Datacenter Peer PrefixRewrite
+RequestTimeout IdleTimeout NumRetries RetryOnConnectFailure RetryOnStatusCodes RetryOn RequestHeaders
+ResponseHeaders Add Set Remove Splits Weight DefaultSubset Subsets Filter OnlyPassing Redirect Failover
+Targets Datacenters ConnectTimeout LoadBalancer Policy RingHashConfig MinimumRingSize MaximumRingSize
+LeastRequestConfig ChoiceCount HashPolicies Field FieldValue CookieConfig Session TTL Terminal SourceIP
+TLS SDS ClusterName CertResource TLSMinVersion TLSMaxVersion CipherSuites Listeners Services Hosts
+Gateway CAFile CertFile KeyFile SNI AllowHostnames Sources Action Permissions Precedence Description
+LegacyID LegacyMeta LegacyCreateTime LegacyUpdateTime JWT Providers VerifyClaims SamenessGroup
+HTTPHeaderName Methods""".split()
+_CANON = {name.lower(): name for name in _FIELDS}
+# Fields whose keys are user data (kept as sent) or user-named maps of structured values.
+_OPAQUE = {"Meta", "Config", "LegacyMeta", "Add", "Set", "Arguments"}
+_NAMED_MAPS = {"Subsets", "Failover"}
+_SUBSET_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def rows(store: StateStore) -> dict[str, dict[str, Any]]:
+    return store.extra.setdefault(TABLE, {})
+
+
+def _canon_key(key: str) -> str:
+    return _CANON.get(key.replace("_", "").replace("-", "").lower(), key)
+
+
+def canonical(value: Any) -> Any:
+    """Keys to Consul's spelling, recursively, leaving user maps alone."""
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        name = _canon_key(key)
+        if name in _OPAQUE:
+            out[name] = v
+        elif name in _NAMED_MAPS and isinstance(v, dict):
+            out[name] = {k: canonical(x) for k, x in v.items()}
+        else:
+            out[name] = canonical(v)
+    return out
+
+
+def decode(body: Any) -> dict[str, Any]:
+    """A request body -> a canonical entry. Raises CommandError(400) with Consul's messages."""
+    if not isinstance(body, dict):
+        raise CommandError("Request decode failed: body must be a JSON object", 400)
+    entry = canonical(body)
+    kind = entry.get("Kind")
+    if not kind or not isinstance(kind, str):
+        raise CommandError("Request decode failed: Payload does not contain a kind/Kind key at the top level",
+                           400)
+    if kind.lower() not in KINDS:
+        raise CommandError(f"Request decode failed: invalid config entry kind: {kind}", 400)
+    entry["Kind"] = kind.lower()
+    if entry["Kind"] in ("service-defaults", "proxy-defaults"):
+        # Consul always writes these (non-pointer structs) back, empty or not.
+        for key in ("TransparentProxy", "MeshGateway", "Expose"):
+            entry.setdefault(key, {})
+    entry.pop("CreateIndex", None)
+    entry.pop("ModifyIndex", None)
+    return entry
+
+
+# ---------------------------------------------------------------------- per-kind validation
+def _str(entry: dict[str, Any], key: str) -> str:
+    value = entry.get(key) or ""
+    if not isinstance(value, str):
+        raise CommandError(f"{key} must be a string", 400)
+    return value
+
+
+def _validate_meta(entry: dict[str, Any]) -> None:
+    meta = entry.get("Meta") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CommandError("Meta must be a map of strings", 400)
+    if len(meta) > 64:
+        raise CommandError(f"Meta exceeds maximum element count 64 ({len(meta)})", 400)
+
+
+def _validate_protocol(entry: dict[str, Any]) -> None:
+    proto = entry.get("Protocol")
+    if proto is not None and not isinstance(proto, str):
+        raise CommandError("Protocol must be a string", 400)
+
+
+def _validate_splitter(entry: dict[str, Any]) -> None:
+    splits = entry.get("Splits") or []
+    if not isinstance(splits, list) or not splits:
+        raise CommandError("no splits configured", 400)
+    seen = set()
+    total = 0
+    for split in splits:
+        if not isinstance(split, dict):
+            raise CommandError("Splits must be a list of objects", 400)
+        weight = split.get("Weight", 0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise CommandError("Weight must be a number", 400)
+        key = (split.get("Service") or entry["Name"], split.get("ServiceSubset") or "",
+               split.get("Namespace") or "", split.get("Partition") or "")
+        if key in seen:
+            raise CommandError("split destination occurs more than once: service=\"{}\", subset=\"{}\", "
+                               "namespace=\"{}\", partition=\"{}\"".format(*key), 400)
+        seen.add(key)
+        total += round(weight * 100)
+    if total != 10000:
+        raise CommandError(f"the sum of all split weights must be 100, not {total / 100:f}", 400)
+
+
+def _validate_resolver(entry: dict[str, Any]) -> None:
+    subsets = entry.get("Subsets") or {}
+    if not isinstance(subsets, dict):
+        raise CommandError("Subsets must be a map", 400)
+    for name, subset in subsets.items():
+        if not name:
+            raise CommandError("Subset defined with empty name", 400)
+        if not _SUBSET_NAME.match(name):
+            raise CommandError(f"Subset \"{name}\" is invalid: must be a valid DNS label", 400)
+        if not isinstance(subset, dict):
+            raise CommandError(f"Subset \"{name}\" must be an object", 400)
+        flt = subset.get("Filter") or ""
+        if flt:
+            from beacon.agent.http.bexpr import FilterError, compile_filter
+            try:
+                compile_filter(flt)
+            except FilterError as exc:
+                raise CommandError(f"Filter for subset \"{name}\" is not a valid expression: {exc}", 400) from None
+    default = entry.get("DefaultSubset") or ""
+    if default and default not in subsets:
+        raise CommandError(f"DefaultSubset \"{default}\" is not a valid subset", 400)
+    redirect = entry.get("Redirect")
+    failover = entry.get("Failover") or {}
+    if redirect:
+        if failover:
+            raise CommandError("Redirect and Failover cannot both be set", 400)
+        if not isinstance(redirect, dict) or not any(redirect.get(k) for k in (
+                "Service", "ServiceSubset", "Namespace", "Partition", "Datacenter", "Peer")):
+            raise CommandError("Redirect is empty", 400)
+        if not redirect.get("Service") and redirect.get("ServiceSubset"):
+            raise CommandError("Redirect.ServiceSubset defined without Redirect.Service", 400)
+        sub = redirect.get("ServiceSubset") or ""
+        if sub and redirect.get("Service") == entry["Name"] and sub not in subsets:
+            raise CommandError(f"Redirect.ServiceSubset \"{sub}\" is not a valid subset of \"{entry['Name']}\"",
+                               400)
+    if not isinstance(failover, dict):
+        raise CommandError("Failover must be a map", 400)
+    for subset, f in failover.items():
+        prefix = f"Bad Failover[\"{subset}\"]: "
+        if subset != "*" and subset not in subsets:
+            raise CommandError(prefix + "not a valid subset subset", 400)
+        if not isinstance(f, dict) or not any(f.get(k) for k in (
+                "Service", "ServiceSubset", "Namespace", "Targets", "Datacenters")):
+            raise CommandError(prefix + "one of Service, ServiceSubset, Namespace, Targets, or Datacenters "
+                                        "is required", 400)
+        fsub = f.get("ServiceSubset") or ""
+        if fsub and (not f.get("Service") or f.get("Service") == entry["Name"]) and fsub not in subsets:
+            raise CommandError(f"{prefix}ServiceSubset \"{fsub}\" is not a valid subset of "
+                               f"\"{f.get('Service') or ''}\"", 400)
+        if f.get("Datacenters") and f.get("Targets"):
+            raise CommandError(f"Bad Failover[\"{subset}\"]: Targets cannot be set with Datacenters", 400)
+        for dc in f.get("Datacenters") or []:
+            if not dc:
+                raise CommandError(f"Bad Failover[\"{subset}\"].Datacenters: found empty datacenter", 400)
+
+
+def _validate_router(entry: dict[str, Any]) -> None:
+    routes = entry.get("Routes") or []
+    if not isinstance(routes, list):
+        raise CommandError("Routes must be a list", 400)
+    for i, route in enumerate(routes):
+        if not isinstance(route, dict):
+            raise CommandError(f"Route[{i}] must be an object", 400)
+        http = (route.get("Match") or {}).get("HTTP") or {}
+        paths = [k for k in ("PathExact", "PathPrefix", "PathRegex") if http.get(k)]
+        if len(paths) > 1:
+            raise CommandError(f"Route[{i}] should only contain at most one of PathExact, PathPrefix, or "
+                               f"PathRegex", 400)
+        if http.get("PathExact") and not http["PathExact"].startswith("/"):
+            raise CommandError(f"Route[{i}] PathExact doesn't start with '/': \"{http['PathExact']}\"", 400)
+        if http.get("PathPrefix") and not http["PathPrefix"].startswith("/"):
+            raise CommandError(f"Route[{i}] PathPrefix doesn't start with '/': \"{http['PathPrefix']}\"", 400)
+
+
+def _validate_gateway(entry: dict[str, Any]) -> None:
+    if entry["Kind"] == "ingress-gateway":
+        seen = set()
+        for listener in entry.get("Listeners") or []:
+            port = listener.get("Port")
+            if port in seen:
+                raise CommandError(f"port {port} declared on two listeners", 400)
+            seen.add(port)
+            proto = listener.get("Protocol") or "tcp"
+            if proto not in ("tcp", "http", "http2", "grpc"):
+                raise CommandError(f"protocol must be 'tcp', 'http', 'http2', or 'grpc'. '{proto}' is an "
+                                   f"unsupported protocol", 400)
+            if proto == "tcp" and len(listener.get("Services") or []) > 1:
+                raise CommandError(f"multiple services per listener are only supported for L7 protocols, "
+                                   f"'http', 'grpc' and 'http2'; listener on port {port} uses 'tcp'", 400)
+    else:
+        for svc in entry.get("Services") or []:
+            if not (svc or {}).get("Name"):
+                raise CommandError("Service name cannot be blank.", 400)
+
+
+def _validate_intentions(entry: dict[str, Any]) -> None:
+    for i, src in enumerate(entry.get("Sources") or []):
+        if not (src or {}).get("Name"):
+            raise CommandError(f"Sources[{i}].Name is required", 400)
+        action = src.get("Action") or ""
+        if not src.get("Permissions") and action not in ("allow", "deny"):
+            raise CommandError(f"Sources[{i}].Action must be set to 'allow' or 'deny'", 400)
+
+
+def validate(entry: dict[str, Any]) -> None:
+    kind = entry["Kind"]
+    name = _str(entry, "Name")
+    if not name:
+        raise CommandError("Name is required", 400)
+    _validate_meta(entry)
+    if kind == "proxy-defaults" and name != PROXY_DEFAULTS_NAME:
+        raise CommandError(f"invalid name (\"{name}\"), only \"{PROXY_DEFAULTS_NAME}\" is supported", 400)
+    if kind == "service-defaults":
+        _validate_protocol(entry)
+    elif kind == "service-splitter":
+        _validate_splitter(entry)
+    elif kind == "service-resolver":
+        _validate_resolver(entry)
+    elif kind == "service-router":
+        _validate_router(entry)
+    elif kind in ("ingress-gateway", "terminating-gateway"):
+        _validate_gateway(entry)
+    elif kind == "service-intentions":
+        _validate_intentions(entry)
+
+
+# ---------------------------------------------------------------------- reads shared with the chain
+def get(store: StateStore, kind: str, name: str) -> dict[str, Any] | None:
+    return rows(store).get(f"{kind}/{name}")
+
+
+def protocol_of(table: dict[str, dict[str, Any]], service: str) -> str:
+    defaults = table.get(f"service-defaults/{service}")
+    if defaults and defaults.get("Protocol"):
+        return str(defaults["Protocol"]).lower()
+    proxy = table.get(f"proxy-defaults/{PROXY_DEFAULTS_NAME}")
+    if proxy:
+        cfg = proxy.get("Config") or {}
+        proto = cfg.get("protocol") or cfg.get("Protocol")
+        if proto:
+            return str(proto).lower()
+    return "tcp"
+
+
+def check_graph(table: dict[str, dict[str, Any]]) -> None:
+    """Routers and splitters need an HTTP-family protocol on their service (Consul's rule)."""
+    for _key, entry in sorted(table.items()):
+        if entry["Kind"] in ("service-router", "service-splitter"):
+            proto = protocol_of(table, entry["Name"])
+            if proto not in HTTP_PROTOCOLS:
+                raise CommandError(f"discovery chain \"{entry['Name']}\" uses a protocol \"{proto}\" that does "
+                                   f"not permit advanced routing or splitting behavior")
+
+
+# ---------------------------------------------------------------------- commands
+class ConfigCommands:
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def apply(self, idx: int, p: dict[str, Any]) -> Any:
+        op = p["op"]
+        if op == "set":
+            return self.set(idx, dict(p["entry"]), p.get("cas"))
+        if op == "delete":
+            return self.delete(idx, p["kind"], p["name"], p.get("cas"))
+        raise CommandError(f"Invalid config entry operation \"{op}\"", 400)
+
+    def set(self, idx: int, entry: dict[str, Any], cas: int | None) -> bool:
+        table = rows(self.store)
+        key = f"{entry['Kind']}/{entry['Name']}"
+        old = table.get(key)
+        if cas is not None and (old["ModifyIndex"] if old else 0) != cas:
+            return False
+        content = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
+        if old is not None and {k: v for k, v in old.items() if k not in ("CreateIndex", "ModifyIndex")} == content:
+            return True  # unchanged: keep the ModifyIndex, wake nobody
+        check_graph({**table, key: entry})
+        entry["CreateIndex"] = old["CreateIndex"] if old else idx
+        entry["ModifyIndex"] = idx
+        table[key] = entry
+        self._bump(idx, entry["Kind"], entry["Name"])
+        return True
+
+    def delete(self, idx: int, kind: str, name: str, cas: int | None) -> bool:
+        table = rows(self.store)
+        key = f"{kind}/{name}"
+        old = table.get(key)
+        if cas is not None and (old is None or old["ModifyIndex"] != cas):
+            return False
+        if old is None:
+            return True
+        rest = {k: v for k, v in table.items() if k != key}
+        check_graph(rest)
+        del table[key]
+        self._bump(idx, kind, name)
+        return True
+
+    def _bump(self, idx: int, kind: str, name: str) -> None:
+        self.store._bump_table(TABLE, idx)
+        self.store._touch(f"config:{kind}", f"config:{kind}/{name}")
+
+
+def install(store: StateStore) -> None:
+    store.register_handler(MessageType.CONFIG_ENTRY, ConfigCommands(store).apply)

@@ -1,0 +1,336 @@
+"""The same docker CLI scenarios against the embedded engine (runc isolation) and the private dockerd
+(.ci/dockerd.sh): each test asserts one expected outcome and runs on both, so a difference between the
+two engines fails here. Differences that remain are listed in docs/engine.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.registrator.conftest import dockerd_host
+
+from .helpers import (
+    DOCKER,
+    RUNC,
+    RUNC_REASON,
+    beacon_env,
+    busybox_tar,
+    ensure_busybox,
+    start_engine,
+    stop_engine,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not RUNC, reason=RUNC_REASON)]
+
+
+@dataclass
+class Side:
+    kind: str
+    host: str
+    names: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 60,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([DOCKER, "-H", self.host, *args], capture_output=True, text=True, timeout=timeout,
+                             env=beacon_env(), input=input)
+        if check and res.returncode != 0:
+            raise AssertionError(f"[{self.kind}] docker {' '.join(args)} exited {res.returncode}: {res.stderr}")
+        return res
+
+    def name(self) -> str:
+        n = f"sbs-{uuid.uuid4().hex[:8]}"
+        self.names.append(n)
+        return n
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.docker("run", "--rm", *args, check=check)
+
+
+@pytest.fixture(scope="module")
+def embedded_runc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("sbs-engine")
+    e = start_engine(tmp, "runc")
+    ensure_busybox(e.url, tmp)
+    yield e.url
+    stop_engine(e.proc)
+
+
+@pytest.fixture(params=["embedded", "dockerd"])
+def side(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Side]:
+    if request.param == "embedded":
+        s = Side("embedded", request.getfixturevalue("embedded_runc"))
+    else:
+        host, reason = dockerd_host()
+        if host is None:
+            pytest.skip(reason)
+        ensure_busybox(host, tmp_path_factory.mktemp("sbs-dockerd"))
+        s = Side("dockerd", host)
+    yield s
+    if s.names:
+        s.docker("rm", "-f", *s.names, check=False)
+    for image in s.images:
+        s.docker("rmi", "-f", image, check=False)
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+
+def test_import_tag_inspect_save_load_rmi(side: Side, tmp_path: Path) -> None:
+    repo = f"sbs-img-{uuid.uuid4().hex[:6]}"
+    side.images += [repo, f"{repo}:v2"]
+    tar = busybox_tar(tmp_path)
+    side.docker("import", "-c", 'ENTRYPOINT ["/bin/echo"]', "-c", 'CMD ["from-cmd"]', "-c", "ENV A=1",
+                "-c", "WORKDIR /tmp", "-c", "USER nobody", "-c", "EXPOSE 8080", "-c", "LABEL team=beacon",
+                str(tar), repo)
+    rows = side.docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}", repo).stdout.split()
+    assert rows[0] == f"{repo}:latest" and rows[1].endswith("MB")
+    cfg = json.loads(side.docker("image", "inspect", repo).stdout)[0]["Config"]
+    assert cfg["Entrypoint"] == ["/bin/echo"] and cfg["Cmd"] == ["from-cmd"]
+    assert "A=1" in cfg["Env"] and cfg["WorkingDir"] == "/tmp" and cfg["User"] == "nobody"
+    assert cfg["ExposedPorts"] == {"8080/tcp": {}} and cfg["Labels"] == {"team": "beacon"}
+    assert side.run(repo).stdout == "from-cmd\n"
+    assert side.run(repo, "other", "args").stdout == "other args\n"
+    assert side.run("--entrypoint", "pwd", repo).stdout == "/tmp\n"
+    assert side.run("--entrypoint", "id", repo, "-u").stdout == "65534\n"
+    side.docker("tag", repo, f"{repo}:v2")
+    archive = tmp_path / "saved.tar"
+    side.docker("save", "-o", str(archive), f"{repo}:v2")
+    side.docker("rmi", f"{repo}:v2")
+    assert side.docker("image", "inspect", f"{repo}:v2", check=False).returncode != 0
+    assert f"Loaded image: {repo}:v2" in side.docker("load", "-i", str(archive)).stdout
+    assert side.run(f"{repo}:v2").stdout == "from-cmd\n"
+    side.docker("rmi", repo, f"{repo}:v2")
+    assert side.docker("image", "inspect", repo, check=False).returncode != 0
+
+
+def test_rmi_of_an_image_in_use_is_refused(side: Side, tmp_path: Path) -> None:
+    repo = f"sbs-use-{uuid.uuid4().hex[:6]}"
+    side.images.append(repo)
+    side.docker("import", "-c", "LABEL unique=" + repo, str(busybox_tar(tmp_path)), f"{repo}:only")
+    side.docker("tag", f"{repo}:only", repo)
+    side.images.append(f"{repo}:only")
+    name = side.name()
+    side.docker("create", "--name", name, f"{repo}:only", "true")
+    side.docker("rmi", repo)  # another tag is left: only untagged
+    res = side.docker("rmi", f"{repo}:only", check=False)
+    assert res.returncode != 0 and "container" in res.stderr
+
+
+# -- run: command, user, filesystem, limits -------------------------------------------------------
+
+
+def test_default_cmd_and_missing_command(side: Side) -> None:
+    assert side.run("busybox").returncode == 0  # CMD ["sh"] with no stdin exits at once
+    name = side.name()
+    res = side.docker("run", "--rm", "--name", name, "busybox", "no-such-command", check=False)
+    assert res.returncode == 127 and "executable file not found" in res.stderr
+    assert name not in side.docker("ps", "-a", "--format", "{{.Names}}").stdout
+
+
+def test_filesystem_isolation(side: Side, tmp_path: Path) -> None:
+    secret = tmp_path / f"secret-{uuid.uuid4().hex[:6]}"
+    secret.write_text("host only\n")
+    res = side.run("busybox", "cat", str(secret), check=False)
+    assert res.returncode != 0 and "host only" not in res.stdout
+    side.run("busybox", "sh", "-c", f"mkdir -p {tmp_path} && echo evil > {secret} && echo evil > /written")
+    assert secret.read_text() == "host only\n" and not Path("/written").exists()
+    procs = side.run("busybox", "ps", "-o", "pid").stdout.split()
+    assert procs[1:] == ["1"], procs  # only the container's own process
+
+
+def test_bind_mounts_and_named_volumes(side: Side, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("from host\n")
+    out = side.run("-v", f"{tmp_path}:/data", "busybox", "sh", "-c", "cat /data/in.txt; echo back > /data/out.txt")
+    assert out.stdout == "from host\n" and (tmp_path / "out.txt").read_text() == "back\n"
+    res = side.run("-v", f"{tmp_path}:/data:ro", "busybox", "sh", "-c", "echo x > /data/ro.txt", check=False)
+    assert res.returncode != 0 and not (tmp_path / "ro.txt").exists()
+    vol = f"sbs-vol-{uuid.uuid4().hex[:6]}"
+    side.docker("volume", "create", vol)
+    try:
+        side.run("-v", f"{vol}:/v", "busybox", "sh", "-c", "echo kept > /v/f")
+        assert side.run("-v", f"{vol}:/v", "busybox", "cat", "/v/f").stdout == "kept\n"
+        assert vol in side.docker("volume", "ls", "-q").stdout.split()
+        assert json.loads(side.docker("volume", "inspect", vol).stdout)[0]["Driver"] == "local"
+    finally:
+        side.docker("volume", "rm", vol)
+    assert vol not in side.docker("volume", "ls", "-q").stdout.split()
+
+
+def test_user_read_only_tmpfs_and_capabilities(side: Side) -> None:
+    assert side.run("-u", "65534", "busybox", "id", "-u").stdout == "65534\n"
+    assert side.run("-u", "1234:5678", "busybox", "id").stdout.startswith("uid=1234 gid=5678")
+    res = side.run("--read-only", "busybox", "touch", "/x", check=False)
+    assert res.returncode != 0 and "Read-only file system" in res.stderr
+    assert side.run("--read-only", "--tmpfs", "/run", "busybox", "sh", "-c", "touch /run/x && echo ok").stdout == "ok\n"
+
+    def cap_eff(*flags: str) -> int:
+        line = [ln for ln in side.run(*flags, "busybox", "cat", "/proc/self/status").stdout.splitlines()
+                if ln.startswith("CapEff:")][0]
+        return int(line.split()[1], 16)
+
+    default = cap_eff()
+    assert default == 0xA80425FB  # Docker's default set
+    assert cap_eff("--cap-drop", "NET_RAW") == default & ~(1 << 13)
+    assert cap_eff("--cap-add", "NET_ADMIN") == default | (1 << 12)
+    privileged = side.run("--privileged", "busybox", "cat", "/proc/self/status", check=False)
+    if side.kind == "dockerd" and "unable to apply caps" in privileged.stderr:
+        pass  # dockerd asks for caps outside this host's bounding set (see docs/engine.md)
+    else:
+        assert cap_eff("--privileged") & (1 << 21)  # CAP_SYS_ADMIN
+    masked = side.run("busybox", "sh", "-c", "cat /proc/kcore | wc -c").stdout.strip()
+    assert masked == "0"
+
+
+def test_limits_and_oom_kill(side: Side) -> None:
+    name = side.name()
+    res = side.docker("run", "--name", name, "-m", "16m", "busybox", "sh", "-c",
+                      "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived", check=False)
+    assert res.returncode == 137 and "survived" not in res.stdout
+    state = json.loads(side.docker("inspect", name).stdout)[0]["State"]
+    assert state["OOMKilled"] is True and state["ExitCode"] == 137
+    out = side.run("--pids-limit", "5", "busybox", "sh", "-c",
+                   "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; echo forked", check=False)
+    assert out.returncode != 0 and "forked" not in out.stdout  # the shell's fork failed
+    assert side.run("--pids-limit", "50", "busybox", "sh", "-c", "sleep 1 & sleep 1 & wait; echo forked").stdout \
+        == "forked\n"
+    name2 = side.name()
+    side.docker("create", "--name", name2, "--cpus", "0.5", "-m", "32m", "busybox", "true")
+    host = json.loads(side.docker("inspect", name2).stdout)[0]["HostConfig"]
+    assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 32 * 1024 * 1024
+
+
+def test_networks_and_init(side: Side) -> None:
+    links = side.run("--network", "none", "busybox", "ls", "/sys/class/net").stdout.split()
+    assert links == ["lo"]
+    bridge = side.run("busybox", "ls", "/sys/class/net").stdout.split()
+    assert "eth0" in bridge
+    assert side.run("--init", "busybox", "cat", "/proc/1/comm").stdout.strip() in ("docker-init", "tini-static",
+                                                                                    "tini")
+    hostname = side.run("-h", "boxy", "busybox", "sh", "-c", "hostname; cat /etc/hostname").stdout.split()
+    assert hostname == ["boxy", "boxy"]
+
+
+def test_published_port_and_exec(side: Side) -> None:
+    name = side.name()
+    side.docker("run", "-d", "--name", name, "-p", "127.0.0.1::80", "busybox", "httpd", "-f", "-p", "80",
+                "-h", "/var/www")
+    port = int(side.docker("port", name, "80/tcp").stdout.strip().rsplit(":", 1)[1])
+    from .helpers import http_get
+
+    assert http_get(port)[1] == b"beacon registrator test page\n"
+    assert side.docker("exec", name, "cat", "/var/www/index.html").stdout == "beacon registrator test page\n"
+    res = side.docker("exec", name, "no-such-thing", check=False)
+    assert res.returncode in (126, 127)
+
+
+def test_thirty_parallel_runs_all_succeed(side: Side) -> None:
+    def one(_: int) -> int:
+        return side.docker("run", "--rm", "busybox", "true", check=False, timeout=120).returncode
+
+    with ThreadPoolExecutor(30) as pool:
+        codes = list(pool.map(one, range(30)))
+    assert codes == [0] * 30
+    leftovers = [n for n in side.docker("ps", "-aq", "--filter", "status=created").stdout.split()]
+    assert leftovers == []
+
+
+def test_registry_push_and_pull(side: Side, registry: str) -> None:
+    ref = f"{registry}/sbs/{side.kind}:v1"
+    side.images.append(ref)
+    side.docker("tag", "busybox", ref)
+    side.docker("push", ref)
+    side.docker("rmi", ref)
+    side.docker("pull", ref)
+    assert side.run(ref, "echo", "pulled").stdout == "pulled\n"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A docker-registry (distribution v2) on a free loopback port."""
+    import shutil
+    import socket
+    import time
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    tmp = tmp_path_factory.mktemp("registry")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp / "config.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp}/data\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen([binary, "serve", str(tmp / "config.yml")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("docker-registry did not listen")
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+
+def test_cp_top_pause_rename_update_export(side: Side, tmp_path: Path) -> None:
+    name = side.name()
+    side.docker("run", "-d", "--name", name, "-h", "cpbox", "busybox", "sleep", "300")
+    (tmp_path / "up.txt").write_text("uploaded\n")
+    side.docker("cp", str(tmp_path / "up.txt"), f"{name}:/tmp/")
+    assert side.docker("exec", name, "cat", "/tmp/up.txt").stdout == "uploaded\n"
+    side.docker("cp", f"{name}:/etc/hostname", str(tmp_path / "down.txt"))
+    assert (tmp_path / "down.txt").read_text() == "cpbox\n"
+    top = side.docker("top", name).stdout.splitlines()
+    assert top[0].split()[:2] == ["UID", "PID"] and "sleep 300" in top[1]
+    side.docker("pause", name)
+    assert side.docker("inspect", "-f", "{{.State.Status}} {{.State.Paused}}", name).stdout.split() == \
+        ["paused", "true"]
+    side.docker("unpause", name)
+    renamed = side.name()
+    side.docker("rename", name, renamed)
+    assert side.docker("inspect", "-f", "{{.Name}}", renamed).stdout.strip() == f"/{renamed}"
+    side.docker("update", "--memory", "64m", "--memory-swap", "128m", renamed)
+    assert side.docker("inspect", "-f", "{{.HostConfig.Memory}}", renamed).stdout.strip() == str(64 << 20)
+    stats = side.docker("stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", renamed).stdout.split()
+    assert stats == [renamed, "1"]
+    members = subprocess.run(f"{DOCKER} -H {side.host} export {renamed} | tar -t", shell=True, capture_output=True,
+                             text=True, env=beacon_env(), timeout=60).stdout.split()
+    assert "./bin/busybox" in members or "bin/busybox" in members
+    side.docker("rm", "-f", renamed)
+
+
+def test_user_network_resolves_names(side: Side) -> None:
+    net = f"sbs-net-{uuid.uuid4().hex[:6]}"
+    side.docker("network", "create", net)
+    try:
+        assert net in side.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+        server = side.name()
+        side.docker("run", "-d", "--name", server, "--network", net, "--network-alias", "db", "busybox",
+                    "httpd", "-f", "-p", "80", "-h", "/var/www")
+        # busybox-static's wget cannot use glibc's resolver (it crashes): resolve with nslookup, then GET.
+        looked = side.run("--network", net, "busybox", "nslookup", "db").stdout
+        address = looked.split("Name:")[1].split("Address:")[1].split()[0]
+        got = side.run("--network", net, "busybox", "wget", "-qO-", f"http://{address}:80/index.html")
+        assert got.stdout == "beacon registrator test page\n"
+        res = side.docker("network", "rm", net, check=False)
+        assert res.returncode != 0  # in use
+        side.docker("rm", "-f", server)
+    finally:
+        side.docker("network", "rm", net, check=False)
+    assert net not in side.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert "Images" in side.docker("system", "df").stdout
