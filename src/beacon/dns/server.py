@@ -21,7 +21,7 @@ from dnslib import QTYPE, RCODE
 from beacon import telemetry
 
 from .cache import AnswerCache
-from .catalog import Store
+from .catalog import Store, Tracking
 from .config import DNSConfig
 from .protocol import TCPProtocol, UDPProtocol
 from .recursor import Recursor, Recursors
@@ -133,12 +133,13 @@ class DNSServer:
     def handle(self, data: bytes, tcp: bool, send: Callable[[bytes], None]) -> None:
         cache = self.tcp_cache if tcp else self.udp_cache
         key = data[2:]
-        index = self.store.catalog_index  # read before the catalog is: a racing write re-validates
+        index = self.store.catalog_version  # read before the catalog is: a racing write re-validates
         entry = cache.entries.get(key)
-        if entry is not None and entry[0] == index:
+        if entry is not None and (entry[0] == index or cache.revalidate(key, entry, index, self.store)):
             send(data[:2] + entry[1]())
             return
-        ctx = Context(self.store, self.cfg, tcp=tcp, variant=cache.next_variant(key, index), rng=self._rng)
+        tracking = Tracking(self.store)
+        ctx = Context(tracking, self.cfg, tcp=tcp, variant=cache.next_variant(key, index), rng=self._rng)
         try:
             reply = route(data, ctx)
         except Exception:
@@ -155,7 +156,7 @@ class DNSServer:
         if len(reply.wire) >= 4:
             telemetry.dns_query(_qtype_name(key), RCODE.get(reply.wire[3] & 0x0F, "?"))
         if reply.cacheable:
-            cache.add(key, index, reply.wire, reply.variants, reply.time_dependent)
+            cache.add(key, index, reply.wire, reply.variants, reply.time_dependent, tracking.deps())
 
     def _forward(self, data: bytes, tcp: bool, send: Callable[[bytes], None], servfail: bytes) -> None:
         if len(self._tasks) >= MAX_PENDING_FORWARDS:
