@@ -334,3 +334,57 @@ def test_user_network_resolves_names(side: Side) -> None:
         side.docker("network", "rm", net, check=False)
     assert net not in side.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
     assert "Images" in side.docker("system", "df").stdout
+
+
+def _in_pty(side: Side, args: list[str], typed: bytes = b"", until: bytes = b"", timeout: float = 30) -> str:
+    """Run the docker CLI on a pseudo-terminal (as a user's shell would); type ``typed`` once ``until``
+    was printed; returns everything printed, without carriage returns."""
+    import os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([DOCKER, "-H", side.host, *args], stdin=slave, stdout=slave, stderr=slave,
+                            env=beacon_env(), start_new_session=True)
+    os.close(slave)
+    out, sent = b"", not typed
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not sent and until in out:
+                os.write(master, typed)
+                sent = True
+            if proc.poll() is not None and not ready:
+                break
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return out.replace(b"\r", b"").decode(errors="replace")
+
+
+def test_tty_stdin_attach_and_exec(side: Side) -> None:
+    assert side.docker("run", "--rm", "-i", "busybox", "cat", input="through stdin\n").stdout == "through stdin\n"
+    assert "/dev/pts/0" in _in_pty(side, ["run", "--rm", "-t", "busybox", "tty"])
+    shell = _in_pty(side, ["run", "--rm", "-it", "busybox", "sh"], b"echo typed-$((1+2)); exit\n", b"/ #")
+    assert "typed-3" in shell
+    name = side.name()
+    side.docker("run", "-d", "--name", name, "busybox", "sleep", "300")
+    assert side.docker("exec", "-i", name, "cat", input="exec stdin\n").stdout == "exec stdin\n"
+    assert "/dev/pts/" in _in_pty(side, ["exec", "-it", name, "tty"])
+    ticker = side.name()
+    side.docker("run", "-d", "--name", ticker, "busybox", "sh", "-c",
+                "sleep 1; for i in 1 2 3; do echo tick $i; sleep 0.2; done")
+    attached = side.docker("attach", ticker)
+    assert "tick 3" in attached.stdout

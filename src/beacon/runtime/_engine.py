@@ -71,6 +71,8 @@ class _Slot:
     next_exit: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     removed: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stop_requested: bool = False
+    stdin: asyncio.Queue[bytes | None] | None = None  # -i: input from attach, waiting for the process
+    size: tuple[int, int] = (24, 80)  # -t: rows, columns (a resize before start is kept for it)
 
 
 def find_executable(argv0: str, path: str, cwd: str) -> bool:
@@ -303,6 +305,8 @@ class Engine:
             name = random_name()
             while name in taken:
                 name = f"{random_name()}{len(taken)}"
+        if self.isolation != "runc" and (spec["tty"] or spec["open_stdin"]):
+            raise InvalidParameter(f"-t and -i need runc isolation (this engine runs {self.isolation})")
         if self.isolation == "runc":
             validate_binds(spec["binds"], spec["mounts"])
             if not spec["network_mode"].startswith("container:"):
@@ -318,6 +322,8 @@ class Engine:
         path = self._dir(cid)
         path.mkdir(parents=True)
         self.slots[cid] = _Slot(c=c, logs=LogStore(path / "log.jsonl"))
+        if c.open_stdin:
+            self.slots[cid].stdin = asyncio.Queue()
         self._save(c)
         self._emit(c, "create")
         return cid, (create_warnings(body) if self.isolation != "runc" else [])
@@ -387,7 +393,7 @@ class Engine:
         assert isinstance(backend, RuncIsolation)
         relays = await self._bind_ports(c)
         try:
-            spawned = await backend.launch(c)
+            spawned = await backend.launch(c, slot.size)
         except InvalidParameter as exc:
             for relay in relays:
                 await relay.close()
@@ -454,11 +460,46 @@ class Engine:
             slot.logs.feed(sid, chunk)
         slot.logs.flush(sid)
 
+    async def _pump_console(self, slot: _Slot, master: int) -> None:
+        from beacon.runtime._stdio import read_fd
+
+        async for chunk in read_fd(master):
+            slot.logs.feed_raw(1, chunk)
+
+    def _feed_stdin(self, slot: _Slot, spawned: Spawned) -> asyncio.Task[None] | None:
+        from beacon.runtime import _stdio
+
+        queue, proc = slot.stdin, spawned.proc
+        if queue is None:
+            return None
+        if spawned.console >= 0:
+            master = spawned.console
+            return asyncio.create_task(_stdio.feed(queue, lambda b: _stdio.write_fd(master, b), lambda: None))
+        if proc.stdin is None:
+            return None
+        writer = proc.stdin
+
+        async def write(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        def close() -> None:
+            if slot.c.stdin_once:
+                writer.close()
+
+        return asyncio.create_task(_stdio.feed(queue, write, close))
+
     async def _supervise(self, slot: _Slot, spawned: Spawned) -> None:
         proc = spawned.proc
-        pumps = [asyncio.create_task(self._pump(slot, proc.stdout, 1)),
-                 asyncio.create_task(self._pump(slot, proc.stderr, 2))]
+        if spawned.console >= 0:
+            pumps = [asyncio.create_task(self._pump_console(slot, spawned.console))]
+        else:
+            pumps = [asyncio.create_task(self._pump(slot, proc.stdout, 1)),
+                     asyncio.create_task(self._pump(slot, proc.stderr, 2))]
+        feeder = self._feed_stdin(slot, spawned)
         await proc.wait()
+        if feeder is not None:
+            feeder.cancel()
         # Output still in the pipes is read; a straggler that kept them open does not hold the exit.
         _, late = await asyncio.wait(pumps, timeout=PIPE_DRAIN_TIMEOUT)
         for task in late:

@@ -72,6 +72,11 @@ class LogStore:
             buf = buf[nl + 1:]
         self.partial[stream] = buf
 
+    def feed_raw(self, stream: int, chunk: bytes) -> None:
+        """A TTY's output: passed on as it comes (a prompt has no newline), in MAX_LINE pieces."""
+        for i in range(0, len(chunk), MAX_LINE):
+            self._append(stream, chunk[i: i + MAX_LINE])
+
     def flush(self, stream: int) -> None:
         if self.partial[stream]:
             self._append(stream, self.partial[stream])

@@ -31,6 +31,7 @@ from beacon.runtime import _spec as spec
 from beacon.runtime._errors import EngineError, InvalidParameter
 from beacon.runtime._isolation import NetnsIsolation, Spawned
 from beacon.runtime._layers import LayerError, copy_layers, mount_overlay, resolve_in, umount
+from beacon.runtime._stdio import open_console
 
 if TYPE_CHECKING:
     from beacon.runtime._engine import Engine
@@ -71,7 +72,7 @@ class RuncIsolation(NetnsIsolation):
 
     # -- start ---------------------------------------------------------------------------------
 
-    async def launch(self, c: Container, stdin: int | None = None) -> Spawned:
+    async def launch(self, c: Container, size: tuple[int, int] = (24, 80)) -> Spawned:
         """Start ``c``; returns once its process runs. Raises InvalidParameter for a start failure the
         user caused (command not found, bad user) and EngineError for the rest; nothing is left
         behind either way."""
@@ -81,6 +82,7 @@ class RuncIsolation(NetnsIsolation):
         await self._delete(c.id)  # a crash could have left a kept container of this ID
         netns_fd, address = -1, ""
         mounted = False
+        master = slave = -1
         try:
             mounted = await asyncio.get_running_loop().run_in_executor(None, self._rootfs, c, cdir, rootfs)
             settings = self._settings(c, cdir, rootfs)
@@ -93,13 +95,23 @@ class RuncIsolation(NetnsIsolation):
             (bundle / "config.json").write_text(json.dumps(spec.build(settings)))
             pidfile = bundle / "init.pid"
             pidfile.unlink(missing_ok=True)
-            proc = await asyncio.create_subprocess_exec(
-                *self.runc("run", "--keep", "--no-new-keyring", "--bundle", str(bundle), "--pid-file",
-                           str(pidfile), c.id),
-                stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            if c.tty:
+                master, slave = open_console(*size)
+                stdio: dict[str, Any] = {"stdin": slave, "stdout": slave, "stderr": asyncio.subprocess.PIPE}
+            else:
+                stdio = {"stdin": asyncio.subprocess.PIPE if c.open_stdin else asyncio.subprocess.DEVNULL,
+                         "stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE}
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.runc("run", "--keep", "--no-new-keyring", "--bundle", str(bundle), "--pid-file",
+                               str(pidfile), c.id), **stdio, start_new_session=True)
+            finally:
+                if slave >= 0:
+                    os.close(slave)
             pid = await self._wait_started(proc, pidfile)
         except BaseException:
+            if master >= 0:
+                os.close(master)
             if netns_fd >= 0:
                 os.close(netns_fd)
             if self.bridge is not None and address:
@@ -109,7 +121,7 @@ class RuncIsolation(NetnsIsolation):
                 umount(rootfs)
             raise
         return Spawned(proc=proc, ns_pid=pid, netns_fd=netns_fd, address=address, runc_id=c.id,
-                       bundle=str(bundle))
+                       bundle=str(bundle), console=master)
 
     async def _wait_started(self, proc: asyncio.subprocess.Process, pidfile: Path) -> int:
         """runc writes the pid file once the container's process runs; if runc exits first, the
@@ -259,6 +271,9 @@ class RuncIsolation(NetnsIsolation):
         if spawned.netns_fd >= 0:
             os.close(spawned.netns_fd)
             spawned.netns_fd = -1
+        if spawned.console >= 0:
+            os.close(spawned.console)
+            spawned.console = -1
         self._unplug(spawned.address)
         spawned.address = ""
         spawned.closed = True
