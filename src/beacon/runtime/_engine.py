@@ -154,11 +154,10 @@ class Engine:
         return True
 
     async def _start_gateway(self) -> None:
-        from beacon.runtime._gateway import Gateway
-
         backend = self._backend
         if not isinstance(backend, NetnsIsolation) or backend.bridge is None or self.isolation != "runc":
             return
+        from beacon.runtime._gateway import Gateway  # imports dnslib: only where it is used
         gateway = Gateway(backend, self._lookup_name)
         try:
             await gateway.start()
