@@ -388,3 +388,73 @@ def test_tty_stdin_attach_and_exec(side: Side) -> None:
                 "sleep 1; for i in 1 2 3; do echo tick $i; sleep 0.2; done")
     attached = side.docker("attach", ticker)
     assert "tick 3" in attached.stdout
+
+
+def test_legacy_build_with_cache(side: Side, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "site").mkdir(parents=True)
+    (ctx / "site" / "index.html").write_text("built page\n")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\nARG GREETING=hello\nENV APP=/srv\nWORKDIR /srv\nCOPY site/ ./www/\n"
+        'RUN echo "$GREETING from build" > built.txt && rm -f /bin/vi\n'
+        "USER 65534\nEXPOSE 8080\nLABEL stage=test\n"
+        "HEALTHCHECK --interval=5s CMD wget -qO- http://127.0.0.1:8080/ || exit 1\n"
+        'ENTRYPOINT ["httpd", "-f"]\nCMD ["-p", "8080", "-h", "/srv/www"]\n')
+    tag = f"sbs-built-{uuid.uuid4().hex[:6]}:v1"
+    side.images.append(tag)
+    env = {**beacon_env(), "DOCKER_BUILDKIT": "0"}
+
+    def build() -> str:
+        res = subprocess.run([DOCKER, "-H", side.host, "build", "--build-arg", "GREETING=hi", "-t", tag, str(ctx)],
+                             capture_output=True, text=True, timeout=180, env=env)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    first = build()
+    assert "Successfully tagged" in first
+    out = side.run("--entrypoint", "sh", tag, "-c", "cat built.txt www/index.html; id -u; pwd; ls /bin/vi",
+                   check=False)
+    assert out.stdout == "hi from build\nbuilt page\n65534\n/srv\n" and out.returncode != 0
+    cfg = json.loads(side.docker("image", "inspect", tag).stdout)[0]["Config"]
+    assert cfg["Entrypoint"] == ["httpd", "-f"] and cfg["Cmd"] == ["-p", "8080", "-h", "/srv/www"]
+    assert cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "wget -qO- http://127.0.0.1:8080/ || exit 1"]
+    assert cfg["Labels"] == {"stage": "test"} and "APP=/srv" in cfg["Env"] and "8080/tcp" in cfg["ExposedPorts"]
+    again = build()
+    assert again.count("Using cache") >= 8 and "Running in" not in again
+
+
+def test_compose_up_ps_logs_down(side: Side, tmp_path: Path) -> None:
+    import shutil
+
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    from .helpers import http_get, process_mode_port
+
+    port = process_mode_port()
+    (tmp_path / "docker-compose.yml").write_text(
+        'version: "3.8"\nservices:\n  web:\n    image: busybox\n    command: httpd -f -p 80 -h /var/www\n'
+        f'    ports:\n      - "127.0.0.1:{port}:80"\n'
+        '  client:\n    image: busybox\n'
+        '    command: sh -c "nslookup web >/dev/null && echo resolved-web; sleep 300"\n    depends_on: [web]\n')
+    project = f"sbs{uuid.uuid4().hex[:6]}"
+    env = {**beacon_env(), "DOCKER_HOST": side.host}
+
+    def dc(*args: str) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([compose, "-p", project, *args], capture_output=True, text=True, timeout=120,
+                             env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return res
+
+    try:
+        dc("up", "-d")
+        ps = dc("ps").stdout
+        assert f"{project}_web_1" in ps and f"{project}_client_1" in ps and "Up" in ps
+        assert http_get(int(port))[1] == b"beacon registrator test page\n"
+        from .helpers import until
+
+        until(lambda: "resolved-web" in dc("logs", "client").stdout, 30, "client resolving web")
+    finally:
+        dc("down")
+    assert project not in side.docker("ps", "-a", "--format", "{{.Names}}").stdout
+    assert f"{project}_default" not in side.docker("network", "ls", "--format", "{{.Name}}").stdout

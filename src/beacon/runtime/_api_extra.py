@@ -43,7 +43,7 @@ def routes(api: ApiServer) -> list[tuple[str, str, Any]]:
         ("GET", r"/networks", h.networks), ("POST", r"/networks/create", h.network_create),
         ("POST", r"/networks/prune", h.network_prune),
         ("POST", r"/networks/(?P<id>[^/]+)/connect", h.network_connect),
-        ("POST", r"/networks/(?P<id>[^/]+)/disconnect", h.network_connect),
+        ("POST", r"/networks/(?P<id>[^/]+)/disconnect", h.network_disconnect),
         ("GET", r"/networks/(?P<id>[^/]+)", h.network_inspect), ("DELETE", r"/networks/(?P<id>[^/]+)", h.network_rm),
         ("GET", r"/system/df", h.system_df),
     ]
@@ -315,10 +315,32 @@ class Extra:
         self.engine.events.emit("network", "destroy", net["Id"], {"name": net["Name"], "type": "bridge"})
         return Response(204)
 
+    def _endpoint(self, req: Request, args: dict[str, str]) -> tuple[dict[str, Any], _Slot, dict[str, Any]]:
+        net = self.engine.networks.get(args["id"])
+        body = req.json(default={}) or {}
+        if not isinstance(body, dict) or not isinstance(body.get("Container"), str):
+            raise InvalidParameter("network connect needs a Container")
+        return net, self.engine.resolve(body["Container"]), body
+
     async def network_connect(self, req: Request, args: dict[str, str]) -> Response:
-        self.engine.networks.get(args["id"])
-        raise NotImplementedByEngine("connecting a created container to another network is not supported: "
-                                     "choose the network with --network at create")
+        """A container has one network, chosen at create: connecting it to that one again (as
+        docker-compose does) only updates its aliases; any other network is refused."""
+        net, slot, body = self._endpoint(req, args)
+        if slot.c.network_mode != net["Name"]:
+            raise NotImplementedByEngine("beacon containers have one network, chosen with --network at create: "
+                                         f"cannot also connect {slot.c.name} to {net['Name']}")
+        aliases = (body.get("EndpointConfig") or {}).get("Aliases") or []
+        slot.c.aliases = sorted({*slot.c.aliases, *(a for a in aliases if isinstance(a, str))})
+        self.engine._save(slot.c)
+        return Response(200, None)
+
+    async def network_disconnect(self, req: Request, args: dict[str, str]) -> Response:
+        net, slot, _ = self._endpoint(req, args)
+        if slot.c.network_mode != net["Name"]:
+            raise Conflict(f"container {slot.c.id} is not connected to network {net['Name']}")
+        if slot.c.state.status == "running":
+            raise NotImplementedByEngine("disconnecting a running container is not supported")
+        return Response(200, None)
 
     async def network_prune(self, req: Request, args: dict[str, str]) -> Response:
         deleted = []

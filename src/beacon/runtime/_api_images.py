@@ -35,6 +35,7 @@ def routes(api: ApiServer) -> list[tuple[str, str, Any]]:
         ("POST", r"/images/(?P<id>.+)/tag", h.tag), ("POST", r"/images/(?P<id>.+)/push", h.push),
         ("GET", r"/images/(?P<id>.+)/history", h.history),
         ("DELETE", r"/images/(?P<id>.+)", h.remove),
+        ("POST", r"/build", h.build), ("POST", r"/build/prune", h.build_prune),
         ("GET", r"/volumes", h.volumes), ("POST", r"/volumes/create", h.volume_create),
         ("POST", r"/volumes/prune", h.volume_prune),
         ("GET", r"/volumes/(?P<id>[^/]+)", h.volume_inspect), ("DELETE", r"/volumes/(?P<id>[^/]+)", h.volume_rm),
@@ -248,6 +249,38 @@ class ImageHandlers:
         all_unused = filters.get("dangling", ["true"])[0] in ("false", "0")
         deleted, reclaimed = await self._run(self.store.prune, all_unused, self.engine.images_in_use())
         return Response(200, {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed})
+
+    async def build(self, req: Request, args: dict[str, str]) -> Stream:
+        from beacon.runtime._build import build_from_request
+
+        if self.engine.isolation != "runc":
+            raise NotImplementedByEngine(f"build needs runc isolation (this engine runs {self.engine.isolation})")
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                await build_from_request(self.engine, req.body, req.query, queue.put_nowait)
+            except EngineError as exc:
+                queue.put_nowait({"errorDetail": {"message": exc.message}, "error": exc.message})
+            except Exception as exc:  # a bug: tell the client, keep serving
+                queue.put_nowait({"errorDetail": {"message": str(exc)}, "error": str(exc)})
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(run())
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                while (item := await queue.get()) is not None:
+                    yield _line(item)
+            finally:
+                await task  # a client that went away does not leave a half-built step behind
+
+        return Stream(body())
+
+    async def build_prune(self, req: Request, args: dict[str, str]) -> Response:
+        (self.store.root / "build-cache.json").unlink(missing_ok=True)
+        return Response(200, {"CachesDeleted": [], "SpaceReclaimed": 0})
 
     # -- volumes -------------------------------------------------------------------------------
 

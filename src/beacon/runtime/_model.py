@@ -304,7 +304,9 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
     if auto_remove and policy_name != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
     return {
-        "image": image, "cmd": list(cmd or []), "entrypoint": list(entrypoint) if entrypoint else None,
+        # Entrypoint [] or [""] (``--entrypoint ""``) clears the image's; None keeps it
+        "image": image, "cmd": list(cmd or []),
+        "entrypoint": None if entrypoint is None else [e for e in entrypoint if e],
         "env": list(env), "labels": dict(labels), "working_dir": str(body.get("WorkingDir") or ""),
         "hostname": str(body.get("Hostname") or ""), "exposed_ports": exposed, "port_bindings": bindings,
         "publish_all": bool(host.get("PublishAllPorts")), "auto_remove": auto_remove,
