@@ -465,3 +465,29 @@ def _unix(created: Any) -> int:
         return int(time.mktime(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone)
     except ValueError:
         return 0
+
+
+def merge_image(store: ImageStore, spec: dict[str, Any]) -> None:
+    """Fill what a create request left out from its image's config, as dockerd does."""
+    from beacon.runtime._model import HealthSpec
+
+    try:
+        image_id = store.resolve(spec["image"])
+    except NotFound:
+        raise NotFound(f"No such image: {normalize(spec['image'])}") from None
+    cfg = store.config(image_id).get("config") or {}
+    spec["image_id"] = image_id
+    if spec["entrypoint"] is None:
+        spec["entrypoint"] = list(cfg.get("Entrypoint") or []) or None
+        if not spec["cmd"]:
+            spec["cmd"] = list(cfg.get("Cmd") or [])
+    spec["image_env"] = list(cfg.get("Env") or [])
+    spec["working_dir"] = spec["working_dir"] or cfg.get("WorkingDir") or ""
+    spec["user"] = spec["user"] or cfg.get("User") or ""
+    spec["labels"] = {**(cfg.get("Labels") or {}), **spec["labels"]}
+    for port in cfg.get("ExposedPorts") or {}:
+        if port not in spec["exposed_ports"]:
+            spec["exposed_ports"].append(port)
+    if spec["health"] is None and cfg.get("Healthcheck"):
+        spec["health"] = HealthSpec.from_api(cfg["Healthcheck"])
+    spec["stop_signal"] = spec["stop_signal"] or cfg.get("StopSignal") or ""

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from beacon.runtime import _spec as spec
 from beacon.runtime._errors import EngineError, InvalidParameter
-from beacon.runtime._isolation import NetnsIsolation, Spawned
+from beacon.runtime._isolation import Isolation, NetnsIsolation, Spawned, choose
 from beacon.runtime._layers import LayerError, copy_layers, mount_overlay, resolve_in, umount
 from beacon.runtime._stdio import open_console
 
@@ -389,3 +389,22 @@ def kill_all(spawned: Spawned) -> None:
         os.kill(spawned.ns_pid or spawned.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+async def choose_backend(engine: Engine) -> tuple[Isolation, str]:
+    """runc when asked for, or on auto as root with runc installed; otherwise the older backends,
+    which run on the host filesystem and so always come with a warning."""
+    requested = engine.requested_isolation
+    if requested in ("auto", "runc"):
+        reason = runc_available()
+        if not reason:
+            backend = RuncIsolation(engine)
+            return backend, await backend.setup()
+        if requested == "runc":
+            raise EngineError(f"runc isolation unavailable: {reason}")
+        fallback, _ = await choose("process")
+        return fallback, (f"WARNING: runc isolation unavailable ({reason}); containers run as plain processes "
+                          "on the host filesystem and network, without images")
+    chosen, warning = await choose(requested)
+    return chosen, warning or (f"WARNING: {chosen.name} isolation: containers run on the host filesystem, "
+                               "without images, users, volumes or limits")
