@@ -398,7 +398,7 @@ def test_legacy_build_with_cache(side: Side, tmp_path: Path) -> None:
         "FROM busybox\nARG GREETING=hello\nENV APP=/srv\nWORKDIR /srv\nCOPY site/ ./www/\n"
         'RUN echo "$GREETING from build" > built.txt && rm -f /bin/vi\n'
         "USER 65534\nEXPOSE 8080\nLABEL stage=test\n"
-        "HEALTHCHECK --interval=5s CMD wget -qO- http://127.0.0.1:8080/ || exit 1\n"
+        "HEALTHCHECK --interval=1s CMD wget -qO- http://127.0.0.1:8080/ || exit 1\n"
         'ENTRYPOINT ["httpd", "-f"]\nCMD ["-p", "8080", "-h", "/srv/www"]\n')
     tag = f"sbs-built-{uuid.uuid4().hex[:6]}:v1"
     side.images.append(tag)
@@ -421,6 +421,12 @@ def test_legacy_build_with_cache(side: Side, tmp_path: Path) -> None:
     assert cfg["Labels"] == {"stage": "test"} and "APP=/srv" in cfg["Env"] and "8080/tcp" in cfg["ExposedPorts"]
     again = build()
     assert again.count("Using cache") >= 8 and "Running in" not in again
+    name = side.name()
+    side.docker("run", "-d", "--name", name, tag)  # the image's HEALTHCHECK runs as --health-cmd does
+    from .helpers import until
+
+    until(lambda: side.docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip() == "healthy", 30,
+          "the image's health check passing")
 
 
 def test_compose_up_ps_logs_down(side: Side, tmp_path: Path) -> None:
