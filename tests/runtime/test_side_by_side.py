@@ -37,10 +37,10 @@ class Side:
     names: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 60,
-               input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def docker(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         res = subprocess.run([DOCKER, "-H", self.host, *args], capture_output=True, text=True, timeout=timeout,
-                             env=beacon_env(), input=input)
+                             env={**beacon_env(), **(env or {})}, input=input)
         if check and res.returncode != 0:
             raise AssertionError(f"[{self.kind}] docker {' '.join(args)} exited {res.returncode}: {res.stderr}")
         return res
@@ -252,8 +252,7 @@ def test_registry_push_and_pull(side: Side, registry: str) -> None:
     assert side.run(ref, "echo", "pulled").stdout == "pulled\n"
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _serve_registry(tmp: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], str]:
     """A docker-registry (distribution v2) on a free loopback port."""
     import shutil
     import socket
@@ -262,29 +261,67 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = shutil.which("docker-registry")
     if binary is None:
         pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
-    tmp = tmp_path_factory.mktemp("registry")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (tmp / "config.yml").write_text(
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp}/data\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n")
+        f"http:\n  addr: 127.0.0.1:{port}\n{extra}")
     proc = subprocess.Popen([binary, "serve", str(tmp / "config.yml")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
+                return proc, f"127.0.0.1:{port}"
         except OSError:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("docker-registry did not listen")
-    yield f"127.0.0.1:{port}"
+    proc.kill()
+    pytest.fail("docker-registry did not listen")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, address = _serve_registry(tmp_path_factory.mktemp("registry"))
+    yield address
     proc.terminate()
     proc.wait(timeout=10)
 
+
+@pytest.fixture(scope="module")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same with HTTP Basic authentication (htpasswd, bcrypt): user ``beacon``, password ``s3cret``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # bcrypt through libcrypt: the registry reads only bcrypt htpasswd entries
+
+    tmp = tmp_path_factory.mktemp("auth-registry")
+    (tmp / "htpasswd").write_text(f"beacon:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    proc, address = _serve_registry(tmp, f"auth:\n  htpasswd:\n    realm: test\n    path: {tmp}/htpasswd\n")
+    yield address
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_registry_basic_auth(side: Side, auth_registry: str, tmp_path: Path) -> None:
+    config = {"DOCKER_CONFIG": str(tmp_path / "docker-config")}  # never the user's own credentials
+    ref = f"{auth_registry}/secure/{side.kind}:v1"
+    side.images.append(ref)
+    side.docker("tag", "busybox", ref)
+    refused = side.docker("push", ref, check=False, env=config)
+    assert refused.returncode != 0 and "auth" in refused.stderr.lower()
+    bad = side.docker("login", auth_registry, "-u", "beacon", "--password-stdin", input="wrong\n", check=False,
+                      env=config)
+    assert bad.returncode != 0
+    side.docker("login", auth_registry, "-u", "beacon", "--password-stdin", input="s3cret\n", env=config)
+    side.docker("push", ref, env=config)
+    side.docker("rmi", ref)
+    side.docker("pull", ref, env=config)
+    side.docker("logout", auth_registry, env=config)
+    side.docker("rmi", ref)
+    assert side.docker("pull", ref, check=False, env=config).returncode != 0
 
 
 def test_cp_top_pause_rename_update_export(side: Side, tmp_path: Path) -> None:

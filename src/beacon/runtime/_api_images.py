@@ -35,7 +35,7 @@ def routes(api: ApiServer) -> list[tuple[str, str, Any]]:
         ("POST", r"/images/(?P<id>.+)/tag", h.tag), ("POST", r"/images/(?P<id>.+)/push", h.push),
         ("GET", r"/images/(?P<id>.+)/history", h.history),
         ("DELETE", r"/images/(?P<id>.+)", h.remove),
-        ("POST", r"/build", h.build), ("POST", r"/build/prune", h.build_prune),
+        ("POST", r"/auth", h.auth), ("POST", r"/build", h.build), ("POST", r"/build/prune", h.build_prune),
         ("GET", r"/volumes", h.volumes), ("POST", r"/volumes/create", h.volume_create),
         ("POST", r"/volumes/prune", h.volume_prune),
         ("GET", r"/volumes/(?P<id>[^/]+)", h.volume_inspect), ("DELETE", r"/volumes/(?P<id>[^/]+)", h.volume_rm),
@@ -249,6 +249,16 @@ class ImageHandlers:
         all_unused = filters.get("dangling", ["true"])[0] in ("false", "0")
         deleted, reclaimed = await self._run(self.store.prune, all_unused, self.engine.images_in_use())
         return Response(200, {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed})
+
+    async def auth(self, req: Request, args: dict[str, str]) -> Response:
+        from beacon.runtime._registry import login
+
+        body = req.json(default={}) or {}
+        if not isinstance(body, dict):
+            raise InvalidParameter("invalid JSON: auth config must be an object")
+        await self._run(login, str(body.get("serveraddress") or ""), str(body.get("username") or ""),
+                        str(body.get("password") or ""))
+        return Response(200, {"Status": "Login Succeeded", "IdentityToken": ""})
 
     async def build(self, req: Request, args: dict[str, str]) -> Stream:
         from beacon.runtime._build import build_from_request
