@@ -5,6 +5,7 @@ two engines fails here. Differences that remain are listed in docs/engine.md."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -111,6 +112,19 @@ def test_import_tag_inspect_save_load_rmi(side: Side, tmp_path: Path) -> None:
     assert side.docker("image", "inspect", repo, check=False).returncode != 0
 
 
+def test_image_prune_removes_dangling_images(side: Side, tmp_path: Path) -> None:
+    repo = f"sbs-prune-{uuid.uuid4().hex[:6]}"
+    side.images.append(repo)
+    tar = str(busybox_tar(tmp_path))
+    first = side.docker("import", "-c", "LABEL n=1", tar, repo).stdout.strip()
+    side.docker("import", "-c", "LABEL n=2", tar, repo)  # takes the tag: the first image dangles
+    dangling = side.docker("images", "-q", "--no-trunc", "--filter", "dangling=true").stdout.split()
+    assert first in dangling
+    out = side.docker("image", "prune", "-f").stdout
+    assert first in out and side.docker("image", "inspect", first, check=False).returncode != 0
+    assert side.docker("image", "inspect", repo).returncode == 0
+
+
 def test_rmi_of_an_image_in_use_is_refused(side: Side, tmp_path: Path) -> None:
     repo = f"sbs-use-{uuid.uuid4().hex[:6]}"
     side.images.append(repo)
@@ -212,6 +226,8 @@ def test_networks_and_init(side: Side) -> None:
     assert links == ["lo"]
     bridge = side.run("busybox", "ls", "/sys/class/net").stdout.split()
     assert "eth0" in bridge
+    host = side.run("--network", "host", "busybox", "ls", "/sys/class/net").stdout.split()
+    assert sorted(host) == sorted(os.listdir("/sys/class/net"))
     assert side.run("--init", "busybox", "cat", "/proc/1/comm").stdout.strip() in ("docker-init", "tini-static",
                                                                                     "tini")
     hostname = side.run("-h", "boxy", "busybox", "sh", "-c", "hostname; cat /etc/hostname").stdout.split()

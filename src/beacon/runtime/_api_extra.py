@@ -381,6 +381,13 @@ def _extract_into(data: bytes, root: str, dest: str) -> None:
             member.name = os.path.relpath(os.path.join(parent, os.path.basename(name)), dest)
             if member.islnk():
                 continue  # hard links in cp uploads are rare; skipped rather than trusted
+            target = os.path.join(parent, os.path.basename(name))
+            if os.path.islink(target) or (os.path.lexists(target) and not member.isdir()):
+                # Replace, never write through: a symlink the container planted (say /tmp/x -> /etc/shadow)
+                # would otherwise be followed from the host's side.
+                if os.path.isdir(target) and not os.path.islink(target):
+                    continue
+                os.unlink(target)
             tar.extract(member, dest, numeric_owner=True, filter="fully_trusted")
 
 

@@ -25,6 +25,7 @@ from beacon.runtime._events import EventBus
 from beacon.runtime._exec import ExecManager
 from beacon.runtime._images import ImageStore, merge_image
 from beacon.runtime._isolation import Isolation, NetnsIsolation, Spawned
+from beacon.runtime._layers import umount
 from beacon.runtime._logs import LogStore, rfc3339
 from beacon.runtime._model import (
     Container,
@@ -612,6 +613,9 @@ class Engine:
                 return
             c.state.status = "removing"
             del self.slots[c.id]
+            rootfs = self._dir(c.id) / "bundle" / "rootfs"
+            if os.path.ismount(rootfs):  # never delete through a mounted root filesystem
+                umount(rootfs)
             shutil.rmtree(self._dir(c.id), ignore_errors=True)
             self.exec.forget(c.id)
             self._emit(c, "destroy")

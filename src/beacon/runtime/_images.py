@@ -214,14 +214,15 @@ class ImageStore:
         with self.lock:
             image_id = self.put_blob(data)
             self._configs.pop(image_id, None)
-            untagged = self._untagged()
+            known = image_id in self.ids()
+            for t in tags:
+                self._tag_locked(image_id, t)  # may leave the tag's previous image dangling
+            if digest_ref:
+                self.digests[normalize(digest_ref)] = image_id
+            untagged = self._untagged()  # read after tagging, which may have added to it
             if tags or digest_ref:
-                for t in tags:
-                    self._tag_locked(image_id, t)
-                if digest_ref:
-                    self.digests[normalize(digest_ref)] = image_id
                 untagged.discard(image_id)
-            elif image_id not in self.ids():
+            elif not known:
                 untagged.add(image_id)
             self._set_untagged(untagged)
             self._save()
