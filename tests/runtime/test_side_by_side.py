@@ -4,9 +4,11 @@ two engines fails here. Differences that remain are listed in docs/engine.md."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -219,6 +221,10 @@ def test_limits_and_oom_kill(side: Side) -> None:
     side.docker("create", "--name", name2, "--cpus", "0.5", "-m", "32m", "busybox", "true")
     host = json.loads(side.docker("inspect", name2).stdout)[0]["HostConfig"]
     assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 32 * 1024 * 1024
+    # The container sees its own cgroups (v1 here): the limits are the kernel's, not just recorded.
+    seen = side.run("--cpus", "0.5", "-m", "32m", "busybox", "cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                    "/sys/fs/cgroup/memory/memory.limit_in_bytes").stdout.split()
+    assert seen == ["50000", str(32 * 1024 * 1024)]
 
 
 def test_networks_and_init(side: Side) -> None:
@@ -447,8 +453,13 @@ def test_legacy_build_with_cache(side: Side, tmp_path: Path) -> None:
     ctx = tmp_path / "ctx"
     (ctx / "site").mkdir(parents=True)
     (ctx / "site" / "index.html").write_text("built page\n")
+    with tarfile.open(ctx / "extra.tar.gz", "w:gz") as tar:
+        data = b"from the archive\n"
+        info = tarfile.TarInfo("unpacked/note.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
     (ctx / "Dockerfile").write_text(
-        "FROM busybox\nARG GREETING=hello\nENV APP=/srv\nWORKDIR /srv\nCOPY site/ ./www/\n"
+        "FROM busybox\nARG GREETING=hello\nENV APP=/srv\nWORKDIR /srv\nCOPY site/ ./www/\nADD extra.tar.gz /opt/\n"
         'RUN echo "$GREETING from build" > built.txt && rm -f /bin/vi\n'
         "USER 65534\nEXPOSE 8080\nLABEL stage=test\n"
         "HEALTHCHECK --interval=1s CMD wget -qO- http://127.0.0.1:8080/ || exit 1\n"
@@ -465,9 +476,9 @@ def test_legacy_build_with_cache(side: Side, tmp_path: Path) -> None:
 
     first = build()
     assert "Successfully tagged" in first
-    out = side.run("--entrypoint", "sh", tag, "-c", "cat built.txt www/index.html; id -u; pwd; ls /bin/vi",
-                   check=False)
-    assert out.stdout == "hi from build\nbuilt page\n65534\n/srv\n" and out.returncode != 0
+    out = side.run("--entrypoint", "sh", tag, "-c",
+                   "cat built.txt www/index.html /opt/unpacked/note.txt; id -u; pwd; ls /bin/vi", check=False)
+    assert out.stdout == "hi from build\nbuilt page\nfrom the archive\n65534\n/srv\n" and out.returncode != 0
     cfg = json.loads(side.docker("image", "inspect", tag).stdout)[0]["Config"]
     assert cfg["Entrypoint"] == ["httpd", "-f"] and cfg["Cmd"] == ["-p", "8080", "-h", "/srv/www"]
     assert cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "wget -qO- http://127.0.0.1:8080/ || exit 1"]

@@ -98,7 +98,8 @@ class Builder:
             elif keyword in ("COPY", "ADD"):
                 digest = await self._io(_content_digest, context, expanded)
                 image_id, image = await self._step(image_id, image, f"{keyword} {expanded} {digest}", nocache,
-                                                   lambda img, e=expanded: self._copy(img, context, e))
+                                                   lambda img, e=expanded, k=keyword: self._copy(img, context, e,
+                                                                                                 k == "ADD"))
             elif keyword != "ARG":
                 image_id, image = await self._step(image_id, image, f"{keyword} {raw}", nocache,
                                                    lambda img, k=keyword, r=expanded: self._config(img, k, r))
@@ -183,7 +184,7 @@ class Builder:
             tmp.seek(0)
             return self.store.add_layer(tmp)
 
-    async def _copy(self, image: dict[str, Any], context: Path, args: str) -> tuple[str, str]:
+    async def _copy(self, image: dict[str, Any], context: Path, args: str, add: bool) -> tuple[str, str]:
         words = [w for w in args.split() if not w.startswith("--")]
         form = dockerfile.exec_form(args)
         if form is not None:
@@ -201,7 +202,9 @@ class Builder:
                     into_dir = dest.endswith("/") or len(matches) > 1 or any(os.path.isdir(m) for m in matches)
                     for src in matches:
                         rel = dest_abs.lstrip("/")
-                        if os.path.isdir(src):
+                        if add and os.path.isfile(src) and tarfile.is_tarfile(src):
+                            _add_archive(tar, src, rel)  # ADD unpacks a local archive into the destination
+                        elif os.path.isdir(src):
                             for child in sorted(os.listdir(src)):
                                 tar.add(os.path.join(src, child), arcname=os.path.join(rel, child))
                         else:
@@ -211,7 +214,20 @@ class Builder:
                 return self.store.add_layer(tmp)
 
         diff_id = await self._io(make)
-        return diff_id, f"/bin/sh -c #(nop) COPY {args}"
+        return diff_id, f"/bin/sh -c #(nop) {'ADD' if add else 'COPY'} {args}"
+
+
+def _add_archive(out: tarfile.TarFile, archive: str, dest: str) -> None:
+    """The members of a (maybe compressed) tar, re-rooted under ``dest``; names leaving it are refused."""
+    with tarfile.open(archive, "r:*") as src:
+        for member in src:
+            name = os.path.normpath(member.name.lstrip("/"))
+            if name == "." or name.startswith(".."):
+                continue
+            member.name = os.path.join(dest, name)
+            if member.islnk():
+                member.linkname = os.path.join(dest, os.path.normpath(member.linkname.lstrip("/")))
+            out.addfile(member, src.extractfile(member) if member.isreg() else None)
 
 
 def _sources(context: Path, patterns: list[str]) -> list[str]:
