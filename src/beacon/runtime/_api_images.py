@@ -190,12 +190,15 @@ class ImageHandlers:
             self.store.resolve(n)  # a 404 before any byte is sent
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+        gone = threading.Event()  # the client went away: the writer thread must not block on a full queue
 
         class Pipe(io.RawIOBase):
             def writable(self) -> bool:
                 return True
 
             def write(self, data: Any) -> int:
+                if gone.is_set():
+                    raise BrokenPipeError("client went away")
                 chunk = bytes(data)
                 asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
                 return len(chunk)
@@ -211,8 +214,13 @@ class ImageHandlers:
         threading.Thread(target=run, daemon=True).start()
 
         async def body() -> AsyncIterator[bytes]:
-            while (chunk := await queue.get()) is not None:
-                yield chunk
+            try:
+                while (chunk := await queue.get()) is not None:
+                    yield chunk
+            finally:
+                gone.set()
+                while not queue.empty():  # unblock a put in flight; the next write then fails
+                    queue.get_nowait()
 
         return Stream(body(), content_type=TAR)
 

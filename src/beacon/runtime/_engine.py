@@ -177,6 +177,9 @@ class Engine:
         await asyncio.gather(*(self._shutdown_one(s) for s in slots), return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)  # auto-removals under way
         await self.exec.close()
+        settle = getattr(self._backend, "settle", None)
+        if settle is not None:
+            await settle()
         if self._backend is not None:
             self._backend.close()
             self._backend = None

@@ -62,6 +62,9 @@ class RuncIsolation(NetnsIsolation):
         self.state_root = engine.data_dir / "runc"
         self.state_root.mkdir(parents=True, exist_ok=True)
         self.overlay_ok = True
+        # `runc delete` of exited containers runs after their exit is reported (it only frees runc's
+        # state and the cgroup); a new start of the same ID waits for it.
+        self.deleting: dict[str, asyncio.Task[None]] = {}
         self.init_binary = next((p for p in INIT_CANDIDATES if os.path.exists(p)), "")
 
     def runc(self, *args: str) -> list[str]:
@@ -264,7 +267,10 @@ class RuncIsolation(NetnsIsolation):
     async def finish(self, spawned: Spawned) -> bool:
         """After runc exited: read OOMKilled, delete the kept container, unmount, close handles."""
         oom = _oom_killed(spawned.runc_id)
-        await self._delete(spawned.runc_id)
+        cid = spawned.runc_id
+        task = asyncio.create_task(self._delete(cid))
+        self.deleting[cid] = task
+        task.add_done_callback(lambda t: self.deleting.pop(cid, None) if self.deleting.get(cid) is t else None)
         if spawned.bundle:
             try:
                 umount(Path(spawned.bundle) / "rootfs")
@@ -284,7 +290,14 @@ class RuncIsolation(NetnsIsolation):
     def release(self, spawned: Spawned) -> None:  # finish() does it for runc
         pass
 
+    async def settle(self) -> None:
+        """Wait for the deletions still running (engine shutdown)."""
+        await asyncio.gather(*self.deleting.values(), return_exceptions=True)
+
     async def _delete(self, cid: str) -> None:
+        pending = self.deleting.get(cid)
+        if pending is not None and pending is not asyncio.current_task():
+            await asyncio.shield(pending)
         if not (self.state_root / cid).exists():
             return  # nothing kept: spare the ~10 ms of a runc process
         proc = await asyncio.create_subprocess_exec(*self.runc("delete", "--force", cid),
