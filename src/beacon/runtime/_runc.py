@@ -89,10 +89,12 @@ class RuncIsolation(NetnsIsolation):
         mounted = False
         master = slave = -1
         try:
-            mounted = await asyncio.get_running_loop().run_in_executor(None, self._rootfs, c, cdir, rootfs)
-            settings = self._settings(c, cdir, rootfs)
+            loop = asyncio.get_running_loop()
+            mounted = await loop.run_in_executor(None, self._rootfs, c, cdir, rootfs)
+            # reads the image's passwd and may seed a new volume from the image: off the event loop
+            settings = await loop.run_in_executor(None, self._settings, c, cdir, rootfs)
             if c.network_mode != "host":
-                netns_fd = await asyncio.get_running_loop().run_in_executor(self._pool, self._new_netns)
+                netns_fd = await loop.run_in_executor(self._pool, self._new_netns)
                 if c.network_mode != "none" and self.bridge is not None:
                     address = await self.bridge.plug_fd(netns_fd)
                 settings.netns_path = f"/proc/{os.getpid()}/fd/{netns_fd}"
