@@ -118,11 +118,12 @@ def test_image_prune_removes_dangling_images(side: Side, tmp_path: Path) -> None
     repo = f"sbs-prune-{uuid.uuid4().hex[:6]}"
     side.images.append(repo)
     tar = str(busybox_tar(tmp_path))
-    first = side.docker("import", "-c", "LABEL n=1", tar, repo).stdout.strip()
-    side.docker("import", "-c", "LABEL n=2", tar, repo)  # takes the tag: the first image dangles
+    mark = f"LABEL sbs={repo}"  # prune only our images: the dockerd is shared with other test runs
+    first = side.docker("import", "-c", mark, "-c", "LABEL n=1", tar, repo).stdout.strip()
+    side.docker("import", "-c", mark, "-c", "LABEL n=2", tar, repo)  # takes the tag: the first image dangles
     dangling = side.docker("images", "-q", "--no-trunc", "--filter", "dangling=true").stdout.split()
     assert first in dangling
-    out = side.docker("image", "prune", "-f").stdout
+    out = side.docker("image", "prune", "-f", "--filter", f"label=sbs={repo}").stdout
     assert first in out and side.docker("image", "inspect", first, check=False).returncode != 0
     assert side.docker("image", "inspect", repo).returncode == 0
 
@@ -254,14 +255,18 @@ def test_published_port_and_exec(side: Side) -> None:
 
 
 def test_thirty_parallel_runs_all_succeed(side: Side) -> None:
+    mark = f"sbs={uuid.uuid4().hex[:8]}"  # the dockerd is shared: look only at our own containers
+
     def one(_: int) -> int:
-        return side.docker("run", "--rm", "busybox", "true", check=False, timeout=120).returncode
+        return side.docker("run", "--rm", "--label", mark, "busybox", "true", check=False, timeout=120).returncode
 
     with ThreadPoolExecutor(30) as pool:
         codes = list(pool.map(one, range(30)))
     assert codes == [0] * 30
-    leftovers = [n for n in side.docker("ps", "-aq", "--filter", "status=created").stdout.split()]
-    assert leftovers == []
+    from .helpers import until
+
+    until(lambda: side.docker("ps", "-aq", "--filter", f"label={mark}").stdout.split() == [], 30,
+          "every --rm container removed")
 
 
 def test_registry_push_and_pull(side: Side, registry: str) -> None:

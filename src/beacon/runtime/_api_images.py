@@ -254,8 +254,17 @@ class ImageHandlers:
         from beacon.runtime._api import parse_filters
 
         filters = parse_filters(req.q("filters"))
+        for key in filters:
+            if key not in ("dangling", "label"):
+                raise InvalidParameter(f"invalid filter '{key}' (beacon prunes images by dangling and label)")
         all_unused = filters.get("dangling", ["true"])[0] in ("false", "0")
-        deleted, reclaimed = await self._run(self.store.prune, all_unused, self.engine.images_in_use())
+        labels = filters.get("label", [])
+
+        def wanted(image_id: str) -> bool:
+            have = (self.store.config(image_id).get("config") or {}).get("Labels") or {}
+            return all(_label_match(have, f) for f in labels)
+
+        deleted, reclaimed = await self._run(self.store.prune, all_unused, self.engine.images_in_use(), wanted)
         return Response(200, {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed})
 
     async def auth(self, req: Request, args: dict[str, str]) -> Response:

@@ -22,6 +22,7 @@ import shutil
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -316,13 +317,14 @@ class ImageStore:
                 blob.unlink(missing_ok=True)
         self._configs = {k: v for k, v in self._configs.items() if k in self.ids()}
 
-    def prune(self, all_unused: bool, in_use: dict[str, list[str]]) -> tuple[list[dict[str, str]], int]:
+    def prune(self, all_unused: bool, in_use: dict[str, list[str]],
+              wanted: Callable[[str], bool] = lambda _: True) -> tuple[list[dict[str, str]], int]:
         deleted: list[dict[str, str]] = []
         reclaimed = 0
         with self.lock:
             candidates = self._untagged() if not all_unused else self.ids()
             for image_id in sorted(candidates):
-                if in_use.get(image_id):
+                if in_use.get(image_id) or not wanted(image_id):
                     continue
                 reclaimed += self.size(image_id)
                 deleted += self.remove(image_id, True, in_use)
