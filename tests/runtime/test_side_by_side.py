@@ -533,3 +533,19 @@ def test_compose_up_ps_logs_down(side: Side, tmp_path: Path) -> None:
         dc("down")
     assert project not in side.docker("ps", "-a", "--format", "{{.Names}}").stdout
     assert f"{project}_default" not in side.docker("network", "ls", "--format", "{{.Name}}").stdout
+
+
+def test_image_volumes_are_anonymous_volumes_removed_with_rm(side: Side, tmp_path: Path) -> None:
+    repo = f"sbs-vol-img-{uuid.uuid4().hex[:6]}"
+    side.images.append(repo)
+    side.docker("import", "-c", "VOLUME /data", "-c", 'CMD ["sh"]', str(busybox_tar(tmp_path)), repo)
+    name = side.name()
+    side.docker("run", "--name", name, repo, "sh", "-c", "echo kept > /data/f")
+    mounts = json.loads(side.docker("inspect", name).stdout)[0]["Mounts"]
+    assert [(m["Type"], m["Destination"]) for m in mounts] == [("volume", "/data")]
+    volume = mounts[0]["Name"]
+    assert volume in side.docker("volume", "ls", "-q").stdout.split()
+    side.docker("start", "-a", name)  # the same volume on every start
+    assert json.loads(side.docker("inspect", name).stdout)[0]["Mounts"][0]["Name"] == volume
+    side.docker("rm", "-v", name)
+    assert volume not in side.docker("volume", "ls", "-q").stdout.split()

@@ -108,7 +108,7 @@ class ApiServer:
                 ("GET", r"/containers/(?P<id>[^/]+)/logs", self.logs),
                 ("POST", r"/containers/(?P<id>[^/]+)/attach", self.attach),
                 ("DELETE", r"/containers/(?P<id>[^/]+)",
-                 self._nocontent(lambda r, i: e.remove(i, force=r.flag("force")))),
+                 self._nocontent(lambda r, i: e.remove(i, force=r.flag("force"), volumes=r.flag("v")))),
                 ("POST", r"/containers/(?P<id>[^/]+)/exec", self.exec_create),
                 ("POST", r"/exec/(?P<id>[^/]+)/start", self.exec_start),
                 ("POST", r"/exec/(?P<id>[^/]+)/resize",

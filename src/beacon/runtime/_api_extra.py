@@ -165,7 +165,7 @@ class Extra:
                                                                   "throttling_data": {}},
             "memory_stats": {"usage": mem, "limit": min(limit, _mem_total()) if limit else _mem_total(),
                              "stats": {}},
-            "blkio_stats": {}, "storage_stats": {}, "networks": {},
+            "blkio_stats": {}, "storage_stats": {}, "networks": _net_dev(slot),
         }
         return sample
 
@@ -398,6 +398,26 @@ def _go_mode(mode: int) -> int:
         out |= 1 << 31
     elif stat.S_ISLNK(mode):
         out |= 1 << 27
+    return out
+
+
+def _net_dev(slot: _Slot) -> dict[str, dict[str, int]]:
+    """Interface counters as the container sees them (its network namespace's /proc/net/dev)."""
+    spawned = slot.spawned
+    if spawned is None or not spawned.ns_pid or spawned.netns_fd < 0:
+        return {}
+    out = {}
+    try:
+        with open(f"/proc/{spawned.ns_pid}/net/dev") as f:
+            for line in f.readlines()[2:]:
+                name, _, rest = line.partition(":")
+                v = [int(x) for x in rest.split()]
+                if name.strip() != "lo" and len(v) >= 16:
+                    out[name.strip()] = {"rx_bytes": v[0], "rx_packets": v[1], "rx_errors": v[2], "rx_dropped": v[3],
+                                         "tx_bytes": v[8], "tx_packets": v[9], "tx_errors": v[10],
+                                         "tx_dropped": v[11]}
+    except (OSError, ValueError):
+        return {}
     return out
 
 

@@ -592,7 +592,7 @@ class Engine:
         target = self.wait_target(ref, condition)
         return target if isinstance(target, int) else await asyncio.shield(target)
 
-    async def remove(self, ref: str, force: bool = False) -> None:
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         slot = self.resolve(ref)
         if slot.c.state.status == "removing":
             raise Conflict(f"removal of container {slot.c.id} is already in progress")
@@ -620,6 +620,9 @@ class Engine:
             if os.path.ismount(rootfs):  # never delete through a mounted root filesystem
                 umount(rootfs)
             shutil.rmtree(self._dir(c.id), ignore_errors=True)
+            if volumes or c.auto_remove:
+                used = {n for other in self.slots.values() for n in self.volumes.names_used(other.c)}
+                self.volumes.remove_anonymous(c, used)
             self.exec.forget(c.id)
             self._emit(c, "destroy")
             for fut in (slot.removed, slot.next_exit):

@@ -494,3 +494,12 @@ def merge_image(store: ImageStore, spec: dict[str, Any]) -> None:
     if spec["health"] is None and cfg.get("Healthcheck"):
         spec["health"] = HealthSpec.from_api(cfg["Healthcheck"])
     spec["stop_signal"] = spec["stop_signal"] or cfg.get("StopSignal") or ""
+    # The image's VOLUMEs and --mount volumes without a name get anonymous volumes, named now so that
+    # every start of the container finds the same ones (dockerd does the same).
+    for m in spec["mounts"]:
+        if m.get("Type", "volume") == "volume" and not m.get("Source"):
+            m["Source"] = os.urandom(32).hex()
+    taken = {b.split(":")[1] for b in spec["binds"] if ":" in b} | {str(m.get("Target")) for m in spec["mounts"]}
+    for path in cfg.get("Volumes") or {}:
+        if path not in taken:
+            spec["binds"].append(f"{os.urandom(32).hex()}:{path}")
