@@ -67,6 +67,18 @@ class RuncIsolation(NetnsIsolation):
         self.deleting: dict[str, asyncio.Task[None]] = {}
         self.init_binary = next((p for p in INIT_CANDIDATES if os.path.exists(p)), "")
 
+    async def setup(self) -> str:
+        """The bridge, and what an engine that was killed left behind: its runc containers (still
+        running, as runc's children outlive the engine) and their root filesystem mounts."""
+        warning = await super().setup()
+        for leftover in [p.name for p in self.state_root.iterdir() if p.is_dir()]:
+            log.warning("removing container %s left running by an earlier engine", leftover[:12])
+            await self._delete(leftover)
+        for rootfs in (self.engine.data_dir / "containers").glob("*/bundle/rootfs"):
+            if os.path.ismount(rootfs):
+                umount(rootfs)
+        return warning
+
     def runc(self, *args: str) -> list[str]:
         return [RUNC, "--root", str(self.state_root), *args]
 
