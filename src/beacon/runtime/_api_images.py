@@ -101,13 +101,14 @@ class ImageHandlers:
 
         filters = parse_filters(req.q("filters"))
         used = self.engine.images_in_use()
+        hidden = self.store.intermediates()
         out = []
         for image_id in sorted(self.store.ids()):
             summary = self.store.summary(image_id, len(used.get(image_id, [])))
             dangling = not summary["RepoTags"]
             if "dangling" in filters and (filters["dangling"][0] in ("true", "1")) != dangling:
                 continue
-            if dangling and not req.flag("all") and "dangling" not in filters and summary["RepoDigests"] == []:
+            if dangling and not req.flag("all") and image_id in hidden:
                 continue
             if "reference" in filters and not any(
                     _ref_match(t, pat) for t in summary["RepoTags"] for pat in filters["reference"]):

@@ -143,6 +143,7 @@ class Builder:
         new.setdefault("history", []).append(entry)
         new["config"] = dockerfile.strip_marks(new.get("config") or {})
         image_id = await self._io(self.store.add_image, new)
+        self.store.mark_intermediate(image_id)  # until a tag names it, `docker images` shows it only with -a
         self._remember(key, image_id)
         return image_id, new
 

@@ -123,6 +123,18 @@ class ImageStore:
         except (OSError, ValueError):
             return set()
 
+    def intermediates(self) -> set[str]:
+        """Images the builder made for its steps: hidden from ``docker images`` without ``-a``."""
+        try:
+            return set(json.loads((self.root / "intermediate.json").read_text()))
+        except (OSError, ValueError):
+            return set()
+
+    def mark_intermediate(self, image_id: str) -> None:
+        with self.lock:
+            marks = self.intermediates() & self.ids() | {image_id}
+            (self.root / "intermediate.json").write_text(json.dumps(sorted(marks)))
+
     def _set_untagged(self, ids: set[str]) -> None:
         (self.root / "untagged.json").write_text(json.dumps(sorted(ids)))
 
