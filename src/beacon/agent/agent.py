@@ -28,6 +28,7 @@ from beacon.agent.http import (
     limits,
     metrics,
     monitor,
+    operator,
     query,
     readopts,
     session,
@@ -441,7 +442,7 @@ class Agent:
 
             forward.install(app)
         else:
-            for module in (catalog, health, kv, status, session, txn, snapshot, query, config):
+            for module in (catalog, health, kv, status, operator, session, txn, snapshot, query, config):
                 module.router.install(app)
         security.install_http(self, app)  # ACL middleware and /v1/acl/*, /v1/agent/token/*
         metrics.install(app)

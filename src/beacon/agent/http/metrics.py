@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ async def agent_metrics(req: web.Request) -> web.StreamResponse:
         return web.Response(status=200, headers={"Allow": "GET, OPTIONS"})
     if req.method not in ("GET", "HEAD"):
         return web.Response(status=405, text=f"method {req.method} not allowed", headers={"Allow": "GET, OPTIONS"})
+    fold()
     if _wants_prometheus(req):
         accept = req.headers.get("Accept", "")
         if "application/openmetrics-text" in accept:
@@ -109,18 +111,39 @@ def _endpoint(request: web.Request) -> str:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+# Requests are tallied here (a count, a latency sum and a bucket count per label set: a bisect and
+# three additions) and folded into the Prometheus metrics when they are read, instead of taking the
+# client library's locks twice per request on the hot path.
+_BOUNDS = sorted(b for b in telemetry.HTTP_LATENCY._upper_bounds if b != float("inf"))
+_tally: dict[tuple[str, str, int], list[Any]] = {}
 
 
 def _observe(method: str, endpoint: str, status: int, seconds: float) -> None:
     key = (method, endpoint, status)
-    pair = _children.get(key)
-    if pair is None:
-        pair = (telemetry.HTTP_REQUESTS.labels(method, endpoint, str(status)),
-                telemetry.HTTP_LATENCY.labels(method, endpoint))
-        _children[key] = pair
-    pair[0].inc()
-    pair[1].observe(seconds)
+    row = _tally.get(key)
+    if row is None:
+        row = _tally[key] = [0, 0.0, [0] * (len(_BOUNDS) + 1)]
+    row[0] += 1
+    row[1] += seconds
+    row[2][bisect_left(_BOUNDS, seconds)] += 1
+
+
+def fold() -> None:
+    """Move the tallies into the Prometheus metrics (before every read of the registry)."""
+    if not _tally:
+        return
+    rows = list(_tally.items())
+    _tally.clear()
+    for (method, endpoint, status), (count, total, buckets) in rows:
+        telemetry.HTTP_REQUESTS.labels(method, endpoint, str(status)).inc(count)
+        hist = telemetry.HTTP_LATENCY.labels(method, endpoint)
+        # The child's sum and per-bucket values are what observe() itself adds to; there is no
+        # public bulk observe.
+        hist._sum.inc(total)
+        for i, n in enumerate(buckets):
+            if n:
+                hist._buckets[i].inc(n)
 
 
 @web.middleware
