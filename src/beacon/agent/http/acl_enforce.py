@@ -74,9 +74,9 @@ async def _filtered(request: web.Request, agent: Agent, nxt: Next,
     """Run the handler; replace its JSON body with keep(body), which returns (new body, dropped?)."""
     resp = await nxt(request)
     if resp.status != 200 or not isinstance(resp, web.Response) or resp.content_type != "application/json" \
-            or not resp.body:
+            or not isinstance(resp.body, bytes | bytearray) or not resp.body:
         return resp
-    body = orjson.loads(resp.body)  # type: ignore[arg-type]
+    body = orjson.loads(resp.body)
     new, dropped = keep(body)
     if not dropped:
         return resp
@@ -367,6 +367,7 @@ TABLE: tuple[Route, ...] = (
     _r(W, r"/v1/agent/service/register$", gate(agent_service_register)),
     _r(W, r"/v1/agent/service/(deregister|maintenance)/", gate(agent_service_by_id)),
     _r(W, r"/v1/agent/check/", gate(agent_check_write)),
+    _r(R, r"/v1/agent/check/(pass|warn|fail)/", gate(agent_check_write)),  # Consul accepts GET here
     _r(W, r"/v1/agent/(maintenance|join/|leave|reload)", gate(agent_perm(WRITE))),
     _r(W, r"/v1/agent/force-leave/", gate(scalar("operator", WRITE))),
     _r(R, r"/v1/agent/(self|members|metrics|host|monitor|version)", gate(agent_perm(READ))),
@@ -387,10 +388,17 @@ TABLE: tuple[Route, ...] = (
     _r(R, r"/v1/internal/ui/services$", filtered(_keep(lambda a, s: a.service_read(_get(s, "Name"))))),
     _r(R, r"/v1/internal/ui/nodes$", filtered(_keep(lambda a, n: a.node_read(_get(n, "Node"))))),
     _r(R, r"/v1/internal/ui/node/", gate(named("node", "/v1/internal/ui/node/"))),
-    _r(R, r"/v1/discovery-chain/", gate(named("service", "/v1/discovery-chain/"))),
+    # POST carries compile overrides: still a read of the service's chain.
+    _r(R + ",POST", r"/v1/discovery-chain/", gate(lambda rq, ag, a: _need(
+        a.service_read(_tail(rq, "/v1/discovery-chain/")), "service:read", _tail(rq, "/v1/discovery-chain/")))),
     _r(R, r"/v1/config/", gate(scalar("operator", READ))),
     _r(W, r"/v1/config", gate(scalar("operator", WRITE))),
 )
+
+
+def covered(method: str, path: str) -> bool:
+    """Whether the table names this route (else it needs a management token)."""
+    return any(method in route.methods and route.pattern.match(path) for route in TABLE)
 
 
 def rule_for(method: str, path: str) -> Rule:
