@@ -490,7 +490,7 @@ class Agent:
         cfg = self.config
         dns_cfg = DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain, datacenter=cfg.datacenter,
                                              node_name=cfg.node_name, recursors=cfg.recursors)
-        self._dns = DNSServer(self.store, dns_cfg)
+        self._dns = DNSServer(security.dns_store(self), dns_cfg)  # the store itself unless ACLs are on
         try:
             udp_port, _ = await self._dns.start(cfg.dns_bind, cfg.dns_port)
         except OSError as exc:

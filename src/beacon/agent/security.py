@@ -93,6 +93,15 @@ def persist_tokens(agent: Agent) -> None:
     os.replace(tmp, path)
 
 
+def dns_store(agent: Agent) -> Any:
+    """What the DNS server reads: the store, or with ACLs what the default token may see."""
+    if agent.acl is None:
+        return agent.store
+    from beacon.acl.dns_view import ACLStore
+
+    return ACLStore(agent.store, agent.acl)
+
+
 def install_http(agent: Agent, app: web.Application) -> None:
     from beacon.agent.http import acl, acl_enforce
 
