@@ -146,15 +146,28 @@ class Resolver:
         return Identity("agent-recovery", Authorizer(rules, False), "Agent Recovery Token")
 
     async def resolve(self, secret: str) -> Identity:
+        if self.fetch is None:
+            return self.resolve_here(secret)
+        special = self._special(secret)
+        if special is not None:
+            return special
+        return await self._resolve_remote(secret or self.tokens.get("default") or state.ANONYMOUS_SECRET)
+
+    def resolve_here(self, secret: str) -> Identity:
+        """Servers: resolve without waiting ("" means the default token, else anonymous)."""
+        special = self._special(secret)
+        if special is not None:
+            return special
+        return self.resolve_local(secret or self.tokens.get("default") or state.ANONYMOUS_SECRET)
+
+    def _special(self, secret: str) -> Identity | None:
         if not secret:
             secret = self.tokens.get("default") or state.ANONYMOUS_SECRET
         if secret == self.tokens.get("initial_management"):
             return Identity(initial_accessor(secret), management(), "Initial Management Token")
         if secret == self.tokens.get("agent_recovery"):
             return self.recovery_identity()
-        if self.store is not None and self.fetch is None:
-            return self.resolve_local(secret)
-        return await self._resolve_remote(secret)
+        return None
 
     def resolve_local(self, secret: str) -> Identity:
         assert self.store is not None
