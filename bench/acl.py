@@ -22,20 +22,23 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import beacon_agent, loadavg, pinned, require  # noqa: E402
+from _util import beacon_agent, cpu_seconds, loadavg, pinned, require  # noqa: E402
 
 MGMT = "b3c1a2d4-0000-4000-8000-000000000001"
 PATH = "/v1/kv/bench/key"
 
 
-def wrk(url: str, seconds: int, connections: int, core: int, token: str = "") -> float:
+def wrk(url: str, seconds: int, connections: int, core: int, pid: int, token: str = "") -> tuple[float, float]:
+    """Requests/s, and the agent's CPU microseconds per request (steadier than req/s on shared cores)."""
+    cpu0 = cpu_seconds(pid)
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", *(["-H", f"X-Consul-Token: {token}"] if token else []),
             url]
     out = subprocess.run(pinned(core, argv), capture_output=True, text=True, timeout=seconds + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m or "Non-2xx" in out:
+    n = re.search(r"(\d+) requests in", out)
+    if not m or not n or "Non-2xx" in out:
         raise RuntimeError("wrk failed or saw non-2xx answers:\n" + out)
-    return float(m.group(1))
+    return float(m.group(1)), (cpu_seconds(pid) - cpu0) / max(1, int(n.group(1))) * 1e6
 
 
 def call(port: int, method: str, path: str, body: object = None, token: str = "") -> bytes:
@@ -104,26 +107,32 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": MGMT}}}, f)
     try:
-        with beacon_agent(core=args.server_core, dev=False) as (_, plain, _d), \
-                beacon_agent("-config-file", f.name, core=args.server_core, dev=False) as (_, acl, _d2):
+        with beacon_agent(core=args.server_core, dev=False) as (plain_proc, plain, _d), \
+                beacon_agent("-config-file", f.name, core=args.server_core, dev=False) as (acl_proc, acl, _d2):
             wait_written(plain, "")
             wait_written(acl, MGMT)
             pol = json.loads(call(acl, "PUT", "/v1/acl/policy",
                                   {"Name": "bench", "Rules": 'key_prefix "bench/" { policy = "read" }'}, MGMT))
             token = json.loads(call(acl, "PUT", "/v1/acl/token", {"Policies": [{"ID": pol["ID"]}]}, MGMT))["SecretID"]
             assert call(acl, "GET", PATH + "?raw", token=token) == b"value"
-            anchors, acls = [], []
+            anchors, acls, cpu_a, cpu_b = [], [], [], []
             for r in range(args.rounds):
-                a = wrk(f"http://127.0.0.1:{plain}{PATH}", args.seconds, args.connections, args.load_core)
-                b = wrk(f"http://127.0.0.1:{acl}{PATH}", args.seconds, args.connections, args.load_core, token)
+                a, ca = wrk(f"http://127.0.0.1:{plain}{PATH}", args.seconds, args.connections, args.load_core,
+                            plain_proc.pid)
+                b, cb = wrk(f"http://127.0.0.1:{acl}{PATH}", args.seconds, args.connections, args.load_core,
+                            acl_proc.pid, token)
                 anchors.append(a)
                 acls.append(b)
-                print(f"round {r + 1}: no ACLs {a:9.0f} req/s   ACLs + cached token {b:9.0f} req/s   "
-                      f"ratio {b / a:.3f}", flush=True)
+                cpu_a.append(ca)
+                cpu_b.append(cb)
+                print(f"round {r + 1}: no ACLs {a:8.0f} req/s {ca:6.1f} us CPU/req   ACLs + cached token "
+                      f"{b:8.0f} req/s {cb:6.1f} us CPU/req   ratio {b / a:.3f}", flush=True)
     finally:
         os.unlink(f.name)
     ma, mb = statistics.median(anchors), statistics.median(acls)
-    print(f"\nmedian: no ACLs {ma:.0f} req/s, ACLs {mb:.0f} req/s; ACL cost {100 * (1 - mb / ma):.1f}% "
+    mca, mcb = statistics.median(cpu_a), statistics.median(cpu_b)
+    print(f"\nmedian: no ACLs {ma:.0f} req/s ({mca:.1f} us CPU/req), ACLs {mb:.0f} req/s ({mcb:.1f} us CPU/req); "
+          f"ACL cost {100 * (mcb / mca - 1):.1f}% CPU per request, {100 * (1 - mb / ma):.1f}% throughput "
           f"(target < 10%)")
     print(f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds; load average: {loadavg()}")
     cost = in_process_cost()

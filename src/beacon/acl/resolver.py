@@ -138,6 +138,7 @@ class Resolver:
         self._local: dict[str, tuple[int, Identity, float | None]] = {}
         self._remote: dict[str, tuple[float, Identity]] = {}  # clients: secret -> (fetched at, identity)
         self._refreshing: set[str] = set()
+        self._specials: dict[tuple[str, str], Identity] = {}
 
     def recovery_identity(self) -> Identity:
         rules = Rules()
@@ -164,10 +165,20 @@ class Resolver:
         if not secret:
             secret = self.tokens.get("default") or state.ANONYMOUS_SECRET
         if secret == self.tokens.get("initial_management"):
-            return Identity(initial_accessor(secret), management(), "Initial Management Token")
-        if secret == self.tokens.get("agent_recovery"):
-            return self.recovery_identity()
-        return None
+            kind = "initial_management"
+        elif secret == self.tokens.get("agent_recovery"):
+            kind = "agent_recovery"
+        else:
+            return None
+        # Built once: a uuid5 and an authorizer per request would cost more than the request.
+        hit = self._specials.get((kind, secret))
+        if hit is None:
+            hit = (Identity(initial_accessor(secret), management(), "Initial Management Token")
+                   if kind == "initial_management" else self.recovery_identity())
+            if len(self._specials) > 8:
+                self._specials.clear()  # tokens set at runtime: keep only a few
+            self._specials[(kind, secret)] = hit
+        return hit
 
     def resolve_local(self, secret: str) -> Identity:
         assert self.store is not None

@@ -105,6 +105,11 @@ def dns_store(agent: Agent) -> Any:
 def install_http(agent: Agent, app: web.Application) -> None:
     from beacon.agent.http import acl, acl_enforce
 
+    if agent.acl is None:
+        # ACLs off: no middleware on the hot path, only Consul's 401 on the ACL endpoints.
+        for path in ("/v1/acl/{tail:.*}", "/v1/agent/token/{tail:.*}"):
+            app.router.add_route("*", path, acl_enforce.acl_disabled)
+        return
     app.middlewares.append(acl_enforce.acl_middleware)
     acl.agent_router.install(app)
     if agent.mode != "client":

@@ -396,13 +396,30 @@ TABLE: tuple[Route, ...] = (
 )
 
 
+def _segment(pattern: str) -> str:
+    """The API area a route pattern names (``/v1/kv/`` -> ``kv``), the key of the lookup index."""
+    return pattern.split("/")[2].rstrip("$").split("(")[0].split("[")[0] if pattern.count("/") >= 2 else ""
+
+
+# Routes by area, in table order: a request's lookup tries only its own area's few patterns.
+_BY_AREA: dict[str, tuple[Route, ...]] = {}
+for _route in TABLE:
+    _area = _segment(_route.pattern.pattern)
+    _BY_AREA[_area] = (*_BY_AREA.get(_area, ()), _route)
+
+
+def _candidates(path: str) -> tuple[Route, ...]:
+    parts = path.split("/", 3)
+    return _BY_AREA.get(parts[2], ()) if len(parts) > 2 else ()
+
+
 def covered(method: str, path: str) -> bool:
     """Whether the table names this route (else it needs a management token)."""
-    return any(method in route.methods and route.pattern.match(path) for route in TABLE)
+    return any(method in route.methods and route.pattern.match(path) for route in _candidates(path))
 
 
 def rule_for(method: str, path: str) -> Rule:
-    for route in TABLE:
+    for route in _candidates(path):
         if method in route.methods and route.pattern.match(path):
             return route.rule
     return gate(management)
@@ -415,6 +432,10 @@ def _is_forwarded(path: str) -> bool:
     return len(parts) > 2 and parts[2] in FORWARDED_PREFIXES
 
 
+async def acl_disabled(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=401, text="ACL support disabled", content_type="text/plain")
+
+
 @web.middleware
 async def acl_middleware(request: web.Request, handler: Next) -> web.StreamResponse:
     agent = request.app[AGENT_KEY]
@@ -422,10 +443,6 @@ async def acl_middleware(request: web.Request, handler: Next) -> web.StreamRespo
     if not path.startswith("/v1/") or request.method == "OPTIONS":
         return await handler(request)  # the UI's static files; OPTIONS reveals nothing
     resolver = agent.acl
-    if resolver is None:
-        if path.startswith(("/v1/acl/", "/v1/agent/token/")):
-            return web.Response(status=401, text="ACL support disabled", content_type="text/plain")
-        return await handler(request)
     if agent.mode == "client" and _is_forwarded(path):
         # The server that answers resolves and enforces the same token; resolving here too would
         # cost a round trip and turn a server's answer into this agent's "no server reachable".
