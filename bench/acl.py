@@ -134,6 +134,10 @@ def main() -> None:
     print(f"\nmedian: no ACLs {ma:.0f} req/s ({mca:.1f} us CPU/req), ACLs {mb:.0f} req/s ({mcb:.1f} us CPU/req); "
           f"ACL cost {100 * (mcb / mca - 1):.1f}% CPU per request, {100 * (1 - mb / ma):.1f}% throughput "
           f"(target < 10%)")
+    ratios = sorted(b / a for a, b in zip(anchors, acls, strict=True))
+    cpu_ratios = sorted(b / a for a, b in zip(cpu_a, cpu_b, strict=True))
+    print(f"median of per-round ratios (each pair ran back to back): throughput {statistics.median(ratios):.3f}, "
+          f"CPU per request {statistics.median(cpu_ratios):.3f}")
     print(f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds; load average: {loadavg()}")
     cost = in_process_cost()
     print(f"in process: {cost:.1f} us per request for resolve + route lookup + key:read "
