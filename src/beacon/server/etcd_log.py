@@ -550,6 +550,11 @@ class EtcdConsensus:
             task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     # ------------------------------------------------------------------ cluster state
+    @property
+    def ready(self) -> bool:
+        """etcd has answered a linearizable request: the cluster has a quorum (a leader)."""
+        return self._last_ok > 0
+
     def is_leader(self) -> bool:
         return bool(self._lease) and time.monotonic() < self._leader_until
 
