@@ -92,12 +92,12 @@ class EtcdConsensus:
         self.applied = 0           # last log revision applied here
         self.log_clock = 0.0       # largest proposer time among applied entries
         self.snapshot_rev = 0      # revision of the newest snapshot we know of
-        self.recent: dict[str, float] = {}
-        self._early: dict[int, KV] = {}
-        self._queue: list[dict[str, Any]] = []
+        self.recent: dict[str, float] = {}  # ids of applied commands that could still reappear -> expiry
         self._recent_limit = 4096
+        self._early: dict[int, KV] = {}  # previous log revision -> our own entry that follows it
+        self._queue: list[dict[str, Any]] = []  # commands waiting for the next batch put
         self._flush_wake = asyncio.Event()
-        self._senders: set[asyncio.Task[None]] = set()  # previous log revision -> our own entry that follows it  # ids of applied commands that could still reappear -> expiry
+        self._senders: set[asyncio.Task[None]] = set()
         self.leader: dict[str, str] | None = None
         self.leader_changes = 0
         self.names: dict[str, str] = {}
