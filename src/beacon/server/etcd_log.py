@@ -581,13 +581,14 @@ class EtcdConsensus:
 
     def configuration(self) -> list[dict[str, Any]]:
         leader = self.leader_raft_address()
+        leader_name = self.leader["name"] if leader and self.leader else ""
         out = []
         for m in sorted(self.members, key=lambda m: m.get("name", "")):
             if not m.get("peerURLs"):
                 continue
             addr = self._addr(m["peerURLs"][0])
             out.append({"ID": addr, "Node": m.get("name") or self.names.get(addr, "(unknown)"), "Address": addr,
-                        "Leader": addr == leader, "Voter": not m.get("isLearner", False), "ProtocolVersion": "3"})
+                        "Leader": addr == leader or bool(leader_name and m.get("name") == leader_name), "Voter": not m.get("isLearner", False), "ProtocolVersion": "3"})
         return out
 
     def commit_index(self) -> int:
