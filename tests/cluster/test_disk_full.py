@@ -33,7 +33,10 @@ def test_a_full_disk_refuses_writes_keeps_serving_resumes_and_restarts_cleanly(t
     small = tmp_path / "s1"
     small.mkdir()
     # etcd preallocates 64 MiB WAL segments: leave room for one, then fill the rest below
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(small)], check=True, timeout=20)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(small)], capture_output=True,
+                             text=True, timeout=20)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         for name in ("s1", "s2", "s3"):
             c.start_server(name)

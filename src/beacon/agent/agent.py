@@ -165,7 +165,9 @@ class Agent:
         return RemoteConsensus(self)
 
     def raft_running(self) -> bool:
-        return self.raft is not None
+        """A running cluster a new server can join: its etcd answers linearizable requests (a member
+        that started but has no quorum yet is not one: the other initial servers must form it)."""
+        return self.raft is not None and bool(getattr(self.raft, "ready", True))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
