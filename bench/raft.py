@@ -1,10 +1,13 @@
-"""Raft KV: a 3-server Beacon cluster against a 3-member etcd cluster, same machine, same load generator.
+"""Raft KV: a 3-server Beacon cluster (each server supervising its etcd member) against a plain 3-member
+etcd cluster, same machine, same Python load generator (aiohttp; etcd through its JSON gateway).
 
 For each system: write throughput with 64 concurrent clients (spread over all members), p50/p99 write
-latency, read throughput (from the leader), and leader failover after `kill -9` (until the next
-successful write). Prints ratios Beacon/etcd and a markdown table.
+latency under that load, sequential write p50/p99, read throughput (default-consistency reads from one
+member), and failover after `kill -9` of the server whose etcd member is the etcd leader (until the next
+successful write through a survivor). Rounds alternate etcd / Beacon, each on a fresh cluster; every
+round is printed, then the medians and the ratios Beacon/etcd as a markdown table.
 
-    python3 bench/raft.py [--seconds 8] [--clients 64]
+    python3 bench/raft.py [--rounds 3] [--seconds 5] [--clients 64]
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import argparse
 import asyncio
 import base64
 import os
+import random
 import re
 import shutil
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +32,13 @@ import aiohttp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import env  # noqa: E402
 
-BLOCK = "127.201.7"
+BLOCK = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class System:
@@ -92,20 +104,41 @@ class Beacon(System):
                 continue
         return ""
 
+    async def etcd_leader_host(self, s) -> str:
+        """The server whose supervised etcd member is the etcd leader (read from the member itself)."""
+        for name, p in self.procs.items():
+            try:
+                with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                    children = f.read().split()
+                for child in children:
+                    with open(f"/proc/{child}/cmdline", "rb") as f:
+                        argv = f.read().split(b"\0")
+                    if b"--listen-client-urls" in argv:
+                        url = argv[argv.index(b"--listen-client-urls") + 1].decode()
+                        async with s.post(f"{url}/v3/maintenance/status", json={}) as r:
+                            st = await r.json()
+                        if st.get("leader") == st.get("header", {}).get("member_id"):
+                            return name
+            except (OSError, ValueError, aiohttp.ClientError):
+                continue
+        return await self.leader(s)
+
 
 class Etcd(System):
     name = "etcd"
 
     def __init__(self, tmp: str) -> None:
         self.procs = {}
-        self.client = {f"m{i}": f"127.0.0.1:2379{i}" for i in (1, 2, 3)}
-        cl = ",".join(f"m{i}=http://127.0.0.1:2380{i}" for i in (1, 2, 3))
+        cport = {i: free_port() for i in (1, 2, 3)}
+        pport = {i: free_port() for i in (1, 2, 3)}
+        self.client = {f"m{i}": f"127.0.0.1:{cport[i]}" for i in (1, 2, 3)}
+        cl = ",".join(f"m{i}=http://127.0.0.1:{pport[i]}" for i in (1, 2, 3))
         for i in (1, 2, 3):
             argv = ["etcd", "--name", f"m{i}", "--data-dir", f"{tmp}/m{i}",
-                    "--listen-client-urls", f"http://127.0.0.1:2379{i}",
-                    "--advertise-client-urls", f"http://127.0.0.1:2379{i}",
-                    "--listen-peer-urls", f"http://127.0.0.1:2380{i}",
-                    "--initial-advertise-peer-urls", f"http://127.0.0.1:2380{i}",
+                    "--listen-client-urls", f"http://127.0.0.1:{cport[i]}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{cport[i]}",
+                    "--listen-peer-urls", f"http://127.0.0.1:{pport[i]}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport[i]}",
                     "--initial-cluster", cl, "--initial-cluster-state", "new",
                     "--initial-cluster-token", "bench", "--log-level", "warn"]
             self.procs[f"m{i}"] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -187,7 +220,7 @@ async def sequential_latency(system: System, s: aiohttp.ClientSession, member: s
 
 
 async def failover(system: System, s: aiohttp.ClientSession) -> float:
-    leader = await system.leader(s)
+    leader = await (system.etcd_leader_host(s) if isinstance(system, Beacon) else system.leader(s))
     system.kill(leader)
     t0 = time.monotonic()
     survivors = [m for m in system.procs if m != leader]
@@ -221,40 +254,49 @@ async def measure(system: System, clients: int, seconds: float) -> dict[str, flo
         rps, _ = await load(system, s, [leader], clients, seconds, "get")
         fo = await failover(system, s)
     return {"writes": wps, "p50": pct(lat, 50), "p99": pct(lat, 99), "seq_p50": pct(seq, 50),
-            "reads": rps, "failover": fo}
+            "seq_p99": pct(seq, 99), "reads": rps, "failover": fo}
+
+
+ROWS = [("write throughput, 64 clients (ops/s)", "writes", "{:.0f}"),
+        ("write latency p50 under load (ms)", "p50", "{:.2f}"),
+        ("write latency p99 under load (ms)", "p99", "{:.2f}"),
+        ("sequential write latency p50 (ms)", "seq_p50", "{:.2f}"),
+        ("sequential write latency p99 (ms)", "seq_p99", "{:.2f}"),
+        ("read throughput, default consistency (ops/s)", "reads", "{:.0f}"),
+        ("failover after kill -9 of the etcd leader's host (s)", "failover", "{:.2f}")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--clients", type=int, default=64)
     args = ap.parse_args()
+    if shutil.which("etcd") is None:
+        sys.exit("etcd is not installed (apt-get install etcd-server)")
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    results = {}
-    for cls in (Etcd, Beacon):
-        if cls is Etcd and shutil.which("etcd") is None:
-            sys.exit("etcd is not installed (apt-get install etcd-server)")
-        with tempfile.TemporaryDirectory() as tmp:
-            system = cls(tmp)
-            try:
-                results[cls.name] = asyncio.run(measure(system, args.clients, args.seconds))
-            finally:
-                system.stop()
-    e, b = results["etcd"], results["beacon"]
-    rows = [("write throughput, 64 clients (ops/s)", "writes", "{:.0f}"),
-            ("write latency p50 under load (ms)", "p50", "{:.2f}"),
-            ("write latency p99 under load (ms)", "p99", "{:.2f}"),
-            ("sequential write latency p50 (ms)", "seq_p50", "{:.2f}"),
-            ("read throughput from the leader (ops/s)", "reads", "{:.0f}"),
-            ("failover after kill -9 of the leader (s)", "failover", "{:.2f}")]
+    rounds: dict[str, list[dict[str, float]]] = {"etcd": [], "beacon": []}
+    for r in range(args.rounds):
+        for cls in ((Etcd, Beacon) if r % 2 == 0 else (Beacon, Etcd)):
+            with tempfile.TemporaryDirectory() as tmp:
+                system = cls(tmp)
+                try:
+                    res = asyncio.run(measure(system, args.clients, args.seconds))
+                finally:
+                    system.stop()
+            rounds[cls.name].append(res)
+            print(f"round {r + 1} {cls.name:6s} " + " ".join(f"{k}={v:.2f}" for k, v in res.items()), flush=True)
+    med = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in rounds.items()}
+    e, b = med["etcd"], med["beacon"]
+    print(f"\nmedians of {args.rounds} rounds, {args.clients} clients, {args.seconds:.0f} s per load phase")
     print("| measure | Beacon | etcd | Beacon/etcd |")
     print("|---|---|---|---|")
-    for label, key, fmt in rows:
+    for label, key, fmt in ROWS:
         print(f"| {label} | {fmt.format(b[key])} | {fmt.format(e[key])} | {b[key] / e[key]:.2f}x |")
 
 

@@ -84,7 +84,9 @@ class AgentProcess:
 
 
 def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, str] | None = None,
-           engine: bool = False) -> AgentProcess:
+           engine: bool = False, prefix: tuple[str, ...] = ()) -> AgentProcess:
+    """Start an agent; `prefix` runs it under a wrapper (for example `ip netns exec NS`); `engine` keeps
+    -dev's embedded container engine on."""
     args = ["agent"]
     if dev:
         args.append("-dev")
@@ -94,7 +96,7 @@ def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, 
         args += ["-dns-port", "0"]
     if "-engine-socket" not in flags and "-no-engine" not in flags and dev and not engine:
         args.append("-no-engine")
-    proc = subprocess.Popen(beacon_cmd(*args, *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*prefix, *beacon_cmd(*args, *flags)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env or beacon_env(), start_new_session=True)
     lines: list[str] = []
     ready: dict[str, str] = {}

@@ -59,6 +59,13 @@ class AgentConfig:
     pid_file: str = ""
     retry_join: list[str] = field(default_factory=list)
     encrypt: str = ""
+    etcd_bin: str = ""                     # the etcd binary a server supervises (default: from PATH)
+    etcd_endpoints: list[str] = field(default_factory=list)  # use this etcd cluster; start no member
+    etcd_ca_file: str = ""                 # TLS material for etcd (default: derived from -encrypt)
+    etcd_cert_file: str = ""
+    etcd_key_file: str = ""
+    raft_snapshot_threshold: int = 16384   # log revisions between snapshots (then etcd is compacted)
+    tombstone_ttl: float = 900.0           # deleted KV keys' tombstones are reaped after this (Consul: 15m)
     node_meta: dict[str, str] = field(default_factory=dict)
     check_update_interval: float = 300.0
     check_reap_interval: float = 30.0
@@ -262,6 +269,14 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.retry_join += _str_list(key, value, src)
         elif k == "encrypt":
             cfg.encrypt = _str(key, value, src)
+        elif k in ("etcd_bin", "etcd_ca_file", "etcd_cert_file", "etcd_key_file"):
+            setattr(cfg, k, _str(key, value, src))
+        elif k == "etcd_endpoints":
+            cfg.etcd_endpoints += _str_list(key, value, src)
+        elif k == "tombstone_ttl":
+            cfg.tombstone_ttl = _duration(key, value, src)
+        elif k == "raft_snapshot_threshold":
+            cfg.raft_snapshot_threshold = _int(key, value, src, minimum=16)
         elif k == "node_meta":
             cfg.node_meta.update({str(a): _str(f"node_meta.{a}", b, src)
                                   for a, b in _dict(key, value, src).items()})
@@ -363,11 +378,19 @@ def validate(cfg: AgentConfig) -> None:
             validate_key(cfg.encrypt)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    if not cfg.dev and not cfg.encrypt and not _is_loopback(cfg.bind_addr):
+    tls_files = (cfg.etcd_ca_file, cfg.etcd_cert_file, cfg.etcd_key_file)
+    if any(tls_files) and not all(tls_files):
+        raise ConfigError("-etcd-ca-file, -etcd-cert-file and -etcd-key-file go together (got "
+                          + ", ".join(f"-etcd-{n}-file" for n, v in zip(("ca", "cert", "key"), tls_files, strict=True) if v)
+                          + ")")
+    exposed = [a for a in (cfg.bind_addr, cfg.advertise_addr) if a and not _is_loopback(a)]
+    if not cfg.dev and exposed and not cfg.encrypt:
         raise ConfigError(
-            f"refusing to bind cluster traffic to {cfg.bind_addr} without a cluster key: Raft (PySyncObj) "
-            "unpickles what it receives, so anyone who can reach the port could run code here. "
-            "Generate a key with `beacon keygen` and pass it to every agent with -encrypt, or bind to loopback.")
+            f"refusing to start: {exposed[0]} is not a loopback address (bound or advertised) and there is no "
+            "cluster key, so there is no TLS material for etcd's peer and client traffic and nothing to "
+            "authenticate the cluster RPC port with. Generate a key with `beacon keygen` and pass it to every "
+            "agent with -encrypt (Beacon derives the etcd CA and certificates from it), or use loopback "
+            "addresses only.")
     if cfg.leave_on_terminate is None:
         cfg.leave_on_terminate = not cfg.server
     if cfg.skip_leave_on_interrupt is None:

@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -55,6 +55,7 @@ __all__ = [
     "check_run",
     "dns_query",
     "leader_changed",
+    "snapshot_taken",
     "raft_apply",
     "timed_apply",
 ]
@@ -91,6 +92,11 @@ RAFT_APPLY = Histogram("beacon_raft_apply_seconds",
 RAFT_LEADER_CHANGES = Counter("beacon_raft_leader_changes", "Times the known Raft leader changed.",
                               registry=REGISTRY)
 
+RAFT_SNAPSHOT_BYTES = Gauge("beacon_raft_snapshot_bytes", "Size of the newest state machine snapshot written.",
+                            registry=REGISTRY)
+RAFT_SNAPSHOT_SECONDS = Gauge("beacon_raft_snapshot_seconds", "Time the newest snapshot took (write + compaction).",
+                              registry=REGISTRY)
+
 _COMMAND_NAMES: dict[int, str] = {}
 
 
@@ -125,6 +131,11 @@ def leader_changed(leader: str) -> None:
         _last_leader = leader
     if leader:
         RAFT_LEADER_CHANGES.inc()
+
+
+def snapshot_taken(size: int, seconds: float) -> None:
+    RAFT_SNAPSHOT_BYTES.set(size)
+    RAFT_SNAPSHOT_SECONDS.set(seconds)
 
 
 def dns_query(qtype: str, rcode: str, seconds: float | None = None, count: int = 1) -> None:

@@ -99,24 +99,33 @@ class Cluster:
 
         wait_until(converged, timeout=timeout)
 
+    def signal(self, name: str, sig: int) -> None:
+        """Signal a server's whole process group: the agent and the etcd member it supervises, as a
+        paused or crashed machine would be."""
+        try:
+            os.killpg(self.all()[name].proc.pid, sig)
+        except OSError:
+            pass
+
     def stop_all(self) -> None:
-        for agent in self.all().values():
+        for name, agent in self.all().items():
             if agent.proc.poll() is None:
-                try:
-                    os.kill(agent.proc.pid, signal.SIGCONT)
-                except OSError:
-                    pass
+                self.signal(name, signal.SIGCONT)
                 agent.stop(signal.SIGKILL)
 
 
 def start_cluster(tmp_path, clients: int = 2, extra: tuple[str, ...] = ()) -> Cluster:
     c = Cluster(str(tmp_path), _block(), extra)
-    for name in ("s1", "s2", "s3"):
-        c.start_server(name)
-    c.leader()
-    for i in range(1, clients + 1):
-        c.start_client(f"c{i}")
-    c.wait_converged()
+    try:
+        for name in ("s1", "s2", "s3"):
+            c.start_server(name)
+        c.leader()
+        for i in range(1, clients + 1):
+            c.start_client(f"c{i}")
+        c.wait_converged()
+    except BaseException:
+        c.stop_all()  # a fixture that fails in setup gets no teardown: leave no agents behind
+        raise
     return c
 
 

@@ -23,7 +23,10 @@ def jget(agent, path: str):
 
 
 def put(agent, key: str, value: str, timeout: float = 10.0) -> bool:
-    status, _, body = agent.request("PUT", f"/v1/kv/{key}", value, timeout=timeout)
+    try:
+        status, _, body = agent.request("PUT", f"/v1/kv/{key}", value, timeout=timeout)
+    except OSError:  # no answer in time (a failover in progress): not acknowledged
+        return False
     return status == 200 and body.strip() == b"true"
 
 
@@ -114,30 +117,30 @@ def test_a_killed_client_goes_critical_and_leaves_dns(cluster: Cluster) -> None:
 def test_a_stopped_minority_cannot_commit_and_the_majority_continues(cluster: Cluster) -> None:
     leader = cluster.leader()
     follower = next(n for n in ("s1", "s2", "s3") if n != leader)
-    fproc = cluster.servers[follower].proc
-    fproc.send_signal(signal.SIGSTOP)
+    cluster.signal(follower, signal.SIGSTOP)
     try:
         assert put(cluster.servers[leader], "majority/1", "x")
         assert put(cluster.clients["c1"], "majority/2", "y")
     finally:
-        fproc.send_signal(signal.SIGCONT)
+        cluster.signal(follower, signal.SIGCONT)
     # now isolate the leader from the others: stop the two followers, the leader alone cannot commit
     followers = [n for n in ("s1", "s2", "s3") if n != leader]
     for n in followers:
-        cluster.servers[n].proc.send_signal(signal.SIGSTOP)
+        cluster.signal(n, signal.SIGSTOP)
     try:
         status, _, body = cluster.servers[leader].request("PUT", "/v1/kv/minority/x", "nope", timeout=20)
         assert status == 500, (status, body)
     finally:
         for n in followers:
-            cluster.servers[n].proc.send_signal(signal.SIGCONT)
+            cluster.signal(n, signal.SIGCONT)
     wait_until(lambda: put(cluster.clients["c1"], "majority/3", "z", timeout=3), timeout=20)
     for n in ("s1", "s2", "s3"):
         status, _, entries = jget(cluster.servers[n], "/v1/kv/majority/?recurse&consistent")
         assert [e["Key"] for e in entries] == ["majority/1", "majority/2", "majority/3"], n
-    # The isolated leader's write was never acknowledged; Raft may still commit it once the others
-    # return (it was in the leader's log), exactly as a timed-out write to Consul may. Either way
-    # every server agrees.
+    # The paused followers never held an election, so the entry the lone etcd leader appended is still
+    # in its log, in the same term, and commits when they resume: no later log entry can come before
+    # it. (A real partition elects a new leader and discards it; tests/cluster/test_faults.py checks
+    # that case.) Either way every server agrees.
     seen = {jget(cluster.servers[n], "/v1/kv/minority/x?consistent")[0] for n in ("s1", "s2", "s3")}
     assert len(seen) == 1
 

@@ -259,3 +259,41 @@ def test_snapshot_restore_round_trip(store: StateStore, rec: Recorder) -> None:
     for s in (store, other):
         kv(s, "set", "next", value=b"n")
     assert other.snapshot() == store.snapshot()
+
+
+def test_reaped_tombstones_are_gone_and_list_indexes_never_go_backwards() -> None:
+    s = StateStore()
+    s.apply((MessageType.KVS, {"op": "set", "key": "a/1", "value": b"x"}))
+    s.apply((MessageType.KVS, {"op": "delete", "key": "a/1"}))
+    idx_before, entries = s.kv_list("a/")
+    assert entries == [] and s.tombstones == {"a/1": idx_before}
+    s.apply((MessageType.KVS, {"op": "set", "key": "b/1", "value": b"y"}))
+    s.apply((MessageType.TOMBSTONE_REAP, {"index": idx_before}))
+    assert s.tombstones == {}
+    assert s.kv_list("a/")[0] >= idx_before
+    assert s.kv_get("a/1")[0] >= idx_before
+    restored = StateStore()
+    restored.restore(s.snapshot())
+    assert restored.kv_list("a/")[0] >= idx_before
+
+
+async def test_the_leader_reaps_tombstones_older_than_the_ttl_only() -> None:
+    from beacon.server.fsm import MessageType
+    from beacon.server.tombstones import TombstoneReaper
+
+    s = StateStore()
+    now = [100.0]
+
+    async def submit(cmd):
+        return s.apply(cmd)
+
+    reaper = TombstoneReaper(s, submit, lambda: True, ttl=60, clock=lambda: now[0])
+    s.apply((MessageType.KVS, {"op": "set", "key": "k", "value": b"x"}))
+    s.apply((MessageType.KVS, {"op": "delete", "key": "k"}))
+    assert await reaper.step() == 0  # checkpoint taken, nothing old enough yet
+    now[0] += 30
+    assert await reaper.step() == 0 and "k" in s.tombstones
+    now[0] += 31
+    assert await reaper.step() > 0 and s.tombstones == {}
+    follower = TombstoneReaper(s, submit, lambda: False, ttl=60, clock=lambda: now[0])
+    assert await follower.step() == 0 and not follower.checkpoints

@@ -27,6 +27,7 @@ from beacon.agent.http import (
     limits,
     metrics,
     monitor,
+    operator,
     query,
     readopts,
     session,
@@ -38,7 +39,7 @@ from beacon.agent.http import (
 from beacon.agent.http.core import AGENT_KEY, HTTPError, error_middleware
 from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
-from beacon.agent.servers import RaftBootstrap
+from beacon.agent.servers import EtcdBootstrap
 from beacon.config import AgentConfig
 from beacon.model import (
     SERF_ALIVE_OUTPUT,
@@ -115,7 +116,10 @@ class Agent:
         sessions.install(self.store)  # before any replay: the log holds session and txn commands
         self.events = event.EventBuffer()
         self.session_reaper: SessionReaper | None = None
-        self.raft: Any = None  # RaftConsensus once a multi-server cluster has bootstrapped
+        self.tombstone_reaper: Any = None
+        self.raft: Any = None  # EtcdConsensus once a cluster server's etcd log is running
+        self.etcd_member: Any = None  # the etcd process a cluster server supervises
+        self.etcd_initial: tuple[str, str, str] | None = None  # how that member was first started
         self.cluster: Any = None
         self.consensus: Consensus = self._make_consensus()
         self.local = LocalState(
@@ -146,7 +150,7 @@ class Agent:
 
     def _make_consensus(self) -> Consensus:
         cfg = self.config
-        if cfg.dev or (cfg.server and cfg.bootstrap_expect <= 1 and not cfg.retry_join):
+        if cfg.dev or (cfg.server and cfg.bootstrap_expect <= 1 and not cfg.retry_join and not cfg.etcd_endpoints):
             self.mode = "single"
             return SingleServer(self.store, f"{cfg.advertise}:{cfg.server_port}", self.node_id,
                                 cfg.node_name, cfg.data_dir or None)
@@ -166,10 +170,6 @@ class Agent:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.hub.bind(asyncio.get_running_loop())
-        if self.mode == "server":
-            from beacon.server.raft import check_data_dir
-
-            check_data_dir(os.path.join(self.config.data_dir, "raft"))  # fail now, with a clear message
         await self.consensus.start()
         if self.mode == "single":
             telemetry.leader_changed(self.consensus.leader_address())
@@ -183,6 +183,11 @@ class Agent:
             self.session_reaper = SessionReaper(self.store, self.submit, self.consensus.is_leader,
                                                 max_sleep=min(1.0, self.config.session_ttl_min / 4))
             self.session_reaper.start()
+            from beacon.server.tombstones import TombstoneReaper
+
+            self.tombstone_reaper = TombstoneReaper(self.store, self.submit, self.consensus.is_leader,
+                                                    ttl=self.config.tombstone_ttl)
+            self.tombstone_reaper.start()
         if self.config.http_port >= 0:
             await self._start_http()
         if self.config.dns_port >= 0:
@@ -198,7 +203,7 @@ class Agent:
             await self.cluster.start()
             self.cluster.start_loops()
             if self.mode == "server":
-                self.spawn(RaftBootstrap(self).run(), "raft-bootstrap")
+                self.spawn(EtcdBootstrap(self).run(), "etcd-bootstrap")
         self.local.start()
         if self.mode == "single":
             await self.local.sync_changes()
@@ -229,6 +234,9 @@ class Agent:
         if self.session_reaper is not None:
             await self.session_reaper.stop()
             self.session_reaper = None
+        if self.tombstone_reaper is not None:
+            await self.tombstone_reaper.stop()
+            self.tombstone_reaper = None
         for task in list(self._tasks):
             task.cancel()
         if self.cluster is not None:
@@ -237,6 +245,8 @@ class Agent:
             await self.forward_session.close()
         if self.raft is not None:
             await self.raft.stop()
+        if self.etcd_member is not None:
+            await self.etcd_member.stop()
         await self.consensus.stop()
 
     async def leave(self) -> None:
@@ -244,40 +254,27 @@ class Agent:
         if self.cluster is None:
             return
         await self.cluster.leave()
-        if self.mode == "server" and self.raft is not None:
-            deadline = asyncio.get_running_loop().time() + 5
-            while self.raft.self_addr in self.raft.peers() and len(self.raft.peers()) > 1 and \
-                    asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.1)
+        if self.mode == "server" and self.raft is not None and len(self.raft.peers()) > 1:
+            try:  # leave the etcd cluster too, so the others' quorum no longer counts this server
+                await asyncio.wait_for(self.raft.remove_server(self.raft.self_addr), 10)
+            except Exception as exc:
+                log.warning("leaving the etcd cluster: %s", exc)
 
-    # ------------------------------------------------------------------ cluster bootstrap
+    # ------------------------------------------------------------------ cluster reads
     async def consistent_read(self, stale: bool, consistent: bool) -> None:
-        if self.mode != "server":
+        """Before a read on a cluster server: `?stale` reads local state at once; the default mode and
+        `?consistent` first learn the log's current revision with a linearizable etcd read (no log
+        write) and wait until this server has applied it, so every write acknowledged before the
+        read is visible."""
+        if self.mode != "server" or stale:
             return
-        if self.raft is None and not stale:
+        if self.raft is None:
             # Like Consul's rpc_hold_timeout: hold the request while the server is still starting.
             try:
                 await asyncio.wait_for(self.raft_ready.wait(), self.hold_timeout)
             except TimeoutError:
                 raise NoLeaderError() from None
-        if self.raft is not None and not stale and not self.raft.known_leader():
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.hold_timeout
-            while not self.raft.known_leader():
-                if loop.time() > deadline:
-                    raise NoLeaderError()
-                await asyncio.sleep(0.05)
-        """Before a read on a Raft server: `?stale` reads local state; the default mode reads local state on
-        the leader; `?consistent` (and the default mode on a follower) first pushes a barrier through
-        the log, so every write acknowledged before the read is visible."""
-        if self.raft is None:
-            if self.mode == "server" and not stale:
-                raise NoLeaderError()
-            return
-        if stale:
-            return
-        if consistent or not self.raft.is_leader():
-            await self.raft.barrier()
+        await self.raft.read_barrier()
 
     async def _fetch_node_state(self) -> tuple[Any, list[Service], list[HealthCheck]]:
         if self.mode == "client":
@@ -439,7 +436,7 @@ class Agent:
 
             forward.install(app)
         else:
-            for module in (catalog, health, kv, status, session, txn, snapshot, query, config):
+            for module in (catalog, health, kv, status, operator, session, txn, snapshot, query, config):
                 module.router.install(app)
         metrics.install(app)
         monitor.install(app)

@@ -10,8 +10,11 @@ leader reconciles it into the catalog, as Consul's leader reconciles Serf member
 * a member that leaves gracefully becomes ``left`` and its node is deregistered;
 * a failed member is reaped (deregistered) after ``reconnect_timeout``.
 
-With a cluster key (``-encrypt``) every RPC body is a Fernet token (AES-128-CBC + HMAC-SHA256 with a
-timestamp, rejected when older than 60 s); requests that do not decrypt are refused with 403.
+The RPC port accepts nothing unauthenticated. With a cluster key (``-encrypt``) every RPC body is a
+Fernet token (AES-128-CBC + HMAC-SHA256 with a timestamp, rejected when older than 60 s); requests
+that do not decrypt are refused with 403. Without a key (only allowed when every bound and advertised
+address is loopback) a request is accepted only from a socket owned by this agent's own user (or
+root), which the kernel reports in /proc/net/tcp for loopback connections; anything else gets 403.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +47,10 @@ STATUS_NAMES = {ALIVE: "alive", LEAVING: "leaving", LEFT: "left", FAILED: "faile
 
 class RPCError(Exception):
     pass
+
+
+class RPCNotSent(RPCError):
+    """The connection could not be made: the peer never saw the call (safe to try another)."""
 
 
 class Codec:
@@ -194,11 +202,16 @@ class Cluster:
                 if resp.status != 200:
                     raise RPCError(f"{target} {name}: {resp.status} {body[:200].decode(errors='replace')}")
                 return self.codec.decode(body)
+        except aiohttp.ClientConnectorError as exc:
+            raise RPCNotSent(f"{target} {name}: {exc}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise RPCError(f"{target} {name}: {exc or type(exc).__name__}") from None
 
     async def _handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        if self.codec.fernet is None and not _peer_is_same_user(request):
+            return web.Response(status=403, text="rpc refused: no cluster key, and the caller is not this "
+                                                 "agent's user on loopback")
         try:
             payload = self.codec.decode(await request.read())
         except (RPCError, ValueError) as exc:
@@ -217,8 +230,12 @@ class Cluster:
 
     # ------------------------------------------------------------------ RPC handlers
     async def rpc_hello(self, p: Any) -> Any:
-        return {"member": self.me.public(), "members": self._member_list(),
-                "raft_running": self.agent.raft_running(), "leader": self._leader_name()}
+        out = {"member": self.me.public(), "members": self._member_list(),
+               "raft_running": self.agent.raft_running(), "leader": self._leader_name()}
+        initial = self.agent.etcd_initial
+        if initial is not None and initial[1] == "new":
+            out["initial"] = list(initial)  # servers named in it start the same new cluster
+        return out
 
     async def rpc_heartbeat(self, p: Any) -> Any:
         if not self.me.server:
@@ -263,21 +280,17 @@ class Cluster:
         return True
 
     async def rpc_raft_add(self, p: Any) -> Any:
+        """A new server asks to join: etcd MemberAdd (any member may do it), answer the member list."""
         raft = self.agent.raft
         if raft is None:
-            raise RPCError("raft not running here")
-        if not raft.is_leader():
-            raise RPCError("not the leader")
-        if p["raft_addr"] not in raft.peers():
-            await raft.add_server(p["raft_addr"])
-        return raft.peers()
+            raise RPCError("consensus not running here")
+        return {"members": await raft.add_server(str(p["raft_addr"]))}
 
     async def rpc_raft_remove(self, p: Any) -> Any:
         raft = self.agent.raft
-        if raft is None or not raft.is_leader():
-            raise RPCError("not the leader")
-        if p["raft_addr"] in raft.peers():
-            await raft.remove_server(p["raft_addr"])
+        if raft is None:
+            raise RPCError("consensus not running here")
+        await raft.remove_server(str(p["raft_addr"]))
         return raft.peers()
 
     # ------------------------------------------------------------------ member table
@@ -513,11 +526,12 @@ class RemoteConsensus:
             for m in self._targets():
                 try:
                     out = await self.cluster.call(m.rpc_addr, "apply", payload, timeout=self.hold_timeout + 1)
-                except RPCError as exc:
+                except RPCNotSent as exc:
                     last = str(exc)
-                    if "No cluster leader" in last or "may or may not" in last:
-                        raise NoLeaderError(last.split(": ", 2)[-1]) from None
                     continue
+                except RPCError as exc:
+                    # The server may have proposed it: another try could apply it twice. Indeterminate.
+                    raise NoLeaderError(str(exc).split(": ", 2)[-1]) from None
                 err = out.get("error")
                 return ApplyResult(out["index"], out.get("value"),
                                    CommandError(err["message"], err["status"]) if err else None)
@@ -544,3 +558,62 @@ class RemoteConsensus:
         leader = self.cluster.leader_name
         return [{"ID": m.raft_addr, "Node": m.name, "Address": m.raft_addr, "Leader": m.name == leader,
                  "Voter": True, "ProtocolVersion": "3"} for m in sorted(self.cluster.servers(), key=lambda m: m.name)]
+
+
+def _peer_is_same_user(request: web.Request) -> bool:
+    """True when the TCP peer is a loopback socket owned by our uid (or root), per /proc/net/tcp*."""
+    transport = request.transport
+    if transport is None:
+        return False
+    peer = transport.get_extra_info("peername")
+    local = transport.get_extra_info("sockname")
+    if not peer or not local:
+        return False
+    import ipaddress
+
+    try:
+        if not ipaddress.ip_address(peer[0]).is_loopback:
+            return False
+    except ValueError:
+        return False
+    # One /proc lookup per connection, not per call: RPC clients keep their connections alive. The
+    # cache holds the transport itself, so its id cannot be reused by a later connection meanwhile.
+    cached = _PEER_CACHE.get(id(transport))
+    if cached is not None and cached[0] is transport and cached[1] == peer:
+        return cached[2]
+    uid = socket_owner(peer[0], int(peer[1]), local[0], int(local[1]))
+    ok = uid is not None and uid in (os.getuid(), 0)
+    if len(_PEER_CACHE) > 1024:
+        _PEER_CACHE.clear()
+    _PEER_CACHE[id(transport)] = (transport, peer, ok)
+    return ok
+
+
+_PEER_CACHE: dict[int, tuple[Any, Any, bool]] = {}
+
+
+def _proc_addr(host: str, port: int) -> str:
+    import ipaddress
+    import struct
+
+    ip = ipaddress.ip_address(host)
+    if ip.version == 4:
+        return f"{struct.unpack('<I', ip.packed)[0]:08X}:{port:04X}"
+    words = struct.unpack("<IIII", ip.packed)
+    return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
+
+
+def socket_owner(src: str, sport: int, dst: str, dport: int) -> int | None:
+    """The uid owning the TCP socket src:sport -> dst:dport on this host, or None."""
+    want_local, want_remote = _proc_addr(src, sport), _proc_addr(dst, dport)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 7 and parts[1] == want_local and parts[2] == want_remote:
+                        return int(parts[7])
+        except OSError:
+            continue
+    return None

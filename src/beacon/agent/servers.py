@@ -1,10 +1,19 @@
-"""What only cluster servers do: bootstrap Raft (from persisted peers, by joining a running cluster,
-or with the other servers once -bootstrap-expect of them know each other), keep the peer list on disk,
-and present Raft as the agent's Consensus before and after it exists."""
+"""What only cluster servers do: start (or find) etcd and present it as the agent's Consensus.
+
+* ``-etcd-endpoints``: use that etcd cluster; this agent starts no member.
+* Otherwise the agent supervises one etcd member (:mod:`beacon.server.etcd_member`):
+  - with data in ``<data-dir>/etcd`` (any restart) it just starts it: etcd knows its cluster, so
+    restarting every server, in any order, needs no manual step;
+  - when some server already runs a cluster, it asks one over the cluster RPC (``raft_add``) to add
+    it with etcd's MemberAdd, then starts with ``--initial-cluster-state existing``;
+  - otherwise it waits until ``-bootstrap-expect`` servers know each other (``-retry-join`` now,
+    gossip later) and all of them start a new cluster from the same sorted list.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -15,16 +24,35 @@ from beacon.server.fsm import ApplyResult, Command
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
+    from beacon.server.etcd_member import TLSFiles
 
 log = logging.getLogger("beacon.agent")
 
 
-class RaftBootstrap:
+def tls_files(agent: Agent) -> TLSFiles | None:
+    """The TLS material for etcd: explicit files, or derived from the cluster key, or none."""
+    from beacon.server.etcd_member import TLSFiles, derive_tls
+
+    cfg = agent.config
+    if cfg.etcd_ca_file:
+        return TLSFiles(cfg.etcd_ca_file, cfg.etcd_cert_file, cfg.etcd_key_file)
+    if cfg.encrypt and not cfg.etcd_endpoints:
+        return derive_tls(cfg.encrypt, os.path.join(cfg.data_dir, "etcd-tls"),
+                          [cfg.bind_addr, cfg.advertise, "127.0.0.1"])
+    return None
+
+
+def _names(initial: Any, raft_addr: str) -> bool:
+    """True when ``initial`` is a peer's [initial-cluster, "new", token] that lists ``raft_addr``."""
+    if not isinstance(initial, list) or len(initial) != 3 or not isinstance(initial[0], str):
+        return False
+    urls = (part.partition("=")[2] for part in initial[0].split(","))
+    return any(url.split("://", 1)[-1] == raft_addr for url in urls)
+
+
+class EtcdBootstrap:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-
-    def peers_file(self) -> str:
-        return os.path.join(self.agent.config.data_dir, "raft", "peers.json")
 
     async def run(self) -> None:
         try:
@@ -32,101 +60,100 @@ class RaftBootstrap:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("raft failed, shutting down: %s", exc)
+            log.error("the server's consensus failed to start, shutting down: %s", exc)
             self.agent.fatal_error = str(exc)
             self.agent.shutdown_requested.set()
 
     async def bootstrap(self) -> None:
-        """Start Raft: from persisted peers after a restart, by joining a running cluster, or together
-        with the other servers once -bootstrap-expect of them have found each other."""
-        import json as _json
+        from beacon.server.etcd_client import EtcdClient
+        from beacon.server.etcd_log import EtcdConsensus
+        from beacon.server.etcd_member import EtcdMember
 
-        from beacon.agent.cluster import ALIVE
-        from beacon.server.raft import RaftConsensus
+        agent = self.agent
+        cfg = agent.config
+        assert agent.cluster is not None
+        tls = tls_files(agent)
+        ctx = tls.client_context() if tls is not None else None
+        if cfg.etcd_endpoints:
+            client = EtcdClient(cfg.etcd_endpoints, ctx)
+        else:
+            member = EtcdMember(cfg.node_name, cfg.data_dir, cfg.bind_addr, cfg.advertise, cfg.server_port,
+                                tls, cfg.etcd_bin)
+            agent.etcd_member = member
+            if member.has_data():
+                log.info("restarting the etcd member from %s", member.dir)
+                await member.start()
+            else:
+                initial, state, token = await self.discover(member.scheme)
+                agent.etcd_initial = (initial, state, token)
+                log.info("starting the etcd member (%s cluster): %s", state, initial)
+                await member.start(initial, state, token)
+            client = EtcdClient([member.client_url], ctx)
 
-        cfg = self.agent.config
-        assert self.agent.cluster is not None
-        me = self.agent.cluster.me
-        partners: list[str] | None = None
-        join_running = False
-        if os.path.exists(self.peers_file()):
-            with open(self.peers_file(), encoding="utf-8") as f:
-                partners = _json.load(f)["peers"]
-            log.info("restarting raft with persisted peers %s", partners)
-        while partners is None:
-            await self.agent.cluster.heartbeat_once()
-            targets = {m.rpc_addr for m in self.agent.cluster.servers() if m.name != me.name} | set(self.agent.cluster.seeds)
-            hellos = await asyncio.gather(*(self.agent.cluster.call(t, "hello", {}) for t in targets),
-                                          return_exceptions=True)
-            running = [h for h in hellos if not isinstance(h, BaseException) and h.get("raft_running")]
+            def follow_port() -> None:  # a restarted member listens on a new loopback port
+                client.endpoints[0] = member.client_url
+            member.on_restart.append(follow_port)
+        consensus = EtcdConsensus(agent.store, client, cfg.datacenter, cfg.node_name, agent.cluster.me.raft_addr,
+                                  hold_timeout=agent.hold_timeout, snapshot_threshold=cfg.raft_snapshot_threshold,
+                                  peer_scheme="https" if tls is not None else "http")
+        await consensus.start()
+        agent.raft = consensus
+        agent.raft_ready.set()
+        agent.local.trigger_full_sync()
+
+    async def discover(self, scheme: str) -> tuple[str, str, str]:
+        """Wait for a running cluster to join, or for -bootstrap-expect servers to form one."""
+        from beacon.agent.cluster import ALIVE, Member, RPCError
+
+        agent = self.agent
+        cluster = agent.cluster
+        assert cluster is not None
+        cfg = agent.config
+        me = cluster.me
+        while True:
+            await cluster.heartbeat_once()
+            targets = {m.rpc_addr for m in cluster.servers() if m.name != me.name} | set(cluster.seeds)
+            hellos = await asyncio.gather(*(cluster.call(t, "hello", {}) for t in targets), return_exceptions=True)
+            running = []
             for h in hellos:
-                if not isinstance(h, BaseException):
-                    from beacon.agent.cluster import Member
-
-                    self.agent.cluster._observe(Member.from_public(h["member"])[0], seen_at=time.monotonic())
-            if running:
-                partners = sorted({m.raft_addr for m in self.agent.cluster.servers() if m.status == ALIVE})
-                join_running = True
-                break
-            servers = sorted((m for m in self.agent.cluster.servers() if m.status == ALIVE and m.expect == cfg.bootstrap_expect),
+                if isinstance(h, BaseException):
+                    continue
+                if _names(h.get("initial"), me.raft_addr):
+                    # A peer already started the new cluster and this server is in it: start the same
+                    # one. (Asking that peer to MemberAdd us instead would wait for a quorum that
+                    # needs us.)
+                    initial, state, token = h["initial"]
+                    return str(initial), str(state), str(token)
+                peer = Member.from_public(h["member"])[0]
+                if peer.name != me.name:
+                    cluster._observe(peer, seen_at=time.monotonic())
+                    if h.get("raft_running"):
+                        running.append(peer)
+            for peer in running:
+                try:
+                    out = await cluster.call(peer.rpc_addr, "raft_add", {"raft_addr": me.raft_addr}, timeout=15)
+                except RPCError as exc:
+                    log.info("joining through %s: %s", peer.name, exc)
+                    continue
+                parts = []
+                for i, m in enumerate(out["members"]):
+                    for url in m.get("peerURLs", [])[:1]:
+                        is_me = url.split("://", 1)[-1] == me.raft_addr
+                        parts.append(f"{me.name if is_me else (m.get('name') or f'unstarted{i}')}={url}")
+                return ",".join(parts), "existing", ""
+            servers = sorted((m for m in cluster.servers() if m.status == ALIVE and m.expect == cfg.bootstrap_expect),
                              key=lambda m: m.raft_addr)
             if cfg.bootstrap_expect and len(servers) >= cfg.bootstrap_expect:
                 chosen = servers[:cfg.bootstrap_expect]
                 if me.raft_addr in {m.raft_addr for m in chosen}:
-                    partners = [m.raft_addr for m in chosen]
-                    log.info("bootstrapping raft with %s", partners)
-                    break
+                    initial = ",".join(f"{m.name}={scheme}://{m.raft_addr}" for m in chosen)
+                    token = f"beacon-{cfg.datacenter}-{hashlib.sha256(initial.encode()).hexdigest()[:12]}"
+                    return initial, "new", token
             await asyncio.sleep(0.3)
-        raft = RaftConsensus(self.agent.store, me.raft_addr, partners, cfg.data_dir, self.agent.node_id, cfg.node_name,
-                             password=cfg.encrypt or None)
-        for m in self.agent.cluster.members.values():
-            if m.server:
-                raft.names[m.raft_addr] = m.name
-        await raft.start()
-        self.agent.raft = raft
-        self.agent.raft_ready.set()
-        if join_running:
-            while me.raft_addr not in await self.ask_leader_to_add(me.raft_addr):
-                await asyncio.sleep(0.5)
-        self.persist_peers(raft.peers())
-        self.agent.local.trigger_full_sync()
-        while True:
-            await asyncio.sleep(1.0)
-            self.persist_peers(raft.peers())
-
-    async def ask_leader_to_add(self, raft_addr: str) -> list[str]:
-        from beacon.agent.cluster import RPCError
-
-        assert self.agent.cluster is not None
-        for m in self.agent.cluster.servers():
-            if m.name == self.agent.cluster.me.name:
-                continue
-            try:
-                return list(await self.agent.cluster.call(m.rpc_addr, "raft_add", {"raft_addr": raft_addr}, timeout=12))
-            except RPCError:
-                continue
-        return []
-
-    def persist_peers(self, peers: list[str]) -> None:
-        import json as _json
-
-        from beacon.server.durable import atomic_write
-
-        path = self.peers_file()
-        data = _json.dumps({"peers": sorted(peers)}).encode()
-        try:
-            with open(path, "rb") as f:
-                if f.read() == data:
-                    return
-        except OSError:
-            pass
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        atomic_write(path, data)
-
 
 
 class ServerConsensus:
-    """A cluster server's consensus before and after Raft has bootstrapped."""
+    """A cluster server's consensus before and after its etcd log is running."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -141,13 +168,12 @@ class ServerConsensus:
     async def submit(self, command: Command) -> ApplyResult:
         raft = self.agent.raft
         if raft is None:
-            raise NoLeaderError()
-        from beacon.server.raft import IndeterminateError
-
-        try:
-            return await raft.submit(command)
-        except IndeterminateError as exc:
-            raise NoLeaderError(str(exc)) from None
+            try:
+                await asyncio.wait_for(self.agent.raft_ready.wait(), self.agent.hold_timeout)
+            except TimeoutError:
+                raise NoLeaderError() from None
+            raft = self.agent.raft
+        return await raft.submit(command)
 
     def is_leader(self) -> bool:
         return self.agent.raft is not None and self.agent.raft.is_leader()

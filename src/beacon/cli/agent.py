@@ -53,6 +53,13 @@ def build_parser() -> FlagParser:
            help="upstream DNS server for names outside the domain (repeatable)")
     p.flag("retry-join", action="append", default=[], help="address of an agent to join, retried (repeatable)")
     p.flag("encrypt", help="cluster key from `beacon keygen` (required when binding a non-loopback address)")
+    p.flag("etcd-bin", help="the etcd binary a server runs (default: etcd from PATH)")
+    p.flag("etcd-endpoints", help="comma-separated client URLs of an existing etcd cluster (no member is started)")
+    p.flag("etcd-ca-file", help="CA certificate for etcd TLS (required with a non-loopback address)")
+    p.flag("etcd-cert-file", help="this server's certificate for etcd peer and client TLS")
+    p.flag("etcd-key-file", help="the key of -etcd-cert-file")
+    p.flag("raft-snapshot-threshold", type=int,
+           help="commands between state-machine snapshots that let etcd compact its log")
     p.flag("node-meta", action="append", default=[], help="key:value metadata for this node (repeatable)")
     p.flag("enable-script-checks", action="store_true", default=None,
            help="allow script checks, including ones registered over HTTP (trusted networks only)")
@@ -107,7 +114,9 @@ def load_config(argv: list[str]) -> AgentConfig:
               "dns_port": "dns_port", "server_port": "server_port", "data_dir": "data_dir",
               "pid_file": "pid_file", "encrypt": "encrypt", "bootstrap_expect": "bootstrap_expect",
               "engine_socket": "engine_socket", "engine_isolation": "engine_isolation",
-              "serf_lan_port": "serf_lan_port"}
+              "serf_lan_port": "serf_lan_port", "etcd_bin": "etcd_bin", "etcd_ca_file": "etcd_ca_file",
+              "etcd_cert_file": "etcd_cert_file", "etcd_key_file": "etcd_key_file",
+              "raft_snapshot_threshold": "raft_snapshot_threshold"}
     for attr, dest in simple.items():
         value = getattr(args, attr)
         if value is not None:
@@ -132,6 +141,8 @@ def load_config(argv: list[str]) -> AgentConfig:
                 raise ConfigError(f"-{name.replace('_', '-')}: {exc}") from None
     cfg.recursors += args.recursor
     cfg.retry_join += args.retry_join
+    if args.etcd_endpoints:
+        cfg.etcd_endpoints += [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
     for item in args.node_meta:
         k, sep, v = item.partition(":")
         if not sep:

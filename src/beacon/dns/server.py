@@ -16,13 +16,14 @@ import random
 import socket
 from collections.abc import Callable
 
-from dnslib import QTYPE, RCODE
+from dnslib import QTYPE, RCODE, DNSRecord
 
 from beacon import telemetry
 
 from .cache import AnswerCache
 from .catalog import Store, Tracking
 from .config import DNSConfig
+from .limits import udp_limit
 from .protocol import TCPProtocol, UDPProtocol
 from .recursor import Recursor, Recursors
 from .router import Action, Context, route, servfail_for
@@ -152,6 +153,12 @@ class DNSServer:
         if reply.action is Action.RECURSE:
             self._forward(data, tcp, send, reply.wire)
             return
+        if reply.external and len(self._tasks) < MAX_PENDING_FORWARDS:
+            task = asyncio.get_running_loop().create_task(
+                self._complete_external(data, reply.wire, reply.external, tcp, send))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         send(reply.wire)
         if len(reply.wire) >= 4:
             telemetry.dns_query(_qtype_name(key), RCODE.get(reply.wire[3] & 0x0F, "?"))
@@ -165,6 +172,34 @@ class DNSServer:
         task = asyncio.get_running_loop().create_task(self._recurse(data, tcp, send, servfail))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _complete_external(self, data: bytes, wire: bytes, names: tuple[str, ...], tcp: bool,
+                                 send: Callable[[bytes], None]) -> None:
+        """Add the addresses of CNAME targets outside the domain, asked of the recursors: to the answer
+        for A/AAAA/ANY questions, as SRV glue otherwise (Consul does the same). Whatever cannot be
+        resolved, or would not fit a UDP reply, leaves the CNAME-only answer as it was."""
+        try:
+            reply = DNSRecord.parse(wire)
+            qtype = reply.q.qtype
+            wanted = [qtype] if qtype in (QTYPE.A, QTYPE.AAAA) else [QTYPE.A, QTYPE.AAAA]
+            lookups = [(name, t) for name in names for t in wanted]
+            answers = await asyncio.gather(*(self.recursor.resolve(DNSRecord.question(name, QTYPE[t]).pack(), False)
+                                             for name, t in lookups), return_exceptions=True)
+            added = False
+            for answer in answers:
+                if not isinstance(answer, bytes):
+                    continue
+                for rr in DNSRecord.parse(answer).rr:
+                    if rr.rtype in (QTYPE.A, QTYPE.AAAA, QTYPE.CNAME):
+                        (reply.add_answer if qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY) else reply.add_ar)(rr)
+                        added = True
+            if added:
+                full = reply.pack()
+                if tcp or len(full) <= udp_limit(DNSRecord.parse(data)):
+                    wire = full
+        except Exception:
+            log.exception("DNS: resolving an external CNAME target failed; answering with the CNAME only")
+        send(wire)
 
     async def _recurse(self, data: bytes, tcp: bool, send: Callable[[bytes], None], servfail: bytes) -> None:
         try:

@@ -2,8 +2,8 @@
 
 ``Consensus`` is the one seam between the agent and replication: ``submit(command)`` returns the
 command's :class:`ApplyResult` once it is durable and applied. The single-server implementation here
-backs ``-dev`` and one-server clusters; the Raft implementation (``beacon.server.raft``) replicates
-the same commands to 3 or 5 servers.
+backs ``-dev`` and one-server clusters; the etcd implementation (``beacon.server.etcd_log``)
+replicates the same commands to 3 or 5 servers.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ same state and the same indexes.
 
 Indexes (Consul's rules):
 
-* ``self.index`` advances by one for every applied command.
+* ``self.index`` advances for every applied command (by one, or to the etcd revision that carried it).
 * Every row keeps ``create_index``/``modify_index``. A write that changes nothing keeps the old
   ``modify_index`` and wakes nobody.
 * Tables keep their own index (``nodes``, ``services``, ``checks``, ``kvs``, ``sessions``); each service
@@ -56,6 +56,7 @@ class MessageType(IntEnum):
     SNAPSHOT_RESTORE = 8
     PREPARED_QUERY = 9   # beacon.server.queries
     CONFIG_ENTRY = 10    # beacon.server.config_entries
+    TOMBSTONE_REAP = 11  # beacon.server.tombstones
 
 
 class CommandError(Exception):
@@ -122,6 +123,8 @@ class StateStore:
         self.kv: dict[str, KVEntry] = {}
         self.kv_keys: list[str] = []
         self.tombstones: dict[str, int] = {}
+        # Reaped tombstones' highest index: list indexes never drop below it (Consul's tombstone GC).
+        self.tombstone_floor = 0
         self.sessions: dict[str, Session] = {}
         # key -> time (seconds, proposer's clock) before which the key cannot be locked again.
         self.lock_delays: dict[str, float] = {}
@@ -147,6 +150,7 @@ class StateStore:
             MessageType.KVS: self._apply_kvs,
             MessageType.NOOP: lambda idx, p: None,
             MessageType.CHECK_STATUS: self._apply_check_status,
+            MessageType.TOMBSTONE_REAP: self._apply_tombstone_reap,
         }
         for mtype, fn in table.items():
             if mtype in self._handlers:
@@ -159,17 +163,20 @@ class StateStore:
             raise RuntimeError(f"duplicate handler for message type {mtype}")
         self._handlers[mtype] = fn
 
-    def apply(self, command: Command) -> ApplyResult:
-        """Apply one command; return its result. Errors are results, not exceptions."""
+    def apply(self, command: Command, index: int | None = None) -> ApplyResult:
+        """Apply one command; return its result. Errors are results, not exceptions.
+
+        ``index`` is the log position when the log numbers its entries itself (etcd revisions, which
+        have gaps); without it the index advances by one. It never goes backwards."""
         mtype, payload = command
         with self.lock:
             handler = self._handlers.get(mtype & ~IGNORE_UNKNOWN_FLAG)
             if handler is None:
                 if mtype & IGNORE_UNKNOWN_FLAG:
-                    self.index += 1
+                    self.index = max(self.index + 1, index or 0)
                     return ApplyResult(self.index)
                 raise RuntimeError(f"unknown command type {mtype}; refusing to diverge")
-            self.index += 1
+            self.index = max(self.index + 1, index or 0)
             idx = self.index
             self._changes = set()
             try:
@@ -523,6 +530,16 @@ class StateStore:
         self._kv_touch(key)
         return True
 
+    def _apply_tombstone_reap(self, idx: int, p: dict[str, Any]) -> int:
+        """Forget tombstones up to ``index`` (the leader proposes it once they are older than the
+        tombstone TTL). Wakes nobody; list indexes stay at least ``index``, so none goes backwards."""
+        upto = int(p["index"])
+        dead = [k for k, i in self.tombstones.items() if i <= upto]
+        for k in dead:
+            del self.tombstones[k]
+        self.tombstone_floor = max(self.tombstone_floor, upto)
+        return len(dead)
+
     def kv_delete_cas(self, idx: int, key: str, cas_index: int) -> bool:
         old = self.kv.get(key)
         if old is None or old.modify_index != cas_index:
@@ -611,7 +628,7 @@ class StateStore:
                 idx = max([idx] + [i for k, i in self.tombstones.items() if k.startswith(prefix)])
             if idx == 0:
                 idx = self.tables["kvs"]
-            return idx, entries
+            return max(idx, self.tombstone_floor), entries
 
     def kv_list_keys(self, prefix: str, separator: str = "") -> tuple[int, list[str]]:
         idx, entries = self.kv_list(prefix)
@@ -719,6 +736,7 @@ class StateStore:
                 "checks": [c.to_dict() for c in self.checks.values()],
                 "kv": [e.to_dict() for e in self.kv.values()],
                 "tombstones": dict(self.tombstones),
+                "tombstone_floor": self.tombstone_floor,
                 "sessions": [s.to_dict() for s in self.sessions.values()],
                 "lock_delays": dict(self.lock_delays),
                 "session_expires": dict(self.session_expires),
@@ -755,6 +773,7 @@ class StateStore:
             if entry.session:
                 fresh.session_keys.setdefault(entry.session, set()).add(entry.key)
         fresh.tombstones = dict(snap["tombstones"])
+        fresh.tombstone_floor = int(snap.get("tombstone_floor", 0))
         for s in snap["sessions"]:
             sess = Session.from_dict(s)
             fresh.sessions[sess.id] = sess
@@ -768,7 +787,7 @@ class StateStore:
             self.catalog_version += 1
             for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
                          "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
-                         "tombstones", "sessions", "lock_delays", "session_expires", "session_keys",
+                         "tombstones", "tombstone_floor", "sessions", "lock_delays", "session_expires", "session_keys",
                          "service_tags", "_service_displays", "extra"):
                 setattr(self, attr, getattr(fresh, attr))
         if self.on_change is not None:

@@ -40,20 +40,9 @@ async def raft_remove_peer(req: web.Request, agent: Agent) -> Reply:
         raise HTTPError(400, "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove")
     raft = agent.raft
     if raft is None:
-        raise HTTPError(500, "this agent does not run a multi-server Raft cluster")
+        raise HTTPError(500, "this agent does not run a multi-server cluster")
     if address not in raft.peers():
         raise HTTPError(500, f"address \"{address}\" was not found in the Raft configuration")
-    if not raft.is_leader():
-        if agent.cluster is None:
-            raise NoLeaderError()
-        from beacon.agent.cluster import RPCError
-
-        for m in agent.cluster.servers():
-            try:
-                await agent.cluster.call(m.rpc_addr, "raft_remove", {"raft_addr": address}, timeout=12)
-                return Reply(empty=True)
-            except RPCError:
-                continue
-        raise NoLeaderError()
+    # etcd's MemberRemove works through any member: no need to find the leader first.
     await raft.remove_server(address)
     return Reply(empty=True)

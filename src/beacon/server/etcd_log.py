@@ -1,0 +1,629 @@
+"""The replicated command log on etcd: Beacon's :class:`~beacon.server.consensus.Consensus` for clusters.
+
+Layout under ``/beacon/<dc>/``:
+
+* ``log``: every write is part of a put of this key; its value is an *envelope*
+  ``{"t": proposer time, "b": [{"i": command id, "x": expiry, "c": [type, payload]}, ...]}`` holding
+  the commands that queued on one server while its previous puts were in flight (group commit).
+  etcd's Raft orders, replicates and persists the puts; the key's revisions are the log. Every
+  server watches the key from the revision after the last one it applied and applies the commands in
+  order; a command's index (``X-Consul-Index``, ``ModifyIndex``) is ``revision * 1000 + position``,
+  derived from etcd's revision, so monotonic across leader changes and restarts and unique per
+  command.
+* ``snap/meta`` and ``snap/<rev>/<n>``: the newest snapshot of the state machine at log revision
+  ``rev``, zlib'd and cut into 1 MiB chunks (etcd refuses requests above 1.5 MiB). The leader writes
+  one every ``snapshot_threshold`` revisions, then compacts etcd at ``rev``. A server that starts, or
+  whose watch start revision was compacted away, loads the snapshot and replays after it.
+* ``leader``: the leader election. A server that finds the key absent creates it in a txn
+  (``create_revision == 0``) attached to a lease of ``lease_ttl`` seconds and keeps the lease alive;
+  it is the leader (session expiry, reaping, membership reconciliation, snapshots, clock ticks) while
+  its last renewal is younger than the TTL minus a margin. ``/v1/status/leader`` reports it.
+
+**A write answered with an error is never applied later.** A put whose answer was lost (timeout,
+connection reset, etcd "request timed out") may still commit, later, e.g. when a partition heals.
+Every command carries an expiry ``x`` (proposer time + hold timeout - 2 s); replicas keep a *log
+clock*, the largest proposer time among entries applied so far, and skip (as an error result) a
+command whose expiry is below the log clock when it comes up. The log clock is part of the log, so
+every replica decides the same. The leader appends a clock tick when the log has been idle for 1 s,
+and a server whose put went unanswered appends its own tick and waits for it: once a tick newer than
+the expiry is applied, the command either applied before it (the caller gets its result) or never
+will (the caller gets an error). Without any reachable majority the caller gets an error at the hold
+timeout, and the command can only apply within about a second of log-clock lag after that.
+
+Reads: ``?stale`` reads local state. Default and ``?consistent`` reads first learn the log's current
+revision with a linearizable range read of the ``log`` key (no log write; concurrent reads share one
+range request that started after they arrived) and wait until this server has applied it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import json
+import logging
+import time
+import uuid
+import zlib
+from typing import Any
+
+from beacon.server.consensus import NoLeaderError
+from beacon.server.durable import decode, encode
+from beacon.server.etcd_client import (
+    KV,
+    EtcdClient,
+    EtcdCompacted,
+    EtcdError,
+    EtcdNotConnected,
+    EtcdUnavailable,
+    b64,
+    prefix_end,
+)
+from beacon.server.fsm import ApplyResult, Command, StateStore
+
+log = logging.getLogger("beacon.etcd")
+
+CHUNK = 1024 * 1024
+TICK_IDLE = 1.0
+ATTEMPT = 1.0       # seconds per put attempt before retrying the same envelope
+MAX_BATCH = 500     # commands per put (the envelope stays far below etcd's 1.5 MiB request limit)
+MAX_INFLIGHT = 4    # batch puts in flight per server
+INDEX_STRIDE = 1000  # Consul index = etcd revision * 1000 + position in the batch
+EXPIRY_MARGIN = 2.0
+
+
+class EtcdConsensus:
+    """Consensus over an etcd cluster (a member this agent supervises, or ``-etcd-endpoints``)."""
+
+    def __init__(self, store: StateStore, client: EtcdClient, datacenter: str, node_name: str,
+                 self_addr: str, hold_timeout: float = 7.0, lease_ttl: int = 2,
+                 snapshot_threshold: int = 16384, peer_scheme: str = "http") -> None:
+        self.store = store
+        self.client = client
+        self.prefix = f"/beacon/{datacenter}/".encode()
+        self.log_key = self.prefix + b"log"
+        self.leader_key = self.prefix + b"leader"
+        self.node_name = node_name
+        self.self_addr = self_addr
+        self.hold_timeout = hold_timeout
+        self.lease_ttl = lease_ttl
+        self.snapshot_threshold = snapshot_threshold
+        self.peer_scheme = peer_scheme
+        self.applied = 0           # last log revision applied here
+        self.log_clock = 0.0       # largest proposer time among applied entries
+        self.snapshot_rev = 0      # revision of the newest snapshot we know of
+        self.recent: dict[str, float] = {}
+        self._early: dict[int, KV] = {}
+        self._queue: list[dict[str, Any]] = []
+        self._recent_limit = 4096
+        self._flush_wake = asyncio.Event()
+        self._senders: set[asyncio.Task[None]] = set()  # previous log revision -> our own entry that follows it  # ids of applied commands that could still reappear -> expiry
+        self.leader: dict[str, str] | None = None
+        self.leader_changes = 0
+        self.names: dict[str, str] = {}
+        self.members: list[dict[str, Any]] = []
+        self.last_snapshot: dict[str, float] = {}
+        self._pending: dict[str, asyncio.Future[ApplyResult | None]] = {}
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_seq = 0
+        self._lease = 0
+        self._leader_until = 0.0
+        self._leader_since = 0.0
+        self._absent_since = 0.0
+        self._last_colocation_check = 0.0
+        self._last_ok = 0.0
+        self._last_members = 0.0
+        self._ri_next: asyncio.Future[int] | None = None
+        self._ri_running = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._snapshotting = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._apply_loop(), name="etcd-apply"),
+                       loop.create_task(self._leader_loop(), name="etcd-leader"),
+                       loop.create_task(self._flush_loop(), name="etcd-flush")]
+
+    async def stop(self) -> None:
+        self._closed = True
+        if self._lease and self.is_leader():
+            try:  # hand leadership over at once instead of after the lease TTL
+                await asyncio.wait_for(self.client.lease_revoke(self._lease), 2)
+            except (TimeoutError, EtcdUnavailable, EtcdError):
+                pass
+        for t in [*self._tasks, *self._senders]:
+            t.cancel()
+        for t in [*self._tasks, *self._senders]:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        await self.client.close()
+
+    # ------------------------------------------------------------------ writes
+    async def submit(self, command: Command) -> ApplyResult:
+        """Queue the command for the next batch put; return its result once applied here."""
+        if self._closed:
+            raise NoLeaderError("server is shutting down")
+        loop = asyncio.get_running_loop()
+        cid = uuid.uuid4().hex
+        entry = {"i": cid, "x": time.time() + max(1.0, self.hold_timeout - EXPIRY_MARGIN),
+                 "c": [int(command[0]), command[1]]}
+        fut: asyncio.Future[ApplyResult | None] = loop.create_future()
+        self._pending[cid] = fut
+        self._queue.append(entry)
+        self._flush_wake.set()
+        try:
+            # The batch sender answers within the hold timeout; past it, the command was committed
+            # and only this server's apply is late.
+            result = await asyncio.wait_for(asyncio.shield(fut), self.hold_timeout + 30.0)
+            return self._result(result)
+        except TimeoutError:
+            raise NoLeaderError("the write was committed but this server has not applied it yet") from None
+        finally:
+            self._pending.pop(cid, None)
+
+    async def _flush_loop(self) -> None:
+        """Group commit: whatever queued while earlier puts were in flight goes out as one put (up to
+        MAX_BATCH commands), with at most MAX_INFLIGHT puts in flight."""
+        slots = asyncio.Semaphore(MAX_INFLIGHT)
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake.clear()
+            while self._queue:
+                await slots.acquire()
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                task = asyncio.get_running_loop().create_task(self._send(batch))
+                self._senders.add(task)
+                task.add_done_callback(self._senders.discard)
+                task.add_done_callback(lambda _t: slots.release())
+
+    async def _send(self, batch: list[dict[str, Any]]) -> None:
+        expiry = min(e["x"] for e in batch)
+        deadline = expiry + EXPIRY_MARGIN  # wall clock: the hold timeout of the oldest command
+        data = encode({"t": time.time(), "b": batch})
+        uncertain = False
+        try:
+            while True:
+                # Short attempts, retried with the same envelope: a copy that commits twice applies
+                # once (apply skips command ids it has seen), so a lost answer costs one attempt.
+                attempt = min(ATTEMPT, deadline - time.time())
+                if attempt < 0.05 or time.time() > expiry or self._all_done(batch):
+                    break
+                try:
+                    rev, prev = await self.client.put_prev(self.log_key, data, timeout=attempt)
+                except EtcdNotConnected:  # never reached etcd
+                    await asyncio.sleep(0.1)
+                    continue
+                except EtcdError as exc:  # refused: this copy was not proposed
+                    if not uncertain:
+                        self._fail(batch, NoLeaderError(f"write refused: {exc}"))
+                        return
+                    break
+                except EtcdUnavailable:
+                    uncertain = True
+                    await asyncio.sleep(0.05)
+                    continue
+                self._last_ok = time.monotonic()
+                # The batch directly follows `prev` in the log: once `prev` is applied here, apply it
+                # from this answer instead of waiting for the watch to bring it back.
+                self._early[prev] = KV(self.log_key, data, rev, 0, 0)
+                self._drain_early()
+                return  # committed: the apply resolves every command (the log decides expiry)
+            await self._settle(batch, expiry, deadline)
+        except asyncio.CancelledError:
+            self._fail(batch, NoLeaderError("server is shutting down"))
+            raise
+
+    def _all_done(self, batch: list[dict[str, Any]]) -> bool:
+        return all(f is None or f.done() for f in (self._pending.get(e["i"]) for e in batch))
+
+    def _fail(self, batch: list[dict[str, Any]], exc: Exception) -> None:
+        for e in batch:
+            fut = self._pending.get(e["i"])
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
+    async def _settle(self, batch: list[dict[str, Any]], expiry: float, deadline: float) -> None:
+        """The outcome is unknown: let the log decide, with a clock tick past the expiry. Once that
+        tick is applied here, every command of the batch has applied before it or never will."""
+        while time.time() < deadline and not self._all_done(batch):
+            if time.time() <= expiry:
+                await asyncio.sleep(min(0.1, expiry - time.time() + 0.01))
+                continue
+            try:
+                tick = await self._tick(timeout=max(0.2, min(1.0, deadline - time.time())))
+                await self.wait_applied(tick, max(0.5, deadline - time.time()))
+            except (EtcdUnavailable, EtcdError, NoLeaderError):
+                await asyncio.sleep(0.2)
+                continue
+            self._fail(batch, NoLeaderError("No cluster leader: the write was not committed in time and "
+                                            "will not be applied"))
+            return
+        self._fail(batch, NoLeaderError("No cluster leader: the write was not committed within the hold "
+                                        "timeout; it will not be applied"))
+
+    @staticmethod
+    def _result(result: ApplyResult | None) -> ApplyResult:
+        if result is None:
+            raise NoLeaderError("No cluster leader: the write expired before it was committed and was not applied")
+        return result
+
+    async def _tick(self, timeout: float) -> int:
+        return await self.client.put(self.log_key, encode({"t": time.time()}), timeout=timeout)
+
+    # ------------------------------------------------------------------ apply
+    async def _apply_loop(self) -> None:
+        first = True
+        while True:
+            try:
+                if first:
+                    await self._load_snapshot()
+                    first = False
+                async for _, events in self.client.watch(self.log_key, self.applied + 1):
+                    for ev in events:
+                        if ev["type"] == "PUT":
+                            self._apply_kv(ev["kv"])
+                            self._drain_early()
+            except asyncio.CancelledError:
+                raise
+            except EtcdCompacted as exc:
+                log.info("log compacted at %d while this server was at %d: loading the snapshot",
+                         exc.compact_revision, self.applied)
+                try:
+                    await self._load_snapshot()
+                except (EtcdUnavailable, EtcdError) as exc2:
+                    log.warning("loading the snapshot failed: %s", exc2)
+                    await asyncio.sleep(0.5)
+            except (EtcdUnavailable, EtcdError) as exc:
+                log.debug("log watch: %s", exc)
+                await asyncio.sleep(0.2)
+            except Exception:
+                log.exception("applying the log failed")
+                await asyncio.sleep(1.0)
+
+    def _drain_early(self) -> None:
+        while self.applied in self._early:
+            self._apply_kv(self._early.pop(self.applied))
+        if len(self._early) > 1024:  # entries the watch applied first
+            self._early = {p: kv for p, kv in self._early.items() if p >= self.applied}
+
+    def _apply_kv(self, kv: KV) -> None:
+        rev = kv.mod_revision
+        if rev <= self.applied:
+            return
+        try:
+            env = decode(kv.value)
+        except ValueError:
+            log.error("skipping undecodable log entry at revision %d", rev)
+            env = {}
+        clock = self.log_clock  # the log's time before this entry: decides every expiry in it
+        for pos, e in enumerate(env.get("b", ())):
+            cid = str(e.get("i", ""))
+            result: ApplyResult | None = None
+            if float(e.get("x", float("inf"))) < clock:
+                result = None  # expired before it was committed: its proposer answered an error
+            elif cid in self.recent:
+                continue  # a retried copy of a command that already applied
+            else:
+                cmd = e["c"]
+                result = self.store.apply((int(cmd[0]), cmd[1]), index=rev * INDEX_STRIDE + pos)
+                self.recent[cid] = float(e["x"])
+            fut = self._pending.get(cid)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+        self.log_clock = max(self.log_clock, float(env.get("t", 0.0)))
+        self.applied = rev
+        if len(self.recent) > self._recent_limit:
+            # An id whose expiry is behind the log clock cannot apply again anyway: forget it.
+            self.recent = {k: x for k, x in self.recent.items() if x >= self.log_clock}
+            self._recent_limit = max(4096, 2 * len(self.recent))
+        while self._waiters and self._waiters[0][0] <= rev:
+            _, _, w = heapq.heappop(self._waiters)
+            if not w.done():
+                w.set_result(None)
+
+    async def wait_applied(self, rev: int, timeout: float) -> None:
+        if self.applied >= rev:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter_seq += 1
+        heapq.heappush(self._waiters, (rev, self._waiter_seq, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise NoLeaderError(f"this server has not caught up with the log (at {self.applied}, "
+                                f"need {rev})") from None
+
+    # ------------------------------------------------------------------ reads
+    async def read_barrier(self, timeout: float | None = None) -> None:
+        """Wait until every write acknowledged before this call is applied here (no log write)."""
+        timeout = self.hold_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                target = await self._read_index(max(0.05, deadline - loop.time()))
+                break
+            except NoLeaderError:
+                if loop.time() + 0.1 >= deadline:  # etcd has no quorum (yet): retry while we may
+                    raise
+                await asyncio.sleep(0.1)
+        await self.wait_applied(target, max(0.1, deadline - loop.time()))
+        while not self.known_leader() and loop.time() < deadline:  # just started: first election round
+            await asyncio.sleep(0.05)
+
+    async def _read_index(self, timeout: float) -> int:
+        """The log's current revision, from a linearizable range read that started after this call."""
+        loop = asyncio.get_running_loop()
+        if self._ri_next is None:
+            self._ri_next = loop.create_future()
+            if not self._ri_running:
+                self._ri_running = True
+                task = loop.create_task(self._read_index_worker())
+                self._tasks.append(task)
+                task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._ri_next), timeout)
+        except TimeoutError:
+            raise NoLeaderError() from None
+
+    barrier = read_barrier
+
+    async def _read_index_worker(self) -> None:
+        try:
+            while self._ri_next is not None:
+                fut, self._ri_next = self._ri_next, None
+                try:
+                    _, kvs = await self.client.range(self.log_key, keys_only=True, timeout=ATTEMPT * 2)
+                    self._last_ok = time.monotonic()
+                    fut.set_result(kvs[0].mod_revision if kvs else 0)
+                except (EtcdUnavailable, EtcdError) as exc:
+                    fut.set_exception(NoLeaderError(f"No cluster leader ({exc})"))
+                    fut.exception()  # retrieved: every waiter may have timed out already
+        finally:
+            self._ri_running = False
+
+    # ------------------------------------------------------------------ snapshots
+    async def _load_snapshot(self) -> bool:
+        """Load the newest snapshot if it is ahead of local state; True if one was loaded."""
+        for _ in range(5):
+            rev, meta_kv = await self.client.get(self.prefix + b"snap/meta")
+            if meta_kv is None:
+                return False
+            meta = json.loads(meta_kv.value)
+            self.snapshot_rev = max(self.snapshot_rev, int(meta["rev"]))
+            if int(meta["rev"]) <= self.applied:
+                return False
+            chunk_prefix = self.prefix + f"snap/{int(meta['rev']):020d}/".encode()
+            try:
+                _, chunks = await self.client.range(chunk_prefix, prefix_end(chunk_prefix), revision=rev,
+                                                    timeout=30)
+            except EtcdError as exc:
+                if "compacted" in str(exc):
+                    continue  # a newer snapshot replaced it meanwhile
+                raise
+            data = b"".join(c.value for c in sorted(chunks, key=lambda c: c.key))
+            if len(chunks) != int(meta["chunks"]) or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+                raise EtcdError(f"snapshot at {meta['rev']} is incomplete or corrupt")
+            doc = await asyncio.to_thread(_decompress, data)
+            self.store.restore(doc["state"])
+            self.log_clock = float(doc["log_clock"])
+            self.recent = dict(doc.get("recent", {}))
+            self.applied = int(meta["rev"])
+            log.info("loaded the snapshot at revision %d (%d bytes)", self.applied, len(data))
+            return True
+        raise EtcdUnavailable("the snapshot kept changing while it was read")
+
+    async def _maybe_snapshot(self) -> None:
+        if self._snapshotting or self.applied - self.snapshot_rev < self.snapshot_threshold:
+            return
+        self._snapshotting = True
+        try:
+            t0 = time.monotonic()
+            rev, clock, state = self.applied, self.log_clock, self.store.snapshot()
+            recent = {k: x for k, x in self.recent.items() if x >= clock}
+            data = await asyncio.to_thread(
+                lambda: zlib.compress(encode({"state": state, "log_clock": clock, "rev": rev,
+                                              "recent": recent}), 3))
+            chunk_prefix = self.prefix + f"snap/{rev:020d}/".encode()
+            n = (len(data) + CHUNK - 1) // CHUNK
+            for i in range(n):
+                await self.client.put(chunk_prefix + f"{i:06d}".encode(), data[i * CHUNK:(i + 1) * CHUNK], timeout=30)
+            meta = {"rev": rev, "chunks": n, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            await self.client.put(self.prefix + b"snap/meta", json.dumps(meta).encode(), timeout=10)
+            old = self.snapshot_rev
+            self.snapshot_rev = rev
+            if old:
+                old_prefix = self.prefix + f"snap/{old:020d}/".encode()
+                await self.client.delete(old_prefix, prefix_end(old_prefix))
+            await self.client.compact(rev)
+            seconds = time.monotonic() - t0
+            self.last_snapshot = {"revision": rev, "bytes": len(data), "seconds": seconds}
+            from beacon import telemetry
+
+            telemetry.snapshot_taken(len(data), seconds)
+            log.info("snapshot at revision %d: %d bytes in %d chunks, %.0f ms; etcd compacted",
+                     rev, len(data), n, seconds * 1000)
+        except (EtcdUnavailable, EtcdError) as exc:
+            log.warning("snapshot failed: %s", exc)
+        finally:
+            self._snapshotting = False
+
+    # ------------------------------------------------------------------ leader election
+    async def _leader_loop(self) -> None:
+        while True:
+            try:
+                await self._leader_round()
+            except asyncio.CancelledError:
+                raise
+            except (EtcdUnavailable, EtcdError) as exc:
+                log.debug("leader round: %s", exc)
+            except Exception:
+                log.exception("leader round failed")
+            await asyncio.sleep(0.2 if not self.is_leader() else self.lease_ttl / 5)
+
+    async def _leader_round(self) -> None:
+        t0 = time.monotonic()
+        if t0 - self._last_members > 2.0:
+            await self.refresh_members()
+        if self._lease and self.is_leader():
+            ttl = await self.client.lease_keepalive(self._lease)
+            if ttl > 0:
+                self._leader_until = t0 + min(ttl, self.lease_ttl) - 0.5
+                self._last_ok = time.monotonic()
+                if await self._co_located_too_long():
+                    return
+                await self._leader_duties()
+                return
+            self._lease = 0
+        _, kv = await self.client.get(self.leader_key)
+        self._last_ok = time.monotonic()
+        if kv is None and self._absent_since == 0.0:
+            self._absent_since = t0
+        if kv is not None:
+            self._absent_since = 0.0
+        elif t0 - self._absent_since < 1.0 and len(self.members) > 1 and await self._member_is_etcd_leader():
+            return  # let a server whose member is an etcd follower take it (see _co_located_too_long)
+        if kv is None:
+            lease = await self.client.lease_grant(self.lease_ttl)
+            value = json.dumps({"name": self.node_name, "addr": self.self_addr}).encode()
+            ok, _, _ = await self.client.txn(
+                [{"key": b64(self.leader_key), "target": "CREATE", "create_revision": "0"}],
+                [{"request_put": {"key": b64(self.leader_key), "value": b64(value), "lease": str(lease)}}])
+            if ok:
+                self._lease = lease
+                self._leader_since = t0
+                self._leader_until = t0 + self.lease_ttl - 0.5
+                self._set_leader({"name": self.node_name, "addr": self.self_addr})
+                log.info("%s is the leader", self.node_name)
+                return
+            await self.client.lease_revoke(lease)
+            _, kv = await self.client.get(self.leader_key)
+        if kv is not None:
+            info = json.loads(kv.value)
+            if self._lease and kv.lease == self._lease:
+                self._leader_until = t0 + self.lease_ttl - 0.5
+            else:
+                self._lease = 0
+            self._set_leader(info)
+        else:
+            self._set_leader(None)
+
+    async def _member_is_etcd_leader(self) -> bool:
+        st = await self.client.status()
+        return bool(st.get("leader")) and st.get("leader") == st.get("header", {}).get("member_id")
+
+    async def _co_located_too_long(self) -> bool:
+        """Leader duties move off the server whose member is the etcd leader: killing that server
+        would otherwise cost an etcd election plus the lease TTL (etcd extends leases on a new
+        leader) before anyone takes over; apart, a crash costs one or the other. True if resigned."""
+        now = time.monotonic()
+        if now - self._leader_since < 5.0 or now - self._last_colocation_check < 2.0 or len(self.members) < 3:
+            return False
+        self._last_colocation_check = now
+        if not await self._member_is_etcd_leader():
+            return False
+        log.info("%s hands leadership over: its etcd member is the etcd leader", self.node_name)
+        lease, self._lease = self._lease, 0
+        self._leader_until = 0.0
+        await self.client.lease_revoke(lease)
+        return True
+
+    def _set_leader(self, info: dict[str, str] | None) -> None:
+        if info != self.leader:
+            self.leader = info
+            self.leader_changes += 1
+            from beacon import telemetry
+
+            telemetry.leader_changed(info["addr"] if info else "")
+
+    async def _leader_duties(self) -> None:
+        if time.time() - self.log_clock > TICK_IDLE:
+            await self._tick(timeout=1.0)
+        if not self._snapshotting and self.applied - self.snapshot_rev >= self.snapshot_threshold:
+            task = asyncio.get_running_loop().create_task(self._maybe_snapshot(), name="etcd-snapshot")
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    # ------------------------------------------------------------------ cluster state
+    def is_leader(self) -> bool:
+        return bool(self._lease) and time.monotonic() < self._leader_until
+
+    def known_leader(self) -> bool:
+        return self.leader is not None and time.monotonic() - self._last_ok < 3.0
+
+    def leader_raft_address(self) -> str:
+        return self.leader["addr"] if self.known_leader() and self.leader else ""
+
+    def leader_address(self) -> str:
+        return self.leader_raft_address()
+
+    def last_contact_ms(self) -> int:
+        if self.is_leader() or self.known_leader():
+            return 0
+        return max(1, int((time.monotonic() - self._last_ok) * 1000))
+
+    @staticmethod
+    def _addr(url: str) -> str:
+        return url.split("://", 1)[-1].rstrip("/")
+
+    def peers(self) -> list[str]:
+        return sorted(self._addr(m["peerURLs"][0]) for m in self.members if m.get("peerURLs"))
+
+    def configuration(self) -> list[dict[str, Any]]:
+        leader = self.leader_raft_address()
+        out = []
+        for m in sorted(self.members, key=lambda m: m.get("name", "")):
+            if not m.get("peerURLs"):
+                continue
+            addr = self._addr(m["peerURLs"][0])
+            out.append({"ID": addr, "Node": m.get("name") or self.names.get(addr, "(unknown)"), "Address": addr,
+                        "Leader": addr == leader, "Voter": not m.get("isLearner", False), "ProtocolVersion": "3"})
+        return out
+
+    def commit_index(self) -> int:
+        return self.applied
+
+    async def refresh_members(self) -> list[dict[str, Any]]:
+        self.members = await self.client.member_list()
+        self._last_members = time.monotonic()
+        return self.members
+
+    async def _retrying(self, what: str, fn: Any, seconds: float = 20.0) -> Any:
+        """Membership changes need an etcd leader: ride out an election in progress."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            try:
+                return await fn()
+            except EtcdUnavailable as exc:
+                if loop.time() > deadline:
+                    raise EtcdUnavailable(f"{what}: {exc}") from None
+                await asyncio.sleep(0.3)
+
+    async def add_server(self, raft_addr: str) -> list[dict[str, Any]]:
+        """MemberAdd for a server that is about to start its member; returns the member list."""
+        async def add() -> list[dict[str, Any]]:
+            members = await self.refresh_members()
+            if raft_addr not in {self._addr(u) for m in members for u in m.get("peerURLs", [])}:
+                await self.client.member_add([f"{self.peer_scheme}://{raft_addr}"])
+                members = await self.refresh_members()
+            return members
+        return await self._retrying(f"adding {raft_addr}", add)
+
+    async def remove_server(self, raft_addr: str) -> None:
+        async def remove() -> None:
+            for m in await self.refresh_members():
+                if raft_addr in {self._addr(u) for u in m.get("peerURLs", [])}:
+                    await self.client.member_remove(m["ID"])
+                    log.info("removed etcd member %s (%s)", m.get("name"), raft_addr)
+            await self.refresh_members()
+        await self._retrying(f"removing {raft_addr}", remove)
+
+
+def _decompress(data: bytes) -> Any:
+    return decode(zlib.decompress(data))
