@@ -29,14 +29,13 @@ from beacon.agent.http import (
     monitor,
     operator,
     query,
-    readopts,
     session,
     snapshot,
     status,
     txn,
     ui,
 )
-from beacon.agent.http.core import AGENT_KEY, HTTPError, error_middleware
+from beacon.agent.http.core import AGENT_KEY, HTTPError
 from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
 from beacon.agent.servers import EtcdBootstrap
@@ -428,7 +427,9 @@ class Agent:
         return lines
 
     async def _start_http(self) -> None:
-        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware, readopts.peer_middleware],
+        # One middleware layer for metrics, errors and ?peer: each layer costs every request a coroutine
+        # and every parked blocking query a frame (metrics.api_middleware).
+        app = web.Application(middlewares=[metrics.api_middleware],
                               client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
         for module in (agent_api, event):  # agent-local everywhere
