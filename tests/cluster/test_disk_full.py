@@ -53,9 +53,9 @@ def test_a_full_disk_refuses_writes_keeps_serving_resumes_and_restarts_cleanly(t
                 acked.append(f"full/{i}")
             else:
                 failed += 1
-                if failed >= 3:
+                if failed >= 2:
                     break
-        assert failed >= 3, f"the full disk never refused a write ({len(acked)} acknowledged)"
+        assert failed >= 2, f"the full disk never refused a write ({len(acked)} acknowledged)"
         # the agent is up and still answers (stale reads, status), and the others still commit
         assert s1.proc.poll() is None
         assert s1.request("GET", "/v1/kv/full/warmup?stale", timeout=10)[0] == 200
