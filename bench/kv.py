@@ -34,27 +34,41 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import cpu_seconds  # noqa: E402
 
-
 # ---------------------------------------------------------------------------- agent
+# Thousands of watchers come from this one client address: lift Consul's per-client connection limit
+# (limits.http_max_conns_per_client, 200 by default; 0 is no limit).
+NO_CONN_LIMIT = os.path.join(tempfile.gettempdir(), f"beacon-bench-limits-{os.getpid()}.json")
+
+
 def start_agent() -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "src"))
-    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "beacon", "agent", "-dev", "-http-port", "0",
+    with open(NO_CONN_LIMIT, "w", encoding="ascii") as f:
+        json.dump({"limits": {"http_max_conns_per_client": 0}}, f)
+    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "beacon", "agent", "-dev",
+                             "-config-file", NO_CONN_LIMIT, "-http-port", "0",
                              "-dns-port", "-1", "-no-engine", "-log-level", "warn"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
-    for line in proc.stdout:
-        m = re.search(r"==> Ready: http_port=(\d+)", line)
-        if m:
-            return proc, int(m.group(1))
-        if time.monotonic() > deadline:
-            break
+    try:
+        for line in proc.stdout:
+            m = re.search(r"==> Ready: http_port=(\d+)", line)
+            if m:
+                # Keep reading its output so the agent never blocks on a full pipe.
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
+                return proc, int(m.group(1))
+            if time.monotonic() > deadline:
+                break
+    finally:
+        os.unlink(NO_CONN_LIMIT)  # read at startup
     proc.kill()
     raise RuntimeError("agent did not start")
 

@@ -291,21 +291,25 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
                            ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except HTTPError as exc:
-        return web.Response(status=exc.status, text=exc.message, content_type="text/plain")
-    except DecodeError as exc:
-        return web.Response(status=400, text=str(exc), content_type="text/plain")
-    except NoLeaderError as exc:
-        return web.Response(status=500, text=str(exc), content_type="text/plain")
-    except NotDurableError as exc:
-        return web.Response(status=500, text=f"Write refused, nothing was changed: {exc}", content_type="text/plain")
-    except web.HTTPException:
-        raise
-    except (asyncio.CancelledError, ConnectionResetError):
+    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as exc:
-        log.exception("unexpected error serving %s %s", request.method, request.path)
-        return web.Response(status=500, text=f"Internal error: {exc}", content_type="text/plain")
+        return error_response(request, exc)
+
+
+def error_response(request: web.Request, exc: Exception) -> web.Response:
+    """The answer for an exception out of a handler. Call it from the ``except`` block (an
+    unexpected error is logged with its traceback)."""
+    if isinstance(exc, HTTPError):
+        return web.Response(status=exc.status, text=exc.message, content_type="text/plain")
+    if isinstance(exc, DecodeError):
+        return web.Response(status=400, text=str(exc), content_type="text/plain")
+    if isinstance(exc, NoLeaderError):
+        return web.Response(status=500, text=str(exc), content_type="text/plain")
+    if isinstance(exc, NotDurableError):
+        return web.Response(status=500, text=f"Write refused, nothing was changed: {exc}", content_type="text/plain")
+    log.exception("unexpected error serving %s %s", request.method, request.path)
+    return web.Response(status=500, text=f"Internal error: {exc}", content_type="text/plain")
 
 
 async def read_json(request: web.Request, required: bool = True) -> Any:
