@@ -67,6 +67,7 @@ MAX_BATCH = 500     # commands per put (the envelope stays far below etcd's 1.5 
 MAX_INFLIGHT = 4    # batch puts in flight per server
 INDEX_STRIDE = 1000  # Consul index = etcd revision * 1000 + position in the batch
 EXPIRY_MARGIN = 2.0
+HANDOFF_TTL = 5     # seconds a transfer-leader's note holds the leader key for its target
 
 
 class EtcdConsensus:
@@ -107,6 +108,8 @@ class EtcdConsensus:
         self._leader_until = 0.0
         self._leader_since = 0.0
         self._absent_since = 0.0
+        self._handed_off_until = 0.0  # this server gave leadership away: it does not take it back soon
+        self._chosen = False  # this server's leadership came from a transfer-leader naming it
         self._last_colocation_check = 0.0
         self._last_ok = 0.0
         self._last_members = 0.0
@@ -471,6 +474,7 @@ class EtcdConsensus:
             if ok:
                 self._lease = lease
                 self._leader_since = t0
+                self._chosen = False
                 self._leader_until = t0 + self.lease_ttl - 0.5
                 self._set_leader({"name": self.node_name, "addr": self.self_addr})
                 log.info("%s is the leader", self.node_name)
@@ -479,6 +483,11 @@ class EtcdConsensus:
             _, kv = await self.client.get(self.leader_key)
         if kv is not None:
             info = json.loads(kv.value)
+            if "handoff" in info:  # a transfer-leader's note holds the key for its target
+                if await self._take_handoff(info, kv, t0):
+                    return
+                self._set_leader(None)
+                return
             if self._lease and kv.lease == self._lease:
                 self._leader_until = t0 + self.lease_ttl - 0.5
             else:
@@ -486,6 +495,56 @@ class EtcdConsensus:
             self._set_leader(info)
         else:
             self._set_leader(None)
+
+    # ------------------------------------------------------------------ transfer-leader
+    async def transfer_leadership(self, target: str = "") -> str:
+        """Hand leader duties over (``POST /v1/operator/raft/transfer-leader``): to ``target``, a
+        server's raft address, or to any other server. The leader replaces its entry in the leader key
+        with a note naming the target, held by a lease of ``HANDOFF_TTL`` seconds, and gives up its own
+        lease; the named server (or, with none named, any other) takes the key over from the note, and
+        if nobody does, the note expires and an ordinary election follows."""
+        if not self.is_leader():
+            raise NoLeaderError("only the leader can transfer leadership; ask the leader")
+        peers = self.peers()
+        if target == self.self_addr:
+            raise ValueError(f"cannot transfer leadership to itself ({target})")
+        if target and target not in peers:
+            raise ValueError(f"cannot find server {target} in the Raft configuration")
+        if len(peers) < 2:
+            raise ValueError("no other server to transfer leadership to")
+        note = await self.client.lease_grant(HANDOFF_TTL)
+        await self.client.put(self.leader_key, json.dumps({"handoff": target, "from": self.self_addr}).encode(),
+                              lease=note)
+        lease, self._lease = self._lease, 0
+        self._leader_until = 0.0
+        self._handed_off_until = time.monotonic() + HANDOFF_TTL
+        await self.client.lease_revoke(lease)
+        self._set_leader(None)
+        log.info("%s hands leadership over to %s", self.node_name, target or "another server")
+        return target
+
+    async def _take_handoff(self, note: dict[str, str], kv: KV, t0: float) -> bool:
+        if time.monotonic() < self._handed_off_until:
+            return False
+        if note.get("handoff") and note["handoff"] != self.self_addr:
+            return False
+        if not note.get("handoff") and note.get("from") == self.self_addr:
+            return False
+        lease = await self.client.lease_grant(self.lease_ttl)
+        value = json.dumps({"name": self.node_name, "addr": self.self_addr}).encode()
+        ok, _, _ = await self.client.txn(
+            [{"key": b64(self.leader_key), "target": "MOD", "mod_revision": str(kv.mod_revision)}],
+            [{"request_put": {"key": b64(self.leader_key), "value": b64(value), "lease": str(lease)}}])
+        if not ok:
+            await self.client.lease_revoke(lease)
+            return False
+        self._lease = lease
+        self._leader_since = t0
+        self._leader_until = t0 + self.lease_ttl - 0.5
+        self._chosen = bool(note.get("handoff"))  # the operator's choice stands over the co-location rule
+        self._set_leader({"name": self.node_name, "addr": self.self_addr})
+        log.info("%s is the leader (handed over)", self.node_name)
+        return True
 
     async def _member_is_etcd_leader(self) -> bool:
         st = await self.client.status()
@@ -496,7 +555,7 @@ class EtcdConsensus:
         would otherwise cost an etcd election plus the lease TTL (etcd extends leases on a new
         leader) before anyone takes over; apart, a crash costs one or the other. True if resigned."""
         now = time.monotonic()
-        if now - self._leader_since < 5.0 or now - self._last_colocation_check < 2.0 or len(self.members) < 3:
+        if self._chosen or now - self._leader_since < 5.0 or now - self._last_colocation_check < 2.0 or len(self.members) < 3:
             return False
         self._last_colocation_check = now
         if not await self._member_is_etcd_leader():

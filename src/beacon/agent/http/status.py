@@ -46,3 +46,51 @@ async def raft_remove_peer(req: web.Request, agent: Agent) -> Reply:
     # etcd's MemberRemove works through any member: no need to find the leader first.
     await raft.remove_server(address)
     return Reply(empty=True)
+
+
+@router.put("/v1/operator/raft/transfer-leader")  # and POST, which Consul uses
+async def raft_transfer_leader(req: web.Request, agent: Agent) -> Reply:
+    """Hand leadership to the server named by ``?id=`` (its address or node name), or to any other.
+    A server that is not the leader passes the request to the one that is, as Consul forwards it."""
+    raft = agent.raft
+    if raft is None:
+        raise HTTPError(500, "cannot transfer leadership: this agent does not run a multi-server cluster")
+    wanted = req.query.get("id", "")
+    target = ""
+    if wanted:
+        for server in raft.configuration():
+            if wanted in (server.get("ID"), server.get("Address"), server.get("Node")):
+                target = server["Address"]
+        if not target:
+            raise HTTPError(400, f"cannot find server {wanted!r} in the Raft configuration")
+    if not raft.is_leader():
+        if req.headers.get(FORWARDED):
+            raise NoLeaderError("not the leader (leadership moved while the request was forwarded)")
+        return await _to_leader(req, agent)
+    try:
+        await raft.transfer_leadership(target)
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from None
+    return Reply({"Success": True})
+
+
+FORWARDED = "X-Beacon-Forwarded"
+
+
+async def _to_leader(req: web.Request, agent: Agent) -> Reply:
+    import aiohttp
+
+    last = "no server answered"
+    for target in agent.server_http_targets():
+        try:
+            async with agent.forward_session.post(f"http://{target}{req.rel_url}", headers={FORWARDED: "1"}) as resp:
+                body = await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            last = f"{target}: {exc or type(exc).__name__}"
+            continue
+        if resp.status == 200:
+            return Reply(body, raw=True)
+        last = body.decode(errors="replace").strip()
+        if resp.status == 400:
+            raise HTTPError(400, last)
+    raise NoLeaderError(f"could not reach the leader: {last}")
