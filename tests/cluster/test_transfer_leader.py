@@ -12,7 +12,7 @@ from tests.conftest import wait_until
 
 
 def leader_name(cluster) -> str | None:
-    for name, agent in cluster.running().items():
+    for agent in cluster.running().values():
         status, _, body = agent.request("GET", "/v1/operator/raft/configuration", timeout=5)
         if status == 200:
             servers = json.loads(body)["Servers"]
