@@ -41,6 +41,7 @@ class AgentConfig:
     advertise_addr: str = ""
     client_addr: str = "127.0.0.1"
     http_port: int = 8500
+    https_port: int = -1  # ports.https / -https-port; Consul's default is off (-1) too
     dns_port: int = 8600
     server_port: int = 8300
     serf_lan_port: int = 8301
@@ -90,6 +91,9 @@ class AgentConfig:
     registrator_enabled: bool = False
     registrator_options: dict[str, Any] = field(default_factory=dict)  # resync, cleanup, deregister, ...
     config_files: list[str] = field(default_factory=list)
+    # Raw `tls` and `acl` blocks (Consul's keys), checked and typed by beacon.tls / beacon.acl.config.
+    tls: dict[str, Any] = field(default_factory=dict)
+    acl: dict[str, Any] = field(default_factory=dict)
 
     @property
     def http_bind(self) -> str:
@@ -217,7 +221,9 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                     cfg.server_port = _port(name, pv, src)
                 elif pk == "serf_lan":
                     cfg.serf_lan_port = _port(name, pv, src)
-                elif pk in ("https", "grpc", "grpc_tls", "serf_wan", "sidecar_min_port",
+                elif pk == "https":
+                    cfg.https_port = _port(name, pv, src)
+                elif pk in ("grpc", "grpc_tls", "serf_wan", "sidecar_min_port",
                             "sidecar_max_port", "expose_min_port", "expose_max_port"):
                     _port(name, pv, src)
                 else:
@@ -338,8 +344,19 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                 raise ConfigError(f"{src}: 'registrator.deregister' must be one of always, on-success, never, "
                                   f"maintenance, got {opts['deregister']!r}")
             cfg.registrator_options.update(opts)
+        elif k == "tls":
+            from beacon.tls.config import merge_tls_block
+
+            merge_tls_block(cfg.tls, _dict(key, value, src), src)
+        elif k in ("ca_file", "cert_file", "key_file", "verify_incoming", "verify_outgoing",
+                   "verify_server_hostname"):  # Consul's pre-1.12 top-level TLS keys
+            cfg.tls.setdefault("defaults", {})[k] = value
+        elif k == "acl":
+            from beacon.acl.config import merge_acl_block
+
+            merge_acl_block(cfg.acl, _dict(key, value, src), src)
         elif k in ("log_file", "rejoin_after_leave",
-                   "disable_update_check", "performance", "telemetry", "acl", "primary_datacenter",
+                   "disable_update_check", "performance", "telemetry", "primary_datacenter",
                    "connect", "enable_debug", "disable_host_node_id", "raft_protocol"):
             log.debug("%s: key '%s' accepted and not used by Beacon", src, key)
         else:
@@ -369,6 +386,11 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("data_dir is required unless -dev is given (-data-dir DIR)")
     if cfg.http_port == -1 and cfg.dns_port == -1:
         log.warning("both the HTTP API and DNS are disabled")
+    from beacon.acl.config import acl_config
+    from beacon.tls.config import tls_config
+
+    tls_config(cfg)  # raises ConfigError on a bad TLS block or unreadable files
+    acl_config(cfg)
     if cfg.bootstrap_expect and not cfg.server:
         raise ConfigError("bootstrap_expect requires server mode (-server)")
     if cfg.encrypt:

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from beacon import telemetry
+from beacon.agent import security
 from beacon.agent.http import (
     agent_api,
     catalog,
@@ -113,6 +114,7 @@ class Agent:
         telemetry.bind_store(self.store)
         telemetry.bind_hub(self.hub)
         sessions.install(self.store)  # before any replay: the log holds session and txn commands
+        security.setup(self)  # self.tls, self.acl (None with ACLs off), self.https_port
         self.events = event.EventBuffer()
         self.session_reaper: SessionReaper | None = None
         self.tombstone_reaper: Any = None
@@ -189,8 +191,9 @@ class Agent:
             self.tombstone_reaper = TombstoneReaper(self.store, self.submit, self.consensus.is_leader,
                                                     ttl=self.config.tombstone_ttl)
             self.tombstone_reaper.start()
-        if self.config.http_port >= 0:
+        if self.config.http_port >= 0 or self.config.https_port >= 0:
             await self._start_http()
+        self.spawn(security.write_initial_management(self), "acl-initial-management")
         if self.config.dns_port >= 0:
             await self._start_dns()
         if self.engine is not None:  # containers reach this agent's DNS and HTTP at the bridge gateway
@@ -218,6 +221,7 @@ class Agent:
         if self._http_server is not None:
             self._http_server.close()  # stop accepting; open connections end in cleanup()
             self._http_server = None
+        security.stop_https(self)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -410,6 +414,8 @@ class Agent:
                 tags=tuple(split_tags(tags) if isinstance(tags, str) else tags),
                 resync=float(opts.get("resync", 30.0)), cleanup=bool(opts.get("cleanup", True)),
                 deregister=opts.get("deregister", "always"), retry_attempts=2, retry_interval=0.5))
+            if self.acl is not None:  # it registers through this agent's API: with the agent's token
+                reg.registry.token = self.acl.tokens.get("agent") or self.acl.tokens.get("default") or ""
             await reg.start()
         except (RegistratorError, ValueError, TypeError) as exc:
             log.error("registrator not started: %s", exc)
@@ -441,6 +447,7 @@ class Agent:
         else:
             for module in (catalog, health, kv, status, operator, session, txn, snapshot, query, config):
                 module.router.install(app)
+        security.install_http(self, app)  # ACL middleware and /v1/acl/*, /v1/agent/token/*
         metrics.install(app)
         monitor.install(app)
         if self.config.ui:
@@ -456,9 +463,11 @@ class Agent:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                                      keepalive_timeout=cfg.http_idle_timeout)
         await self._runner.setup()
-        sock = bind_tcp(self.config.http_bind, self.config.http_port)
-        self.http_port = sock.getsockname()[1]
-        self._http_server = await limits.serve(self._runner, sock, self.http_guard)
+        if cfg.http_port >= 0:
+            sock = bind_tcp(self.config.http_bind, self.config.http_port)
+            self.http_port = sock.getsockname()[1]
+            self._http_server = await limits.serve(self._runner, sock, self.http_guard)
+        await security.start_https(self, self._runner, self.http_guard)
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="Consul Agent")
@@ -484,7 +493,7 @@ class Agent:
         cfg = self.config
         dns_cfg = DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain, datacenter=cfg.datacenter,
                                              node_name=cfg.node_name, recursors=cfg.recursors)
-        self._dns = DNSServer(self.store, dns_cfg)
+        self._dns = DNSServer(security.dns_store(self), dns_cfg)  # the store itself unless ACLs are on
         try:
             udp_port, _ = await self._dns.start(cfg.dns_bind, cfg.dns_port)
         except OSError as exc:

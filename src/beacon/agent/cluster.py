@@ -98,6 +98,7 @@ class Member:
     rpc_port: int = 8301
     raft_addr: str = ""
     http_port: int = 0
+    https_port: int = 0  # a client agent forwards here over TLS when verify_outgoing is on
     dns_port: int = 0
     dc: str = "dc1"
     expect: int = 0
@@ -170,6 +171,7 @@ class Cluster:
         await web.SockSite(self._runner, sock).start()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5, connect=1))
         self.me.http_port = self.agent.http_port or 0
+        self.me.https_port = self.agent.https_port or 0
         self.me.dns_port = self.agent.dns_port or 0
 
     def start_loops(self) -> None:
@@ -334,7 +336,8 @@ class Cluster:
         elif seen_at is not None and seen_at > cur.last_seen:
             if cur.status == LEFT and m.id == cur.id and now - cur.status_since < 2.0:
                 return  # a heartbeat that raced the leave
-            for attr in ("addr", "id", "server", "rpc_port", "raft_addr", "http_port", "dns_port", "dc", "expect"):
+            for attr in ("addr", "id", "server", "rpc_port", "raft_addr", "http_port", "https_port", "dns_port", "dc",
+                         "expect"):
                 setattr(cur, attr, getattr(m, attr))
             cur.last_seen = seen_at
             if now - seen_at < self.failure_timeout:
@@ -359,6 +362,7 @@ class Cluster:
 
     async def heartbeat_once(self) -> None:
         self.me.http_port = self.agent.http_port or 0
+        self.me.https_port = self.agent.https_port or 0
         self.me.dns_port = self.agent.dns_port or 0
         targets = {m.rpc_addr for m in self.servers() if m.name != self.me.name}
         if not targets or not self.joined.is_set():

@@ -36,6 +36,7 @@ def build_parser() -> FlagParser:
     p.flag("advertise", dest="advertise_addr", help="address other agents use to reach this one (default -bind)")
     p.flag("client", dest="client_addr", help="address of the HTTP API and DNS listeners (default 127.0.0.1)")
     p.flag("http-port", type=int, help="HTTP API port (default 8500; -1 disables, 0 picks a free one)")
+    p.flag("https-port", type=int, help="HTTPS API port (default off; needs tls.defaults cert_file/key_file)")
     p.flag("dns-port", type=int, help="DNS port (default 8600; -1 disables, 0 picks a free one)")
     p.flag("server-port", type=int, help="server RPC port (default 8300)")
     p.flag("serf-lan-port", type=int, help="LAN membership port (default 8301)")
@@ -111,6 +112,7 @@ def load_config(argv: list[str]) -> AgentConfig:
     cfg.config_files = files
     simple = {"node_name": "node_name", "datacenter": "datacenter", "bind_addr": "bind_addr",
               "advertise_addr": "advertise_addr", "client_addr": "client_addr", "http_port": "http_port",
+              "https_port": "https_port",
               "dns_port": "dns_port", "server_port": "server_port", "data_dir": "data_dir",
               "pid_file": "pid_file", "encrypt": "encrypt", "bootstrap_expect": "bootstrap_expect",
               "engine_socket": "engine_socket", "engine_isolation": "engine_isolation",
@@ -148,7 +150,7 @@ def load_config(argv: list[str]) -> AgentConfig:
         if not sep:
             raise ConfigError(f"-node-meta must be key:value, got {item!r}")
         cfg.node_meta[k] = v
-    for port_name in ("http_port", "dns_port", "server_port", "serf_lan_port"):
+    for port_name in ("http_port", "https_port", "dns_port", "server_port", "serf_lan_port"):
         port = getattr(cfg, port_name)
         if not -1 <= port <= 65535:
             raise ConfigError(f"-{port_name.replace('_', '-')} must be a port number or -1, got {port}")
@@ -195,7 +197,8 @@ async def serve(cfg: AgentConfig, argv: list[str] | None = None) -> int:
           flush=True)
     for line in agent.startup_lines() if hasattr(agent, "startup_lines") else []:
         print(f"    {line}", flush=True)
-    print(f"==> Ready: http_port={agent.http_port} dns_port={agent.dns_port}", flush=True)
+    https = f" https_port={agent.https_port}" if agent.https_port is not None else ""
+    print(f"==> Ready: http_port={agent.http_port} dns_port={agent.dns_port}{https}", flush=True)
     log.info("agent started: node=%s datacenter=%s mode=%s http=%s dns=%s", cfg.node_name, cfg.datacenter, mode,
              agent.http_port, agent.dns_port)
     waiter = asyncio.ensure_future(agent.shutdown_requested.wait())

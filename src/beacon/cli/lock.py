@@ -308,7 +308,7 @@ def run(argv: list[str]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    client = Client(args.http_addr, args.token)
+    client = Client.from_args(args)
     try:
         holder: Lock | Semaphore
         if args.n == 1:

@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("beacon.cli.rm", "Remove containers"),
     "logs": ("beacon.cli.logs", "Print a container's logs"),
     "exec": ("beacon.cli.exec", "Run a command in a running container"),
+    "tls": ("beacon.cli.tls", "Create a CA and agent certificates (tls ca create, tls cert create)"),
+    "acl": ("beacon.cli.acl", "Bootstrap ACLs and manage tokens, policies and roles"),
 }
 
 

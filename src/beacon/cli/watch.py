@@ -136,7 +136,7 @@ def run(argv: list[str]) -> int:
     p.flag("shell", default="true")
     p.add_argument("handler", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    client = Client(args.http_addr, args.token)
+    client = Client.from_args(args)
     try:
         path, q, single = build_path(args)
         if not args.handler:

@@ -57,6 +57,7 @@ class MessageType(IntEnum):
     PREPARED_QUERY = 9   # beacon.server.queries
     CONFIG_ENTRY = 10    # beacon.server.config_entries
     TOMBSTONE_REAP = 11  # beacon.server.tombstones
+    ACL = 12             # beacon.acl.state
 
 
 class CommandError(Exception):

@@ -143,3 +143,6 @@ def install(store: StateStore) -> None:
                            lambda idx, p: apply_snapshot_restore(store, idx, p))
     queries.install(store)
     config_entries.install(store)
+    from beacon.acl import state as acl_state
+
+    acl_state.install(store)

@@ -53,7 +53,7 @@ async def agent_self(req: web.Request, agent: Agent) -> Reply:
                   "check_monitors": "0", "check_ttls": "0"},
         "build": {"prerelease": "", "revision": "beacon", "version": CONSUL_COMPAT_VERSION,
                   "version_metadata": f"beacon-{__version__}"},
-        "consul": {"acl": "disabled", "bootstrap": str(cfg.bootstrap_expect == 1).lower(),
+        "consul": {"acl": "enabled" if agent.acl is not None else "disabled", "bootstrap": str(cfg.bootstrap_expect == 1).lower(),
                    "known_datacenters": "1", "leader": str(consensus.is_leader()).lower(),
                    "leader_addr": consensus.leader_address() if consensus.known_leader() else "",
                    "server": str(cfg.server).lower()},

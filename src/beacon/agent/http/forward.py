@@ -22,7 +22,7 @@ log = logging.getLogger("beacon.http.forward")
 
 # Events stay local: they are best-effort and agent-local in Consul too.
 FORWARDED_PREFIXES = ("catalog", "health", "kv", "session", "txn", "status", "operator", "snapshot",
-                      "coordinate", "query", "internal", "config", "discovery-chain")
+                      "coordinate", "query", "internal", "config", "discovery-chain", "acl")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 
 
@@ -68,16 +68,18 @@ async def forward(request: web.Request) -> web.StreamResponse:
     last = "no servers known"
     wait = _wait_seconds(request.query)
     deadline = time.monotonic() + wait if wait is not None else None
-    for target in agent.server_http_targets():
+    from beacon.agent.security import server_api_targets
+
+    for target, tls_opts in server_api_targets(agent):
         rel = request.rel_url
         if deadline is not None:
             # A blocking query retried on another server waits only for what is left of its wait.
             left = max(0.0, deadline - time.monotonic())
             rel = rel.update_query(wait=f"{int(left * 1000)}ms")
-        url = f"http://{target}{rel}"
+        url = f"{target}{rel}"
         try:
             async with session.request(request.method, url, data=body or None, headers=headers,
-                                       allow_redirects=False) as resp:
+                                       allow_redirects=False, **tls_opts) as resp:
                 data = await resp.read()
                 out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
                 return web.Response(status=resp.status, body=data, headers=out_headers)

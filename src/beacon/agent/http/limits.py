@@ -180,11 +180,19 @@ class GuardedProtocol(asyncio.Protocol):
             self._inner.resume_writing()
 
 
-async def serve(runner: Any, sock: Any, guard: ConnectionGuard, backlog: int = 1024) -> asyncio.Server:
+async def serve(runner: Any, sock: Any, guard: ConnectionGuard, backlog: int = 1024,
+                ssl_context: Any = None) -> asyncio.Server:
     """Serve an aiohttp ``AppRunner`` (already set up) on a bound socket, through the guard.
 
-    This stands in for ``web.SockSite``: the only difference is the wrapped protocol factory.
+    This stands in for ``web.SockSite``: the only difference is the wrapped protocol factory. With
+    ``ssl_context`` (the HTTPS API) the loop's TLS transport sits under the guard, so the guard counts
+    and times connections the same way and sees decrypted bytes.
     """
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(guard.wrap(runner.server), sock=sock, backlog=backlog)
+    extra: dict[str, Any] = {}
+    if ssl_context is not None and guard.limits.read_header_timeout > 0:
+        # The guard sees a TLS connection only once its handshake is done: bound the handshake too.
+        extra["ssl_handshake_timeout"] = guard.limits.read_header_timeout
+    server = await loop.create_server(guard.wrap(runner.server), sock=sock, backlog=backlog, ssl=ssl_context,
+                                      **extra)
     return server

@@ -7,10 +7,37 @@ export class ApiError extends Error {
   }
 }
 
+// The ACL token the user logged in with lives in this tab's sessionStorage only (gone when the tab
+// closes) and goes out as X-Consul-Token. A 403 raises 'beacon:denied' so the shell asks for one.
+const TOKEN_KEY = 'beacon.token';
+
+export function getToken() {
+  return sessionStorage.getItem(TOKEN_KEY) || '';
+}
+
+export function setToken(token) {
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+}
+
+export function apiHeaders() {
+  const headers = {'Accept': 'application/json'};
+  const token = getToken();
+  if (token) headers['X-Consul-Token'] = token;
+  return headers;
+}
+
+export function denied(status, text) {
+  if (status === 403) window.dispatchEvent(new CustomEvent('beacon:denied', {detail: {text}}));
+}
+
 export async function request(method, path, {body, signal} = {}) {
-  const res = await fetch(path, {method, body, signal, headers: {'Accept': 'application/json'}});
+  const res = await fetch(path, {method, body, signal, headers: apiHeaders()});
   const text = await res.text();
-  if (!res.ok) throw new ApiError(res.status, text.trim());
+  if (!res.ok) {
+    denied(res.status, text.trim());
+    throw new ApiError(res.status, text.trim());
+  }
   return text ? JSON.parse(text) : null;
 }
 
@@ -42,7 +69,7 @@ export function watch(path, onData, {signal, wait = '60s', onError} = {}) {
       const url = index > 0 ? `${path}${sep}index=${index}&wait=${wait}` : path;
       let res;
       try {
-        res = await fetch(url, {signal, headers: {'Accept': 'application/json'}});
+        res = await fetch(url, {signal, headers: apiHeaders()});
       } catch (err) {
         if (signal?.aborted) return;
         failures++;
@@ -54,6 +81,11 @@ export function watch(path, onData, {signal, wait = '60s', onError} = {}) {
       if (!res.ok && res.status !== 404) {
         const text = (await res.text()).trim();
         if (signal?.aborted) return;
+        if (res.status === 403) {  // retrying cannot help: ask for a token; the view redraws after
+          denied(res.status, text);
+          onError?.(new ApiError(res.status, text));
+          return;
+        }
         failures++;
         onError?.(new ApiError(res.status, text));
         await sleep(Math.min(500 * 2 ** failures, 10000), signal);

@@ -1,6 +1,6 @@
 // The shell: client-side routing under /ui/, the header, and one live view at a time.
 
-import {onConnection, request} from './api.js';
+import {getToken, onConnection, request, setToken} from './api.js';
 import {h} from './dom.js';
 import {kvView} from './kv.js';
 import {logsView} from './logs.js';
@@ -88,8 +88,50 @@ onConnection((ok) => {
   el.textContent = ok ? 'Live' : 'Connection lost: retrying…';
 });
 
-request('GET', '/v1/agent/self').then((self) => {
-  document.getElementById('where').textContent = `${self.Config.Datacenter} · ${self.Config.NodeName}`;
-}).catch(() => {});
+function showWhere() {
+  request('GET', '/v1/agent/self').then((self) => {
+    document.getElementById('where').textContent = `${self.Config.Datacenter} · ${self.Config.NodeName}`;
+  }).catch(() => {});
+}
 
+function showAuth() {
+  const button = document.getElementById('auth');
+  button.hidden = !getToken();
+}
+
+// A denied request (ACLs with default_policy deny, or a token without the right): ask for a token
+// in place of the view; after logging in the same view is drawn again with it.
+function login(text) {
+  if (document.getElementById('login')) return;
+  current?.abort();
+  const main = document.getElementById('main');
+  const input = h('input', {id: 'login-token', type: 'password', autocomplete: 'off', required: true});
+  const form = h('form', {id: 'login', class: 'card', onsubmit: (event) => {
+    event.preventDefault();
+    setToken(input.value.trim());
+    showAuth();
+    showWhere();
+    render({focus: true});
+  }},
+  h('p', {}, getToken() ? 'This token may not see this page.' : 'This agent needs an ACL token.',
+    ' ', h('span', {class: 'muted small'}, text || '')),
+  h('label', {for: 'login-token'}, 'ACL token (SecretID)'), ' ', input, ' ',
+  h('button', {type: 'submit', class: 'button'}, 'Log in'));
+  main.replaceChildren(h('h1', {tabindex: '-1'}, 'Log in'), form);
+  document.title = 'Log in · Beacon';
+  input.focus();
+}
+
+window.addEventListener('beacon:denied', (event) => login(event.detail.text));
+
+document.getElementById('auth').addEventListener('click', () => {
+  setToken('');
+  showAuth();
+  document.getElementById('where').textContent = '';
+  render({focus: true});
+  showWhere();  // lists answer "nothing" to anonymous; the agent's own endpoint says "denied"
+});
+
+showAuth();
+showWhere();
 render();

@@ -1,6 +1,7 @@
 // The agent's log, streamed from /v1/agent/monitor while the page is open.
 
 import {h} from './dom.js';
+import {apiHeaders} from './api.js';
 
 const MAX_LINES = 1000;
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error'];
@@ -47,7 +48,7 @@ export function logsView(ctx) {
     ctx.signal.addEventListener('abort', () => mine.abort(), {once: true});
     state.textContent = 'Connecting…';
     try {
-      const res = await fetch(`/v1/agent/monitor?loglevel=${level}`, {signal: mine.signal});
+      const res = await fetch(`/v1/agent/monitor?loglevel=${level}`, {signal: mine.signal, headers: apiHeaders()});
       if (!res.ok) throw new Error((await res.text()) || `HTTP ${res.status}`);
       state.textContent = `Streaming at ${level} and above`;
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();

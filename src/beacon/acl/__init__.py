@@ -1,0 +1,1 @@
+"""Consul's ACL system: rule language, authorizer, replicated state, token resolution."""

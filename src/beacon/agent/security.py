@@ -1,0 +1,185 @@
+"""The agent's TLS and ACL wiring: the HTTPS listener, how a client agent reaches servers (HTTPS
+when ``verify_outgoing``), and the token resolver (local on servers, asked of a server on clients).
+
+Kept apart from :mod:`beacon.agent.agent` so that the agent only calls :func:`setup`,
+:func:`install_http`, :func:`start_https` and :func:`server_api_targets`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from beacon.acl.config import acl_config
+from beacon.acl.resolver import ACLNotFound, Resolver
+from beacon.tls.config import tls_config
+
+if TYPE_CHECKING:
+    from beacon.agent.agent import Agent
+
+log = logging.getLogger("beacon.agent.security")
+TOKENS_FILE = "acl-tokens.json"
+
+
+def setup(agent: Agent) -> None:
+    cfg = agent.config
+    agent.tls = tls_config(cfg)
+    agent.https_port = None
+    agent.https_server = None
+    agent.outgoing_ssl = agent.tls.client_context() if agent.tls.verify_outgoing else None
+    acl = acl_config(cfg)
+    if not acl.enabled:
+        agent.acl = None
+        return
+    client = not (cfg.server or cfg.dev)
+    agent.acl = Resolver(acl, cfg.node_name, store=agent.store,
+                         fetch=(lambda secret: fetch_from_server(agent, secret)) if client else None)
+    if acl.enable_token_persistence and cfg.data_dir:
+        agent.acl.tokens.update(load_persisted_tokens(cfg.data_dir))
+
+
+async def write_initial_management(agent: Agent) -> None:
+    """Servers: once this one leads, store the configured initial_management token (as Consul's
+    leader does), so it is listed, readable through token/self, and bootstrap is over."""
+    import asyncio
+    import datetime as dt
+
+    from beacon.acl import state
+    from beacon.acl.resolver import initial_accessor, initial_management_token
+    from beacon.server.fsm import MessageType
+
+    secret = agent.acl.tokens.get("initial_management") if agent.acl is not None else None
+    if not secret or not (agent.config.server or agent.config.dev):
+        return
+    while initial_accessor(secret) not in state.table(agent.store, state.TOKENS):
+        if agent.consensus.is_leader():
+            created = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+            try:
+                await agent.submit((MessageType.ACL, {"op": "initial_management",
+                                                      "token": initial_management_token(secret, created)}))
+            except Exception as exc:  # no quorum yet: the next round tries again
+                log.debug("initial management token not written yet: %s", exc)
+        await asyncio.sleep(1.0)
+
+
+def load_persisted_tokens(data_dir: str) -> dict[str, str]:
+    path = os.path.join(data_dir, TOKENS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring persisted ACL tokens in %s: %s", path, exc)
+        return {}
+    return {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(doc, dict) \
+        else {}
+
+
+def persist_tokens(agent: Agent) -> None:
+    """enable_token_persistence: tokens set through /v1/agent/token survive a restart (0600 file)."""
+    if agent.acl is None or not agent.acl.config.enable_token_persistence or not agent.config.data_dir:
+        return
+    path = os.path.join(agent.config.data_dir, TOKENS_FILE)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(agent.acl.tokens, f)
+    os.replace(tmp, path)
+
+
+def dns_store(agent: Agent) -> Any:
+    """What the DNS server reads: the store, or with ACLs what the default token may see."""
+    if agent.acl is None:
+        return agent.store
+    from beacon.acl.dns_view import ACLStore
+
+    return ACLStore(agent.store, agent.acl)
+
+
+def install_http(agent: Agent, app: web.Application) -> None:
+    from beacon.agent.http import acl, acl_enforce
+
+    if agent.acl is None:
+        # ACLs off: no middleware on the hot path, only Consul's 401 on the ACL endpoints.
+        for path in ("/v1/acl/{tail:.*}", "/v1/agent/token/{tail:.*}"):
+            app.router.add_route("*", path, acl_enforce.acl_disabled)
+        return
+    app.middlewares.append(acl_enforce.acl_middleware)
+    acl.agent_router.install(app)
+    if agent.mode != "client":
+        acl.router.install(app)  # clients forward /v1/acl/* to a server
+
+
+async def start_https(agent: Agent, runner: web.AppRunner, guard: Any) -> None:
+    """The same app, behind the same connection guard, on ports.https with the TLS context."""
+    from beacon.agent.agent import ListenError, bind_tcp, listen_error
+    from beacon.agent.http import limits
+
+    cfg = agent.config
+    if cfg.https_port < 0:
+        return
+    try:
+        sock = bind_tcp(cfg.http_bind, cfg.https_port)
+    except ListenError:
+        raise
+    except OSError as exc:
+        raise ListenError(exc.errno, listen_error("HTTPS API", "tcp", cfg.http_bind, cfg.https_port, exc)) from None
+    agent.https_port = sock.getsockname()[1]
+    agent.https_server = await limits.serve(runner, sock, guard, ssl_context=agent.tls.server_context())
+
+
+def stop_https(agent: Agent) -> None:
+    if agent.https_server is not None:
+        agent.https_server.close()
+        agent.https_server = None
+
+
+def server_api_targets(agent: Agent) -> list[tuple[str, dict[str, Any]]]:
+    """(base URL, request options) per server a client forwards to: HTTPS with verify_outgoing."""
+    if agent.outgoing_ssl is None:
+        return [(f"http://{t}", {}) for t in agent.server_http_targets()]
+    from beacon.agent.cluster import ALIVE
+
+    opts: dict[str, Any] = {"ssl": agent.outgoing_ssl}
+    if agent.tls.verify_server_hostname:
+        opts["server_hostname"] = agent.tls.server_name
+    out = []
+    leader = agent.cluster.leader_http.rsplit(":", 1)[0] if agent.cluster and agent.cluster.leader_http else ""
+    servers = sorted(agent.cluster.servers() if agent.cluster else [], key=lambda m: m.addr != leader)
+    for m in servers:
+        port = getattr(m, "https_port", 0)
+        if m.status == ALIVE and port:
+            host = f"[{m.addr}]" if ":" in m.addr else m.addr
+            out.append((f"https://{host}:{port}", opts))
+    return out
+
+
+async def fetch_from_server(agent: Agent, secret: str) -> dict[str, Any]:
+    """A client agent's token lookup: ask a server for what the SecretID grants."""
+    if agent.forward_session is None:
+        raise RuntimeError("not connected to any server yet")
+    last = "no servers known"
+    headers = {"X-Consul-Token": secret} if secret else {}
+    for base, opts in server_api_targets(agent):
+        try:
+            async with agent.forward_session.get(f"{base}/v1/internal/acl/resolve", headers=headers,
+                                                 **opts) as resp:
+                body = await resp.read()
+                if resp.status == 403:
+                    raise ACLNotFound()
+                if resp.status == 200:
+                    return json.loads(body)
+                last = f"{base}: {resp.status} {body[:200].decode(errors='replace')}"
+        except ACLNotFound:
+            raise
+        except (OSError, ssl.SSLError, ValueError, TimeoutError) as exc:
+            last = f"{base}: {exc}"
+        except Exception as exc:  # aiohttp.ClientError and friends: try the next server
+            last = f"{base}: {exc}"
+    raise RuntimeError(last)

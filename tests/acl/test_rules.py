@@ -1,0 +1,203 @@
+"""Consul's rule language and authorizer semantics, and the ACL tables through the state machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from beacon.acl import state
+from beacon.acl.authorizer import Authorizer
+from beacon.acl.resolver import ACLConfig, ACLNotFound, Resolver
+from beacon.acl.rules import RuleError, Rules, node_identity, parse, service_identity
+from beacon.server import sessions
+from beacon.server.fsm import MessageType, StateStore
+
+HCL = """
+key_prefix "app/" { policy = "write" }
+key_prefix "app/ro/" { policy = "read" }
+key "app/secret" {
+  policy = "deny"
+}
+key_prefix "" { policy = "list" }
+service_prefix "web" { policy = "read" }
+service "web-admin" { policy = "deny" }
+node_prefix "" { policy = "read" }
+operator = "read"
+keyring = "write"
+"""
+
+
+def test_hcl_and_json_give_the_same_rules() -> None:
+    as_json = parse("""{"key_prefix": {"app/": {"policy": "write"}, "app/ro/": {"policy": "read"},
+                                       "": {"policy": "list"}},
+                        "key": {"app/secret": {"policy": "deny"}},
+                        "service_prefix": {"web": {"policy": "read"}},
+                        "service": {"web-admin": {"policy": "deny"}},
+                        "node_prefix": {"": {"policy": "read"}},
+                        "operator": "read", "keyring": "write"}""")
+    assert parse(HCL) == as_json
+
+
+def test_exact_beats_prefix_and_longest_prefix_wins() -> None:
+    a = Authorizer(parse(HCL), default_allow=False)
+    assert a.key_write("app/x") and a.key_read("app/x")
+    assert a.key_read("app/ro/x") and not a.key_write("app/ro/x")  # longer prefix wins
+    assert not a.key_read("app/secret")                                  # exact beats prefix
+    assert not a.key_read("other/x") and a.allowed("key", "other/x", "list")
+    assert a.service_read("web") and a.service_read("webby") and not a.service_read("web-admin")
+    assert not a.service_write("web")
+    assert a.scalar("operator", "read") and not a.scalar("operator", "write")
+    assert a.scalar("keyring", "write") and not a.scalar("acl", "read")
+
+
+def test_default_policy_applies_only_where_no_rule_matches() -> None:
+    rules = parse('key_prefix "secret/" { policy = "deny" }')
+    allow = Authorizer(rules, default_allow=True)
+    deny = Authorizer(rules, default_allow=False)
+    assert allow.key_write("app/x") and not allow.key_read("secret/x")
+    assert not deny.key_read("app/x")
+    assert not allow.allow_all and Authorizer(Rules(), True).allow_all
+
+
+def test_deny_wins_when_two_policies_name_the_same_rule() -> None:
+    merged = parse('key_prefix "app/" { policy = "write" }')
+    merged.merge(parse('key_prefix "app/" { policy = "deny" }'))
+    merged.merge(parse('key_prefix "app/" { policy = "read" }'))
+    assert not Authorizer(merged, True).key_read("app/x")
+    merged = parse('service "a" { policy = "read" }')
+    merged.merge(parse('service "a" { policy = "write" }'))
+    assert Authorizer(merged, False).service_write("a")
+
+
+def test_delete_tree_needs_write_on_everything_under_the_prefix() -> None:
+    a = Authorizer(parse(HCL), default_allow=False)
+    assert not a.key_write_prefix("app/")  # app/ro/ and app/secret withhold write
+    assert a.key_write_prefix("app/rw/")
+
+
+def test_identities() -> None:
+    a = Authorizer(service_identity("api"), False)
+    assert a.service_write("api") and a.service_write("api-sidecar-proxy") and not a.service_write("web")
+    assert a.service_read("web") and a.node_read("n1") and not a.node_write("n1")
+    n = Authorizer(node_identity("n1"), False)
+    assert n.node_write("n1") and not n.node_write("n2") and n.service_read("x")
+
+
+@pytest.mark.parametrize("text", ['key_prefix "x" { policy = "bogus" }', 'service "x" { policy = "list" }',
+                                  'nosuch "x" { policy = "read" }', 'key_prefix "x" {', '{"key": 3}',
+                                  'operator = "list"'])
+def test_bad_rules_are_refused_with_a_message(text: str) -> None:
+    with pytest.raises(RuleError, match="Failed to parse ACL rules"):
+        parse(text)
+
+
+def _store() -> StateStore:
+    store = StateStore()
+    sessions.install(store)
+    return store
+
+
+def _apply(store: StateStore, payload: dict) -> object:
+    result = store.apply((MessageType.ACL, payload))
+    if result.error is not None:
+        raise AssertionError(result.error.message)
+    return result.value
+
+
+def test_tokens_resolve_through_policies_and_roles_and_survive_a_snapshot() -> None:
+    store = _store()
+    _apply(store, {"op": "policy_set", "policy": {"ID": "p1", "Name": "app",
+                                                  "Rules": 'key_prefix "app/" { policy = "write" }'}})
+    _apply(store, {"op": "role_set", "role": {"ID": "r1", "Name": "ops", "Policies": [{"ID": "p1", "Name": "app"}],
+                                              "NodeIdentities": [{"NodeName": "n1"}]}})
+    _apply(store, {"op": "token_set", "token": {"AccessorID": "a1", "SecretID": "s1",
+                                                "Roles": [{"ID": "r1", "Name": "ops"}]}})
+    resolver = Resolver(ACLConfig(enabled=True, default_policy="deny"), "agent1", store=store)
+    ident = resolver.resolve_local("s1")
+    assert ident.accessor == "a1" and ident.authz.key_write("app/x") and ident.authz.node_write("n1")
+    assert not ident.authz.key_read("other")
+    snap = store.snapshot()
+    fresh = _store()
+    fresh.restore(snap)
+    again = Resolver(ACLConfig(enabled=True, default_policy="deny"), "agent1", store=fresh).resolve_local("s1")
+    assert again.authz.key_write("app/x")
+    _apply(store, {"op": "token_delete", "id": "a1"})
+    with pytest.raises(ACLNotFound):
+        resolver.resolve_local("s1")  # the cache is stamped with the ACL index: a delete is seen at once
+
+
+def test_bootstrap_once_and_builtins_are_protected() -> None:
+    store = _store()
+    _apply(store, {"op": "bootstrap", "token": {"AccessorID": "a", "SecretID": "s",
+                                                "Policies": [{"ID": state.MANAGEMENT_POLICY_ID}]}})
+    second = store.apply((MessageType.ACL, {"op": "bootstrap", "token": {"AccessorID": "b", "SecretID": "t"}}))
+    assert second.error is not None and second.error.status == 403
+    assert "ACL bootstrap no longer allowed" in second.error.message
+    for payload in ({"op": "token_delete", "id": state.ANONYMOUS_ACCESSOR},
+                    {"op": "policy_delete", "id": state.MANAGEMENT_POLICY_ID},
+                    {"op": "token_set", "token": {"AccessorID": "c", "SecretID": "s"}}):
+        assert store.apply((MessageType.ACL, payload)).error is not None
+    resolver = Resolver(ACLConfig(enabled=True, default_policy="deny"), "n", store=store)
+    assert resolver.resolve_local("s").authz.management
+    assert not resolver.resolve_local("anonymous").authz.key_read("x")
+
+
+def test_an_expired_token_is_not_found() -> None:
+    store = _store()
+    _apply(store, {"op": "token_set", "token": {"AccessorID": "a", "SecretID": "s",
+                                                "ExpirationTime": "2026-01-01T00:00:10Z"}})
+    now = [1767225600.0]  # 2026-01-01T00:00:00Z
+    resolver = Resolver(ACLConfig(enabled=True), "n", store=store, clock=lambda: now[0])
+    resolver.resolve_local("s")
+    now[0] += 11
+    with pytest.raises(ACLNotFound):
+        resolver.resolve_local("s")
+
+
+def _client_resolver(down_policy: str, answers: list) -> Resolver:
+    """A client agent's resolver whose server answers come from `answers` (a doc, or an exception)."""
+    calls = []
+
+    async def fetch(secret: str) -> dict:
+        calls.append(secret)
+        answer = answers[min(len(calls), len(answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    r = Resolver(ACLConfig(enabled=True, default_policy="deny", down_policy=down_policy, token_ttl=0.0),
+                 "n", fetch=fetch)
+    r.calls = calls  # type: ignore[attr-defined]
+    return r
+
+
+DOC = {"AccessorID": "a", "Rules": {"key_prefix": {"app/": {"policy": "read"}}}}
+
+
+@pytest.mark.parametrize(("down", "expect"), [("extend-cache", "cached"), ("async-cache", "cached"),
+                                              ("deny", "error"), ("allow", "allow")])
+async def test_down_policy_when_no_server_answers(down: str, expect: str) -> None:
+    from beacon.acl.resolver import ACLUnavailable
+
+    r = _client_resolver(down, [DOC, OSError("connection refused")])
+    first = await r.resolve("s")
+    assert first.authz.key_read("app/x") and not first.authz.key_read("b")
+    if expect == "error":
+        with pytest.raises(ACLUnavailable):
+            await r.resolve("s")
+        return
+    again = await r.resolve("s")
+    if expect == "cached":
+        assert again.authz.key_read("app/x") and not again.authz.key_read("b")
+    else:
+        assert again.authz.key_read("b")
+
+
+async def test_a_token_the_server_no_longer_knows_is_dropped_from_the_cache() -> None:
+    r = _client_resolver("extend-cache", [DOC, ACLNotFound(), OSError("down")])
+    await r.resolve("s")
+    with pytest.raises(ACLNotFound):
+        await r.resolve("s")
+    from beacon.acl.resolver import ACLUnavailable
+
+    with pytest.raises(ACLUnavailable):  # nothing cached any more to extend
+        await r.resolve("s")
