@@ -15,7 +15,9 @@ def leader_name(cluster) -> str | None:
     for agent in cluster.running().values():
         status, _, body = agent.request("GET", "/v1/operator/raft/configuration", timeout=5)
         if status == 200:
-            servers = json.loads(body)["Servers"]
+            doc = json.loads(body)
+            assert isinstance(doc["Index"], int) and doc["Index"] > 0  # Consul's shape carries the index
+            servers = doc["Servers"]
             leaders = [s["Node"] for s in servers if s["Leader"]]
             return leaders[0] if leaders else None
     return None
