@@ -225,3 +225,16 @@ def test_lock_timeout_gives_up_while_another_holds_it(agent, tmp_path) -> None:
     finally:
         holder.send_signal(signal.SIGTERM)
         finish(holder)
+
+
+def test_watch_passes_the_handlers_flags_to_the_handler(agent, tmp_path) -> None:
+    out = tmp_path / "seen"
+    cli(agent, "kv", "put", "watched/k", "v1")
+    proc = subprocess.Popen(beacon_cmd("watch", "-http-addr", agent.http_addr, "-type", "key", "-key", "watched/k",
+                                       "-shell=false", "sh", "-c", f"cat > {out}"),
+                            env=beacon_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: out.exists() and "watched/k" in out.read_text(), timeout=15)
+    finally:
+        proc.terminate()
+        proc.wait(10)

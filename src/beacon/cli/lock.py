@@ -19,7 +19,6 @@ or 2 if ``-child-exit-code`` is given and the child failed.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -33,7 +32,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
-from beacon.cli.flags import FlagParser
+from beacon.cli.flags import FlagParser, first_positional
 from beacon.cli.http import Client, CLIError, add_http_flags
 from beacon.durations import parse_duration
 
@@ -268,22 +267,6 @@ def _kill(child: subprocess.Popen[bytes], verbose: bool) -> None:
         child.wait(5)
 
 
-def _prefix_position(p: argparse.ArgumentParser, argv: list[str]) -> int:
-    """Index of PREFIX: the first argument that is neither a flag nor a flag's value."""
-    takes_value = {opt for a in p._actions if a.nargs != 0 for opt in a.option_strings}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            return i + 1 if i + 1 < len(argv) else i
-        if not arg.startswith("-") or arg == "-":
-            return i
-        if "=" not in arg and arg in takes_value:
-            i += 1  # its value
-        i += 1
-    return len(argv)
-
-
 def run(argv: list[str]) -> int:
     p = FlagParser("beacon lock", "Run CHILD while holding a lock (or a semaphore slot) under PREFIX.")
     add_http_flags(p)
@@ -298,7 +281,7 @@ def run(argv: list[str]) -> int:
     p.add_argument("prefix")
     # Everything after PREFIX is the child command, flags included (`sh -c ...`), as in Consul: it is
     # cut off before argparse sees it, which would otherwise read the child's `-c` as an abbreviation.
-    cut = _prefix_position(p, argv)
+    cut = first_positional(p, argv)
     args = p.parse_args(argv[:cut + 1])
     args.child = argv[cut + 1:]
     if not args.child:

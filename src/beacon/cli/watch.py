@@ -19,7 +19,7 @@ import threading
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from beacon.cli.flags import FlagParser
+from beacon.cli.flags import FlagParser, first_positional
 from beacon.cli.http import Client, CLIError, add_http_flags
 from beacon.cli.lock import get_with_index
 
@@ -135,7 +135,9 @@ def run(argv: list[str]) -> int:
     p.flag("name", default="")
     p.flag("shell", default="true")
     p.add_argument("handler", nargs=argparse.REMAINDER)
-    args = p.parse_args(argv)
+    cut = first_positional(p, argv)  # the handler is the child's: argparse must not read its flags
+    args = p.parse_args(argv[:cut])
+    args.handler = argv[cut:]
     client = Client.from_args(args)
     try:
         path, q, single = build_path(args)
