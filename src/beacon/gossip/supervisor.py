@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -237,7 +238,8 @@ class SerfAgent:
                 self.proc = await asyncio.create_subprocess_exec(
                     self.binary, "agent", f"-config-file={self.config_path}",
                     stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True)  # a Ctrl-C on the terminal reaches us, not the child
+                    start_new_session=True,  # a Ctrl-C on the terminal reaches us, not the child
+                    preexec_fn=_die_with_parent)
             finally:
                 logf.close()
             start = self._log_size()
@@ -350,6 +352,14 @@ class SerfAgent:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             await self.proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the agent dies, however it dies (kill -9 included), so a dead
+    agent's Serf stops answering probes and the others see the node fail."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _is_loopback(addr: str) -> bool:

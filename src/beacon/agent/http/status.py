@@ -46,3 +46,49 @@ async def raft_remove_peer(req: web.Request, agent: Agent) -> Reply:
     # etcd's MemberRemove works through any member: no need to find the leader first.
     await raft.remove_server(address)
     return Reply(empty=True)
+
+
+# ---------------------------------------------------------------------- autopilot
+# Beacon's autopilot does one thing of Consul's: cleanup_dead_servers, after reconnect_timeout (the
+# leader's reconciler, beacon.agent.reconcile). These endpoints report that configuration and what
+# gossip and etcd say about each server.
+
+@router.get("/v1/operator/autopilot/configuration")
+async def autopilot_configuration(req: web.Request, agent: Agent) -> Reply:
+    query_options(req, agent)
+    secs = int(agent.config.reconnect_timeout)
+    return Reply({"CleanupDeadServers": True, "LastContactThreshold": "200ms", "MaxTrailingLogs": 250,
+                  "MinQuorum": 0, "ServerStabilizationTime": f"{secs}s", "RedundancyZoneTag": "",
+                  "DisableUpgradeMigration": True, "UpgradeVersionTag": "", "CreateIndex": 0, "ModifyIndex": 0,
+                  "DeadServerReconnectTimeout": f"{secs}s"})
+
+
+def _health(agent: Agent) -> list[dict]:
+    rec = agent.cluster.reconciler if agent.cluster is not None else None
+    return rec.server_health() if rec is not None else []
+
+
+@router.get("/v1/operator/autopilot/health")
+async def autopilot_health(req: web.Request, agent: Agent) -> Reply:
+    query_options(req, agent)
+    servers = _health(agent)
+    healthy = sum(1 for s in servers if s["Healthy"])
+    quorum = len(servers) // 2 + 1
+    body = {"Healthy": bool(servers) and healthy == len(servers), "FailureTolerance": max(0, healthy - quorum),
+            "Servers": servers}
+    return Reply(body, status=200 if body["Healthy"] else 429)
+
+
+@router.get("/v1/operator/autopilot/state")
+async def autopilot_state(req: web.Request, agent: Agent) -> Reply:
+    query_options(req, agent)
+    servers = _health(agent)
+    healthy = sum(1 for s in servers if s["Healthy"])
+    quorum = len(servers) // 2 + 1
+    leader = next((s["ID"] for s in servers if s["Leader"]), "")
+    return Reply({"Healthy": bool(servers) and healthy == len(servers), "FailureTolerance": max(0, healthy - quorum),
+                  "OptimisticFailureTolerance": max(0, healthy - quorum), "Leader": leader,
+                  "Voters": [s["ID"] for s in servers],
+                  "Servers": {s["ID"]: {**s, "Status": "leader" if s["Leader"] else "voter",
+                                        "Health": {"Healthy": s["Healthy"], "SerfStatus": s["SerfStatus"]}}
+                              for s in servers}})
