@@ -39,12 +39,12 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def serve(lan: Membership | None, wan: Membership | None = None) -> AsyncIterator[Api]:
-    agent = Agent(AgentConfig(dev=True, node_name="n1", http_port=-1, dns_port=-1, ui=False))
+    # The agent's own Serf is not started (no binary at that path: -dev then runs alone); the test's
+    # pools stand in for it.
+    agent = Agent(AgentConfig(dev=True, node_name="n1", http_port=-1, dns_port=-1, ui=False,
+                              serf_bin="/nonexistent/serf"))
     await agent.start()
-    if lan is not None:
-        agent.gossip_lan = lan  # type: ignore[attr-defined]
-    if wan is not None:
-        agent.gossip_wan = wan  # type: ignore[attr-defined]
+    agent.cluster.lan, agent.cluster.wan = lan, wan
     app = web.Application(middlewares=[error_middleware])
     app[AGENT_KEY] = agent
     keyring.router.install(app)
@@ -59,6 +59,7 @@ async def serve(lan: Membership | None, wan: Membership | None = None) -> AsyncI
             yield Api(f"http://127.0.0.1:{port}", session)
     finally:
         await runner.cleanup()
+        agent.cluster.lan = agent.cluster.wan = None  # the test stops its own pools
         await agent.stop()
 
 
