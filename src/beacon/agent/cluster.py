@@ -231,12 +231,22 @@ class Cluster:
             user_event_size_limit=1024)
         lan = SerfConfig(node_name=cfg.node_name, pool="lan", port=self._port(cfg.serf_lan_port, True, "serf LAN"),
                          tags=self._tags(False), **common)
-        self.lan = await Membership.start_pool(lan, datacenter=cfg.datacenter)
-        self.lan.on_event(self._on_event)
-        if self.server:
+        wan = None
+        if self.server:  # the WAN pool: servers only, named <node>.<dc>
             wan = SerfConfig(node_name=wan_member_name(cfg.node_name, cfg.datacenter), pool="wan",
                              port=self._port(cfg.serf_wan_port, True, "serf WAN"), tags=self._tags(True), **common)
-            self.wan = await Membership.start_pool(wan, datacenter=cfg.datacenter)
+        # Both children start at once: an agent's start (and a restart after a crash) waits for them.
+        pools = await asyncio.gather(*(Membership.start_pool(c, datacenter=cfg.datacenter) for c in (lan, wan) if c),
+                                     return_exceptions=True)
+        errors = [p for p in pools if isinstance(p, BaseException)]
+        if errors:
+            for p in pools:
+                if isinstance(p, Membership):
+                    await p.stop()
+            raise errors[0]
+        self.lan = pools[0]  # type: ignore[assignment]
+        self.wan = pools[1] if wan is not None else None  # type: ignore[assignment]
+        self.lan.on_event(self._on_event)
         log.info("gossip: LAN %s:%d%s", cfg.bind_addr, lan.port,
                  f", WAN {cfg.bind_addr}:{self.wan.serf.config.port}" if self.wan else "")
 
