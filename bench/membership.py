@@ -3,8 +3,8 @@
 1. Comparison (--compare-clients K): 3 servers + K clients on each scheme, both running at once, idle
    windows and kill rounds alternating between them. Gossip: real `serf agent` children run by
    Beacon's supervisor and Membership facade (the code the agent will use), LAN profile as Consul's.
-   Heartbeat: real `beacon agent` processes (3 -server, K clients) on agent/cluster.py as it is today,
-   measured while it still exists in the tree (bench/_heartbeat.py).
+   Heartbeat: real `beacon agent` processes (3 -server, K clients) running the removed heartbeat scheme
+   from git history (bench/_heartbeat.py extracts its last commit), so both are measured in one run.
 2. Gossip scale (--sizes): N serf members alone.
 
 Every member/agent has its own loopback address 127.A.B.x. Measured:

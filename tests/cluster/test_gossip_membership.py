@@ -172,3 +172,49 @@ def test_bootstrap_server_starts_alone_and_without_serf_the_agent_names_the_pack
         assert any("`serf`" in line for line in dev.lines)
     finally:
         dev.stop(signal.SIGKILL)
+
+
+def test_two_datacenters_federated_over_wan(tmp_path) -> None:
+    block = _block()
+    a1, a2, ac = f"{block}.31", f"{block}.32", f"{block}.33"
+    agents = []
+    try:
+        s2 = launch("-server", "-bootstrap", "-datacenter", "dc2", "-node", "east", "-bind", a2, "-client", a2,
+                    "-data-dir", str(tmp_path / "east"), dev=False)
+        agents.append(s2)
+        s1 = launch("-server", "-bootstrap", "-node", "west", "-bind", a1, "-client", a1,
+                    "-data-dir", str(tmp_path / "west"), "-join-wan", a2, dev=False)
+        agents.append(s1)
+        c1 = launch("-node", "west-client", "-bind", ac, "-client", ac, "-data-dir", str(tmp_path / "wc"),
+                    "-join", a1, dev=False)
+        agents.append(c1)
+        wait_until(lambda: sorted(m["Name"] for m in jget(s1, "/v1/agent/members?wan=1")[1]) == ["east.dc2", "west.dc1"],
+                   timeout=20)
+        for agent in (s1, c1):
+            wait_until(lambda a=agent: jget(a, "/v1/catalog/datacenters")[1] == ["dc1", "dc2"], timeout=20)
+        assert jget(s2, "/v1/catalog/datacenters")[1] == ["dc2", "dc1"]
+
+        s2.request("PUT", "/v1/agent/service/register", {"Name": "web", "Port": 8080})
+        wait_until(lambda: jget(s2, "/v1/catalog/service/web")[1], timeout=15)
+        for agent in (s1, c1):  # reads: HTTP with ?dc=, DNS <name>.service.<dc>.<domain> and <node>.node.<dc>
+            status, found = jget(agent, "/v1/catalog/service/web?dc=dc2")
+            assert status == 200 and [(s["Node"], s["Datacenter"]) for s in found] == [("east", "dc2")]
+            assert dig(agent.dns_port, "web.service.dc2.consul", "+short", server=agent.host).strip() == a2
+            assert dig(agent.dns_port, "east.node.dc2.consul", "+short", server=agent.host).strip() == a2
+            assert dig(agent.dns_port, "web.service.consul", "+short", server=agent.host).strip() == ""
+        # writes: ?dc= and a catalog registration naming the datacenter in its body
+        status, _, body = c1.request("PUT", "/v1/kv/federated?dc=dc2", "yes")
+        assert status == 200 and body.strip() == b"true"
+        assert s2.request("GET", "/v1/kv/federated?raw")[2] == b"yes"
+        assert s1.request("GET", "/v1/kv/federated?raw")[0] == 404
+        status, _, body = c1.request("PUT", "/v1/catalog/register",
+                                     {"Datacenter": "dc2", "Node": "ext", "Address": "192.0.2.1"})
+        assert status == 200, body
+        assert jget(s2, "/v1/catalog/node/ext")[1]["Node"]["Address"] == "192.0.2.1"
+        assert jget(s1, "/v1/catalog/node/ext")[1] is None
+        for agent in (s1, c1):
+            status, _, body = agent.request("GET", "/v1/catalog/nodes?dc=nowhere")
+            assert status == 500 and b"No path to datacenter" in body
+    finally:
+        for agent in agents:
+            agent.stop(signal.SIGKILL)

@@ -419,7 +419,10 @@ class Agent:
         return lines
 
     async def _start_http(self) -> None:
-        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware, readopts.peer_middleware],
+        from beacon.agent.http import federation
+
+        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware, federation.dc_middleware,
+                                           readopts.peer_middleware],
                               client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
         from beacon.agent.http import coordinate, keyring
@@ -477,6 +480,9 @@ class Agent:
         dns_cfg = DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain, datacenter=cfg.datacenter,
                                              node_name=cfg.node_name, recursors=cfg.recursors)
         self._dns = DNSServer(self.store, dns_cfg)
+        from beacon.agent.http.federation import remote_dns_targets
+
+        self._dns.remote_targets = lambda dc: remote_dns_targets(self, dc)  # <name>.service.<dc>: WAN
         try:
             udp_port, _ = await self._dns.start(cfg.dns_bind, cfg.dns_port)
         except OSError as exc:

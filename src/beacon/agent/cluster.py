@@ -210,9 +210,9 @@ class Cluster:
     def _tags(self, wan: bool) -> dict[str, str]:
         cfg = self.agent.config
         extra = {"rpc_port": str(self.rpc_port)} if self.server else {}
-        if not wan:
-            # Clients forward HTTP and DNS to a server's own listeners (found here, not in a static list).
-            extra.update(http_port=str(self.agent.http_port or 0), dns_port=str(self.agent.dns_port or 0))
+        # Clients forward HTTP and DNS to a server's own listeners (found here, not in a static list);
+        # over the WAN, servers forward ?dc= requests and <x>.service.<dc> lookups the same way.
+        extra.update(http_port=str(self.agent.http_port or 0), dns_port=str(self.agent.dns_port or 0))
         return consul_tags(server=self.server, datacenter=cfg.datacenter, node_id=self.agent.node_id,
                            server_port=cfg.server_port, wan=wan, bootstrap_expect=cfg.bootstrap_expect,
                            bootstrap=cfg.bootstrap, extra=extra)

@@ -116,7 +116,9 @@ async def catalog_deregister(req: web.Request, agent: Agent) -> Reply:
 
 @router.get("/v1/catalog/datacenters")
 async def catalog_datacenters(req: web.Request, agent: Agent) -> Reply:
-    return Reply([agent.config.datacenter])
+    from beacon.agent.http.federation import datacenters
+
+    return Reply(await datacenters(agent))  # nearest first by the WAN pool's coordinates
 
 
 @router.get("/v1/catalog/nodes")
