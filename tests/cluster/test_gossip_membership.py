@@ -128,6 +128,17 @@ def test_a_dev_agent_and_a_client_join_each_other(tmp_path) -> None:
             wait_until(lambda a=agent: statuses(a) == {"dev1": 1, "cl1": 1}, timeout=15)
         client.request("PUT", "/v1/agent/service/register", {"Name": "joined", "Port": 7})
         wait_until(lambda: [s["Node"] for s in jget(dev, "/v1/catalog/service/joined")[1]] == ["cl1"], timeout=15)
+        # ?near= sorts by network coordinates: the named node (RTT 0) first, whichever it is.
+        for origin in ("cl1", "dev1"):
+            wait_until(lambda o=origin: [n["Node"] for n in jget(dev, f"/v1/catalog/nodes?near={o}")[1]][:1] == [o],
+                       timeout=15)
+        assert [n["Node"] for n in jget(client, "/v1/catalog/nodes?near=_agent")[1]][0] == "cl1"
+        _, coord = jget(dev, "/v1/coordinate/node/dev1")
+        status, _, _ = dev.request("PUT", "/v1/coordinate/update", {"Node": "cl1", "Coord": coord[0]["Coord"]})
+        assert status == 200
+        assert jget(dev, "/v1/coordinate/node/cl1")[1][0]["Coord"] == coord[0]["Coord"]
+        status, _, body = dev.request("PUT", "/v1/coordinate/update", {"Node": "cl1", "Coord": {"Vec": [1]}})
+        assert status == 400, body
         # The other way: a second client joins the -dev agent with `beacon join`.
         c2_addr = f"{block}.7"
         c2 = launch("-node", "cl2", "-bind", c2_addr, "-client", c2_addr, "-data-dir", str(tmp_path / "cl2"),
