@@ -27,6 +27,15 @@ HEARTBEAT_PORT = 8301
 HEARTBEAT_COMMIT = "77f68ef"  # main before issue 12's swap: membership by heartbeats to every server
 
 
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its children (a Beacon agent's Serf and etcd children), for CPU and RSS per agent."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [pid, *(int(c) for c in f.read().split())]
+    except OSError:
+        return [pid]
+
+
 def heartbeat_sources(tmp: str) -> str:
     """Extract the heartbeat-era sources into `tmp`; returns the directory to put on PYTHONPATH."""
     out = os.path.join(tmp, "heartbeat-src")
@@ -59,7 +68,8 @@ class HeartbeatCluster:
     net: str
     tmp: str
     agents: list[BeaconAgent] = field(default_factory=list)
-    src: str = ""  # the heartbeat-era sources (heartbeat_sources)
+    src: str = ""  # sources to run; "" extracts the heartbeat-era ones (heartbeat_sources)
+    extra: tuple[str, ...] = ()  # flags for every agent
 
     def addr(self, i: int) -> str:
         return f"{self.net}.{10 + i}"
@@ -72,7 +82,7 @@ class HeartbeatCluster:
             self.src = heartbeat_sources(self.tmp)
         env = dict(os.environ, PYTHONPATH=self.src)
         argv = [sys.executable, "-m", "beacon", "agent", "-node", name, "-bind", addr, "-client", addr,
-                "-data-dir", data, "-http-port", "0", "-dns-port", "-1", "-log-level", "warn", *flags]
+                "-data-dir", data, "-http-port", "0", "-dns-port", "-1", "-log-level", "warn", *self.extra, *flags]
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         agent = BeaconAgent(name, addr, proc, log_path, server=server)

@@ -583,6 +583,18 @@ class Agent:
                  "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2, "DelegateMin": 2,
                  "DelegateMax": 5, "DelegateCur": 4}]
 
+    async def live_members(self) -> list[dict[str, Any]]:
+        """The LAN members as Serf sees them right now (not the cached view), as Consul's endpoint."""
+        lan = self.gossip_lan
+        if lan is not None:
+            from beacon.gossip import SerfError
+
+            try:
+                return await lan.consul_members()
+            except SerfError as exc:  # a restarting Serf child: the last view
+                log.debug("members from serf: %s", exc)
+        return self.members()
+
     async def wan_members(self) -> list[dict[str, Any]]:
         wan = self.cluster.wan if self.cluster is not None else None
         if wan is None:

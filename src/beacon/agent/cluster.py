@@ -319,7 +319,9 @@ class Cluster:
     async def _refresh_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._changed.wait(), 2.0)
+                # Serf streams member events after coalescing them for a few seconds; polling each
+                # second sees a failure as soon as Serf has declared it (one loopback RPC).
+                await asyncio.wait_for(self._changed.wait(), 1.0)
             except TimeoutError:
                 pass
             self._changed.clear()

@@ -95,7 +95,7 @@ async def agent_members(req: web.Request, agent: Agent) -> Reply:
         raise HTTPError(400, "Cannot provide a segment with wan=true")
     if _truthy(req.query.get("wan")):
         return Reply(await agent.wan_members())
-    return Reply(agent.members())
+    return Reply(await agent.live_members())
 
 
 def _truthy(v: str | None) -> bool:
