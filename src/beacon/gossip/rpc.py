@@ -310,6 +310,8 @@ class SerfClient:
             self._streams.pop(seq, None)
             raise SerfTimeout(f"serf {command}: no answer within {limit}s") from None
         except (ConnectionError, OSError) as exc:
+            self._pending.pop(seq, None)
+            self._streams.pop(seq, None)
             raise SerfConnectionError(f"serf {command}: {exc}") from None
         except SerfError:
             self._streams.pop(seq, None)
