@@ -37,6 +37,7 @@ class AgentConfig:
     server: bool = False
     dev: bool = False
     bootstrap_expect: int = 0
+    bootstrap: bool = False  # Consul's -bootstrap: this server elects itself (single-server bootstrap)
     bind_addr: str = "127.0.0.1"
     advertise_addr: str = ""
     client_addr: str = "127.0.0.1"
@@ -190,6 +191,8 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.server = _bool(key, value, src)
         elif k == "bootstrap_expect":
             cfg.bootstrap_expect = _int(key, value, src, minimum=0)
+        elif k == "bootstrap":
+            cfg.bootstrap = _bool(key, value, src)
         elif k == "bind_addr":
             cfg.bind_addr = _str(key, value, src)
         elif k == "advertise_addr":
@@ -345,6 +348,12 @@ def validate(cfg: AgentConfig) -> None:
         log.warning("both the HTTP API and DNS are disabled")
     if cfg.bootstrap_expect and not cfg.server:
         raise ConfigError("bootstrap_expect requires server mode (-server)")
+    if cfg.bootstrap:
+        if not cfg.server:
+            raise ConfigError("bootstrap requires server mode (-server)")
+        if cfg.bootstrap_expect > 1:
+            raise ConfigError("'bootstrap_expect > 1' and 'bootstrap = true' are mutually exclusive")
+        cfg.bootstrap_expect = 1  # Consul's bootstrap mode: a one-server quorum
     if cfg.encrypt:
         from beacon.agent.cluster import validate_key
 

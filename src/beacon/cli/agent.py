@@ -28,6 +28,7 @@ def build_parser() -> FlagParser:
     p.flag("dev", action="store_true", help="one-process development cluster (in memory unless -data-dir)")
     p.flag("server", action="store_true", default=None)
     p.flag("bootstrap-expect", type=int)
+    p.flag("bootstrap", action="store_true", default=None, help="single-server bootstrap (Consul's -bootstrap)")
     p.flag("node", dest="node_name")
     p.flag("datacenter")
     p.flag("bind", dest="bind_addr")
@@ -92,7 +93,7 @@ def load_config(argv: list[str]) -> AgentConfig:
         cfg.datacenter = args.datacenter.lower()
     if args.domain:
         cfg.domain = args.domain.strip(".").lower()
-    for flag_name in ("server", "log_json", "enable_script_checks", "enable_local_script_checks", "ui"):
+    for flag_name in ("server", "bootstrap", "log_json", "enable_script_checks", "enable_local_script_checks", "ui"):
         if getattr(args, flag_name):
             setattr(cfg, flag_name, True)
     if args.log_level:
