@@ -4,7 +4,8 @@ Modules: ``supervisor`` (SerfConfig, SerfAgent: run/restart the child, keyring a
 ``rpc`` (SerfClient: the msgpack RPC protocol), ``membership`` (Membership: members in Consul's
 shapes, events, user events, queries, keyring, coordinates), ``coordinate`` (RTT estimates and
 sorting), ``tags`` (Consul's member tags, servers from tags), ``events`` (Consul user events over Serf),
-``pools`` (Gossip: an agent's LAN and WAN pools, joins and shutdown, from its config).
+``pools`` (Gossip: an agent's LAN and WAN pools, joins and shutdown, from its config), ``reconcile``
+(the leader's membership -> catalog rules, as pure functions).
 
 Integration plan (the swap in agent/cluster.py, once the etcd consensus work has landed)
 ======================================================================================
@@ -47,18 +48,21 @@ Integration plan (the swap in agent/cluster.py, once the etcd consensus work has
    ``Agent.join(addr)``                    ``await agent.gossip_lan.join([addr])`` (``?wan=1``: gossip_wan)
    ``Agent.force_leave(node, prune)``      ``await agent.gossip_lan.force_leave(node, prune)`` (servers also
                                            on gossip_wan with ``<node>.<dc>``)
-   ``cluster.leave()``                     ``await agent.gossip_lan.stop(leave=True)`` (+ gossip_wan)
+   ``cluster.leave()``                     ``await agent.gossip.stop(leave=True)`` (both pools, WAN first)
    ``/v1/agent/self`` Member / Coord       ``(await gossip_lan.local_member()).consul_json()`` /
                                            ``(await gossip_lan.coordinate()).to_json()``
-   leader ``reconcile()`` loop             ``sub = gossip_lan.subscribe()`` on gaining leadership; per
-                                           ``MemberEvent``: member-join/update -> REGISTER node (+ ``consul``
-                                           service for ``m.server``) with serfHealth passing; member-failed ->
-                                           serfHealth critical; member-leave -> DEREGISTER (and remove a server
-                                           from etcd's membership); member-reap -> DEREGISTER. Also a full pass
-                                           over ``await gossip_lan.members()`` on gaining leadership and every
-                                           60 s, as Consul's leader does (events are at-most-once).
-   autopilot ``cleanup_dead_servers``      servers (``m.server``) ``failed`` longer than the reconnect timeout
-                                           -> remove from etcd's member list, then ``force_leave``
+   leader ``reconcile()`` loop             ``sub = gossip_lan.subscribe()`` on gaining leadership; for each
+                                           ``MemberEvent``: ``reconcile.event_actions(ev, catalog, dc)``; on
+                                           gaining leadership and every 60 s: ``reconcile.full_pass(await
+                                           gossip_lan.members(), catalog, dc, self_name)`` (events are
+                                           at-most-once). Each ``Register`` -> REGISTER (node, address, id,
+                                           serfHealth status/output, ``consul`` service on
+                                           ``consul_service_port`` for servers); each ``Deregister`` ->
+                                           DEREGISTER (``server=True``: also leave etcd's membership).
+                                           ``catalog`` maps node -> ``CatalogNode(address, serfHealth
+                                           status, consul service port)`` read from the store.
+   autopilot ``cleanup_dead_servers``      ``reconcile.dead_servers(members, failed_for, reconnect_timeout,
+                                           dc)`` -> remove from etcd's member list, then ``force_leave``
    ======================================  ===================================================================
 
 4. Endpoints. Install ``agent/http/keyring.py`` and ``agent/http/coordinate.py`` (``router.install(app)``)
