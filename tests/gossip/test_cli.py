@@ -11,8 +11,10 @@ import re
 
 from beacon.cli.main import main as beacon_main
 from tests.conftest import beacon_cmd, beacon_env
-from tests.gossip.conftest import Pool, new_key, wait_for
+from tests.gossip.conftest import Pool, needs_serf, new_key, wait_for
 from tests.gossip.test_http_endpoints import serve
+
+pytestmark = needs_serf
 
 
 async def _cli(*argv: str) -> tuple[int, str, str]:

@@ -18,7 +18,9 @@ from beacon.agent.http.core import AGENT_KEY, error_middleware
 from beacon.config import AgentConfig
 from beacon.gossip import Membership, SerfConfig, consul_tags, wan_member_name
 from beacon.gossip.supervisor import free_port
-from tests.gossip.conftest import Pool, new_key, next_addr, wait_for
+from tests.gossip.conftest import Pool, needs_serf, new_key, next_addr, wait_for
+
+pytestmark = needs_serf
 
 
 class Api:

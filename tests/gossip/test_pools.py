@@ -12,7 +12,9 @@ from beacon.config import AgentConfig
 from beacon.gossip import SerfClient, SerfConnectionError, SerfError, SerfNotFound
 from beacon.gossip.pools import Gossip, GossipSettings
 from beacon.gossip.supervisor import free_port
-from tests.gossip.conftest import new_key, next_addr, wait_for
+from tests.gossip.conftest import needs_serf, new_key, next_addr, wait_for
+
+pytestmark = needs_serf
 
 
 def settings(name: str, tmp: str, **kw: object) -> GossipSettings:

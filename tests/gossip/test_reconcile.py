@@ -9,7 +9,9 @@ from beacon.gossip import MemberEvent, consul_tags
 from beacon.gossip.membership import Member
 from beacon.gossip.reconcile import CatalogNode, Deregister, Register, dead_servers, event_actions, full_pass
 from beacon.model import SERF_ALIVE_OUTPUT, SERF_DEAD_OUTPUT
-from tests.gossip.conftest import Pool
+from tests.gossip.conftest import Pool, needs_serf
+
+pytestmark = needs_serf
 
 
 def member(name: str, status: str = "alive", *, server: bool = False, dc: str = "dc1",
