@@ -37,6 +37,7 @@ class AgentConfig:
     server: bool = False
     dev: bool = False
     bootstrap_expect: int = 0
+    bootstrap: bool = False  # Consul's -bootstrap: this server elects itself (single-server bootstrap)
     bind_addr: str = "127.0.0.1"
     advertise_addr: str = ""
     client_addr: str = "127.0.0.1"
@@ -66,7 +67,6 @@ class AgentConfig:
     retry_join_wan: list[str] = field(default_factory=list)
     retry_interval: float = 30.0
     rejoin: bool = False                  # -rejoin: rejoin after a graceful leave too
-    bootstrap: bool = False               # -bootstrap: this server forms a cluster alone
     encrypt: str = ""
     etcd_bin: str = ""                     # the etcd binary a server supervises (default: from PATH)
     etcd_endpoints: list[str] = field(default_factory=list)  # use this etcd cluster; start no member
@@ -207,6 +207,8 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.server = _bool(key, value, src)
         elif k == "bootstrap_expect":
             cfg.bootstrap_expect = _int(key, value, src, minimum=0)
+        elif k == "bootstrap":
+            cfg.bootstrap = _bool(key, value, src)
         elif k == "bind_addr":
             cfg.bind_addr = _str(key, value, src)
         elif k == "advertise_addr":
@@ -288,8 +290,6 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.retry_interval = _duration(key, value, src)
         elif k == "rejoin_after_leave":
             cfg.rejoin = _bool(key, value, src)
-        elif k == "bootstrap":
-            cfg.bootstrap = _bool(key, value, src)
         elif k == "encrypt":
             cfg.encrypt = _str(key, value, src)
         elif k in ("etcd_bin", "etcd_ca_file", "etcd_cert_file", "etcd_key_file"):
@@ -394,11 +394,12 @@ def validate(cfg: AgentConfig) -> None:
         log.warning("both the HTTP API and DNS are disabled")
     if cfg.bootstrap_expect and not cfg.server:
         raise ConfigError("bootstrap_expect requires server mode (-server)")
-    if cfg.bootstrap and not cfg.server:
-        raise ConfigError("bootstrap requires server mode (-server)")
-    if cfg.bootstrap and cfg.bootstrap_expect > 1:
-        raise ConfigError("bootstrap and bootstrap_expect > 1 are mutually exclusive (-bootstrap forms a cluster "
-                          "of this server alone)")
+    if cfg.bootstrap:
+        if not cfg.server:
+            raise ConfigError("bootstrap requires server mode (-server)")
+        if cfg.bootstrap_expect > 1:
+            raise ConfigError("'bootstrap_expect > 1' and 'bootstrap = true' are mutually exclusive")
+        cfg.bootstrap_expect = 1  # Consul's bootstrap mode: a one-server quorum
     if cfg.encrypt:
         from beacon.agent.cluster import validate_key
 

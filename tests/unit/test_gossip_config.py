@@ -15,7 +15,7 @@ def test_bootstrap_is_its_own_flag_and_joins_parse(tmp_path) -> None:
     cfg = load_config(["-server", "-bootstrap", "-data-dir", str(tmp_path), "-join", "10.0.0.1",
                        "-retry-join-wan", "10.0.1.1", "-join-wan", "10.0.2.1", "-retry-interval", "2s", "-rejoin",
                        "-serf-wan-port", "9302", "-server-rpc-port", "9303", "-serf-bin", "/usr/bin/serf"])
-    assert cfg.bootstrap and cfg.bootstrap_expect == 0
+    assert cfg.bootstrap and cfg.bootstrap_expect == 1  # Consul: a one-server quorum
     assert (cfg.join, cfg.retry_join_wan, cfg.join_wan) == (["10.0.0.1"], ["10.0.1.1"], ["10.0.2.1"])
     assert (cfg.retry_interval, cfg.rejoin, cfg.serf_wan_port, cfg.server_rpc_port, cfg.serf_bin) == \
         (2.0, True, 9302, 9303, "/usr/bin/serf")

@@ -3,40 +3,32 @@
 Modules: ``supervisor`` (SerfConfig, SerfAgent: run/restart the child, keyring and snapshot files),
 ``rpc`` (SerfClient: the msgpack RPC protocol), ``membership`` (Membership: members in Consul's
 shapes, events, user events, queries, keyring, coordinates), ``coordinate`` (RTT estimates and
-sorting), ``tags`` (Consul's member tags, servers from tags), ``events`` (Consul user events over Serf).
+sorting), ``tags`` (Consul's member tags, servers from tags), ``events`` (Consul user events over Serf),
+``pools`` (Gossip: an agent's LAN and WAN pools, joins and shutdown, from its config), ``reconcile``
+(the leader's membership -> catalog rules, as pure functions).
 
 Integration plan (the swap in agent/cluster.py, once the etcd consensus work has landed)
 ======================================================================================
 
 1. Config (config.py, cli): add ``serf_bin`` (``-serf-bin``), ``serf_wan_port`` (``ports.serf_wan``,
-   8302), ``join_wan``/``retry_join_wan`` (``-join-wan``, ``-retry-join-wan``), ``rejoin``
-   (``-rejoin``), ``bootstrap`` (``-bootstrap``: make ``-bootstrap`` an exact flag so argparse stops
-   taking it for ``-bootstrap-expect``), ``retry_interval``. ``encrypt`` and ``reconnect_timeout``
-   exist; drop ``heartbeat_interval`` and ``failure_timeout``.
+   8302), ``start_join`` (``-join``), ``join_wan``/``retry_join_wan`` (``-join-wan``,
+   ``-retry-join-wan``), ``rejoin`` (``-rejoin``), ``retry_interval``: ``GossipSettings.from_agent_config``
+   reads them by these names (and defaults them while they are absent). ``-bootstrap`` is accepted
+   already. Drop ``heartbeat_interval`` and ``failure_timeout``.
 
-2. Agent.start() (every mode, -dev included), before HTTP starts::
+2. Agent.start() (every mode, -dev included), once the HTTP port is known::
 
-       from beacon.gossip import Membership, SerfConfig, SerfNotFound, consul_tags, wan_member_name
-       lan = SerfConfig(node_name=cfg.node_name, data_dir=cfg.data_dir or <a temp dir for -dev>,
-                        bind_addr=cfg.bind_addr, port=cfg.serf_lan_port, advertise_addr=cfg.advertise_addr,
-                        pool="lan", encrypt=cfg.encrypt, serf_bin=cfg.serf_bin or None,
-                        rejoin_after_leave=cfg.rejoin, reconnect_timeout=f"{int(cfg.reconnect_timeout)}s",
-                        user_event_size_limit=1024,   # Consul's 512-byte event + its msgpack envelope
-                        tags=consul_tags(server=cfg.server, datacenter=cfg.datacenter, node_id=self.node_id,
-                                         server_port=cfg.server_port, bootstrap_expect=cfg.bootstrap_expect,
-                                         bootstrap=cfg.bootstrap))
-       self.gossip_lan = await Membership.start_pool(lan, datacenter=cfg.datacenter)
-       if cfg.server:   # the WAN pool: servers only, named <node>.<dc>
-           self.gossip_wan = await Membership.start_pool(SerfConfig(
-               node_name=wan_member_name(cfg.node_name, cfg.datacenter), pool="wan", port=cfg.serf_wan_port,
-               tags=consul_tags(server=True, wan=True, ...same...), ...same addresses and key...),
-               datacenter=cfg.datacenter)
+       from beacon.gossip import Gossip, GossipSettings
+       self.gossip = await Gossip.start(GossipSettings.from_agent_config(
+           cfg, self.node_id, extra_tags={"http_port": str(self.http_port)}))
+       self.gossip_lan = self.gossip.lan if self.gossip else None   # the endpoints look for these
+       self.gossip_wan = self.gossip.wan if self.gossip else None
 
-   ``SerfNotFound`` (no binary) carries the one line to print: fatal unless ``-dev``, where the agent
-   logs it and runs alone with ``gossip_lan = None`` (the gossip endpoints then answer 500 saying so).
-   Then ``-join``/``-retry-join``: ``await gossip_lan.join(addrs)`` (retry every ``retry_interval``
-   until one succeeds for retry-join; fail start for -join); WAN likewise with ``gossip_wan``.
-   Agent.stop(): ``await gossip_lan.stop(leave=<leave_on_terminate / graceful leave>)``, same for WAN.
+   That starts the LAN pool (tags from ``consul_tags``: role, dc, id, port, expect, bootstrap, build,
+   vsn...), the WAN pool on servers (member ``<node>.<dc>``), ``-join`` (start fails if none answers)
+   and ``-retry-join`` (background, every ``retry_interval``). Without a serf binary it returns None
+   under -dev (after logging the one line naming the Debian package ``serf``) and otherwise raises
+   ``SerfNotFound`` with that line. Agent.stop(): ``await self.gossip.stop(leave=<graceful leave>)``.
 
 3. cluster.py: the heartbeat scheme goes. Delete ``Member``, ``Codec``'s heartbeat use,
    ``rpc_hello``, ``rpc_heartbeat``, ``rpc_leave``, ``rpc_force_leave``, ``_observe``, ``heartbeat_once``,
@@ -56,18 +48,21 @@ Integration plan (the swap in agent/cluster.py, once the etcd consensus work has
    ``Agent.join(addr)``                    ``await agent.gossip_lan.join([addr])`` (``?wan=1``: gossip_wan)
    ``Agent.force_leave(node, prune)``      ``await agent.gossip_lan.force_leave(node, prune)`` (servers also
                                            on gossip_wan with ``<node>.<dc>``)
-   ``cluster.leave()``                     ``await agent.gossip_lan.stop(leave=True)`` (+ gossip_wan)
+   ``cluster.leave()``                     ``await agent.gossip.stop(leave=True)`` (both pools, WAN first)
    ``/v1/agent/self`` Member / Coord       ``(await gossip_lan.local_member()).consul_json()`` /
                                            ``(await gossip_lan.coordinate()).to_json()``
-   leader ``reconcile()`` loop             ``sub = gossip_lan.subscribe()`` on gaining leadership; per
-                                           ``MemberEvent``: member-join/update -> REGISTER node (+ ``consul``
-                                           service for ``m.server``) with serfHealth passing; member-failed ->
-                                           serfHealth critical; member-leave -> DEREGISTER (and remove a server
-                                           from etcd's membership); member-reap -> DEREGISTER. Also a full pass
-                                           over ``await gossip_lan.members()`` on gaining leadership and every
-                                           60 s, as Consul's leader does (events are at-most-once).
-   autopilot ``cleanup_dead_servers``      servers (``m.server``) ``failed`` longer than the reconnect timeout
-                                           -> remove from etcd's member list, then ``force_leave``
+   leader ``reconcile()`` loop             ``sub = gossip_lan.subscribe()`` on gaining leadership; for each
+                                           ``MemberEvent``: ``reconcile.event_actions(ev, catalog, dc)``; on
+                                           gaining leadership and every 60 s: ``reconcile.full_pass(await
+                                           gossip_lan.members(), catalog, dc, self_name)`` (events are
+                                           at-most-once). Each ``Register`` -> REGISTER (node, address, id,
+                                           serfHealth status/output, ``consul`` service on
+                                           ``consul_service_port`` for servers); each ``Deregister`` ->
+                                           DEREGISTER (``server=True``: also leave etcd's membership).
+                                           ``catalog`` maps node -> ``CatalogNode(address, serfHealth
+                                           status, consul service port)`` read from the store.
+   autopilot ``cleanup_dead_servers``      ``reconcile.dead_servers(members, failed_for, reconnect_timeout,
+                                           dc)`` -> remove from etcd's member list, then ``force_leave``
    ======================================  ===================================================================
 
 4. Endpoints. Install ``agent/http/keyring.py`` and ``agent/http/coordinate.py`` (``router.install(app)``)
@@ -95,6 +90,7 @@ from beacon.gossip.membership import (
     Subscription,
     UserEvent,
 )
+from beacon.gossip.pools import Gossip, GossipSettings
 from beacon.gossip.rpc import (
     SerfAuthError,
     SerfClient,
@@ -108,7 +104,7 @@ from beacon.gossip.supervisor import LAN_PORT, WAN_PORT, SerfAgent, SerfConfig, 
 from beacon.gossip.tags import ServerInfo, consul_tags, server_info, wan_member_name
 
 __all__ = [
-    "LAN_PORT", "WAN_PORT", "Coordinate", "KeyringError", "Member", "MemberEvent", "Membership", "QueryEvent",
+    "LAN_PORT", "WAN_PORT", "Coordinate", "Gossip", "GossipSettings", "KeyringError", "Member", "MemberEvent", "Membership", "QueryEvent",
     "SerfAgent", "SerfAuthError", "SerfClient", "SerfConfig", "SerfConnectionError", "SerfError", "SerfNotFound",
     "SerfProtocolError", "SerfRPCError", "SerfTimeout", "ServerInfo", "Subscription", "UserEvent", "consul_tags",
     "find_serf", "rtt", "server_info", "sort_by_rtt", "sort_datacenters", "wan_member_name",

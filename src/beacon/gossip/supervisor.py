@@ -233,6 +233,7 @@ class SerfAgent:
             if not self.rpc_port or attempt:
                 self.rpc_port = free_port(self.config.rpc_host)
             self._prepare()
+            self._rotate_log()
             logf = open(self.log_path, "ab")
             try:
                 self.proc = await asyncio.create_subprocess_exec(
@@ -252,6 +253,11 @@ class SerfAgent:
                 break  # only a lost race for the RPC port is worth another try
         raise SerfStartError(f"serf {self.config.pool} agent did not start: {last or 'no output'} "
                              f"(log: {self.log_path})")
+
+    def _rotate_log(self, limit: int = 16 * 1024 * 1024) -> None:
+        """The child appends to its log for as long as it runs; keep one old file per restart past `limit`."""
+        if self._log_size() > limit:
+            os.replace(self.log_path, self.log_path + ".1")
 
     def _log_size(self) -> int:
         try:
