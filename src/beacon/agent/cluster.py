@@ -24,25 +24,14 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
 from beacon.gossip import Member as GossipMember
-from beacon.gossip import (
-    MemberEvent,
-    Membership,
-    SerfConfig,
-    SerfError,
-    SerfNotFound,
-    UserEvent,
-    consul_tags,
-    wan_member_name,
-)
-from beacon.gossip.supervisor import find_serf
+from beacon.gossip import MemberEvent, Membership, SerfError, SerfNotFound, UserEvent
+from beacon.gossip.pools import Gossip, GossipSettings
 from beacon.server.fsm import ApplyResult, CommandError
 
 if TYPE_CHECKING:
@@ -130,6 +119,7 @@ class Cluster:
         self.server = cfg.server
         self.raft_addr = _host_port(cfg.advertise, cfg.server_port)  # the etcd peer address
         self.rpc_port = cfg.server_rpc_port
+        self.gossip: Gossip | None = None
         self.lan: Membership | None = None
         self.wan: Membership | None = None
         self.gossip_error = ""
@@ -141,23 +131,16 @@ class Cluster:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._tmp = ""
         self.reconciler: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        cfg = self.agent.config
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5, connect=1))
         if self.server:
             await self._start_rpc()
-        try:
-            await self._start_gossip()
-        except SerfNotFound as exc:
-            if not cfg.dev:
-                raise GossipUnavailable(str(exc)) from None
-            self.gossip_error = str(exc)
-            log.warning("%s; this -dev agent runs alone (join, members and events stay local)", exc)
-            return
+        await self._start_gossip()
+        if self.lan is None:
+            return  # -dev without serf: this agent alone
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._refresh_loop(), name="members"))
         if self.server:
@@ -165,21 +148,6 @@ class Cluster:
 
             self.reconciler = Reconciler(self.agent, self)
             self._tasks.append(loop.create_task(self.reconciler.run(), name="reconcile"))
-        if cfg.join:
-            try:
-                await self.lan_join(cfg.join)
-            except SerfError as exc:
-                raise GossipUnavailable(f"-join failed: {exc}") from None
-        if cfg.join_wan and self.wan is not None:
-            try:
-                await self.wan.join(cfg.join_wan)
-            except SerfError as exc:
-                raise GossipUnavailable(f"-join-wan failed: {exc}") from None
-        if cfg.retry_join:
-            self._tasks.append(loop.create_task(self._retry_join(self.lan, cfg.retry_join, "LAN"), name="retry-join"))
-        if cfg.retry_join_wan and self.wan is not None:
-            self._tasks.append(loop.create_task(self._retry_join(self.wan, cfg.retry_join_wan, "WAN"),
-                                                name="retry-join-wan"))
         await self.refresh()
 
     def _port(self, preferred: int, udp: bool, what: str) -> int:
@@ -207,48 +175,35 @@ class Cluster:
         self.rpc_port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
 
-    def _tags(self, wan: bool) -> dict[str, str]:
-        cfg = self.agent.config
+    def _extra_tags(self) -> dict[str, str]:
+        """Beside Consul's tags: where a server's RPC, HTTP and DNS listen. Clients forward HTTP and DNS
+        to a server's own listeners (found here, not in a static list); over the WAN, servers forward
+        ?dc= requests and <x>.service.<dc> lookups the same way."""
         extra = {"rpc_port": str(self.rpc_port)} if self.server else {}
-        # Clients forward HTTP and DNS to a server's own listeners (found here, not in a static list);
-        # over the WAN, servers forward ?dc= requests and <x>.service.<dc> lookups the same way.
         extra.update(http_port=str(self.agent.http_port or 0), dns_port=str(self.agent.dns_port or 0))
-        return consul_tags(server=self.server, datacenter=cfg.datacenter, node_id=self.agent.node_id,
-                           server_port=cfg.server_port, wan=wan, bootstrap_expect=cfg.bootstrap_expect,
-                           bootstrap=cfg.bootstrap, extra=extra)
+        return extra
 
     async def _start_gossip(self) -> None:
+        """The LAN pool (and WAN on servers) with -join / -retry-join, by beacon.gossip.pools."""
         cfg = self.agent.config
-        find_serf(cfg.serf_bin or None)  # SerfNotFound: the one line naming the package
-        data_dir = cfg.data_dir
-        if not data_dir:
-            self._tmp = data_dir = tempfile.mkdtemp(prefix="beacon-serf-")
-        common: dict[str, Any] = dict(
-            data_dir=data_dir, bind_addr=cfg.bind_addr, advertise_addr=cfg.advertise_addr, encrypt=cfg.encrypt,
-            serf_bin=cfg.serf_bin or None, rejoin_after_leave=cfg.rejoin,
-            reconnect_timeout=f"{max(1, int(cfg.reconnect_timeout))}s",
-            # Consul's 512-byte event plus its msgpack envelope
-            user_event_size_limit=1024)
-        lan = SerfConfig(node_name=cfg.node_name, pool="lan", port=self._port(cfg.serf_lan_port, True, "serf LAN"),
-                         tags=self._tags(False), **common)
-        wan = None
-        if self.server:  # the WAN pool: servers only, named <node>.<dc>
-            wan = SerfConfig(node_name=wan_member_name(cfg.node_name, cfg.datacenter), pool="wan",
-                             port=self._port(cfg.serf_wan_port, True, "serf WAN"), tags=self._tags(True), **common)
-        # Both children start at once: an agent's start (and a restart after a crash) waits for them.
-        pools = await asyncio.gather(*(Membership.start_pool(c, datacenter=cfg.datacenter) for c in (lan, wan) if c),
-                                     return_exceptions=True)
-        errors = [p for p in pools if isinstance(p, BaseException)]
-        if errors:
-            for p in pools:
-                if isinstance(p, Membership):
-                    await p.stop()
-            raise errors[0]
-        self.lan = pools[0]  # type: ignore[assignment]
-        self.wan = pools[1] if wan is not None else None  # type: ignore[assignment]
+        settings = GossipSettings.from_agent_config(
+            cfg, self.agent.node_id, join=list(cfg.join),
+            lan_port=self._port(cfg.serf_lan_port, True, "serf LAN"),
+            wan_port=self._port(cfg.serf_wan_port, True, "serf WAN") if self.server else cfg.serf_wan_port,
+            extra_tags=self._extra_tags())
+        try:
+            self.gossip = await Gossip.start(settings)
+        except SerfNotFound as exc:
+            raise GossipUnavailable(str(exc)) from None
+        except SerfError as exc:  # -join (or -join-wan) reached nobody, as Consul's start fails then
+            raise GossipUnavailable(f"gossip did not start: {exc}") from None
+        if self.gossip is None:  # -dev without serf: logged by Gossip.start
+            self.gossip_error = "gossip is not running on this agent (it needs the Debian package `serf`)"
+            return
+        self.lan, self.wan = self.gossip.lan, self.gossip.wan
         self.lan.on_event(self._on_event)
-        log.info("gossip: LAN %s:%d%s", cfg.bind_addr, lan.port,
-                 f", WAN {cfg.bind_addr}:{self.wan.serf.config.port}" if self.wan else "")
+        log.info("gossip: LAN %s:%d%s", cfg.bind_addr, settings.lan_port,
+                 f", WAN {cfg.bind_addr}:{settings.wan_port}" if self.wan else "")
 
     async def stop(self, leave: bool = False) -> None:
         for t in self._tasks:
@@ -259,19 +214,14 @@ class Cluster:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
-        for pool in (self.wan, self.lan):
-            if pool is not None:
-                try:
-                    await pool.stop(leave=leave and not self.left)
-                except Exception as exc:
-                    log.warning("stopping gossip: %s", exc)
+        if self.gossip is not None:
+            await self.gossip.stop(leave=leave and not self.left)
+            self.gossip = None
         self.lan = self.wan = None
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
 
     async def leave(self) -> None:
         """Graceful leave of both pools: the others see `left` (the leader deregisters this node)."""
@@ -284,24 +234,6 @@ class Cluster:
                     log.warning("gossip leave: %s", exc)
 
     # ------------------------------------------------------------------ joins
-    async def lan_join(self, addresses: list[str]) -> int:
-        pool = self.require_lan()
-        n = await pool.join(addresses)
-        await self.refresh()
-        return n
-
-    async def _retry_join(self, pool: Membership, addresses: list[str], what: str) -> None:
-        cfg = self.agent.config
-        while True:
-            try:
-                n = await pool.join(addresses)
-                log.info("retry-join (%s): joined %d of %s", what, n, addresses)
-                await self.refresh()
-                return
-            except SerfError as exc:
-                log.info("retry-join (%s) %s: %s; again in %.0fs", what, addresses, exc, cfg.retry_interval)
-            await asyncio.sleep(cfg.retry_interval)
-
     def require_lan(self) -> Membership:
         if self.lan is None:
             raise RPCError(self.gossip_error or "gossip is not running on this agent")

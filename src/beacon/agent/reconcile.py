@@ -1,6 +1,7 @@
 """The leader's duties over gossip membership, as Consul's leader does them.
 
-Rules (pure functions below, applied by :class:`Reconciler` on the consensus leader only):
+Rules (pure functions in :mod:`beacon.gossip.reconcile`, applied by :class:`Reconciler` on the consensus
+leader only, which adds the guard that only a member this server has listed can have been reaped):
 
 * an ``alive`` member: its node is registered with ``serfHealth`` passing (servers also get the
   ``consul`` service on the server port);
@@ -23,7 +24,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from beacon.model import SERF_ALIVE_OUTPUT, SERF_CHECK_ID, SERF_CHECK_NAME, SERF_DEAD_OUTPUT
+from beacon.gossip.reconcile import CatalogNode, Deregister, Register, dead_servers, full_pass
+from beacon.model import SERF_CHECK_ID, SERF_CHECK_NAME
 from beacon.server.fsm import CommandError, MessageType
 
 if TYPE_CHECKING:
@@ -36,28 +38,30 @@ log = logging.getLogger("beacon.reconcile")
 FULL_PASS_EVERY = 5.0
 
 
-def wanted_health(status: str) -> str | None:
-    """serfHealth for a member status; None: the member's node should not be in the catalog."""
-    if status == "alive":
-        return "passing"
-    if status == "failed":
-        return "critical"
-    if status == "leaving":
-        return "passing"  # still there until it has left
-    return None
+def catalog_view(store: Any) -> dict[str, CatalogNode]:
+    """What the catalog holds for every node, in the shape the reconcile rules compare against."""
+    out: dict[str, CatalogNode] = {}
+    with store.lock:
+        for key, node in store.nodes.items():
+            serf = store.checks.get((key, SERF_CHECK_ID))
+            consul = store.services.get((key, "consul"))
+            out[node.node] = CatalogNode(address=node.address, serf_health=serf.status if serf else None,
+                                         consul_service_port=consul.port if consul else None)
+    return out
 
 
-def register_payload(m: Member, datacenter: str, status: str, node: Any) -> dict[str, Any]:
+def register_payload(action: Register, node: Any) -> dict[str, Any]:
+    """The REGISTER command for a reconcile rule's Register (node metadata kept)."""
     payload: dict[str, Any] = {
-        "node": m.name, "address": m.addr, "id": m.tags.get("id", ""), "datacenter": datacenter,
-        "skip_node_update": node is not None and node.address == m.addr,
-        "checks": [{"check_id": SERF_CHECK_ID, "name": SERF_CHECK_NAME, "status": status,
-                    "output": SERF_ALIVE_OUTPUT if status == "passing" else SERF_DEAD_OUTPUT}],
+        "node": action.node, "address": action.address, "id": action.node_id, "datacenter": action.datacenter,
+        "skip_node_update": node is not None and node.address == action.address,
+        "checks": [{"check_id": SERF_CHECK_ID, "name": SERF_CHECK_NAME, "status": action.serf_health,
+                    "output": action.output}],
     }
     if node is not None:
         payload["node_meta"] = dict(node.meta)
-    if m.tags.get("role") == "consul":
-        payload["service"] = {"id": "consul", "service": "consul", "port": int(m.tags.get("port") or 8300)}
+    if action.consul_service_port is not None:
+        payload["service"] = {"id": "consul", "service": "consul", "port": action.consul_service_port}
     return payload
 
 
@@ -108,44 +112,30 @@ class Reconciler:
         store = self.agent.store
         members = dict(self.cluster.members)
         self.seen.update(n.lower() for n in members)
+        now = time.monotonic()
+        dead = set(dead_servers(members.values(), {n: now - t for n, t in self.failed_since.items()},
+                                cfg.reconnect_timeout, cfg.datacenter))
         for m in members.values():
-            if m.tags.get("dc", cfg.datacenter) != cfg.datacenter:
-                continue
-            if m.tags.get("role") == "consul" and m.name != cfg.node_name:
-                await self._autopilot(m)
-            want = wanted_health(m.status)
-            node = store.get_node(m.name)
-            if want is None:
-                if m.status == "left" and node is not None and self._serf_managed(m.name):
-                    log.info("member %s left: deregistering its node", m.name)
-                    await self._submit((MessageType.DEREGISTER, {"node": m.name}))
-                continue
-            if m.name in self.removed:
-                continue  # autopilot removed it; it comes back by joining again (alive)
-            serf = store.checks.get((m.name.lower(), SERF_CHECK_ID))
-            if node is None or node.address != m.addr or serf is None or serf.status != want:
-                await self._submit((MessageType.REGISTER, register_payload(m, cfg.datacenter, want, node)))
-        # Reaped: a node carrying serfHealth that gossip no longer lists.
-        names = {n.lower() for n in members}
-        for (node_name, check_id) in list(store.checks):
-            if check_id == SERF_CHECK_ID and node_name in self.seen and node_name not in names \
-                    and node_name != cfg.node_name.lower():
-                log.info("member %s was reaped: deregistering its node", node_name)
-                await self._submit((MessageType.DEREGISTER, {"node": store.checks[(node_name, check_id)].node}))
-                self.seen.discard(node_name)
+            if m.tags.get("role") == "consul" and m.tags.get("dc") == cfg.datacenter and m.name != cfg.node_name:
+                await self._autopilot(m, m.name in dead)
+        for action in full_pass(members.values(), catalog_view(store), cfg.datacenter, cfg.node_name):
+            if isinstance(action, Deregister):
+                if action.reason == "reaped" and action.node.lower() not in self.seen:
+                    continue  # never listed by this server's gossip: not evidence of a reap
+                log.info("member %s %s: deregistering its node", action.node, action.reason)
+                await self._submit((MessageType.DEREGISTER, {"node": action.node}))
+                self.seen.discard(action.node.lower())
+            elif action.node not in self.removed:  # autopilot removed it; it comes back alive
+                await self._submit((MessageType.REGISTER, register_payload(action, store.get_node(action.node))))
 
-    def _serf_managed(self, name: str) -> bool:
-        return (name.lower(), SERF_CHECK_ID) in self.agent.store.checks
-
-    async def _autopilot(self, m: Member) -> None:
+    async def _autopilot(self, m: Member, dead: bool) -> None:
         """Remove a server from etcd once it left, or once it is dead past reconnect_timeout."""
         if m.status == "alive":
             self.removed.pop(m.name, None)
             return
-        cfg = self.agent.config
-        dead_for = time.monotonic() - self.failed_since.get(m.name, time.monotonic())
-        if not (m.status == "left" or (m.status == "failed" and dead_for >= cfg.reconnect_timeout)):
+        if not (m.status == "left" or dead):
             return
+        dead_for = time.monotonic() - self.failed_since.get(m.name, time.monotonic())
         raft = self.agent.raft
         addr = self.cluster.peer_addr(m)
         if raft is not None and addr in raft.peers() and m.name not in self.removed:

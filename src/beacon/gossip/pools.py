@@ -105,19 +105,25 @@ class Gossip:
                       user_event_size_limit=1024)  # Consul's 512-byte event plus its msgpack envelope
         tag_args = dict(server=s.server, datacenter=s.datacenter, node_id=s.node_id, server_port=s.server_port,
                         bootstrap_expect=s.bootstrap_expect, bootstrap=s.bootstrap, extra=s.extra_tags)
-        lan = await Membership.start_pool(
-            SerfConfig(node_name=s.node_name, port=s.lan_port, pool="lan", tags=consul_tags(**tag_args), **common),
-            datacenter=s.datacenter)
-        wan = None
+        configs = [SerfConfig(node_name=s.node_name, port=s.lan_port, pool="lan", tags=consul_tags(**tag_args),
+                              **common)]
         if s.server:
-            try:
-                wan = await Membership.start_pool(
-                    SerfConfig(node_name=wan_member_name(s.node_name, s.datacenter), port=s.wan_port, pool="wan",
-                               tags=consul_tags(wan=True, **tag_args), **common),
-                    datacenter=s.datacenter)
-            except BaseException:
-                await lan.stop()
-                raise
+            configs.append(SerfConfig(node_name=wan_member_name(s.node_name, s.datacenter), port=s.wan_port,
+                                      pool="wan", tags=consul_tags(wan=True, **tag_args), **common))
+        # Both children start at once: an agent's start (and its restart after a crash) waits for them.
+        started = await asyncio.gather(*(Membership.start_pool(c, datacenter=s.datacenter) for c in configs),
+                                       return_exceptions=True)
+        failed = [x for x in started if isinstance(x, BaseException)]
+        if failed:
+            for x in started:
+                if isinstance(x, Membership):
+                    await x.stop()
+            if tmpdir is not None:
+                tmpdir.cleanup()
+            raise failed[0]
+        lan = started[0]
+        wan = started[1] if s.server else None
+        assert isinstance(lan, Membership) and (wan is None or isinstance(wan, Membership))
         g = cls(s, lan, wan, tmpdir)
         try:
             if s.join:
