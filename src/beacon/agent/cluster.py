@@ -149,6 +149,14 @@ class Cluster:
             self.reconciler = Reconciler(self.agent, self)
             self._tasks.append(loop.create_task(self.reconciler.run(), name="reconcile"))
         await self.refresh()
+        self._tasks.append(loop.create_task(self._refresh_after_joins(), name="joined"))
+
+    async def _refresh_after_joins(self) -> None:
+        """A -retry-join that succeeds brings the whole member list: take it now, not at the next poll,
+        so a client forwards to the servers as soon as it has joined."""
+        assert self.gossip is not None
+        await self.gossip.retry_joins_done()
+        await self.refresh()
 
     def _port(self, preferred: int, udp: bool, what: str) -> int:
         """-dev takes the default port when it is free and any free port otherwise, so several -dev

@@ -164,6 +164,12 @@ class Gossip:
                             addresses, exc, self.settings.retry_interval)
             await asyncio.sleep(self.settings.retry_interval)
 
+    async def retry_joins_done(self) -> None:
+        """Wait until the -retry-join / -retry-join-wan attempts have succeeded (at once without any)."""
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(t)
+
     async def stop(self, leave: bool = False) -> None:
         """Stop the pools; with `leave`, leave them gracefully first (WAN first, as Consul's servers)."""
         for t in self._tasks:

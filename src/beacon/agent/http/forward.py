@@ -68,7 +68,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
     last = "no servers known"
     wait = _wait_seconds(request.query)
     deadline = time.monotonic() + wait if wait is not None else None
-    for target in agent.server_http_targets():
+    targets = agent.server_http_targets()
+    if not targets and agent.cluster is not None:  # just joined: the member view may not have them yet
+        await agent.cluster.refresh()
+        targets = agent.server_http_targets()
+    for target in targets:
         rel = request.rel_url
         if deadline is not None:
             # A blocking query retried on another server waits only for what is left of its wait.
