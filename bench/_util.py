@@ -29,6 +29,14 @@ def pinned(core: int | None, argv: list[str]) -> list[str]:
     return argv
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used. Per-request CPU is the figure that holds up when other
+    work shares the cores (throughput then depends on what the scheduler gives each side)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def loadavg() -> str:
     """The machine's 1/5/15-minute load average, printed with every table (the cores are shared)."""
     with open("/proc/loadavg", encoding="ascii") as f:

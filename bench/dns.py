@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import beacon_agent, loadavg, require  # noqa: E402
+from _util import beacon_agent, cpu_seconds, loadavg, require  # noqa: E402
 
 INSTANCES = [("node1", "10.0.0.1"), ("node2", "10.0.0.2")]
 CHURN_RATE = 50.0
@@ -57,17 +57,26 @@ def wait_udp_answer(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"server on port {port} did not answer within {timeout}s")
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-        u.bind(("127.0.0.1", 0))
-        return u.getsockname()[1]
+def free_port() -> int:
+    """A port free for both UDP and TCP right now (dnsmasq binds both a moment later)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
 
 
 @contextlib.contextmanager
-def dnsmasq(core: int, tmp: Path, names: int) -> Iterator[int]:
+def dnsmasq(core: int, tmp: Path, names: int) -> Iterator[tuple[int, int]]:
     hosts = tmp / "hosts"
     hosts.write_text("".join(f"{name_addr(i)} svc-{i}.service.consul\n" for i in range(names)))
-    port = free_udp_port()
+    port = free_port()
     cmd = ["taskset", "-c", str(core), "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--no-poll",
            f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--local-ttl=0",
            f"--pid-file={tmp}/dnsmasq.pid", f"--addn-hosts={hosts}",
@@ -79,7 +88,7 @@ def dnsmasq(core: int, tmp: Path, names: int) -> Iterator[int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_udp_answer(port)
-        yield port
+        yield port, proc.pid  # taskset execs dnsmasq: the same pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -134,7 +143,9 @@ def churn(base: str, rate: float) -> Iterator[list[int]]:
         t.join(10)
 
 
-def dnsperf(port: int, qfile: Path, seconds: int, clients: int, core: int) -> tuple[float, str]:
+def dnsperf(port: int, qfile: Path, seconds: int, clients: int, core: int, pid: int) -> tuple[float, str, float]:
+    """Queries/s, queries lost, and the server's CPU microseconds per answered query."""
+    cpu0 = cpu_seconds(pid)
     cmd = ["taskset", "-c", str(core), "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
            "-c", str(clients), "-l", str(seconds), "-Q", "200000"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
@@ -142,7 +153,9 @@ def dnsperf(port: int, qfile: Path, seconds: int, clients: int, core: int) -> tu
     if not m:
         raise RuntimeError("dnsperf output without a rate:\n" + out)
     lost = re.search(r"Queries lost:\s+(\d+)", out)
-    return float(m.group(1)), (lost.group(1) if lost else "?")
+    done = re.search(r"Queries completed:\s+(\d+)", out)
+    cpu_us = (cpu_seconds(pid) - cpu0) / max(1, int(done.group(1)) if done else 1) * 1e6
+    return float(m.group(1)), (lost.group(1) if lost else "?"), cpu_us
 
 
 def main() -> int:
@@ -168,8 +181,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="beacon-dns-bench-") as tmp_name:
         tmp = Path(tmp_name)
         names = args.names if "names" in phases else 0
-        with dnsmasq(args.server_core, tmp, names) as dm_port, \
-                beacon_agent(core=args.server_core) as (_, http, bc_port):
+        with dnsmasq(args.server_core, tmp, names) as (dm_port, dm_pid), \
+                beacon_agent(core=args.server_core) as (agent, http, bc_port):
             assert bc_port is not None
             base = f"http://127.0.0.1:{http}"
             fill(base, names)
@@ -179,24 +192,28 @@ def main() -> int:
             for label, queries in cases:
                 qfile = tmp / "queries"
                 qfile.write_text("\n".join(queries) + "\n")
-                dm_runs, bc_runs = [], []
+                dm_runs, bc_runs, cpu_ratios = [], [], []
                 for rnd in range(1, args.rounds + 1):
-                    dm, dm_lost = dnsperf(dm_port, qfile, args.seconds, args.clients, args.client_core)
+                    dm, dm_lost, dm_cpu = dnsperf(dm_port, qfile, args.seconds, args.clients, args.client_core,
+                                                  dm_pid)
                     with churn(base, CHURN_RATE) if "churn" in label else contextlib.nullcontext([0]) as n:
-                        bc, bc_lost = dnsperf(bc_port, qfile, args.seconds, args.clients, args.client_core)
+                        bc, bc_lost, bc_cpu = dnsperf(bc_port, qfile, args.seconds, args.clients,
+                                                      args.client_core, agent.pid)
                     dm_runs.append(dm)
                     bc_runs.append(bc)
+                    cpu_ratios.append(dm_cpu / bc_cpu)
                     extra = f", {n[0] / args.seconds:.0f} re-registrations/s" if "churn" in label else ""
-                    print(f"{label}: round {rnd}: dnsmasq {dm:,.0f} q/s (lost {dm_lost}), beacon {bc:,.0f} q/s "
-                          f"(lost {bc_lost}){extra}, {bc / dm:.2f}x  (load {loadavg()})", flush=True)
+                    print(f"{label}: round {rnd}: dnsmasq {dm:,.0f} q/s (lost {dm_lost}, {dm_cpu:.1f} us CPU/q), "
+                          f"beacon {bc:,.0f} q/s (lost {bc_lost}, {bc_cpu:.1f} us CPU/q){extra}: {bc / dm:.2f}x, "
+                          f"per CPU {dm_cpu / bc_cpu:.2f}x  (load {loadavg()})", flush=True)
                 ratios = [b / d for d, b in zip(dm_runs, bc_runs, strict=True)]
                 table.append((label, statistics.median(bc_runs), statistics.median(dm_runs),
-                              statistics.median(ratios)))
+                              statistics.median(ratios), statistics.median(cpu_ratios)))
     print(f"\nload average at the end: {loadavg()}")
-    print("| query | Beacon (real agent, -dev) | dnsmasq | Beacon / dnsmasq (median of rounds) |")
-    print("|---|---:|---:|---:|")
-    for label, bc, dm, r in table:
-        print(f"| {label} | {bc:,.0f} q/s | {dm:,.0f} q/s | **{r:.2f}x** |")
+    print("| query | Beacon (real agent, -dev) | dnsmasq | Beacon / dnsmasq q/s | per CPU-second |")
+    print("|---|---:|---:|---:|---:|")
+    for label, bc, dm, r, c in table:
+        print(f"| {label} | {bc:,.0f} q/s | {dm:,.0f} q/s | **{r:.2f}x** | {c:.2f}x |")
     return 0
 
 

@@ -8,8 +8,9 @@ Per round, for each engine in turn (the order alternates between rounds):
    wall time of the CLI command (create, attach, start, wait, remove: what a user waits for);
 2. throughput: ``--parallel`` concurrent ``docker run --rm busybox true``; containers per second
    (and that every one of them succeeded);
-3. output: ``docker run --rm busybox head -c N /dev/zero`` piped to the benchmark, MB/s of stdout
-   through the engine's attach stream.
+3. output: ``--megabytes`` of stdout through ``docker run`` into the benchmark (the engine's log
+   store and attach stream), MB/s: once as one long run of bytes (``head -c N /dev/zero``) and once
+   as short lines (``yes hello-world-line | head -c N``), which is what programs print.
 
 The embedded engine is a real ``beacon engine -isolation runc`` process; dockerd is the private one
 of .ci/dockerd.sh (started here if it is not running). Both get the same busybox image, imported
@@ -72,12 +73,13 @@ def parallel(host: str, n: int) -> tuple[float, int]:
     return n / elapsed, sum(1 for c in codes if c == 0)
 
 
-def output(host: str, megabytes: int) -> float:
+def output(host: str, megabytes: int, lines: bool) -> float:
     size = megabytes * 1024 * 1024
     env = dict(os.environ)
     env.pop("DOCKER_HOST", None)
+    cmd = ["sh", "-c", f"yes hello-world-line | head -c {size}"] if lines else ["head", "-c", str(size), "/dev/zero"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([DOCKER, "-H", host, "run", "--rm", "busybox", "head", "-c", str(size), "/dev/zero"],
+    proc = subprocess.Popen([DOCKER, "-H", host, "run", "--rm", "busybox", *cmd],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None
     got = 0
@@ -114,26 +116,30 @@ def main() -> int:
             ensure_busybox(host, tmp)
             docker(host, "run", "--rm", "busybox", "true")  # warm caches
         results: dict[str, dict[str, list[float]]] = {k: {} for k in hosts}
-        print(f"{'round':>5} {'engine':>9} {'run p50':>9} {'run p99':>9} {'parallel/s':>10} {'ok':>5} {'stdout MB/s':>11}")
+        print(f"{'round':>5} {'engine':>9} {'run p50':>9} {'run p99':>9} {'parallel/s':>10} {'ok':>5} "
+              f"{'bytes MB/s':>10} {'lines MB/s':>10}")
         for rnd in range(args.rounds):
             order = list(hosts) if rnd % 2 == 0 else list(reversed(hosts))
             for kind in order:
                 host = hosts[kind]
                 p50, p99 = latency(host, args.runs)
                 rate, ok = parallel(host, args.parallel)
-                mbs = output(host, args.megabytes)
-                for key, value in (("p50", p50), ("p99", p99), ("rate", rate), ("mbs", mbs)):
+                mbs = output(host, args.megabytes, lines=False)
+                lines = output(host, args.megabytes, lines=True)
+                for key, value in (("p50", p50), ("p99", p99), ("rate", rate), ("mbs", mbs), ("lines", lines)):
                     results[kind].setdefault(key, []).append(value)
                 print(f"{rnd + 1:>5} {kind:>9} {p50:>7.1f}ms {p99:>7.1f}ms {rate:>10.1f} "
-                      f"{ok:>2}/{args.parallel} {mbs:>11.1f}", flush=True)
+                      f"{ok:>2}/{args.parallel} {mbs:>10.1f} {lines:>10.1f}", flush=True)
         med = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in results.items()}
         e, d = med["embedded"], med["dockerd"]
         print("\nmedians")
         for kind, m in med.items():
             print(f"  {kind:>9}: run p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms, "
-                  f"{args.parallel}-way {m['rate']:.1f} containers/s, stdout {m['mbs']:.1f} MB/s")
+                  f"{args.parallel}-way {m['rate']:.1f} containers/s, stdout {m['mbs']:.1f} MB/s (bytes), "
+                  f"{m['lines']:.1f} MB/s (lines)")
         print(f"  ratios (embedded/dockerd): run p50 {e['p50'] / d['p50']:.2f}x, p99 {e['p99'] / d['p99']:.2f}x, "
-              f"parallel {e['rate'] / d['rate']:.2f}x, stdout {e['mbs'] / d['mbs']:.2f}x")
+              f"parallel {e['rate'] / d['rate']:.2f}x, stdout bytes {e['mbs'] / d['mbs']:.2f}x, "
+              f"lines {e['lines'] / d['lines']:.2f}x")
     finally:
         stop_engine(engine.proc)
         shutil.rmtree(tmp, ignore_errors=True)

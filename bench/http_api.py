@@ -41,7 +41,7 @@ import aiohttp
 # Named http_api.py, not http.py: a bench/http.py would shadow the stdlib's `http` for every script in
 # this folder (aiohttp imports it).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import beacon_agent, env, loadavg, pinned, require  # noqa: E402
+from _util import beacon_agent, cpu_seconds, env, loadavg, pinned, require  # noqa: E402
 
 CASES = {
     "kv": "/v1/kv/bench/key",
@@ -116,7 +116,9 @@ def capture(base: str, paths: list[str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- load
-def wrk(url: str, seconds: int, connections: int, core: int) -> float:
+def wrk(url: str, seconds: int, connections: int, core: int, pid: int) -> tuple[float, float]:
+    """Requests/s, and the server's CPU microseconds per request."""
+    cpu0 = cpu_seconds(pid)
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
     out = subprocess.run(pinned(core, argv), capture_output=True, text=True, timeout=seconds + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -124,27 +126,28 @@ def wrk(url: str, seconds: int, connections: int, core: int) -> float:
         raise RuntimeError(out)
     if "Non-2xx" in out:
         raise RuntimeError("wrk saw non-2xx answers:\n" + out)
-    return float(m.group(1))
+    n = re.search(r"(\d+) requests in", out)
+    return float(m.group(1)), (cpu_seconds(pid) - cpu0) / max(1, int(n.group(1)) if n else 1) * 1e6
 
 
 @contextmanager
-def anchor(bodies: dict[str, str], core: int) -> Iterator[int]:
+def anchor(bodies: dict[str, str], core: int) -> Iterator[tuple[int, int]]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(bodies, f)
     proc = subprocess.Popen(pinned(core, [sys.executable, "-c", ANCHOR, f.name]), stdout=subprocess.PIPE,
                             text=True, env=env())
     try:
         assert proc.stdout is not None
-        yield int(proc.stdout.readline())
+        yield int(proc.stdout.readline()), proc.pid  # taskset execs python: the same pid
     finally:
         proc.terminate()
         proc.wait(10)
         os.unlink(f.name)
 
 
-def run_mode(mode: str, args: argparse.Namespace, cases: list[str]) -> dict[str, tuple[list[float], list[float]]]:
-    results: dict[str, tuple[list[float], list[float]]] = {c: ([], []) for c in cases}
-    with beacon_agent(core=args.server_core, dev=(mode == "dev")) as (_, http, _dns):
+def run_mode(mode: str, args: argparse.Namespace, cases: list[str]) -> dict[str, tuple[list[float], ...]]:
+    results: dict[str, tuple[list[float], ...]] = {c: ([], [], []) for c in cases}
+    with beacon_agent(core=args.server_core, dev=(mode == "dev")) as (agent, http, _dns):
         base = f"http://127.0.0.1:{http}"
         t0 = time.monotonic()
         asyncio.run(fill(base, args.services))
@@ -152,16 +155,19 @@ def run_mode(mode: str, args: argparse.Namespace, cases: list[str]) -> dict[str,
         bodies = capture(base, [CASES[c] for c in cases])
         for c in cases:
             print(f"[{mode}] {c}: {len(bodies[CASES[c]].encode()):,} bytes per answer", flush=True)
-        with anchor(bodies, args.server_core) as aport:
+        with anchor(bodies, args.server_core) as (aport, apid):
             time.sleep(0.3)
             for rnd in range(1, args.rounds + 1):
                 for c in cases:
-                    a = wrk(f"http://127.0.0.1:{aport}{CASES[c]}", args.seconds, args.connections, args.load_core)
-                    b = wrk(base + CASES[c], args.seconds, args.connections, args.load_core)
+                    a, a_cpu = wrk(f"http://127.0.0.1:{aport}{CASES[c]}", args.seconds, args.connections,
+                                   args.load_core, apid)
+                    b, b_cpu = wrk(base + CASES[c], args.seconds, args.connections, args.load_core, agent.pid)
                     results[c][0].append(a)
                     results[c][1].append(b)
-                    print(f"[{mode}] round {rnd} {c:<9} anchor {a:9,.0f} req/s  beacon {b:9,.0f} req/s  "
-                          f"{b / a:5.2f}x  (load {loadavg()})", flush=True)
+                    results[c][2].append(a_cpu / b_cpu)
+                    print(f"[{mode}] round {rnd} {c:<9} anchor {a:9,.0f} req/s ({a_cpu:5.1f} us CPU/req)  "
+                          f"beacon {b:9,.0f} req/s ({b_cpu:5.1f} us CPU/req)  {b / a:5.2f}x, per CPU "
+                          f"{a_cpu / b_cpu:4.2f}x  (load {loadavg()})", flush=True)
     return results
 
 
@@ -180,15 +186,16 @@ def main() -> None:
     cases = args.cases.split(",")
     table = []
     for mode in args.modes.split(","):
-        for c, (a, b) in run_mode(mode, args, cases).items():
+        for c, (a, b, cpu) in run_mode(mode, args, cases).items():
             ratios = [y / x for x, y in zip(a, b, strict=True)]
-            table.append((mode, c, statistics.median(a), statistics.median(b), statistics.median(ratios)))
+            table.append((mode, c, statistics.median(a), statistics.median(b), statistics.median(ratios),
+                          statistics.median(cpu)))
     print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds; load average at the end: "
           f"{loadavg()}")
-    print("| agent | case | anchor req/s | Beacon req/s | Beacon / anchor (median of rounds) |")
-    print("|---|---|---:|---:|---:|")
-    for mode, c, a, b, r in table:
-        print(f"| {mode} | {c} `{CASES[c]}` | {a:,.0f} | {b:,.0f} | **{r:.2f}x** |")
+    print("| agent | case | anchor req/s | Beacon req/s | Beacon / anchor req/s | per CPU-second |")
+    print("|---|---|---:|---:|---:|---:|")
+    for mode, c, a, b, r, cpu in table:
+        print(f"| {mode} | {c} `{CASES[c]}` | {a:,.0f} | {b:,.0f} | **{r:.2f}x** | {cpu:.2f}x |")
 
 
 if __name__ == "__main__":

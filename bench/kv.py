@@ -34,25 +34,41 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import cpu_seconds  # noqa: E402
 
 # ---------------------------------------------------------------------------- agent
+# Thousands of watchers come from this one client address: lift Consul's per-client connection limit
+# (limits.http_max_conns_per_client, 200 by default; 0 is no limit).
+NO_CONN_LIMIT = os.path.join(tempfile.gettempdir(), f"beacon-bench-limits-{os.getpid()}.json")
+
+
 def start_agent() -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "src"))
-    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "beacon", "agent", "-dev", "-http-port", "0",
+    with open(NO_CONN_LIMIT, "w", encoding="ascii") as f:
+        json.dump({"limits": {"http_max_conns_per_client": 0}}, f)
+    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "beacon", "agent", "-dev",
+                             "-config-file", NO_CONN_LIMIT, "-http-port", "0",
                              "-dns-port", "-1", "-no-engine", "-log-level", "warn"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
-    for line in proc.stdout:
-        m = re.search(r"==> Ready: http_port=(\d+)", line)
-        if m:
-            return proc, int(m.group(1))
-        if time.monotonic() > deadline:
-            break
+    try:
+        for line in proc.stdout:
+            m = re.search(r"==> Ready: http_port=(\d+)", line)
+            if m:
+                # Keep reading its output so the agent never blocks on a full pipe.
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
+                return proc, int(m.group(1))
+            if time.monotonic() > deadline:
+                break
+    finally:
+        os.unlink(NO_CONN_LIMIT)  # read at startup
     proc.kill()
     raise RuntimeError("agent did not start")
 
@@ -269,6 +285,21 @@ class _Watcher(asyncio.Protocol):
             self.done.set_result(None)
 
 
+async def wait_parked(port: int, watchers: int, timeout: float = 120.0) -> None:
+    conn = await Conn.open(port)
+    deadline = time.monotonic() + timeout
+    parked = -1
+    while time.monotonic() < deadline:
+        _, _, body = await conn.call("GET", "/v1/agent/metrics?format=prometheus")
+        m = re.search(rb"^beacon_http_blocking_queries (\S+)", body, re.M)
+        parked = int(float(m.group(1))) if m else -1
+        if parked >= watchers:
+            conn.close()
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"only {parked} of {watchers} watchers parked within {timeout}s")
+
+
 async def bench_broadcast(port: int, pid: int, watchers: int) -> dict[str, float]:
     key = "bench/hot"
     index = (await create_keys(port, [key]))[key]
@@ -283,12 +314,17 @@ async def bench_broadcast(port: int, pid: int, watchers: int) -> dict[str, float
     for p in protos:
         assert p.transport is not None
         p.transport.write(req)
+    # Every watcher must be parked in the agent before the write: connections still waiting in the
+    # listen backlog would otherwise be answered seconds later and counted as slow wake-ups.
+    await wait_parked(port, watchers)
     parked_rss = await settle(pid, 2.0)
     early = sum(1 for p in protos if p.first is not None)
     writer = await Conn.open(port)
+    cpu0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     await writer.call("PUT", f"/v1/kv/{key}", b"go")
     await asyncio.wait_for(asyncio.gather(*(p.done for p in protos)), 60)
+    cpu = cpu_seconds(pid) - cpu0
     lat = [p.first - t0 for p in protos if p.first is not None]
     ok = sum(1 for p in protos if p.data.startswith(b"HTTP/1.1 200"))
     for p in protos:
@@ -296,7 +332,8 @@ async def bench_broadcast(port: int, pid: int, watchers: int) -> dict[str, float
         p.transport.close()
     writer.close()
     return {"watchers": watchers, "p50": statistics.median(lat), "p99": pct(lat, 99), "max": max(lat),
-            "ok": ok, "early": early, "kib_per_watcher": (parked_rss - base_rss) / watchers}
+            "ok": ok, "early": early, "kib_per_watcher": (parked_rss - base_rss) / watchers,
+            "cpu_us_per_watcher": cpu / watchers * 1e6}
 
 
 async def run(args: argparse.Namespace, port: int, pid: int) -> dict[str, dict[str, float]]:
@@ -311,7 +348,8 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> dict[str, dict[s
         for rnd in range(args.rounds):
             bc = await asyncio.wait_for(bench_broadcast(port, pid, args.watchers), 300)
             print(f"broadcast round {rnd + 1}: p50 {ms(bc['p50'])}  p99 {ms(bc['p99'])}  last {ms(bc['max'])}  "
-                  f"{bc['kib_per_watcher']:.1f} KiB per idle watcher  ({bc['ok']} answered 200, "
+                  f"{bc['kib_per_watcher']:.1f} KiB per idle watcher, agent CPU {bc['cpu_us_per_watcher']:.0f} us per "
+                  f"woken watcher  ({bc['ok']} answered 200, "
                   f"{bc['early']} early; load {open('/proc/loadavg').read().split()[0]})", flush=True)
             out.setdefault("broadcast_rounds", []).append(bc)  # type: ignore[arg-type]
         rounds = out["broadcast_rounds"]  # type: ignore[assignment]

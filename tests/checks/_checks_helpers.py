@@ -81,3 +81,20 @@ async def wait_gone(pid: int, timeout: float = 2.0) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def self_signed_cert(directory, name: str):  # type: ignore[no-untyped-def]
+    """(cert, key) paths of a one-day self-signed certificate for DNS name ``name`` (skips without openssl)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available to make a self-signed certificate")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"],
+        check=True, capture_output=True, timeout=30)
+    return cert, key

@@ -4,11 +4,10 @@ PING to the same server; an HTTP/1.1-only server fails it)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 
 import pytest
 from aiohttp import web
+from tests.checks._checks_helpers import self_signed_cert
 
 from beacon.checks import CheckDefinition
 
@@ -42,13 +41,7 @@ async def grpc_server():
 
 @pytest.fixture
 async def grpc_tls_server(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available to make a self-signed certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=grpc.test", "-addext", "subjectAltName=DNS:grpc.test"],
-        check=True, capture_output=True, timeout=30)
+    cert, key = self_signed_cert(tmp_path, "grpc.test")
     creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
     server, servicer, port = await _serve(creds)
     yield servicer, f"127.0.0.1:{port}"

@@ -1,25 +1,18 @@
 """HTTPS checks: certificate verification, TLSSkipVerify and TLSServerName (SNI)."""
 
 import asyncio
-import shutil
 import ssl
-import subprocess
 
 import pytest
 from aiohttp import web
+from tests.checks._checks_helpers import self_signed_cert
 
 from beacon.checks import CheckDefinition
 
 
 @pytest.fixture
 async def https_target(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available to make a self-signed certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=beacon.test", "-addext", "subjectAltName=DNS:beacon.test"],
-        check=True, capture_output=True, timeout=30)
+    cert, key = self_signed_cert(tmp_path, "beacon.test")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     server_names: list[str | None] = []

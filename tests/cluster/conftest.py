@@ -147,6 +147,8 @@ def start_cluster(tmp_path, clients: int = 2, extra: tuple[str, ...] = ()) -> Cl
             c.start_client(f"c{i}")
         c.wait_converged()
     except BaseException:
+        for name, agent in c.all().items():  # what each agent said, for the failure report
+            print(f"== {name}\n" + "\n".join(agent.lines[-15:]))
         c.stop_all()  # a fixture that fails in setup gets no teardown: leave no agents behind
         raise
     return c

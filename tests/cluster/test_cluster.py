@@ -243,6 +243,11 @@ def test_remove_peer_drops_a_dead_server_from_the_configuration(cluster: Cluster
     assert put(la, "two/k", "v")
     status, _, body = la.request("DELETE", "/v1/operator/raft/peer?address=10.9.9.9:8300")
     assert status == 500 and b"not found" in body
+    # the removed server comes back with its old data: it says what happened and stops
+    back = cluster.start_server(dead)
+    back.proc.wait(60)
+    assert back.proc.returncode != 0
+    wait_until(lambda: any("removed from the cluster" in line for line in back.lines), timeout=10)
 
 
 def test_failed_nodes_are_reaped_after_reconnect_timeout(tmp_path) -> None:

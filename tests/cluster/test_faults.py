@@ -124,7 +124,7 @@ def _snapshot_bytes(agent) -> float:
 
 
 def test_compaction_rolling_restart_then_leader_kill_gives_a_new_leader_and_a_write_within_5s(tmp_path) -> None:
-    c = start_cluster(tmp_path, clients=1, extra=("-raft-snapshot-threshold", "150"))
+    c = start_cluster(tmp_path, clients=1, extra=("-raft-snapshot-threshold", "20"))
     try:
         # s3 misses the writes that get compacted away: it must catch up from the snapshot
         c.servers["s3"].stop(signal.SIGTERM)
@@ -150,6 +150,7 @@ def test_compaction_rolling_restart_then_leader_kill_gives_a_new_leader_and_a_wr
             return status == 200 and len(json.loads(body)) == 400
 
         wait_until(s3_has_all, timeout=30)
+        assert any("loaded the snapshot" in line for line in c.servers["s3"].lines)  # not a plain replay
         for n in ("s1", "s2", "s3"):  # rolling restart
             c.servers[n].stop(signal.SIGTERM)
             c.start_server(n)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.cluster.conftest import start_cluster
 from tests.kvcoord.workload import run_workload
@@ -33,8 +34,12 @@ def test_cas_history_under_leader_kills_is_linearizable(tmp_path) -> None:
         killed.append(leader)
         events.append(f"kill {leader}")
 
+    # One worker runs the steps in order, off the workload's clock: restarting an agent (waiting for its
+    # ready line) can take longer than the nemesis interval on a loaded machine.
+    steps = ThreadPoolExecutor(max_workers=1)
+
     async def nemesis() -> None:
-        await asyncio.to_thread(nemesis_step)
+        steps.submit(nemesis_step)
 
     addrs = [cluster.servers[n].http_addr for n in ("s1", "s2", "s3")]
     try:
@@ -42,6 +47,7 @@ def test_cas_history_under_leader_kills_is_linearizable(tmp_path) -> None:
             run_workload(addrs, SECONDS, clients=8, keys=3, seed=7, nemesis=nemesis,
                          nemesis_interval=SECONDS / 4, timeout=8.0), timeout=SECONDS + 120))
     finally:
+        steps.shutdown(wait=True)
         cluster.stop_all()
     assert events[0].startswith("kill"), events
     assert sum(e.startswith("kill") for e in events) >= 2, events

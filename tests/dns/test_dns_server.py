@@ -337,3 +337,40 @@ async def test_reload_swaps_config_and_drops_cached_answers(served, upstream) ->
     assert str(forwarded.rr[0].rdata) == "192.0.2.7"
     after = DNSRecord.parse(await udp_exchange(port, query("web.service.consul")))
     assert after.rr[0].ttl == 9 and after.header.ra == 1
+
+
+@needs_dig
+async def test_a_cname_target_outside_the_domain_is_resolved_through_the_recursors(served, upstream) -> None:
+    up = await upstream({"db.example.net.": "db.example.net. 30 IN A 192.0.2.40",
+                         "lb.example.net.": "lb.example.net. 30 IN CNAME db.example.net.\n"
+                                            "db.example.net. 30 IN A 192.0.2.40"})
+    store = web_store(1)
+    register(store, "ext", "10.9.9.9", {"service": "db", "port": 5432, "address": "db.example.net"})
+    register(store, "ext2", "10.9.9.8", {"service": "lb", "port": 443, "address": "lb.example.net"})
+    _, port = await served(store, DNSConfig(recursors=(f"127.0.0.1:{up.port}",)))
+    out = await dig(port, "db.service.consul")
+    assert status(out) == "NOERROR"
+    assert dig_answers(out) == [["db.service.consul.", "0", "IN", "CNAME", "db.example.net."],
+                                ["db.example.net.", "30", "IN", "A", "192.0.2.40"]]
+    assert ("db.example.net.", "A", False) in up.queries
+    # A chain of CNAMEs outside the domain comes back whole.
+    out = await dig(port, "lb.service.consul")
+    assert [a[3] for a in dig_answers(out)] == ["CNAME", "CNAME", "A"]
+    # SRV: the target is the external name, its address rides along as glue.
+    out = await dig(port, "db.service.consul", "SRV")
+    assert dig_answers(out) == [["db.service.consul.", "0", "IN", "SRV", "1", "1", "5432", "db.example.net."]]
+    assert ["db.example.net.", "30", "IN", "A", "192.0.2.40"] in dig_section(out, "ADDITIONAL")
+    # An unresolvable target leaves the CNAME alone, still NOERROR.
+    register(store, "ext3", "10.9.9.7", {"service": "gone", "port": 1, "address": "nosuch.example.net"})
+    out = await dig(port, "gone.service.consul")
+    assert status(out) == "NOERROR"
+    assert dig_answers(out) == [["gone.service.consul.", "0", "IN", "CNAME", "nosuch.example.net."]]
+
+
+@needs_dig
+async def test_without_recursors_an_external_cname_target_is_left_to_the_client(served) -> None:
+    store = web_store(1)
+    register(store, "ext", "10.9.9.9", {"service": "db", "port": 5432, "address": "db.example.net"})
+    _, port = await served(store)
+    out = await dig(port, "db.service.consul")
+    assert dig_answers(out) == [["db.service.consul.", "0", "IN", "CNAME", "db.example.net."]]

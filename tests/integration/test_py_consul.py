@@ -136,3 +136,21 @@ def test_catalog_nodes_and_node(client, dev_agent) -> None:
     assert "consul" in node["Services"]
     _, checks = client.health.node(names[0])
     assert any(c["CheckID"] == "serfHealth" and c["Status"] == "passing" for c in checks)
+
+
+def test_operator_usage_counts_services_instances_and_nodes(client, dev_agent) -> None:
+    for i in range(3):
+        client.agent.service.register("usage-web", service_id=f"usage-web-{i}", port=8000 + i)
+    client.agent.service.register("usage-db", port=5432)
+    client.catalog.register("usage-remote", "10.1.2.3", service={"Service": "usage-web", "ID": "r1", "Port": 1})
+    status, headers, _ = dev_agent.request("GET", "/v1/operator/usage")
+    assert status == 200 and int(headers["X-Consul-Index"]) > 0
+    usage = client.operator.usage()["Usage"]["dc1"]
+    names = set(client.catalog.services()[1])
+    instances = sum(len(client.catalog.service(n)[1]) for n in names)
+    consul_itself = len(client.catalog.service("consul")[1])  # never billed, as in Consul
+    assert usage["Services"] == len(names)
+    assert usage["ServiceInstances"] == instances
+    assert usage["BillableServiceInstances"] == instances - consul_itself
+    assert usage["Nodes"] == len(client.catalog.nodes()[1]) == 2
+    assert set(usage["ConnectServiceInstances"]) >= {"connect-proxy", "mesh-gateway"}

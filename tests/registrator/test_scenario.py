@@ -84,7 +84,7 @@ def test_agent_dev_registrator_is_off_with_no_registrator(tmp_path: Path):
     if not IS_ROOT:
         pytest.skip("needs root for netns isolation")
     sock = str(tmp_path / "engine.sock")
-    agent = launch("-engine-socket", sock, "-no-registrator")
+    agent = launch("-engine-socket", sock, "-no-registrator", "-data-dir", str(tmp_path / "data"))
     try:
         d = Docker("embedded", f"unix://{sock}")
         name = d.name("quiet")
@@ -106,7 +106,7 @@ def test_agent_config_block_sets_the_registrators_options(tmp_path: Path):
     conf = tmp_path / "reg.json"
     conf.write_text('{"registrator": {"deregister": "maintenance", "tags": "from-config", "hostname": "cfghost"}}')
     sock = str(tmp_path / "engine.sock")
-    agent = launch("-engine-socket", sock, "-config-file", str(conf))
+    agent = launch("-engine-socket", sock, "-config-file", str(conf), "-data-dir", str(tmp_path / "data"))
     d = Docker("embedded", f"unix://{sock}")
     try:
         name = d.name("cfg")

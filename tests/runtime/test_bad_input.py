@@ -69,8 +69,8 @@ CASES = [
     ("POST", "/containers/create", b'{"Image": "x", "Cmd": ["true"], "HostConfig": {"RestartPolicy": '
      b'{"Name": "sometimes"}}}', 400, "invalid restart policy"),
     ("POST", "/containers/create", b'{"Image": "x", "Cmd": "true", "Env": "A=1"}', 400, "Env must be a list"),
-    ("POST", "/containers/create", b'{"Image": "x", "Cmd": ["true"], "Tty": true}', 400, "does not allocate TTYs"),
-    ("POST", "/containers/create", b'{"Image": "x", "Cmd": ["cat"], "OpenStdin": true}', 400, "does not attach stdin"),
+    ("POST", "/containers/create", b'{"Image": "x", "Cmd": ["true"], "Tty": true}', 400, "need runc isolation"),
+    ("POST", "/containers/create", b'{"Image": "x", "Cmd": ["cat"], "OpenStdin": true}', 400, "need runc isolation"),
     ("GET", "/v1.99/version", None, 400, "is too new"),
     ("GET", "/v1.12/version", None, 400, "is too old"),
     ("GET", "/no/such/endpoint", None, 404, "page not found"),

@@ -4,8 +4,11 @@ two engines fails here. Differences that remain are listed in docs/engine.md."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,10 +40,10 @@ class Side:
     names: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 60,
-               input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def docker(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         res = subprocess.run([DOCKER, "-H", self.host, *args], capture_output=True, text=True, timeout=timeout,
-                             env=beacon_env(), input=input)
+                             env={**beacon_env(), **(env or {})}, input=input)
         if check and res.returncode != 0:
             raise AssertionError(f"[{self.kind}] docker {' '.join(args)} exited {res.returncode}: {res.stderr}")
         return res
@@ -109,6 +112,20 @@ def test_import_tag_inspect_save_load_rmi(side: Side, tmp_path: Path) -> None:
     assert side.run(f"{repo}:v2").stdout == "from-cmd\n"
     side.docker("rmi", repo, f"{repo}:v2")
     assert side.docker("image", "inspect", repo, check=False).returncode != 0
+
+
+def test_image_prune_removes_dangling_images(side: Side, tmp_path: Path) -> None:
+    repo = f"sbs-prune-{uuid.uuid4().hex[:6]}"
+    side.images.append(repo)
+    tar = str(busybox_tar(tmp_path))
+    mark = f"LABEL sbs={repo}"  # prune only our images: the dockerd is shared with other test runs
+    first = side.docker("import", "-c", mark, "-c", "LABEL n=1", tar, repo).stdout.strip()
+    side.docker("import", "-c", mark, "-c", "LABEL n=2", tar, repo)  # takes the tag: the first image dangles
+    dangling = side.docker("images", "-q", "--no-trunc", "--filter", "dangling=true").stdout.split()
+    assert first in dangling
+    out = side.docker("image", "prune", "-f", "--filter", f"label=sbs={repo}").stdout
+    assert first in out and side.docker("image", "inspect", first, check=False).returncode != 0
+    assert side.docker("image", "inspect", repo).returncode == 0
 
 
 def test_rmi_of_an_image_in_use_is_refused(side: Side, tmp_path: Path) -> None:
@@ -205,6 +222,10 @@ def test_limits_and_oom_kill(side: Side) -> None:
     side.docker("create", "--name", name2, "--cpus", "0.5", "-m", "32m", "busybox", "true")
     host = json.loads(side.docker("inspect", name2).stdout)[0]["HostConfig"]
     assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 32 * 1024 * 1024
+    # The container sees its own cgroups (v1 here): the limits are the kernel's, not just recorded.
+    seen = side.run("--cpus", "0.5", "-m", "32m", "busybox", "cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                    "/sys/fs/cgroup/memory/memory.limit_in_bytes").stdout.split()
+    assert seen == ["50000", str(32 * 1024 * 1024)]
 
 
 def test_networks_and_init(side: Side) -> None:
@@ -212,6 +233,8 @@ def test_networks_and_init(side: Side) -> None:
     assert links == ["lo"]
     bridge = side.run("busybox", "ls", "/sys/class/net").stdout.split()
     assert "eth0" in bridge
+    host = side.run("--network", "host", "busybox", "ls", "/sys/class/net").stdout.split()
+    assert sorted(host) == sorted(os.listdir("/sys/class/net"))
     assert side.run("--init", "busybox", "cat", "/proc/1/comm").stdout.strip() in ("docker-init", "tini-static",
                                                                                     "tini")
     hostname = side.run("-h", "boxy", "busybox", "sh", "-c", "hostname; cat /etc/hostname").stdout.split()
@@ -232,14 +255,18 @@ def test_published_port_and_exec(side: Side) -> None:
 
 
 def test_thirty_parallel_runs_all_succeed(side: Side) -> None:
+    mark = f"sbs={uuid.uuid4().hex[:8]}"  # the dockerd is shared: look only at our own containers
+
     def one(_: int) -> int:
-        return side.docker("run", "--rm", "busybox", "true", check=False, timeout=120).returncode
+        return side.docker("run", "--rm", "--label", mark, "busybox", "true", check=False, timeout=120).returncode
 
     with ThreadPoolExecutor(30) as pool:
         codes = list(pool.map(one, range(30)))
     assert codes == [0] * 30
-    leftovers = [n for n in side.docker("ps", "-aq", "--filter", "status=created").stdout.split()]
-    assert leftovers == []
+    from .helpers import until
+
+    until(lambda: side.docker("ps", "-aq", "--filter", f"label={mark}").stdout.split() == [], 30,
+          "every --rm container removed")
 
 
 def test_registry_push_and_pull(side: Side, registry: str) -> None:
@@ -252,8 +279,7 @@ def test_registry_push_and_pull(side: Side, registry: str) -> None:
     assert side.run(ref, "echo", "pulled").stdout == "pulled\n"
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _serve_registry(tmp: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], str]:
     """A docker-registry (distribution v2) on a free loopback port."""
     import shutil
     import socket
@@ -262,29 +288,67 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = shutil.which("docker-registry")
     if binary is None:
         pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
-    tmp = tmp_path_factory.mktemp("registry")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (tmp / "config.yml").write_text(
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp}/data\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n")
+        f"http:\n  addr: 127.0.0.1:{port}\n{extra}")
     proc = subprocess.Popen([binary, "serve", str(tmp / "config.yml")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
+                return proc, f"127.0.0.1:{port}"
         except OSError:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("docker-registry did not listen")
-    yield f"127.0.0.1:{port}"
+    proc.kill()
+    pytest.fail("docker-registry did not listen")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, address = _serve_registry(tmp_path_factory.mktemp("registry"))
+    yield address
     proc.terminate()
     proc.wait(timeout=10)
 
+
+@pytest.fixture(scope="module")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same with HTTP Basic authentication (htpasswd, bcrypt): user ``beacon``, password ``s3cret``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # bcrypt through libcrypt: the registry reads only bcrypt htpasswd entries
+
+    tmp = tmp_path_factory.mktemp("auth-registry")
+    (tmp / "htpasswd").write_text(f"beacon:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    proc, address = _serve_registry(tmp, f"auth:\n  htpasswd:\n    realm: test\n    path: {tmp}/htpasswd\n")
+    yield address
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_registry_basic_auth(side: Side, auth_registry: str, tmp_path: Path) -> None:
+    config = {"DOCKER_CONFIG": str(tmp_path / "docker-config")}  # never the user's own credentials
+    ref = f"{auth_registry}/secure/{side.kind}:v1"
+    side.images.append(ref)
+    side.docker("tag", "busybox", ref)
+    refused = side.docker("push", ref, check=False, env=config)
+    assert refused.returncode != 0 and "auth" in refused.stderr.lower()
+    bad = side.docker("login", auth_registry, "-u", "beacon", "--password-stdin", input="wrong\n", check=False,
+                      env=config)
+    assert bad.returncode != 0
+    side.docker("login", auth_registry, "-u", "beacon", "--password-stdin", input="s3cret\n", env=config)
+    side.docker("push", ref, env=config)
+    side.docker("rmi", ref)
+    side.docker("pull", ref, env=config)
+    side.docker("logout", auth_registry, env=config)
+    side.docker("rmi", ref)
+    assert side.docker("pull", ref, check=False, env=config).returncode != 0
 
 
 def test_cp_top_pause_rename_update_export(side: Side, tmp_path: Path) -> None:
@@ -334,3 +398,154 @@ def test_user_network_resolves_names(side: Side) -> None:
         side.docker("network", "rm", net, check=False)
     assert net not in side.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
     assert "Images" in side.docker("system", "df").stdout
+
+
+def _in_pty(side: Side, args: list[str], typed: bytes = b"", until: bytes = b"", timeout: float = 30) -> str:
+    """Run the docker CLI on a pseudo-terminal (as a user's shell would); type ``typed`` once ``until``
+    was printed; returns everything printed, without carriage returns."""
+    import os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([DOCKER, "-H", side.host, *args], stdin=slave, stdout=slave, stderr=slave,
+                            env=beacon_env(), start_new_session=True)
+    os.close(slave)
+    out, sent = b"", not typed
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not sent and until in out:
+                os.write(master, typed)
+                sent = True
+            if proc.poll() is not None and not ready:
+                break
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return out.replace(b"\r", b"").decode(errors="replace")
+
+
+def test_tty_stdin_attach_and_exec(side: Side) -> None:
+    assert side.docker("run", "--rm", "-i", "busybox", "cat", input="through stdin\n").stdout == "through stdin\n"
+    assert "/dev/pts/0" in _in_pty(side, ["run", "--rm", "-t", "busybox", "tty"])
+    shell = _in_pty(side, ["run", "--rm", "-it", "busybox", "sh"], b"echo typed-$((1+2)); exit\n", b"/ #")
+    assert "typed-3" in shell
+    name = side.name()
+    side.docker("run", "-d", "--name", name, "busybox", "sleep", "300")
+    assert side.docker("exec", "-i", name, "cat", input="exec stdin\n").stdout == "exec stdin\n"
+    assert "/dev/pts/" in _in_pty(side, ["exec", "-it", name, "tty"])
+    ticker = side.name()
+    side.docker("run", "-d", "--name", ticker, "busybox", "sh", "-c",
+                "sleep 1; for i in 1 2 3; do echo tick $i; sleep 0.2; done")
+    attached = side.docker("attach", ticker)
+    assert "tick 3" in attached.stdout
+
+
+def test_legacy_build_with_cache(side: Side, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "site").mkdir(parents=True)
+    (ctx / "site" / "index.html").write_text("built page\n")
+    with tarfile.open(ctx / "extra.tar.gz", "w:gz") as tar:
+        data = b"from the archive\n"
+        info = tarfile.TarInfo("unpacked/note.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\nARG GREETING=hello\nENV APP=/srv\nWORKDIR /srv\nCOPY site/ ./www/\nADD extra.tar.gz /opt/\n"
+        'RUN echo "$GREETING from build" > built.txt && rm -f /bin/vi\n'
+        "USER 65534\nEXPOSE 8080\nLABEL stage=test\n"
+        "HEALTHCHECK --interval=1s CMD wget -qO- http://127.0.0.1:8080/ || exit 1\n"
+        'ENTRYPOINT ["httpd", "-f"]\nCMD ["-p", "8080", "-h", "/srv/www"]\n')
+    tag = f"sbs-built-{uuid.uuid4().hex[:6]}:v1"
+    side.images.append(tag)
+    env = {**beacon_env(), "DOCKER_BUILDKIT": "0"}
+
+    def build() -> str:
+        res = subprocess.run([DOCKER, "-H", side.host, "build", "--build-arg", "GREETING=hi", "-t", tag, str(ctx)],
+                             capture_output=True, text=True, timeout=180, env=env)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    first = build()
+    assert "Successfully tagged" in first
+    out = side.run("--entrypoint", "sh", tag, "-c",
+                   "cat built.txt www/index.html /opt/unpacked/note.txt; id -u; pwd; ls /bin/vi", check=False)
+    assert out.stdout == "hi from build\nbuilt page\nfrom the archive\n65534\n/srv\n" and out.returncode != 0
+    cfg = json.loads(side.docker("image", "inspect", tag).stdout)[0]["Config"]
+    assert cfg["Entrypoint"] == ["httpd", "-f"] and cfg["Cmd"] == ["-p", "8080", "-h", "/srv/www"]
+    assert cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "wget -qO- http://127.0.0.1:8080/ || exit 1"]
+    assert cfg["Labels"] == {"stage": "test"} and "APP=/srv" in cfg["Env"] and "8080/tcp" in cfg["ExposedPorts"]
+    again = build()
+    assert again.count("Using cache") >= 8 and "Running in" not in again
+    name = side.name()
+    side.docker("run", "-d", "--name", name, tag)  # the image's HEALTHCHECK runs as --health-cmd does
+    from .helpers import until
+
+    until(lambda: side.docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip() == "healthy", 30,
+          "the image's health check passing")
+
+
+def test_compose_up_ps_logs_down(side: Side, tmp_path: Path) -> None:
+    import shutil
+
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    from .helpers import http_get, process_mode_port
+
+    port = process_mode_port()
+    (tmp_path / "docker-compose.yml").write_text(
+        'version: "3.8"\nservices:\n  web:\n    image: busybox\n    command: httpd -f -p 80 -h /var/www\n'
+        f'    ports:\n      - "127.0.0.1:{port}:80"\n'
+        '  client:\n    image: busybox\n'
+        '    command: sh -c "nslookup web >/dev/null && echo resolved-web; sleep 300"\n    depends_on: [web]\n')
+    project = f"sbs{uuid.uuid4().hex[:6]}"
+    env = {**beacon_env(), "DOCKER_HOST": side.host}
+
+    def dc(*args: str) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([compose, "-p", project, *args], capture_output=True, text=True, timeout=120,
+                             env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return res
+
+    try:
+        dc("up", "-d")
+        ps = dc("ps").stdout
+        assert f"{project}_web_1" in ps and f"{project}_client_1" in ps and "Up" in ps
+        assert http_get(int(port))[1] == b"beacon registrator test page\n"
+        from .helpers import until
+
+        until(lambda: "resolved-web" in dc("logs", "client").stdout, 30, "client resolving web")
+    finally:
+        dc("down")
+    assert project not in side.docker("ps", "-a", "--format", "{{.Names}}").stdout
+    assert f"{project}_default" not in side.docker("network", "ls", "--format", "{{.Name}}").stdout
+
+
+def test_image_volumes_are_anonymous_volumes_removed_with_rm(side: Side, tmp_path: Path) -> None:
+    repo = f"sbs-vol-img-{uuid.uuid4().hex[:6]}"
+    side.images.append(repo)
+    side.docker("import", "-c", "VOLUME /data", "-c", 'CMD ["sh"]', str(busybox_tar(tmp_path)), repo)
+    name = side.name()
+    side.docker("run", "--name", name, repo, "sh", "-c", "echo kept > /data/f")
+    mounts = json.loads(side.docker("inspect", name).stdout)[0]["Mounts"]
+    assert [(m["Type"], m["Destination"]) for m in mounts] == [("volume", "/data")]
+    volume = mounts[0]["Name"]
+    assert volume in side.docker("volume", "ls", "-q").stdout.split()
+    side.docker("start", "-a", name)  # the same volume on every start
+    assert json.loads(side.docker("inspect", name).stdout)[0]["Mounts"][0]["Name"] == volume
+    side.docker("rm", "-v", name)
+    assert volume not in side.docker("volume", "ls", "-q").stdout.split()

@@ -26,15 +26,15 @@ from beacon.agent.http import (
     limits,
     metrics,
     monitor,
+    operator,
     query,
-    readopts,
     session,
     snapshot,
     status,
     txn,
     ui,
 )
-from beacon.agent.http.core import AGENT_KEY, HTTPError, error_middleware
+from beacon.agent.http.core import AGENT_KEY, HTTPError
 from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
 from beacon.agent.servers import EtcdBootstrap
@@ -178,7 +178,9 @@ class Agent:
         return self.cluster.wan if self.cluster is not None else None
 
     def raft_running(self) -> bool:
-        return self.raft is not None
+        """A running cluster a new server can join: its etcd answers linearizable requests (a member
+        that started but has no quorum yet is not one: the other initial servers must form it)."""
+        return self.raft is not None and bool(getattr(self.raft, "ready", True))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -419,10 +421,9 @@ class Agent:
         return lines
 
     async def _start_http(self) -> None:
-        from beacon.agent.http import federation
-
-        app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware, federation.dc_middleware,
-                                           readopts.peer_middleware],
+        # One middleware layer for metrics, errors and ?peer: each layer costs every request a coroutine
+        # and every parked blocking query a frame (metrics.api_middleware).
+        app = web.Application(middlewares=[metrics.api_middleware],
                               client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
         from beacon.agent.http import coordinate, keyring
@@ -434,7 +435,7 @@ class Agent:
 
             forward.install(app)
         else:
-            for module in (catalog, health, kv, status, session, txn, snapshot, query, config):
+            for module in (catalog, health, kv, status, operator, session, txn, snapshot, query, config):
                 module.router.install(app)
         metrics.install(app)
         monitor.install(app)

@@ -92,6 +92,13 @@ class EtcdBootstrap:
             def follow_port() -> None:  # a restarted member listens on a new loopback port
                 client.endpoints[0] = member.client_url
             member.on_restart.append(follow_port)
+
+            def removed() -> None:  # removed by remove-peer while it was down, say: say so and stop
+                if agent.cluster is not None and not agent.cluster.left:
+                    agent.fatal_error = (f"this server's etcd member was removed from the cluster; to join again, "
+                                         f"stop the agent, delete {member.dir} and start it")
+                    agent.shutdown_requested.set()
+            member.on_removed = removed
         consensus = EtcdConsensus(agent.store, client, cfg.datacenter, cfg.node_name, agent.cluster.raft_addr,
                                   hold_timeout=agent.hold_timeout, snapshot_threshold=cfg.raft_snapshot_threshold,
                                   peer_scheme="https" if tls is not None else "http")

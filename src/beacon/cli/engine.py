@@ -18,7 +18,8 @@ def _parser() -> FlagParser:
     p.flag("socket", "engine-socket", dest="socket", default=None,
            help="unix socket to serve the Docker API on (default <data-dir>/engine.sock)")
     p.flag("isolation", choices=("auto", "runc", "netns", "process"), default="auto",
-           help="netns: own network/UTS/PID namespaces per container; process: plain process groups")
+           help="runc: images run by runc (auto picks it as root); netns/process: the command on the host "
+                "filesystem (own network/UTS/PID namespaces, or a plain process group)")
     p.flag("log-level", default="warning", help="trace, debug, info, warning or error")
     return p
 

@@ -1,4 +1,4 @@
-"""Answer cache: response bytes per request bytes, valid while the catalog index is unchanged.
+"""Answer cache: response bytes per request bytes, valid while the catalog is unchanged.
 
 The key is the request after its 2-byte ID (flags, question, EDNS options: everything the answer
 depends on besides the catalog and the config); the value holds the response after *its* ID, so a
@@ -8,6 +8,13 @@ next one in turn. The tails are collected lazily, one per miss, so a one-off que
 build. Answers that carry an SOA serial (the current second) are dropped every second.
 
 The hot path reads :attr:`AnswerCache.entries` directly: ``(index, next_tail)`` per key.
+
+An entry also remembers what its answer read (:attr:`AnswerCache.deps`: the per-service and
+per-node indexes, see :class:`beacon.dns.catalog.Tracking`). When the catalog version moves, the next
+query for the key re-checks those few indexes and, if none moved, re-stamps the entry with the new
+catalog version instead of rebuilding it: a service re-registered 50 times a second invalidates its
+own answers only. An answer that read anything else (a reverse lookup walks every node) has no
+deps and is rebuilt after any catalog change.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-Entry = tuple[int, Callable[[], bytes], int]
+Entry = tuple[int, Callable[[], bytes], int, int]
+# (store attribute, key, value when read); the attribute None means the store's restore generation.
+Deps = tuple[tuple[str | None, str, int], ...]
 
 
 class AnswerCache:
@@ -24,8 +33,9 @@ class AnswerCache:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
         self._bytes = 0
-        self._warming: dict[bytes, tuple[int, list[bytes]]] = {}
+        self._warming: dict[bytes, tuple[int, list[bytes], Deps | None]] = {}
         self._timed: set[bytes] = set()
+        self.deps: dict[bytes, Deps] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -37,26 +47,43 @@ class AnswerCache:
             return 0
         return len(warming[1])
 
-    def add(self, key: bytes, index: int, wire: bytes, variants: int, time_dependent: bool) -> None:
+    def revalidate(self, key: bytes, entry: Entry, index: int, store: object) -> bool:
+        """Is ``entry`` (stamped with an older catalog version) still the answer at ``index``? If what
+        it read is unchanged, re-stamp it (the next query takes the inline fast path) and say yes."""
+        deps = self.deps.get(key)
+        if deps is None:
+            return False
+        for attr, name, version in deps:
+            current = getattr(store, "generation", 0) if attr is None else getattr(store, attr).get(name, 0)
+            if current != version:
+                return False
+        self.entries[key] = (index, *entry[1:])  # type: ignore[assignment]
+        return True
+
+    def add(self, key: bytes, index: int, wire: bytes, variants: int, time_dependent: bool,
+            deps: Deps | None = None) -> None:
         """Record one built answer; the entry goes live once all ``variants`` orders are in."""
         if len(wire) > self.max_entry_bytes:
             return
         tail = wire[2:]
         if variants <= 1:
-            self._store(key, index, [tail], time_dependent)
+            self._store(key, index, [tail], time_dependent, deps)
             return
         warming = self._warming.get(key)
         if warming is None or warming[0] != index:
             if len(self._warming) >= 4096:
                 self._warming.clear()
-            warming = (index, [])
+            warming = (index, [], deps)
             self._warming[key] = warming
         warming[1].append(tail)
         if len(warming[1]) >= variants:
             del self._warming[key]
-            self._store(key, index, warming[1], time_dependent)
+            # The first build's deps: they are the oldest reads, so a change after any variant was
+            # built fails the re-check.
+            self._store(key, index, warming[1], time_dependent, None if deps is None else warming[2])
 
-    def _store(self, key: bytes, index: int, tails: list[bytes], time_dependent: bool) -> None:
+    def _store(self, key: bytes, index: int, tails: list[bytes], time_dependent: bool,
+               deps: Deps | None) -> None:
         size = len(key) + sum(len(t) for t in tails)
         old = self.entries.pop(key, None)
         if old is not None:
@@ -65,9 +92,16 @@ class AnswerCache:
             oldest = next(iter(self.entries))
             self._bytes -= self.entries.pop(oldest)[2]
             self._timed.discard(oldest)
+            self.deps.pop(oldest, None)
         next_tail = itertools.repeat(tails[0]).__next__ if len(tails) == 1 else itertools.cycle(tails).__next__
         rcode = tails[0][1] & 0x0F if len(tails[0]) > 1 else 0
         self.entries[key] = (index, next_tail, size, rcode)  # rcode: for metrics
+        # Only now: a live entry and its deps change together (an older entry stays live while
+        # the new one collects its variants, and must not be re-validated with the new deps).
+        if deps is None:
+            self.deps.pop(key, None)
+        else:
+            self.deps[key] = deps
         self._bytes += size
         if time_dependent:
             self._timed.add(key)
@@ -82,6 +116,7 @@ class AnswerCache:
 
     def clear(self) -> None:
         self.entries.clear()
+        self.deps.clear()
         self._warming.clear()
         self._timed.clear()
         self._bytes = 0

@@ -27,9 +27,56 @@ class Store(Protocol):
     @property
     def catalog_index(self) -> int: ...
 
+    @property
+    def catalog_version(self) -> int: ...
+
     def health_service(self, name: str) -> tuple[int, list[Instance]]: ...
 
     def get_node(self, name: str) -> Node | None: ...
+
+
+class Tracking:
+    """A read-through view of the store that records what one answer read.
+
+    ``health_service(name)`` and ``get_node(name)`` record the service's or node's own index (taken
+    before the read, so a write racing the read makes the record stale, never the answer); reading
+    anything else makes the answer depend on the whole catalog (``deps()`` is None).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._deps: list[tuple[str | None, str, int]] = [(None, "", getattr(store, "generation", 0))]
+        self._whole = False
+
+    @property
+    def catalog_index(self) -> int:
+        return self._store.catalog_index
+
+    @property
+    def catalog_version(self) -> int:
+        return self._store.catalog_version
+
+    def health_service(self, name: str) -> tuple[int, list[Instance]]:
+        self._record("service_index", name.lower())
+        return self._store.health_service(name)
+
+    def get_node(self, name: str) -> Node | None:
+        self._record("node_index", name.lower())
+        return self._store.get_node(name)
+
+    def _record(self, attr: str, name: str) -> None:
+        index = getattr(self._store, attr, None)
+        if index is None:
+            self._whole = True
+        else:
+            self._deps.append((attr, name, index.get(name, 0)))
+
+    def __getattr__(self, attr: str) -> object:
+        self._whole = True  # e.g. a reverse lookup walking every node
+        return getattr(self._store, attr)
+
+    def deps(self) -> tuple[tuple[str | None, str, int], ...] | None:
+        return None if self._whole else tuple(self._deps)
 
 
 def is_healthy(checks: list[HealthCheck], only_passing: bool) -> bool:

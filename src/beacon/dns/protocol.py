@@ -43,7 +43,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         key = data[2:]
         entry = self.entries.get(key)
-        if entry is not None and entry[0] == self.store.catalog_index:
+        if entry is not None and entry[0] == self.store.catalog_version:
             self.sendto(data[:2] + entry[1](), addr)
             hits = self.hits  # folded into the metrics once a second, off the hot path
             hits[key] = hits.get(key, 0) + 1

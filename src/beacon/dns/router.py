@@ -83,6 +83,9 @@ class Reply:
     cacheable: bool = False
     variants: int = 1
     time_dependent: bool = False
+    # CNAME targets outside the domain that the server should resolve through the recursors and add
+    # to the answer (A/AAAA queries) or as SRV glue, as Consul does. Such replies are never cached.
+    external: tuple[str, ...] = ()
 
 
 @dataclass
@@ -97,6 +100,7 @@ class Context:
     variants: int = 1
     time_dependent: bool = False
     cacheable: bool = True
+    external: list[str] = field(default_factory=list)
 
     def permute(self, items: Sequence[T]) -> list[T]:
         """Answer order number ``variant``: all n! orders in turn for small n, else a random one."""
@@ -219,6 +223,9 @@ def _servfail(req: DNSRecord, ctx: Context) -> bytes:
 def _done(reply: DNSRecord, ctx: Context, cacheable: bool, wire: bytes | None = None) -> Reply:
     if wire is None:
         wire = r.pack(reply, not ctx.cfg.disable_compression)
+    if ctx.external:
+        return Reply(Action.ANSWER, wire, reply.header.rcode, False, ctx.variants, ctx.time_dependent,
+                     tuple(dict.fromkeys(ctx.external)))
     return Reply(Action.ANSWER, wire, reply.header.rcode, cacheable, ctx.variants, ctx.time_dependent)
 
 
@@ -379,12 +386,16 @@ def _node_records(node: Node, qtype: int, owner: object, ttl: int, ctx: Context,
 
 
 def _resolve_cname(name: str, ctx: Context, depth: int) -> list[RR]:
-    """Records for a CNAME target inside the domain (resolved internally, ANY). Targets outside the
-    domain are left to the client (Consul would ask its recursors)."""
+    """Records for a CNAME target inside the domain (resolved internally, ANY). A target outside the
+    domain is noted for the server to resolve through the recursors, when there are any."""
     lname = r.fqdn(name).lower()
     labels = tuple(lname.rstrip(".").split("."))
     domain = _zone_of(labels, ctx.cfg)
-    if domain is None or depth < 1:
+    if domain is None:
+        if ctx.cfg.recursors:
+            ctx.external.append(lname)
+        return []
+    if depth < 1:
         return []
     sub = DNSRecord(DNSHeader(), q=DNSQuestion(r.fqdn(name), r.T_ANY))
     _dispatch(sub.q.qname, r.T_ANY, labels[:len(labels) - domain.count(".") - 1], domain, sub, ctx,

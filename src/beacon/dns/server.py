@@ -16,13 +16,14 @@ import random
 import socket
 from collections.abc import Awaitable, Callable
 
-from dnslib import QTYPE, RCODE
+from dnslib import QTYPE, RCODE, DNSRecord
 
 from beacon import telemetry
 
 from .cache import AnswerCache
-from .catalog import Store
+from .catalog import Store, Tracking
 from .config import DNSConfig
+from .limits import udp_limit
 from .protocol import TCPProtocol, UDPProtocol
 from .recursor import Recursor, Recursors
 from .router import Action, Context, route, servfail_for
@@ -140,12 +141,13 @@ class DNSServer:
                 return
         cache = self.tcp_cache if tcp else self.udp_cache
         key = data[2:]
-        index = self.store.catalog_index  # read before the catalog is: a racing write re-validates
+        index = self.store.catalog_version  # read before the catalog is: a racing write re-validates
         entry = cache.entries.get(key)
-        if entry is not None and entry[0] == index:
+        if entry is not None and (entry[0] == index or cache.revalidate(key, entry, index, self.store)):
             send(data[:2] + entry[1]())
             return
-        ctx = Context(self.store, self.cfg, tcp=tcp, variant=cache.next_variant(key, index), rng=self._rng)
+        tracking = Tracking(self.store)
+        ctx = Context(tracking, self.cfg, tcp=tcp, variant=cache.next_variant(key, index), rng=self._rng)
         try:
             reply = route(data, ctx)
         except Exception:
@@ -158,11 +160,17 @@ class DNSServer:
         if reply.action is Action.RECURSE:
             self._forward(data, tcp, send, reply.wire)
             return
+        if reply.external and len(self._tasks) < MAX_PENDING_FORWARDS:
+            task = asyncio.get_running_loop().create_task(
+                self._complete_external(data, reply.wire, reply.external, tcp, send))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         send(reply.wire)
         if len(reply.wire) >= 4:
             telemetry.dns_query(_qtype_name(key), RCODE.get(reply.wire[3] & 0x0F, "?"))
         if reply.cacheable:
-            cache.add(key, index, reply.wire, reply.variants, reply.time_dependent)
+            cache.add(key, index, reply.wire, reply.variants, reply.time_dependent, tracking.deps())
 
     def _forward(self, data: bytes, tcp: bool, send: Callable[[bytes], None], servfail: bytes) -> None:
         if len(self._tasks) >= MAX_PENDING_FORWARDS:
@@ -195,6 +203,34 @@ class DNSServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _complete_external(self, data: bytes, wire: bytes, names: tuple[str, ...], tcp: bool,
+                                 send: Callable[[bytes], None]) -> None:
+        """Add the addresses of CNAME targets outside the domain, asked of the recursors: to the answer
+        for A/AAAA/ANY questions, as SRV glue otherwise (Consul does the same). Whatever cannot be
+        resolved, or would not fit a UDP reply, leaves the CNAME-only answer as it was."""
+        try:
+            reply = DNSRecord.parse(wire)
+            qtype = reply.q.qtype
+            wanted = [qtype] if qtype in (QTYPE.A, QTYPE.AAAA) else [QTYPE.A, QTYPE.AAAA]
+            lookups = [(name, t) for name in names for t in wanted]
+            answers = await asyncio.gather(*(self.recursor.resolve(DNSRecord.question(name, QTYPE[t]).pack(), False)
+                                             for name, t in lookups), return_exceptions=True)
+            added = False
+            for answer in answers:
+                if not isinstance(answer, bytes):
+                    continue
+                for rr in DNSRecord.parse(answer).rr:
+                    if rr.rtype in (QTYPE.A, QTYPE.AAAA, QTYPE.CNAME):
+                        (reply.add_answer if qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY) else reply.add_ar)(rr)
+                        added = True
+            if added:
+                full = reply.pack()
+                if tcp or len(full) <= udp_limit(DNSRecord.parse(data)):
+                    wire = full
+        except Exception:
+            log.exception("DNS: resolving an external CNAME target failed; answering with the CNAME only")
+        send(wire)
+
     async def _recurse(self, data: bytes, tcp: bool, send: Callable[[bytes], None], servfail: bytes) -> None:
         try:
             answer = await self.recursor.resolve(data, tcp)
@@ -211,8 +247,6 @@ def remote_datacenter(data: bytes, cfg: DNSConfig) -> str:
     """The datacenter a query names when it is not this one (``<x>.service.<dc>.<domain>``,
     ``<x>.node.<dc>.dc.<domain>``), else ""."""
     try:
-        from dnslib import DNSRecord
-
         labels = [str(lab, "ascii", "replace").lower() if isinstance(lab, bytes) else str(lab).lower()
                   for lab in DNSRecord.parse(data).q.qname.label]
     except Exception:
@@ -231,8 +265,6 @@ def remote_datacenter(data: bytes, cfg: DNSConfig) -> str:
 
 def nxdomain_for(data: bytes) -> bytes:
     """An authoritative NXDOMAIN echoing the question of `data` (for an unreachable datacenter)."""
-    from dnslib import DNSRecord
-
     try:
         req = DNSRecord.parse(data)
     except Exception:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from beacon.runtime import _api_extra, _api_images
+from beacon.runtime import _api_extra, _api_images, _stdio
 from beacon.runtime import _views as views
 from beacon.runtime._errors import Conflict, EngineError, InvalidParameter
 from beacon.runtime._events import EventFilter
@@ -104,14 +104,15 @@ class ApiServer:
                  self._nocontent(lambda r, i: e.restart(i, _timeout(r)))),
                 ("POST", r"/containers/(?P<id>[^/]+)/kill", self._nocontent(lambda r, i: e.kill(i, r.q("signal")))),
                 ("POST", r"/containers/(?P<id>[^/]+)/wait", self.wait),
-                ("POST", r"/containers/(?P<id>[^/]+)/resize", self._nocontent(lambda r, i: _noop(e.get(i)))),
+                ("POST", r"/containers/(?P<id>[^/]+)/resize", self._nocontent(self._resize)),
                 ("GET", r"/containers/(?P<id>[^/]+)/logs", self.logs),
                 ("POST", r"/containers/(?P<id>[^/]+)/attach", self.attach),
                 ("DELETE", r"/containers/(?P<id>[^/]+)",
-                 self._nocontent(lambda r, i: e.remove(i, force=r.flag("force")))),
+                 self._nocontent(lambda r, i: e.remove(i, force=r.flag("force"), volumes=r.flag("v")))),
                 ("POST", r"/containers/(?P<id>[^/]+)/exec", self.exec_create),
                 ("POST", r"/exec/(?P<id>[^/]+)/start", self.exec_start),
-                ("POST", r"/exec/(?P<id>[^/]+)/resize", self._nocontent(lambda r, i: _noop(e.exec.get(i)))),
+                ("POST", r"/exec/(?P<id>[^/]+)/resize",
+                 self._nocontent(lambda r, i: _noop(e.exec.resize(i, _int_q(r, "h"), _int_q(r, "w"))))),
                 ("GET", r"/exec/(?P<id>[^/]+)/json", self.exec_inspect),
                 ("GET", r"/events", self.events),
                 *_api_images.routes(self), *_api_extra.routes(self),
@@ -232,11 +233,13 @@ class ApiServer:
                                  until=parse_time(req.q("until")), streams=streams, running=running,
                                  queue=queue)
 
+        tty = slot.c.tty
+
         async def body() -> AsyncIterator[bytes]:
             async for record in records:
-                yield record.frame(timestamps)
+                yield record.data if tty else record.frame(timestamps)
 
-        return Stream(body(), content_type=MUX, cleanup=_unsubscribe(slot.logs.followers, queue))
+        return Stream(body(), content_type=RAW if tty else MUX, cleanup=_unsubscribe(slot.logs.followers, queue))
 
     async def attach(self, req: Request, args: dict[str, str]) -> Stream:
         slot = self.engine.resolve(args["id"])
@@ -246,12 +249,24 @@ class ApiServer:
             follow=True, tail=None, since=None, until=None, streams=streams, running=True,
             history=req.flag("logs"), queue=queue)
 
+        tty = slot.c.tty
+
         async def body() -> AsyncIterator[bytes]:
             async for record in records:
-                yield record.frame()
+                yield record.data if tty else record.frame()
 
-        return Stream(body(), content_type=MUX if req.wants_upgrade else RAW, hijack=True,
-                      upgrade=req.wants_upgrade, cleanup=_unsubscribe(slot.logs.followers, queue))
+        stdin = slot.stdin if req.flag("stdin") else None
+        on_input = (lambda reader: _stdio.collect(reader, stdin)) if stdin is not None else None
+        return Stream(body(), content_type=RAW if tty or not req.wants_upgrade else MUX, hijack=True,
+                      upgrade=req.wants_upgrade, cleanup=_unsubscribe(slot.logs.followers, queue),
+                      on_input=on_input)
+
+    async def _resize(self, req: Request, cid: str) -> None:
+        slot = self.engine.resolve(cid)
+        rows, cols = _int_q(req, "h"), _int_q(req, "w")
+        slot.size = (rows or slot.size[0], cols or slot.size[1])
+        if slot.spawned is not None and slot.spawned.console >= 0:
+            _stdio.resize(slot.spawned.console, slot.spawned.pid, *slot.size)
 
     # -- exec ----------------------------------------------------------------------------------
 
@@ -273,13 +288,15 @@ class ApiServer:
             manager.start_detached(inst.id)
             return Response(200, None)
         chunks = manager.start(inst.id)
+        tty = inst.tty
 
         async def frames() -> AsyncIterator[bytes]:
             async for stream, data in chunks:
-                yield _frame(stream, data)
+                yield data if tty else _frame(stream, data)
 
-        return Stream(frames(), content_type=MUX if req.wants_upgrade else RAW, hijack=True,
-                      upgrade=req.wants_upgrade)
+        on_input = (lambda reader: _stdio.collect(reader, inst.stdin)) if inst.attach_stdin else None
+        return Stream(frames(), content_type=MUX if req.wants_upgrade and not tty else RAW, hijack=True,
+                      upgrade=req.wants_upgrade, on_input=on_input)
 
     async def exec_inspect(self, req: Request, args: dict[str, str]) -> Response:
         return Response(200, self.engine.exec.inspect(args["id"]))
@@ -302,6 +319,13 @@ def _error(status: int, message: str) -> Response:
     if status == 304:
         return Response(304)
     return Response(status, {"message": message})
+
+
+def _int_q(req: Request, name: str) -> int:
+    raw = req.q(name) or "0"
+    if not raw.isdigit():
+        raise InvalidParameter(f"invalid {name}: {raw!r}")
+    return int(raw)
 
 
 def _timeout(req: Request) -> float | None:

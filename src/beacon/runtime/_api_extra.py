@@ -43,7 +43,7 @@ def routes(api: ApiServer) -> list[tuple[str, str, Any]]:
         ("GET", r"/networks", h.networks), ("POST", r"/networks/create", h.network_create),
         ("POST", r"/networks/prune", h.network_prune),
         ("POST", r"/networks/(?P<id>[^/]+)/connect", h.network_connect),
-        ("POST", r"/networks/(?P<id>[^/]+)/disconnect", h.network_connect),
+        ("POST", r"/networks/(?P<id>[^/]+)/disconnect", h.network_disconnect),
         ("GET", r"/networks/(?P<id>[^/]+)", h.network_inspect), ("DELETE", r"/networks/(?P<id>[^/]+)", h.network_rm),
         ("GET", r"/system/df", h.system_df),
     ]
@@ -165,7 +165,7 @@ class Extra:
                                                                   "throttling_data": {}},
             "memory_stats": {"usage": mem, "limit": min(limit, _mem_total()) if limit else _mem_total(),
                              "stats": {}},
-            "blkio_stats": {}, "storage_stats": {}, "networks": {},
+            "blkio_stats": {}, "storage_stats": {}, "networks": _net_dev(slot),
         }
         return sample
 
@@ -315,10 +315,32 @@ class Extra:
         self.engine.events.emit("network", "destroy", net["Id"], {"name": net["Name"], "type": "bridge"})
         return Response(204)
 
+    def _endpoint(self, req: Request, args: dict[str, str]) -> tuple[dict[str, Any], _Slot, dict[str, Any]]:
+        net = self.engine.networks.get(args["id"])
+        body = req.json(default={}) or {}
+        if not isinstance(body, dict) or not isinstance(body.get("Container"), str):
+            raise InvalidParameter("network connect needs a Container")
+        return net, self.engine.resolve(body["Container"]), body
+
     async def network_connect(self, req: Request, args: dict[str, str]) -> Response:
-        self.engine.networks.get(args["id"])
-        raise NotImplementedByEngine("connecting a created container to another network is not supported: "
-                                     "choose the network with --network at create")
+        """A container has one network, chosen at create: connecting it to that one again (as
+        docker-compose does) only updates its aliases; any other network is refused."""
+        net, slot, body = self._endpoint(req, args)
+        if slot.c.network_mode != net["Name"]:
+            raise NotImplementedByEngine("beacon containers have one network, chosen with --network at create: "
+                                         f"cannot also connect {slot.c.name} to {net['Name']}")
+        aliases = (body.get("EndpointConfig") or {}).get("Aliases") or []
+        slot.c.aliases = sorted({*slot.c.aliases, *(a for a in aliases if isinstance(a, str))})
+        self.engine._save(slot.c)
+        return Response(200, None)
+
+    async def network_disconnect(self, req: Request, args: dict[str, str]) -> Response:
+        net, slot, _ = self._endpoint(req, args)
+        if slot.c.network_mode != net["Name"]:
+            raise Conflict(f"container {slot.c.id} is not connected to network {net['Name']}")
+        if slot.c.state.status == "running":
+            raise NotImplementedByEngine("disconnecting a running container is not supported")
+        return Response(200, None)
 
     async def network_prune(self, req: Request, args: dict[str, str]) -> Response:
         deleted = []
@@ -359,6 +381,13 @@ def _extract_into(data: bytes, root: str, dest: str) -> None:
             member.name = os.path.relpath(os.path.join(parent, os.path.basename(name)), dest)
             if member.islnk():
                 continue  # hard links in cp uploads are rare; skipped rather than trusted
+            target = os.path.join(parent, os.path.basename(name))
+            if os.path.islink(target) or (os.path.lexists(target) and not member.isdir()):
+                # Replace, never write through: a symlink the container planted (say /tmp/x -> /etc/shadow)
+                # would otherwise be followed from the host's side.
+                if os.path.isdir(target) and not os.path.islink(target):
+                    continue
+                os.unlink(target)
             tar.extract(member, dest, numeric_owner=True, filter="fully_trusted")
 
 
@@ -369,6 +398,26 @@ def _go_mode(mode: int) -> int:
         out |= 1 << 31
     elif stat.S_ISLNK(mode):
         out |= 1 << 27
+    return out
+
+
+def _net_dev(slot: _Slot) -> dict[str, dict[str, int]]:
+    """Interface counters as the container sees them (its network namespace's /proc/net/dev)."""
+    spawned = slot.spawned
+    if spawned is None or not spawned.ns_pid or spawned.netns_fd < 0:
+        return {}
+    out = {}
+    try:
+        with open(f"/proc/{spawned.ns_pid}/net/dev") as f:
+            for line in f.readlines()[2:]:
+                name, _, rest = line.partition(":")
+                v = [int(x) for x in rest.split()]
+                if name.strip() != "lo" and len(v) >= 16:
+                    out[name.strip()] = {"rx_bytes": v[0], "rx_packets": v[1], "rx_errors": v[2], "rx_dropped": v[3],
+                                         "tx_bytes": v[8], "tx_packets": v[9], "tx_errors": v[10],
+                                         "tx_dropped": v[11]}
+    except (OSError, ValueError):
+        return {}
     return out
 
 

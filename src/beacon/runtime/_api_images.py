@@ -35,6 +35,7 @@ def routes(api: ApiServer) -> list[tuple[str, str, Any]]:
         ("POST", r"/images/(?P<id>.+)/tag", h.tag), ("POST", r"/images/(?P<id>.+)/push", h.push),
         ("GET", r"/images/(?P<id>.+)/history", h.history),
         ("DELETE", r"/images/(?P<id>.+)", h.remove),
+        ("POST", r"/auth", h.auth), ("POST", r"/build", h.build), ("POST", r"/build/prune", h.build_prune),
         ("GET", r"/volumes", h.volumes), ("POST", r"/volumes/create", h.volume_create),
         ("POST", r"/volumes/prune", h.volume_prune),
         ("GET", r"/volumes/(?P<id>[^/]+)", h.volume_inspect), ("DELETE", r"/volumes/(?P<id>[^/]+)", h.volume_rm),
@@ -100,13 +101,14 @@ class ImageHandlers:
 
         filters = parse_filters(req.q("filters"))
         used = self.engine.images_in_use()
+        hidden = self.store.intermediates()
         out = []
         for image_id in sorted(self.store.ids()):
             summary = self.store.summary(image_id, len(used.get(image_id, [])))
             dangling = not summary["RepoTags"]
             if "dangling" in filters and (filters["dangling"][0] in ("true", "1")) != dangling:
                 continue
-            if dangling and not req.flag("all") and "dangling" not in filters and summary["RepoDigests"] == []:
+            if dangling and not req.flag("all") and image_id in hidden:
                 continue
             if "reference" in filters and not any(
                     _ref_match(t, pat) for t in summary["RepoTags"] for pat in filters["reference"]):
@@ -189,12 +191,15 @@ class ImageHandlers:
             self.store.resolve(n)  # a 404 before any byte is sent
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+        gone = threading.Event()  # the client went away: the writer thread must not block on a full queue
 
         class Pipe(io.RawIOBase):
             def writable(self) -> bool:
                 return True
 
             def write(self, data: Any) -> int:
+                if gone.is_set():
+                    raise BrokenPipeError("client went away")
                 chunk = bytes(data)
                 asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
                 return len(chunk)
@@ -210,8 +215,13 @@ class ImageHandlers:
         threading.Thread(target=run, daemon=True).start()
 
         async def body() -> AsyncIterator[bytes]:
-            while (chunk := await queue.get()) is not None:
-                yield chunk
+            try:
+                while (chunk := await queue.get()) is not None:
+                    yield chunk
+            finally:
+                gone.set()
+                while not queue.empty():  # unblock a put in flight; the next write then fails
+                    queue.get_nowait()
 
         return Stream(body(), content_type=TAR)
 
@@ -245,9 +255,60 @@ class ImageHandlers:
         from beacon.runtime._api import parse_filters
 
         filters = parse_filters(req.q("filters"))
+        for key in filters:
+            if key not in ("dangling", "label"):
+                raise InvalidParameter(f"invalid filter '{key}' (beacon prunes images by dangling and label)")
         all_unused = filters.get("dangling", ["true"])[0] in ("false", "0")
-        deleted, reclaimed = await self._run(self.store.prune, all_unused, self.engine.images_in_use())
+        labels = filters.get("label", [])
+
+        def wanted(image_id: str) -> bool:
+            have = (self.store.config(image_id).get("config") or {}).get("Labels") or {}
+            return all(_label_match(have, f) for f in labels)
+
+        deleted, reclaimed = await self._run(self.store.prune, all_unused, self.engine.images_in_use(), wanted)
         return Response(200, {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed})
+
+    async def auth(self, req: Request, args: dict[str, str]) -> Response:
+        from beacon.runtime._registry import login
+
+        body = req.json(default={}) or {}
+        if not isinstance(body, dict):
+            raise InvalidParameter("invalid JSON: auth config must be an object")
+        await self._run(login, str(body.get("serveraddress") or ""), str(body.get("username") or ""),
+                        str(body.get("password") or ""))
+        return Response(200, {"Status": "Login Succeeded", "IdentityToken": ""})
+
+    async def build(self, req: Request, args: dict[str, str]) -> Stream:
+        from beacon.runtime._build import build_from_request
+
+        if self.engine.isolation != "runc":
+            raise NotImplementedByEngine(f"build needs runc isolation (this engine runs {self.engine.isolation})")
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                await build_from_request(self.engine, req.body, req.query, queue.put_nowait)
+            except EngineError as exc:
+                queue.put_nowait({"errorDetail": {"message": exc.message}, "error": exc.message})
+            except Exception as exc:  # a bug: tell the client, keep serving
+                queue.put_nowait({"errorDetail": {"message": str(exc)}, "error": str(exc)})
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(run())
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                while (item := await queue.get()) is not None:
+                    yield _line(item)
+            finally:
+                await task  # a client that went away does not leave a half-built step behind
+
+        return Stream(body())
+
+    async def build_prune(self, req: Request, args: dict[str, str]) -> Response:
+        (self.store.root / "build-cache.json").unlink(missing_ok=True)
+        return Response(200, {"CachesDeleted": [], "SpaceReclaimed": 0})
 
     # -- volumes -------------------------------------------------------------------------------
 

@@ -25,6 +25,12 @@ GATEWAY = "10.213.0.1"  # the bridge's own address in the hub: where the agent r
 BRIDGE = "beacon0"
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+SIOCSIFADDR, SIOCSIFNETMASK, SIOCADDRT = 0x8916, 0x891C, 0x890B
+RTF_UP, RTF_GATEWAY = 0x1, 0x2
+
+
+def _sockaddr(addr4: bytes) -> bytes:
+    return struct.pack("=H2s4s8x", socket.AF_INET, b"\0\0", addr4)
 
 
 def loopback_up() -> None:
@@ -100,13 +106,36 @@ class Bridge:
         try:
             await self._ip([f"link add {veth} type veth peer name eth0 netns /proc/{os.getpid()}/fd/{netns_fd}",
                             f"link set {veth} master {BRIDGE}", f"link set {veth} up"])
-            await self._ip([f"addr add {cidr} dev eth0", "link set eth0 up",
-                            f"route add default via {GATEWAY}"], netns_fd)
+            # In the container's namespace: by ioctl from the helper thread (no second ip process).
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._configure, netns_fd, address)
         except OSError:
             self._free.append(address)
             raise
         self._used.add(address)
         return cidr
+
+    def _configure(self, netns_fd: int, address: str) -> None:
+        """In the helper thread: enter ``netns_fd``, address ``eth0``, bring it up, add the default
+        route via the gateway, and come back."""
+        if self._libc.setns(netns_fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns: {os.strerror(err)}")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                mask = socket.inet_aton(str(SUBNET.netmask))
+                for request, value in ((SIOCSIFADDR, socket.inet_aton(address)), (SIOCSIFNETMASK, mask)):
+                    fcntl.ioctl(s.fileno(), request, struct.pack("16s16s8x", b"eth0", _sockaddr(value)))
+                res = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH22x", b"eth0", 0))
+                flags = struct.unpack("16sH", res[:18])[1] | IFF_UP
+                fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"eth0", flags))
+                zero = _sockaddr(b"\0\0\0\0")
+                # struct rtentry (x86_64/aarch64 LP64 layout): dst, gateway, genmask, flags ...
+                route = struct.pack("=Q16s16s16sHh4xQQh6xQQQH6x", 0, zero, _sockaddr(socket.inet_aton(GATEWAY)),
+                                    zero, RTF_UP | RTF_GATEWAY, 0, 0, 0, 0, 0, 0, 0, 0)
+                fcntl.ioctl(s.fileno(), SIOCADDRT, route)
+        finally:
+            if self._libc.setns(self._host_fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the host namespace failed")
 
     def unplug(self, cidr: str) -> None:
         """The container's namespace is gone (and with it both veth ends): reuse its address."""

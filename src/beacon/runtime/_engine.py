@@ -19,22 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from beacon.runtime._errors import (
-    Conflict,
-    EngineError,
-    InvalidParameter,
-    NotFound,
-    NotModified,
-    no_such_container,
-)
+from beacon.runtime import _io
+from beacon.runtime._errors import Conflict, EngineError, InvalidParameter, NotModified, no_such_container
 from beacon.runtime._events import EventBus
 from beacon.runtime._exec import ExecManager
-from beacon.runtime._images import ImageStore, normalize
-from beacon.runtime._isolation import Isolation, NetnsIsolation, Spawned, choose
+from beacon.runtime._images import ImageStore, merge_image
+from beacon.runtime._isolation import Isolation, NetnsIsolation, Spawned
+from beacon.runtime._layers import umount
 from beacon.runtime._logs import LogStore, rfc3339
 from beacon.runtime._model import (
     Container,
-    HealthSpec,
     create_warnings,
     new_id,
     parse_create,
@@ -48,7 +42,6 @@ from beacon.runtime._volumes import Volumes, validate_binds
 log = logging.getLogger(__name__)
 SHUTDOWN_STOP_TIMEOUT = 5.0
 KILL_WAIT = 10.0
-HEALTH_OUTPUT_CAP = 4096
 PIPE_DRAIN_TIMEOUT = 2.0
 
 
@@ -71,6 +64,8 @@ class _Slot:
     next_exit: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     removed: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stop_requested: bool = False
+    stdin: asyncio.Queue[bytes | None] | None = None  # -i: input from attach, waiting for the process
+    size: tuple[int, int] = (24, 80)  # -t: rows, columns (a resize before start is kept for it)
 
 
 def find_executable(argv0: str, path: str, cwd: str) -> bool:
@@ -130,7 +125,9 @@ class Engine:
             os.close(self._lock_fd)
             self._lock_fd = -1
             raise EngineError(f"another engine is using {self.data_dir}") from None
-        self._backend, warning = await self._choose()
+        from beacon.runtime._runc import choose_backend
+
+        self._backend, warning = await choose_backend(self)
         self.isolation = self._backend.name
         if warning:
             self.warnings.append(warning)
@@ -152,12 +149,11 @@ class Engine:
         return True
 
     async def _start_gateway(self) -> None:
-        from beacon.runtime._gateway import Gateway
-
         backend = self._backend
         if not isinstance(backend, NetnsIsolation) or backend.bridge is None or self.isolation != "runc":
             return
-        gateway = Gateway(backend, self._lookup_name)
+        from beacon.runtime._gateway import Gateway  # imports dnslib: only where it is used
+        gateway = Gateway(backend, lambda src, name: self.networks.lookup(self, src, name))
         try:
             await gateway.start()
         except OSError as exc:
@@ -165,38 +161,6 @@ class Engine:
             self.warnings.append(f"WARNING: containers get no DNS or way to the agent ({exc})")
             return
         self.gateway = gateway
-
-    def _lookup_name(self, src: str, name: str) -> list[str] | None:
-        """The engine's DNS for containers: names and aliases on the asker's user network."""
-        asker = next((c for c in self.containers() if c.address.partition("/")[0] == src), None)
-        if asker is None or asker.network_mode in ("bridge", "host", "none"):
-            return None
-        short = name.removesuffix("." + asker.network_mode)
-        found = [c.address.partition("/")[0] for c in self.containers()
-                 if c.network_mode == asker.network_mode and c.state.status == "running" and c.address
-                 and short in (c.name, c.id[:12], *c.aliases)]
-        return found or None
-
-    async def _choose(self) -> tuple[Isolation, str]:
-        """runc when asked for or on auto (root, runc installed); otherwise the older backends."""
-        from beacon.runtime._runc import RuncIsolation, runc_available
-
-        requested = self.requested_isolation
-        if requested in ("auto", "runc"):
-            reason = runc_available()
-            if not reason:
-                backend = RuncIsolation(self)
-                return backend, await backend.setup()
-            if requested == "runc":
-                raise EngineError(f"runc isolation unavailable: {reason}")
-            backend2, warning = await choose("process")
-            return backend2, (f"WARNING: runc isolation unavailable ({reason}); containers run as plain "
-                              "processes on the host filesystem and network")
-        backend3, warning = await choose(requested)
-        if backend3.name == "process" and not warning:
-            warning = ("WARNING: process isolation: containers run as plain processes on the host filesystem "
-                       "and network, without images")
-        return backend3, warning
 
     async def stop(self) -> None:
         self._stopping = True
@@ -213,6 +177,9 @@ class Engine:
         await asyncio.gather(*(self._shutdown_one(s) for s in slots), return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)  # auto-removals under way
         await self.exec.close()
+        settle = getattr(self._backend, "settle", None)
+        if settle is not None:
+            await settle()
         if self._backend is not None:
             self._backend.close()
             self._backend = None
@@ -303,13 +270,15 @@ class Engine:
             name = random_name()
             while name in taken:
                 name = f"{random_name()}{len(taken)}"
+        if self.isolation != "runc" and (spec["tty"] or spec["open_stdin"]):
+            raise InvalidParameter(f"-t and -i need runc isolation (this engine runs {self.isolation})")
         if self.isolation == "runc":
             validate_binds(spec["binds"], spec["mounts"])
             if not spec["network_mode"].startswith("container:"):
                 self.networks.get(spec["network_mode"])  # 404 for an unknown network
             else:
                 raise InvalidParameter("--network container:<name> is not supported by beacon engine")
-            await asyncio.get_running_loop().run_in_executor(None, self._merge_image, spec)
+            await asyncio.get_running_loop().run_in_executor(None, merge_image, self.images, spec)
         if not (spec["cmd"] or spec["entrypoint"]):
             raise InvalidParameter("No command specified")
         cid = new_id()
@@ -318,32 +287,11 @@ class Engine:
         path = self._dir(cid)
         path.mkdir(parents=True)
         self.slots[cid] = _Slot(c=c, logs=LogStore(path / "log.jsonl"))
+        if c.open_stdin:
+            self.slots[cid].stdin = asyncio.Queue()
         self._save(c)
         self._emit(c, "create")
         return cid, (create_warnings(body) if self.isolation != "runc" else [])
-
-    def _merge_image(self, spec: dict[str, Any]) -> None:
-        """Fill what the create request left out from the image config, as dockerd does."""
-        try:
-            image_id = self.images.resolve(spec["image"])
-        except NotFound:
-            raise NotFound(f"No such image: {normalize(spec['image'])}") from None
-        cfg = self.images.config(image_id).get("config") or {}
-        spec["image_id"] = image_id
-        if spec["entrypoint"] is None:
-            spec["entrypoint"] = list(cfg.get("Entrypoint") or []) or None
-            if not spec["cmd"]:
-                spec["cmd"] = list(cfg.get("Cmd") or [])
-        spec["image_env"] = list(cfg.get("Env") or [])
-        spec["working_dir"] = spec["working_dir"] or cfg.get("WorkingDir") or ""
-        spec["user"] = spec["user"] or cfg.get("User") or ""
-        spec["labels"] = {**(cfg.get("Labels") or {}), **spec["labels"]}
-        for port in cfg.get("ExposedPorts") or {}:
-            if port not in spec["exposed_ports"]:
-                spec["exposed_ports"].append(port)
-        if spec["health"] is None and cfg.get("Healthcheck"):
-            spec["health"] = HealthSpec.from_api(cfg["Healthcheck"])
-        spec["stop_signal"] = spec["stop_signal"] or cfg.get("StopSignal") or ""
 
     async def start_container(self, ref: str) -> None:
         slot = self.resolve(ref)
@@ -387,7 +335,7 @@ class Engine:
         assert isinstance(backend, RuncIsolation)
         relays = await self._bind_ports(c)
         try:
-            spawned = await backend.launch(c)
+            spawned = await backend.launch(c, slot.size)
         except InvalidParameter as exc:
             for relay in relays:
                 await relay.close()
@@ -416,7 +364,7 @@ class Engine:
         self._emit(c, "start")
         slot.supervisor = asyncio.create_task(self._supervise(slot, spawned))
         if st.health_status:
-            slot.health_task = asyncio.create_task(self._health_loop(slot, spawned))
+            slot.health_task = asyncio.create_task(_io.health_loop(self, slot.c, spawned))
 
     def _fail_start(self, c: Container, code: int, message: str) -> None:
         st = c.state
@@ -447,18 +395,17 @@ class Engine:
         c.ports = ports
         return relays
 
-    async def _pump(self, slot: _Slot, stream: asyncio.StreamReader | None, sid: int) -> None:
-        if stream is None:
-            return
-        while chunk := await stream.read(65536):
-            slot.logs.feed(sid, chunk)
-        slot.logs.flush(sid)
-
     async def _supervise(self, slot: _Slot, spawned: Spawned) -> None:
         proc = spawned.proc
-        pumps = [asyncio.create_task(self._pump(slot, proc.stdout, 1)),
-                 asyncio.create_task(self._pump(slot, proc.stderr, 2))]
+        if spawned.console >= 0:
+            pumps = [asyncio.create_task(_io.pump_console(slot.logs, spawned.console))]
+        else:
+            pumps = [asyncio.create_task(_io.pump(slot.logs, proc.stdout, 1)),
+                     asyncio.create_task(_io.pump(slot.logs, proc.stderr, 2))]
+        feeder = _io.feed_stdin(slot.stdin, spawned, slot.c.stdin_once)
         await proc.wait()
+        if feeder is not None:
+            feeder.cancel()
         # Output still in the pipes is read; a straggler that kept them open does not hold the exit.
         _, late = await asyncio.wait(pumps, timeout=PIPE_DRAIN_TIMEOUT)
         for task in late:
@@ -645,7 +592,7 @@ class Engine:
         target = self.wait_target(ref, condition)
         return target if isinstance(target, int) else await asyncio.shield(target)
 
-    async def remove(self, ref: str, force: bool = False) -> None:
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         slot = self.resolve(ref)
         if slot.c.state.status == "removing":
             raise Conflict(f"removal of container {slot.c.id} is already in progress")
@@ -669,7 +616,13 @@ class Engine:
                 return
             c.state.status = "removing"
             del self.slots[c.id]
+            rootfs = self._dir(c.id) / "bundle" / "rootfs"
+            if os.path.ismount(rootfs):  # never delete through a mounted root filesystem
+                umount(rootfs)
             shutil.rmtree(self._dir(c.id), ignore_errors=True)
+            if volumes or c.auto_remove:
+                used = {n for other in self.slots.values() for n in self.volumes.names_used(other.c)}
+                self.volumes.remove_anonymous(c, used)
             self.exec.forget(c.id)
             self._emit(c, "destroy")
             for fut in (slot.removed, slot.next_exit):
@@ -677,32 +630,6 @@ class Engine:
                     fut.set_result(c.state.exit_code)
 
     # -- health --------------------------------------------------------------------------------
-
-    async def _health_loop(self, slot: _Slot, spawned: Spawned) -> None:
-        c = slot.c
-        assert c.health is not None
-        spec, argv = c.health, c.health.argv() or []
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(spec.interval_ns / 1e9)
-            start = now_rfc3339()
-            code, output = await self.exec.run_captured(c, spawned, argv, spec.timeout_ns / 1e9,
-                                                        HEALTH_OUTPUT_CAP)
-            st = c.state
-            st.health_log = [*st.health_log, {"Start": start, "End": now_rfc3339(), "ExitCode": code,
-                                              "Output": output}][-5:]
-            old = st.health_status
-            if code == 0:
-                st.failing_streak, new = 0, "healthy"
-            elif time.monotonic() - started < spec.start_period_ns / 1e9:
-                new = old  # failures during the start period do not count
-            else:
-                st.failing_streak += 1
-                new = "unhealthy" if st.failing_streak >= spec.retries else old
-            st.health_status = new
-            self._save(c)
-            if new != old:
-                self.events.emit("container", f"health_status: {new}", c.id, c.label_attributes(), from_=c.image)
 
     # -- info ----------------------------------------------------------------------------------
 
@@ -719,10 +646,3 @@ class Engine:
             if c.image_id:
                 out.setdefault(c.image_id, []).append(c.id)
         return out
-
-    def images(self) -> dict[str, list[Container]]:
-        out: dict[str, list[Container]] = {}
-        for c in self.containers():
-            out.setdefault(c.image, []).append(c)
-        return out
-

@@ -6,6 +6,7 @@
     ├── InvalidParameter (400)   bad port spec, bad JSON, command not found
     ├── NotFound (404)           no such container / exec instance
     ├── NotModified (304)        start of a running container, stop of a stopped one
+    ├── Unauthorized (401)       a registry refused the credentials
     ├── Conflict (409)           name in use, container not running, remove while running
     └── NotImplementedByEngine (501)   anything that needs an image registry
 """
@@ -31,6 +32,10 @@ class NotFound(EngineError):
 
 class NotModified(EngineError):
     status = 304
+
+
+class Unauthorized(EngineError):
+    status = 401
 
 
 class Conflict(EngineError):

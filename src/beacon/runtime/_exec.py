@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from beacon.runtime import _stdio
 from beacon.runtime._errors import Conflict, InvalidParameter, NotFound
 from beacon.runtime._isolation import Spawned
 
@@ -30,8 +31,13 @@ class ExecInstance:
     tty: bool
     attach_stdout: bool
     attach_stderr: bool
+    attach_stdin: bool = False
+    user: str = ""
     running: bool = False
     started: bool = False
+    stdin: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue, repr=False)
+    console: int = -1  # -t: master of the pty runc exec holds the slave of
+    size: tuple[int, int] = (24, 80)
     exit_code: int | None = None
     pid: int = 0
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
@@ -59,15 +65,16 @@ class ExecManager:
         cmd = _check_str_list(body.get("Cmd"), "Cmd")
         if not cmd:
             raise InvalidParameter("No exec command specified")
-        if body.get("Tty"):
-            raise InvalidParameter("beacon engine does not allocate TTYs: exec without -t")
+        if (body.get("Tty") or body.get("AttachStdin")) and self.engine.isolation != "runc":
+            raise InvalidParameter(f"exec -t and -i need runc isolation (this engine runs {self.engine.isolation})")
         if slot.c.state.status != "running" or slot.spawned is None:
             raise Conflict(f"Container {slot.c.id} is not running")
         inst = ExecInstance(id=secrets.token_hex(32), container_id=slot.c.id, cmd=cmd,
                             env=_check_str_list(body.get("Env"), "Env"),
                             working_dir=str(body.get("WorkingDir") or ""), tty=bool(body.get("Tty")),
                             attach_stdout=bool(body.get("AttachStdout", True)),
-                            attach_stderr=bool(body.get("AttachStderr", True)))
+                            attach_stderr=bool(body.get("AttachStderr", True)),
+                            attach_stdin=bool(body.get("AttachStdin")), user=str(body.get("User") or ""))
         self.instances[inst.id] = inst
         self._event(slot.c, f"exec_create: {' '.join(cmd)}", inst)
         return inst.id
@@ -99,15 +106,28 @@ class ExecManager:
         return env
 
     async def _spawn(self, c: Container, spawned: Spawned, argv: list[str], env: dict[str, str],
-                     cwd: str) -> asyncio.subprocess.Process:
+                     cwd: str, inst: ExecInstance | None = None) -> asyncio.subprocess.Process:
         from beacon.runtime._engine import find_executable
 
         exec_command = getattr(self.engine.backend, "exec_command", None)
         if exec_command is not None:  # runc: `runc exec`, checked against the container's rootfs
-            full, host_env, host_cwd = exec_command(spawned, c, argv, env, cwd)
-            return await asyncio.create_subprocess_exec(
-                *full, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=host_env, cwd=host_cwd, start_new_session=True)
+            tty = inst is not None and inst.tty
+            full, host_env, host_cwd = exec_command(spawned, c, argv, env, cwd, inst.user if inst else "", tty)
+            stdio: dict[str, Any] = {"stdin": asyncio.subprocess.DEVNULL, "stdout": asyncio.subprocess.PIPE,
+                                     "stderr": asyncio.subprocess.PIPE}
+            slave = -1
+            if tty:
+                assert inst is not None
+                inst.console, slave = _stdio.open_console(*inst.size)
+                stdio.update(stdin=slave, stdout=slave)
+            elif inst is not None and inst.attach_stdin:
+                stdio["stdin"] = asyncio.subprocess.PIPE
+            try:
+                return await asyncio.create_subprocess_exec(*full, **stdio, env=host_env, cwd=host_cwd,
+                                                            start_new_session=True)
+            finally:
+                if slave >= 0:
+                    os.close(slave)
         if not os.path.isdir(cwd):
             raise InvalidParameter(f"working directory {cwd!r} does not exist on the host")
         if not find_executable(argv[0], env["PATH"], cwd):
@@ -131,7 +151,7 @@ class ExecManager:
         self._event(c, f"exec_start: {' '.join(inst.cmd)}", inst)
         try:
             proc = await self._spawn(c, spawned, inst.cmd, self._env(c, inst.env),
-                                     inst.working_dir or c.working_dir or "/")
+                                     inst.working_dir or c.working_dir or "/", inst)
         except (InvalidParameter, OSError) as exc:
             inst.running, inst.exit_code = False, 127 if "not found" in str(exc) else 126
             self._event(c, "exec_die", inst, exitCode=str(inst.exit_code))
@@ -148,8 +168,19 @@ class ExecManager:
                     queue.put_nowait((sid, chunk))
             queue.put_nowait(None)
 
-        pumps = [asyncio.create_task(pump(proc.stdout, 1, inst.attach_stdout)),
-                 asyncio.create_task(pump(proc.stderr, 2, inst.attach_stderr))]
+        async def pump_console() -> None:
+            async for chunk in _stdio.read_fd(inst.console):
+                queue.put_nowait((1, chunk))
+            queue.put_nowait(None)
+
+        if inst.console >= 0:
+            # runc's own stderr (errors before the process runs) still comes through the pipe
+            pumps = [asyncio.create_task(pump_console()), asyncio.create_task(pump(proc.stderr, 2, True))]
+        else:
+            pumps = [asyncio.create_task(pump(proc.stdout, 1, inst.attach_stdout)),
+                     asyncio.create_task(pump(proc.stderr, 2, inst.attach_stderr))]
+        if inst.attach_stdin:
+            pumps.append(asyncio.create_task(self._feed(inst, proc)))
         try:
             ended = 0
             while ended < 2:
@@ -165,10 +196,37 @@ class ExecManager:
             if proc.returncode is None:
                 _killpg(proc.pid)
                 await proc.wait()
+            if inst.console >= 0:
+                os.close(inst.console)
+                inst.console = -1
             code = proc.returncode if proc.returncode is not None else 255
             inst.running, inst.exit_code = False, (128 - code if code < 0 else code)
             self._event(c, "exec_die", inst, exitCode=str(inst.exit_code))
             self._expire(inst.id)
+
+    async def _feed(self, inst: ExecInstance, proc: asyncio.subprocess.Process) -> None:
+        if inst.console >= 0:
+            master = inst.console
+            await _stdio.feed(inst.stdin, lambda b: _stdio.write_fd(master, b), lambda: None)
+            return
+        writer = proc.stdin
+        if writer is None:
+            return
+
+        async def write(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        try:
+            await _stdio.feed(inst.stdin, write, writer.close)
+        except (ConnectionError, BrokenPipeError):
+            pass
+
+    def resize(self, exec_id: str, rows: int, cols: int) -> None:
+        inst = self.get(exec_id)
+        inst.size = (rows or inst.size[0], cols or inst.size[1])
+        if inst.proc is not None and inst.console >= 0:
+            _stdio.resize(inst.console, inst.proc.pid, *inst.size)
 
     def _expire(self, exec_id: str) -> None:
         """A finished exec stays inspectable for EXEC_KEEP seconds (clients read its exit code right
@@ -211,7 +269,7 @@ class ExecManager:
     def inspect(self, exec_id: str) -> dict[str, Any]:
         inst = self.get(exec_id)
         return {"ID": inst.id, "ContainerID": inst.container_id, "Running": inst.running,
-                "ExitCode": inst.exit_code, "Pid": inst.pid, "OpenStdin": False, "OpenStdout": inst.attach_stdout,
+                "ExitCode": inst.exit_code, "Pid": inst.pid, "OpenStdin": inst.attach_stdin, "OpenStdout": inst.attach_stdout,
                 "OpenStderr": inst.attach_stderr, "CanRemove": False, "DetachKeys": "",
                 "ProcessConfig": {"tty": inst.tty, "entrypoint": inst.cmd[0], "arguments": inst.cmd[1:],
                                   "privileged": False, "user": ""}}

@@ -92,6 +92,8 @@ class Stream:
     upgrade: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     cleanup: Callable[[], None] | None = None  # runs once the response ends, even if never started
+    # hijacked only: consumes what the client sends (stdin of attach/exec) while the body streams
+    on_input: Callable[[asyncio.StreamReader], Awaitable[None]] | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response | Stream]]
@@ -281,6 +283,7 @@ class HttpServer:
                 await writer.drain()
 
         body_task = asyncio.create_task(pump())
+        input_task = asyncio.create_task(resp.on_input(reader)) if resp.hijack and resp.on_input else None
         # A hijacked client half-closes once it has nothing to send, so only plain streams treat
         # EOF from the client as "gone".
         gone = asyncio.create_task(_wait_eof(reader)) if not resp.hijack else None
@@ -288,10 +291,11 @@ class HttpServer:
             waiting = {body_task} | ({gone} if gone else set())
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (body_task, gone):
+            for task in (body_task, gone, input_task):
                 if task is not None and not task.done():
                     task.cancel()
-            await asyncio.gather(body_task, *( [gone] if gone else []), return_exceptions=True)
+            await asyncio.gather(body_task, *([gone] if gone else []), *([input_task] if input_task else []),
+                                 return_exceptions=True)
             agen = resp.body
             if hasattr(agen, "aclose"):
                 await agen.aclose()

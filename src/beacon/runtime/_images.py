@@ -22,6 +22,7 @@ import shutil
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -122,6 +123,18 @@ class ImageStore:
         except (OSError, ValueError):
             return set()
 
+    def intermediates(self) -> set[str]:
+        """Images the builder made for its steps: hidden from ``docker images`` without ``-a``."""
+        try:
+            return set(json.loads((self.root / "intermediate.json").read_text()))
+        except (OSError, ValueError):
+            return set()
+
+    def mark_intermediate(self, image_id: str) -> None:
+        with self.lock:
+            marks = self.intermediates() & self.ids() | {image_id}
+            (self.root / "intermediate.json").write_text(json.dumps(sorted(marks)))
+
     def _set_untagged(self, ids: set[str]) -> None:
         (self.root / "untagged.json").write_text(json.dumps(sorted(ids)))
 
@@ -214,14 +227,15 @@ class ImageStore:
         with self.lock:
             image_id = self.put_blob(data)
             self._configs.pop(image_id, None)
-            untagged = self._untagged()
+            known = image_id in self.ids()
+            for t in tags:
+                self._tag_locked(image_id, t)  # may leave the tag's previous image dangling
+            if digest_ref:
+                self.digests[normalize(digest_ref)] = image_id
+            untagged = self._untagged()  # read after tagging, which may have added to it
             if tags or digest_ref:
-                for t in tags:
-                    self._tag_locked(image_id, t)
-                if digest_ref:
-                    self.digests[normalize(digest_ref)] = image_id
                 untagged.discard(image_id)
-            elif image_id not in self.ids():
+            elif not known:
                 untagged.add(image_id)
             self._set_untagged(untagged)
             self._save()
@@ -315,13 +329,14 @@ class ImageStore:
                 blob.unlink(missing_ok=True)
         self._configs = {k: v for k, v in self._configs.items() if k in self.ids()}
 
-    def prune(self, all_unused: bool, in_use: dict[str, list[str]]) -> tuple[list[dict[str, str]], int]:
+    def prune(self, all_unused: bool, in_use: dict[str, list[str]],
+              wanted: Callable[[str], bool] = lambda _: True) -> tuple[list[dict[str, str]], int]:
         deleted: list[dict[str, str]] = []
         reclaimed = 0
         with self.lock:
             candidates = self._untagged() if not all_unused else self.ids()
             for image_id in sorted(candidates):
-                if in_use.get(image_id):
+                if in_use.get(image_id) or not wanted(image_id):
                     continue
                 reclaimed += self.size(image_id)
                 deleted += self.remove(image_id, True, in_use)
@@ -465,3 +480,38 @@ def _unix(created: Any) -> int:
         return int(time.mktime(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone)
     except ValueError:
         return 0
+
+
+def merge_image(store: ImageStore, spec: dict[str, Any]) -> None:
+    """Fill what a create request left out from its image's config, as dockerd does."""
+    from beacon.runtime._model import HealthSpec
+
+    try:
+        image_id = store.resolve(spec["image"])
+    except NotFound:
+        raise NotFound(f"No such image: {normalize(spec['image'])}") from None
+    cfg = store.config(image_id).get("config") or {}
+    spec["image_id"] = image_id
+    if spec["entrypoint"] is None:
+        spec["entrypoint"] = list(cfg.get("Entrypoint") or []) or None
+        if not spec["cmd"]:
+            spec["cmd"] = list(cfg.get("Cmd") or [])
+    spec["image_env"] = list(cfg.get("Env") or [])
+    spec["working_dir"] = spec["working_dir"] or cfg.get("WorkingDir") or ""
+    spec["user"] = spec["user"] or cfg.get("User") or ""
+    spec["labels"] = {**(cfg.get("Labels") or {}), **spec["labels"]}
+    for port in cfg.get("ExposedPorts") or {}:
+        if port not in spec["exposed_ports"]:
+            spec["exposed_ports"].append(port)
+    if spec["health"] is None and cfg.get("Healthcheck"):
+        spec["health"] = HealthSpec.from_api(cfg["Healthcheck"])
+    spec["stop_signal"] = spec["stop_signal"] or cfg.get("StopSignal") or ""
+    # The image's VOLUMEs and --mount volumes without a name get anonymous volumes, named now so that
+    # every start of the container finds the same ones (dockerd does the same).
+    for m in spec["mounts"]:
+        if m.get("Type", "volume") == "volume" and not m.get("Source"):
+            m["Source"] = os.urandom(32).hex()
+    taken = {b.split(":")[1] for b in spec["binds"] if ":" in b} | {str(m.get("Target")) for m in spec["mounts"]}
+    for path in cfg.get("Volumes") or {}:
+        if path not in taken:
+            spec["binds"].append(f"{os.urandom(32).hex()}:{path}")

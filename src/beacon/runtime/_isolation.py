@@ -40,6 +40,7 @@ class Spawned:
     closed: bool = field(default=False)
     runc_id: str = ""  # runc backend: the container's runc ID and bundle directory
     bundle: str = ""
+    console: int = -1  # -t: the master of the pty whose slave is runc's stdio
 
     @property
     def pid(self) -> int:

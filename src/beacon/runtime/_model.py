@@ -270,10 +270,6 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
     for value, what in ((cmd, "Cmd"), (entrypoint, "Entrypoint")):
         if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise InvalidParameter(f"{what} must be a list of strings")
-    if body.get("Tty"):
-        raise InvalidParameter("beacon engine does not allocate TTYs: run without -t")
-    if body.get("OpenStdin"):
-        raise InvalidParameter("beacon engine does not attach stdin: run without -i (commands get /dev/null)")
     if name is not None and name != "" and not NAME_RE.match(name):
         raise InvalidParameter(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     for key in ("WorkingDir", "Hostname"):
@@ -308,12 +304,15 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
     if auto_remove and policy_name != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
     return {
-        "image": image, "cmd": list(cmd or []), "entrypoint": list(entrypoint) if entrypoint else None,
+        # Entrypoint [] or [""] (``--entrypoint ""``) clears the image's; None keeps it
+        "image": image, "cmd": list(cmd or []),
+        "entrypoint": None if entrypoint is None else [e for e in entrypoint if e],
         "env": list(env), "labels": dict(labels), "working_dir": str(body.get("WorkingDir") or ""),
         "hostname": str(body.get("Hostname") or ""), "exposed_ports": exposed, "port_bindings": bindings,
         "publish_all": bool(host.get("PublishAllPorts")), "auto_remove": auto_remove,
         "restart_policy": {"Name": policy_name, "MaximumRetryCount": _int(policy.get("MaximumRetryCount"), "MaximumRetryCount")},
-        "health": HealthSpec.from_api(body.get("Healthcheck")), "tty": False,
+        "health": HealthSpec.from_api(body.get("Healthcheck")), "tty": bool(body.get("Tty")),
+        "open_stdin": bool(body.get("OpenStdin")), "stdin_once": bool(body.get("StdinOnce")),
         "stop_signal": _stop_signal(body.get("StopSignal")),
         "stop_timeout": _stop_timeout(body.get("StopTimeout")),
         "user": _str(body.get("User"), "User"),

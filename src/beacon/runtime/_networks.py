@@ -81,6 +81,17 @@ class Networks:
                 "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
                 "ConfigOnly": False, "Containers": containers, "Options": {}, "Labels": net.get("Labels") or {}}
 
+    def lookup(self, engine: Engine, src: str, name: str) -> list[str] | None:
+        """The engine's DNS for containers: names and aliases on the asker's user network."""
+        asker = next((c for c in engine.containers() if c.address.partition("/")[0] == src), None)
+        if asker is None or asker.network_mode in BUILTIN:
+            return None
+        short = name.removesuffix("." + asker.network_mode)
+        found = [c.address.partition("/")[0] for c in engine.containers()
+                 if c.network_mode == asker.network_mode and c.state.status == "running" and c.address
+                 and short in (c.name, c.id[:12], *c.aliases)]
+        return found or None
+
     def peers(self, engine: Engine, network: str, exclude: str) -> list[tuple[str, list[str]]]:
         """(address, names) of the running containers on a user network, for /etc/hosts."""
         if network in BUILTIN:

@@ -23,7 +23,13 @@ import urllib.request
 from collections.abc import Callable
 from typing import IO, Any
 
-from beacon.runtime._errors import EngineError, InvalidParameter, NotFound
+from beacon.runtime._errors import (
+    EngineError,
+    InvalidParameter,
+    NotFound,
+    NotImplementedByEngine,
+    Unauthorized,
+)
 from beacon.runtime._images import ImageStore, arch, normalize, split_ref
 
 MANIFEST_TYPES = ",".join([
@@ -98,7 +104,7 @@ class Registry:
                     return exc
                 detail = exc.read(4096).decode(errors="replace")
                 if exc.code == 401:
-                    raise EngineError(f"unauthorized: authentication required ({self.base})") from None
+                    raise Unauthorized(f"unauthorized: authentication required ({self.base})") from None
                 if exc.code == 404:
                     raise NotFound(f"manifest unknown: {detail.strip() or url}") from None
                 raise EngineError(f"registry answered {exc.code} for {method} {url}: {detail.strip()}") from None
@@ -235,3 +241,13 @@ def push(store: ImageStore, ref: str, user: str, password: str, emit: Emit) -> N
     store.add_config_bytes(config_bytes, [], digest_ref=f"{name}@{digest}")
     emit({"status": f"{tag}: digest: {digest} size: {len(manifest)}"})
     emit({"progressDetail": {}, "aux": {"Tag": tag, "Digest": digest, "Size": len(manifest)}})
+
+
+def login(server: str, user: str, password: str) -> None:
+    """``docker login``: check the credentials against the registry's ``/v2/`` (raises when refused)."""
+    registry = server.removeprefix("https://").removeprefix("http://").rstrip("/") or HUB
+    if registry in (HUB, "index.docker.io", "docker.io") or registry.endswith("docker.io/v1"):
+        raise NotImplementedByEngine("beacon engine does not log in to Docker Hub: it has no default registry")
+    reg = Registry(registry, "", user, password)
+    with reg.request("GET", "/v2/"):
+        pass

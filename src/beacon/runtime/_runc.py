@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from beacon.runtime import _spec as spec
 from beacon.runtime._errors import EngineError, InvalidParameter
-from beacon.runtime._isolation import NetnsIsolation, Spawned
+from beacon.runtime._isolation import Isolation, NetnsIsolation, Spawned, choose
 from beacon.runtime._layers import LayerError, copy_layers, mount_overlay, resolve_in, umount
+from beacon.runtime._stdio import open_console
 
 if TYPE_CHECKING:
     from beacon.runtime._engine import Engine
@@ -61,7 +62,22 @@ class RuncIsolation(NetnsIsolation):
         self.state_root = engine.data_dir / "runc"
         self.state_root.mkdir(parents=True, exist_ok=True)
         self.overlay_ok = True
+        # `runc delete` of exited containers runs after their exit is reported (it only frees runc's
+        # state and the cgroup); a new start of the same ID waits for it.
+        self.deleting: dict[str, asyncio.Task[None]] = {}
         self.init_binary = next((p for p in INIT_CANDIDATES if os.path.exists(p)), "")
+
+    async def setup(self) -> str:
+        """The bridge, and what an engine that was killed left behind: its runc containers (still
+        running, as runc's children outlive the engine) and their root filesystem mounts."""
+        warning = await super().setup()
+        for leftover in [p.name for p in self.state_root.iterdir() if p.is_dir()]:
+            log.warning("removing container %s left running by an earlier engine", leftover[:12])
+            await self._delete(leftover)
+        for rootfs in (self.engine.data_dir / "containers").glob("*/bundle/rootfs"):
+            if os.path.ismount(rootfs):
+                umount(rootfs)
+        return warning
 
     def runc(self, *args: str) -> list[str]:
         return [RUNC, "--root", str(self.state_root), *args]
@@ -71,21 +87,26 @@ class RuncIsolation(NetnsIsolation):
 
     # -- start ---------------------------------------------------------------------------------
 
-    async def launch(self, c: Container, stdin: int | None = None) -> Spawned:
+    async def launch(self, c: Container, size: tuple[int, int] = (24, 80)) -> Spawned:
         """Start ``c``; returns once its process runs. Raises InvalidParameter for a start failure the
         user caused (command not found, bad user) and EngineError for the rest; nothing is left
         behind either way."""
         cdir = self.engine.data_dir / "containers" / c.id
         bundle = cdir / "bundle"
         rootfs = bundle / "rootfs"
-        await self._delete(c.id)  # a crash could have left a kept container of this ID
+        await self._delete(c.id)  # an engine crash could have left a kept container of this ID...
+        if os.path.ismount(rootfs):
+            umount(rootfs)  # ... and its root filesystem mounted
         netns_fd, address = -1, ""
         mounted = False
+        master = slave = -1
         try:
-            mounted = await asyncio.get_running_loop().run_in_executor(None, self._rootfs, c, cdir, rootfs)
-            settings = self._settings(c, cdir, rootfs)
+            loop = asyncio.get_running_loop()
+            mounted = await loop.run_in_executor(None, self._rootfs, c, cdir, rootfs)
+            # reads the image's passwd and may seed a new volume from the image: off the event loop
+            settings = await loop.run_in_executor(None, self._settings, c, cdir, rootfs)
             if c.network_mode != "host":
-                netns_fd = await asyncio.get_running_loop().run_in_executor(self._pool, self._new_netns)
+                netns_fd = await loop.run_in_executor(self._pool, self._new_netns)
                 if c.network_mode != "none" and self.bridge is not None:
                     address = await self.bridge.plug_fd(netns_fd)
                 settings.netns_path = f"/proc/{os.getpid()}/fd/{netns_fd}"
@@ -93,13 +114,23 @@ class RuncIsolation(NetnsIsolation):
             (bundle / "config.json").write_text(json.dumps(spec.build(settings)))
             pidfile = bundle / "init.pid"
             pidfile.unlink(missing_ok=True)
-            proc = await asyncio.create_subprocess_exec(
-                *self.runc("run", "--keep", "--no-new-keyring", "--bundle", str(bundle), "--pid-file",
-                           str(pidfile), c.id),
-                stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            if c.tty:
+                master, slave = open_console(*size)
+                stdio: dict[str, Any] = {"stdin": slave, "stdout": slave, "stderr": asyncio.subprocess.PIPE}
+            else:
+                stdio = {"stdin": asyncio.subprocess.PIPE if c.open_stdin else asyncio.subprocess.DEVNULL,
+                         "stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE}
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.runc("run", "--keep", "--no-new-keyring", "--bundle", str(bundle), "--pid-file",
+                               str(pidfile), c.id), **stdio, start_new_session=True)
+            finally:
+                if slave >= 0:
+                    os.close(slave)
             pid = await self._wait_started(proc, pidfile)
         except BaseException:
+            if master >= 0:
+                os.close(master)
             if netns_fd >= 0:
                 os.close(netns_fd)
             if self.bridge is not None and address:
@@ -109,7 +140,7 @@ class RuncIsolation(NetnsIsolation):
                 umount(rootfs)
             raise
         return Spawned(proc=proc, ns_pid=pid, netns_fd=netns_fd, address=address, runc_id=c.id,
-                       bundle=str(bundle))
+                       bundle=str(bundle), console=master)
 
     async def _wait_started(self, proc: asyncio.subprocess.Process, pidfile: Path) -> int:
         """runc writes the pid file once the container's process runs; if runc exits first, the
@@ -134,7 +165,7 @@ class RuncIsolation(NetnsIsolation):
                 proc.kill()
                 raise EngineError("runc did not start the container in time")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            delay = min(delay * 2, 0.005)  # a stat every 5 ms is cheap; runc needs ~40 ms
 
     def _rootfs(self, c: Container, cdir: Path, rootfs: Path) -> bool:
         store = self.engine.images
@@ -250,7 +281,10 @@ class RuncIsolation(NetnsIsolation):
     async def finish(self, spawned: Spawned) -> bool:
         """After runc exited: read OOMKilled, delete the kept container, unmount, close handles."""
         oom = _oom_killed(spawned.runc_id)
-        await self._delete(spawned.runc_id)
+        cid = spawned.runc_id
+        task = asyncio.create_task(self._delete(cid))
+        self.deleting[cid] = task
+        task.add_done_callback(lambda t: self.deleting.pop(cid, None) if self.deleting.get(cid) is t else None)
         if spawned.bundle:
             try:
                 umount(Path(spawned.bundle) / "rootfs")
@@ -259,6 +293,9 @@ class RuncIsolation(NetnsIsolation):
         if spawned.netns_fd >= 0:
             os.close(spawned.netns_fd)
             spawned.netns_fd = -1
+        if spawned.console >= 0:
+            os.close(spawned.console)
+            spawned.console = -1
         self._unplug(spawned.address)
         spawned.address = ""
         spawned.closed = True
@@ -267,7 +304,16 @@ class RuncIsolation(NetnsIsolation):
     def release(self, spawned: Spawned) -> None:  # finish() does it for runc
         pass
 
+    async def settle(self) -> None:
+        """Wait for the deletions still running (engine shutdown)."""
+        await asyncio.gather(*self.deleting.values(), return_exceptions=True)
+
     async def _delete(self, cid: str) -> None:
+        pending = self.deleting.get(cid)
+        if pending is not None and pending is not asyncio.current_task():
+            await asyncio.shield(pending)
+        if not (self.state_root / cid).exists():
+            return  # nothing kept: spare the ~10 ms of a runc process
         proc = await asyncio.create_subprocess_exec(*self.runc("delete", "--force", cid),
                                                     stdout=asyncio.subprocess.DEVNULL,
                                                     stderr=asyncio.subprocess.DEVNULL)
@@ -374,3 +420,22 @@ def kill_all(spawned: Spawned) -> None:
         os.kill(spawned.ns_pid or spawned.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+async def choose_backend(engine: Engine) -> tuple[Isolation, str]:
+    """runc when asked for, or on auto as root with runc installed; otherwise the older backends,
+    which run on the host filesystem and so always come with a warning."""
+    requested = engine.requested_isolation
+    if requested in ("auto", "runc"):
+        reason = runc_available()
+        if not reason:
+            backend = RuncIsolation(engine)
+            return backend, await backend.setup()
+        if requested == "runc":
+            raise EngineError(f"runc isolation unavailable: {reason}")
+        fallback, _ = await choose("process")
+        return fallback, (f"WARNING: runc isolation unavailable ({reason}); containers run as plain processes "
+                          "on the host filesystem and network, without images")
+    chosen, warning = await choose(requested)
+    return chosen, warning or (f"WARNING: {chosen.name} isolation: containers run on the host filesystem, "
+                               "without images, users, volumes or limits")

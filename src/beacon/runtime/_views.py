@@ -126,7 +126,9 @@ def inspect(c: Container, isolation: str) -> dict[str, Any]:
     ip, _, prefix = c.address.partition("/")
     prefix_len = int(prefix or 0)
     gateway = "10.213.0.1" if ip else ""
-    network = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "NetworkID": isolation,
+    user_net = isolation == "runc" and c.network_mode not in ("bridge", "host", "none")
+    aliases = [*c.aliases, c.id[:12]] if user_net else None  # dockerd adds the short ID on user networks
+    network = {"IPAMConfig": None, "Links": None, "Aliases": aliases, "MacAddress": "", "NetworkID": isolation,
                "EndpointID": "", "Gateway": gateway, "IPAddress": ip, "IPPrefixLen": prefix_len, "IPv6Gateway": "",
                "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None, "DNSNames": None}
     net = network_name(c, isolation)

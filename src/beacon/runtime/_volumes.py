@@ -62,7 +62,17 @@ class Volumes:
         shutil.rmtree(self.root / name)
 
     def names_used(self, c: Container) -> list[str]:
-        return [src for src, _, _ in _parse_binds(c) if not src.startswith("/")]
+        try:
+            return [src for src, _, _ in _parse_binds(c) if not src.startswith("/")]
+        except InvalidParameter:  # a process-mode container's binds are kept, never checked
+            return []
+
+    def remove_anonymous(self, c: Container, still_used: set[str]) -> None:
+        """``rm -v`` and ``--rm``: the container's anonymous volumes (64-hex names) go with it."""
+        for name in self.names_used(c):
+            if len(name) == 64 and all(ch in "0123456789abcdef" for ch in name) and name not in still_used:
+                if self._meta(name).exists():
+                    shutil.rmtree(self.root / name, ignore_errors=True)
 
     def resolve_binds(self, c: Container, rootfs: str) -> list[tuple[str, str, bool]]:
         """(host source, container destination, read-only) for each bind and volume of ``c``. A new
@@ -100,7 +110,7 @@ def _parse_binds(c: Container) -> list[tuple[str, str, bool]]:
             raise InvalidParameter(f"invalid mount config: {m!r}")
         if kind == "bind" and not str(src).startswith("/"):
             raise InvalidParameter(f"invalid mount config for type \"bind\": invalid mount path: '{src}'")
-        out.append((str(src) or os.urandom(32).hex(), str(dest), bool(m.get("ReadOnly"))))
+        out.append((str(src), str(dest), bool(m.get("ReadOnly"))))
     return out
 
 

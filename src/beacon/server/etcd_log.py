@@ -38,15 +38,14 @@ range request that started after they arrived) and wait until this server has ap
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 import json
 import logging
 import time
 import uuid
-import zlib
 from typing import Any
 
+from beacon.server import etcd_snapshot
 from beacon.server.consensus import NoLeaderError
 from beacon.server.durable import decode, encode
 from beacon.server.etcd_client import (
@@ -57,13 +56,11 @@ from beacon.server.etcd_client import (
     EtcdNotConnected,
     EtcdUnavailable,
     b64,
-    prefix_end,
 )
 from beacon.server.fsm import ApplyResult, Command, StateStore
 
 log = logging.getLogger("beacon.etcd")
 
-CHUNK = 1024 * 1024
 TICK_IDLE = 1.0
 ATTEMPT = 1.0       # seconds per put attempt before retrying the same envelope
 MAX_BATCH = 500     # commands per put (the envelope stays far below etcd's 1.5 MiB request limit)
@@ -92,12 +89,12 @@ class EtcdConsensus:
         self.applied = 0           # last log revision applied here
         self.log_clock = 0.0       # largest proposer time among applied entries
         self.snapshot_rev = 0      # revision of the newest snapshot we know of
-        self.recent: dict[str, float] = {}
-        self._early: dict[int, KV] = {}
-        self._queue: list[dict[str, Any]] = []
+        self.recent: dict[str, float] = {}  # ids of applied commands that could still reappear -> expiry
         self._recent_limit = 4096
+        self._early: dict[int, KV] = {}  # previous log revision -> our own entry that follows it
+        self._queue: list[dict[str, Any]] = []  # commands waiting for the next batch put
         self._flush_wake = asyncio.Event()
-        self._senders: set[asyncio.Task[None]] = set()  # previous log revision -> our own entry that follows it  # ids of applied commands that could still reappear -> expiry
+        self._senders: set[asyncio.Task[None]] = set()
         self.leader: dict[str, str] | None = None
         self.leader_changes = 0
         self.names: dict[str, str] = {}
@@ -390,33 +387,17 @@ class EtcdConsensus:
     # ------------------------------------------------------------------ snapshots
     async def _load_snapshot(self) -> bool:
         """Load the newest snapshot if it is ahead of local state; True if one was loaded."""
-        for _ in range(5):
-            rev, meta_kv = await self.client.get(self.prefix + b"snap/meta")
-            if meta_kv is None:
-                return False
-            meta = json.loads(meta_kv.value)
-            self.snapshot_rev = max(self.snapshot_rev, int(meta["rev"]))
-            if int(meta["rev"]) <= self.applied:
-                return False
-            chunk_prefix = self.prefix + f"snap/{int(meta['rev']):020d}/".encode()
-            try:
-                _, chunks = await self.client.range(chunk_prefix, prefix_end(chunk_prefix), revision=rev,
-                                                    timeout=30)
-            except EtcdError as exc:
-                if "compacted" in str(exc):
-                    continue  # a newer snapshot replaced it meanwhile
-                raise
-            data = b"".join(c.value for c in sorted(chunks, key=lambda c: c.key))
-            if len(chunks) != int(meta["chunks"]) or hashlib.sha256(data).hexdigest() != meta["sha256"]:
-                raise EtcdError(f"snapshot at {meta['rev']} is incomplete or corrupt")
-            doc = await asyncio.to_thread(_decompress, data)
-            self.store.restore(doc["state"])
-            self.log_clock = float(doc["log_clock"])
-            self.recent = dict(doc.get("recent", {}))
-            self.applied = int(meta["rev"])
-            log.info("loaded the snapshot at revision %d (%d bytes)", self.applied, len(data))
-            return True
-        raise EtcdUnavailable("the snapshot kept changing while it was read")
+        got = await etcd_snapshot.read(self.client, self.prefix, newer_than=self.applied)
+        if got is None:
+            return False
+        rev, doc, size = got
+        self.snapshot_rev = max(self.snapshot_rev, rev)
+        self.store.restore(doc["state"])
+        self.log_clock = float(doc["log_clock"])
+        self.recent = dict(doc.get("recent", {}))
+        self.applied = rev
+        log.info("loaded the snapshot at revision %d (%d bytes)", rev, size)
+        return True
 
     async def _maybe_snapshot(self) -> None:
         if self._snapshotting or self.applied - self.snapshot_rev < self.snapshot_threshold:
@@ -424,30 +405,23 @@ class EtcdConsensus:
         self._snapshotting = True
         try:
             t0 = time.monotonic()
-            rev, clock, state = self.applied, self.log_clock, self.store.snapshot()
-            recent = {k: x for k, x in self.recent.items() if x >= clock}
-            data = await asyncio.to_thread(
-                lambda: zlib.compress(encode({"state": state, "log_clock": clock, "rev": rev,
-                                              "recent": recent}), 3))
-            chunk_prefix = self.prefix + f"snap/{rev:020d}/".encode()
-            n = (len(data) + CHUNK - 1) // CHUNK
-            for i in range(n):
-                await self.client.put(chunk_prefix + f"{i:06d}".encode(), data[i * CHUNK:(i + 1) * CHUNK], timeout=30)
-            meta = {"rev": rev, "chunks": n, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-            await self.client.put(self.prefix + b"snap/meta", json.dumps(meta).encode(), timeout=10)
-            old = self.snapshot_rev
+            # Another leader may have written one since we last looked: its chunks are the ones to drop.
+            self.snapshot_rev = max(self.snapshot_rev, await etcd_snapshot.newest_revision(self.client, self.prefix))
+            if self.applied - self.snapshot_rev < self.snapshot_threshold:
+                return
+            rev, clock = self.applied, self.log_clock
+            doc = {"state": self.store.snapshot(), "log_clock": clock, "rev": rev,
+                   "recent": {k: x for k, x in self.recent.items() if x >= clock}}
+            size, n = await etcd_snapshot.write(self.client, self.prefix, rev, doc, previous=self.snapshot_rev)
             self.snapshot_rev = rev
-            if old:
-                old_prefix = self.prefix + f"snap/{old:020d}/".encode()
-                await self.client.delete(old_prefix, prefix_end(old_prefix))
             await self.client.compact(rev)
             seconds = time.monotonic() - t0
-            self.last_snapshot = {"revision": rev, "bytes": len(data), "seconds": seconds}
+            self.last_snapshot = {"revision": rev, "bytes": size, "seconds": seconds}
             from beacon import telemetry
 
-            telemetry.snapshot_taken(len(data), seconds)
+            telemetry.snapshot_taken(size, seconds)
             log.info("snapshot at revision %d: %d bytes in %d chunks, %.0f ms; etcd compacted",
-                     rev, len(data), n, seconds * 1000)
+                     rev, size, n, seconds * 1000)
         except (EtcdUnavailable, EtcdError) as exc:
             log.warning("snapshot failed: %s", exc)
         finally:
@@ -550,6 +524,11 @@ class EtcdConsensus:
             task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     # ------------------------------------------------------------------ cluster state
+    @property
+    def ready(self) -> bool:
+        """etcd has answered a linearizable request: the cluster has a quorum (a leader)."""
+        return self._last_ok > 0
+
     def is_leader(self) -> bool:
         return bool(self._lease) and time.monotonic() < self._leader_until
 
@@ -576,13 +555,14 @@ class EtcdConsensus:
 
     def configuration(self) -> list[dict[str, Any]]:
         leader = self.leader_raft_address()
+        leader_name = self.leader["name"] if leader and self.leader else ""
         out = []
         for m in sorted(self.members, key=lambda m: m.get("name", "")):
             if not m.get("peerURLs"):
                 continue
             addr = self._addr(m["peerURLs"][0])
             out.append({"ID": addr, "Node": m.get("name") or self.names.get(addr, "(unknown)"), "Address": addr,
-                        "Leader": addr == leader, "Voter": not m.get("isLearner", False), "ProtocolVersion": "3"})
+                        "Leader": addr == leader or bool(leader_name and m.get("name") == leader_name), "Voter": not m.get("isLearner", False), "ProtocolVersion": "3"})
         return out
 
     def commit_index(self) -> int:
@@ -624,6 +604,3 @@ class EtcdConsensus:
             await self.refresh_members()
         await self._retrying(f"removing {raft_addr}", remove)
 
-
-def _decompress(data: bytes) -> Any:
-    return decode(zlib.decompress(data))

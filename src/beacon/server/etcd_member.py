@@ -24,6 +24,7 @@ import signal
 import socket
 import ssl
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("beacon.etcd")
@@ -138,6 +139,7 @@ class EtcdMember:
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.on_restart: list[object] = []
+        self.on_removed: Callable[[], None] | None = None
         self._initial: tuple[str, str, str] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -205,6 +207,8 @@ class EtcdMember:
             if "has already been removed" in tail or "the member has been permanently removed" in tail:
                 self.removed = True
                 log.error("etcd member %s was removed from the cluster; not restarting it", self.name)
+                if self.on_removed is not None:
+                    self.on_removed()
                 return
             log.error("etcd exited with %s; restarting it in %.1fs. Last log: %s", rc, backoff, tail[-400:])
             await asyncio.sleep(backoff)

@@ -82,6 +82,9 @@ class ApplyResult:
     error: CommandError | None = None
 
 
+_CATALOG_TABLES = frozenset({"nodes", "services", "checks"})
+
+
 def _lower(name: str) -> str:
     return name.lower()
 
@@ -95,6 +98,10 @@ class StateStore:
         # Bumped by every restore: a cached view stamped with table indexes is only valid within
         # one generation (a restored snapshot can reuse an index for different content).
         self.generation = 0
+        # Moves (after the apply is complete) with every catalog change and every restore; never
+        # repeats. Caches of catalog answers (DNS) compare it on their hot path. catalog_index
+        # cannot serve: it is floored at 1 and goes back with a restored older snapshot.
+        self.catalog_version = 0
         self._handlers: dict[int, Callable[[int, dict[str, Any]], Any]] = {}
         self._register_handlers()
         self._reset()
@@ -188,6 +195,8 @@ class StateStore:
         return result
 
     def _refresh_derived(self, changes: set[str]) -> None:
+        if not changes.isdisjoint(_CATALOG_TABLES):
+            self.catalog_version += 1
         for key in changes:
             if key.startswith("svc:"):
                 self._refresh_service_tags(key[4:])
@@ -775,6 +784,7 @@ class StateStore:
         fresh.extra = {name: dict(rows) for name, rows in snap.get("extra", {}).items()}
         with self.lock:
             self.generation += 1
+            self.catalog_version += 1
             for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
                          "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
                          "tombstones", "tombstone_floor", "sessions", "lock_delays", "session_expires", "session_keys",

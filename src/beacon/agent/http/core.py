@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -86,7 +86,7 @@ class Reply:
     index: int | None = None      # sets X-Consul-Index (+ leader headers) when not None
     raw: bool = False             # body is already bytes/str
     content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] | None = None
     empty: bool = False           # 200 with an empty body (agent writes)
 
 
@@ -117,8 +117,12 @@ def parse_bool(value: str, what: str) -> bool:
 
 
 def query_options(request: web.Request, agent: Agent) -> QueryOptions:
-    q = request.query
     opts = QueryOptions()
+    if not request.query_string:  # the common case: nothing to parse
+        if request.headers.get("X-Consul-Namespace"):
+            raise HTTPError(400, 'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature')
+        return opts
+    q = request.query
     if "ns" in q and q["ns"] or request.headers.get("X-Consul-Namespace"):
         raise HTTPError(400, 'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature')
     dc = q.get("dc")
@@ -175,18 +179,29 @@ async def blocking_query(agent: Agent, opts: QueryOptions, keys: Iterable[str],
     hub = agent.hub
     while True:
         fut = hub.watch(keys, prefixes)
-        try:
-            index, result = read()
-            if index > opts.index:
-                return index, result
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return index, result
-            await asyncio.wait((fut,), timeout=remaining)
-            if not fut.done():
-                return read()
-        finally:
+        index, result = read()  # after arming: a change between the read above and watch() wakes us
+        if index > opts.index:
             hub.unwatch(fut, keys, prefixes)
+            return index, result
+        # A bare future and one timer per parked query (no asyncio.wait: its extra future and
+        # callbacks cost memory per idle watcher and time per wake-up when thousands wake at once).
+        timer = loop.call_at(deadline, _expire, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            hub.unwatch(fut, keys, prefixes)
+        index, result = read()
+        if index > opts.index or fut.result() is _TIMED_OUT:
+            return index, result
+
+
+_TIMED_OUT = object()
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(_TIMED_OUT)
 
 
 class Router:
@@ -242,13 +257,16 @@ def _dispatcher(methods: dict[str, Handler]) -> Callable[[web.Request], Awaitabl
 
 def render(request: web.Request, reply: Reply) -> web.StreamResponse:
     agent = request.app[AGENT_KEY]
-    headers = dict(reply.headers)
+    headers = dict(reply.headers) if reply.headers else {}
+    query = request.query
     if reply.index is not None:
-        headers["X-Consul-Index"] = str(max(1, reply.index))
-        headers["X-Consul-KnownLeader"] = "true" if agent.consensus.known_leader() else "false"
-        headers["X-Consul-LastContact"] = str(agent.consensus.last_contact_ms())
+        consensus = agent.consensus
+        headers["X-Consul-Index"] = str(reply.index) if reply.index > 1 else "1"
+        headers["X-Consul-KnownLeader"] = "true" if consensus.known_leader() else "false"
+        headers["X-Consul-LastContact"] = str(consensus.last_contact_ms())
         headers["X-Consul-Effective-Consistency"] = (
-            "stale" if "stale" in request.query else "consistent" if "consistent" in request.query else "leader")
+            ("stale" if "stale" in query else "consistent" if "consistent" in query else "leader")
+            if query else "leader")
     if reply.empty:
         return web.Response(status=reply.status, headers=headers)
     if reply.raw:
@@ -257,7 +275,7 @@ def render(request: web.Request, reply: Reply) -> web.StreamResponse:
     body = reply.body
     if body is True or body is False:  # KV and catalog writes: skip the encoder entirely
         data = b"true" if body else b"false"
-    elif agent.config.dev or "pretty" in request.query:
+    elif agent.config.dev or "pretty" in query:
         # Consul's -dev always pretty-prints.
         data = body.pretty() if isinstance(body, Encoded) else encode_pretty(body)
     else:
@@ -273,21 +291,25 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
                            ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except HTTPError as exc:
-        return web.Response(status=exc.status, text=exc.message, content_type="text/plain")
-    except DecodeError as exc:
-        return web.Response(status=400, text=str(exc), content_type="text/plain")
-    except NoLeaderError as exc:
-        return web.Response(status=500, text=str(exc), content_type="text/plain")
-    except NotDurableError as exc:
-        return web.Response(status=500, text=f"Write refused, nothing was changed: {exc}", content_type="text/plain")
-    except web.HTTPException:
-        raise
-    except (asyncio.CancelledError, ConnectionResetError):
+    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as exc:
-        log.exception("unexpected error serving %s %s", request.method, request.path)
-        return web.Response(status=500, text=f"Internal error: {exc}", content_type="text/plain")
+        return error_response(request, exc)
+
+
+def error_response(request: web.Request, exc: Exception) -> web.Response:
+    """The answer for an exception out of a handler. Call it from the ``except`` block (an
+    unexpected error is logged with its traceback)."""
+    if isinstance(exc, HTTPError):
+        return web.Response(status=exc.status, text=exc.message, content_type="text/plain")
+    if isinstance(exc, DecodeError):
+        return web.Response(status=400, text=str(exc), content_type="text/plain")
+    if isinstance(exc, NoLeaderError):
+        return web.Response(status=500, text=str(exc), content_type="text/plain")
+    if isinstance(exc, NotDurableError):
+        return web.Response(status=500, text=f"Write refused, nothing was changed: {exc}", content_type="text/plain")
+    log.exception("unexpected error serving %s %s", request.method, request.path)
+    return web.Response(status=500, text=f"Internal error: {exc}", content_type="text/plain")
 
 
 async def read_json(request: web.Request, required: bool = True) -> Any:

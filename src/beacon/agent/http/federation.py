@@ -11,7 +11,6 @@ their own datacenter, as every catalog request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -70,15 +69,20 @@ def no_path() -> web.Response:
     return web.Response(status=500, text="No path to datacenter", content_type="text/plain")
 
 
-@web.middleware
-async def dc_middleware(request: web.Request,
-                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+def wants_other_datacenter(request: web.Request) -> bool:
+    """Cheap pre-check on every request: a ?dc= in the query string, or a catalog write (whose body
+    may name a datacenter)."""
+    return "dc=" in request.query_string or (request.method == "PUT" and request.path in _BODY_DC_PATHS)
+
+
+async def forward_to_datacenter(request: web.Request) -> web.StreamResponse | None:
+    """The answer of a server of the datacenter the request names, or None to handle it here."""
     dc = request.query.get("dc", "").lower()
     agent: Agent = request.app[AGENT_KEY]
     if not dc and request.method == "PUT" and request.path in _BODY_DC_PATHS:
         dc = await _body_datacenter(request)
     if not dc or dc == agent.config.datacenter or agent.mode == "client" or request.path.startswith(_LOCAL_PREFIXES):
-        return await handler(request)
+        return None
     targets = [(m.addr, int(m.tags.get("http_port") or 0)) for m in await remote_servers(agent, dc)]
     targets = [t for t in targets if t[1]]
     if not targets:

@@ -55,6 +55,8 @@ def cache_meta(req: web.Request, agent: Agent, reply: Reply, index: int | None =
     now = time.monotonic()
     entry = cache.get(key)
     max_age = _max_age(req)
+    if reply.headers is None:
+        reply.headers = {}
     if entry is not None and entry[0] == idx and (max_age is None or now - entry[1] <= max_age):
         reply.headers["X-Cache"] = "HIT"
         reply.headers["Age"] = str(int(now - entry[1]))
@@ -80,7 +82,13 @@ def _peer_empty(path: str) -> Any:
 async def peer_middleware(request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """``?peer=`` on a catalog or health read: no peer exists, so the empty result."""
-    if (request.query.get("peer") and request.method in ("GET", "HEAD")
+    answer = peer_answer(request)
+    return answer if answer is not None else await handler(request)
+
+
+def peer_answer(request: web.Request) -> web.Response | None:
+    """The answer to a catalog or health read with ``?peer=``, or None for any other request."""
+    if (request.query_string and request.query.get("peer") and request.method in ("GET", "HEAD")
             and request.path.startswith(("/v1/catalog/", "/v1/health/"))
             and request.path != "/v1/catalog/datacenters"):
         agent = request.app[AGENT_KEY]
@@ -89,4 +97,4 @@ async def peer_middleware(request: web.Request,
                    "X-Consul-LastContact": "0"}
         return web.Response(text=json.dumps(_peer_empty(request.path)), content_type="application/json",
                             headers=headers)
-    return await handler(request)
+    return None
