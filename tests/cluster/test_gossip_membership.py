@@ -93,8 +93,9 @@ def test_three_servers_three_clients_events_keys_failures_and_autopilot(tmp_path
             wait_until(lambda n=name: statuses(c.clients[n]).get(victim) == 4, timeout=30)
         print(f"server kill -9: failed on the clients after {time.monotonic() - t0:.1f}s")
         leader = c.servers[c.leader()]
-        _, health = jget(leader, "/v1/operator/autopilot/health")
-        assert {s["Name"]: s["SerfStatus"] for s in health["Servers"]}[victim] == "failed"
+        wait_until(lambda: {s["Name"]: s["SerfStatus"]
+                            for s in jget(leader, "/v1/operator/autopilot/health")[1]["Servers"]}.get(victim) == "failed",
+                   timeout=30)
 
         def peers() -> set[str]:
             _, conf = jget(leader, "/v1/operator/raft/configuration?stale")

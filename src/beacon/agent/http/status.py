@@ -63,15 +63,18 @@ async def autopilot_configuration(req: web.Request, agent: Agent) -> Reply:
                   "DeadServerReconnectTimeout": f"{secs}s"})
 
 
-def _health(agent: Agent) -> list[dict]:
+async def _health(agent: Agent) -> list[dict]:
     rec = agent.cluster.reconciler if agent.cluster is not None else None
-    return rec.server_health() if rec is not None else []
+    if rec is None:
+        return []
+    await agent.cluster.refresh()  # Serf's view now, not the last poll's
+    return rec.server_health()
 
 
 @router.get("/v1/operator/autopilot/health")
 async def autopilot_health(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
-    servers = _health(agent)
+    servers = await _health(agent)
     healthy = sum(1 for s in servers if s["Healthy"])
     quorum = len(servers) // 2 + 1
     body = {"Healthy": bool(servers) and healthy == len(servers), "FailureTolerance": max(0, healthy - quorum),
@@ -82,7 +85,7 @@ async def autopilot_health(req: web.Request, agent: Agent) -> Reply:
 @router.get("/v1/operator/autopilot/state")
 async def autopilot_state(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
-    servers = _health(agent)
+    servers = await _health(agent)
     healthy = sum(1 for s in servers if s["Healthy"])
     quorum = len(servers) // 2 + 1
     leader = next((s["ID"] for s in servers if s["Leader"]), "")
