@@ -1,9 +1,11 @@
-"""The heartbeat membership scheme (agent/cluster.py as of issue 12) as a benchmark anchor: 3 Beacon
-servers and K clients, each a real `beacon agent` process on its own loopback address.
+"""The heartbeat membership scheme (agent/cluster.py before the swap to Serf) as a benchmark anchor:
+3 Beacon servers and K clients, each a real `beacon agent` process on its own loopback address.
 
-Used by bench/membership.py to measure the scheme gossip replaces, in the same run, while it still
-exists in the tree. Every agent's membership traffic is its TCP traffic to or from port 8301 (the
-heartbeat RPC); Raft (8300), HTTP and DNS are not counted.
+The scheme is gone from the tree; bench/membership.py runs it from git history: the sources of
+HEARTBEAT_COMMIT (the last commit with it) are extracted with `git archive` into the run's temp dir
+and the agents run that code (PYTHONPATH), in the same run as the gossip agents. Every agent's
+membership traffic is its TCP traffic to or from port 8301 (the heartbeat RPC); etcd (8300), HTTP
+and DNS are not counted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,29 @@ import aiohttp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEARTBEAT_PORT = 8301
+HEARTBEAT_COMMIT = "77f68ef"  # main before issue 12's swap: membership by heartbeats to every server
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its children (a Beacon agent's Serf and etcd children), for CPU and RSS per agent."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [pid, *(int(c) for c in f.read().split())]
+    except OSError:
+        return [pid]
+
+
+def heartbeat_sources(tmp: str) -> str:
+    """Extract the heartbeat-era sources into `tmp`; returns the directory to put on PYTHONPATH."""
+    out = os.path.join(tmp, "heartbeat-src")
+    os.makedirs(out, exist_ok=True)
+    archive = subprocess.run(["git", "-C", REPO, "archive", HEARTBEAT_COMMIT, "src"], capture_output=True,
+                             check=False, timeout=60)
+    if archive.returncode != 0:
+        raise RuntimeError(f"cannot extract {HEARTBEAT_COMMIT} (needs this repository's git history): "
+                           f"{archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", out], input=archive.stdout, check=True, timeout=60)
+    return os.path.join(out, "src")
 
 
 @dataclass
@@ -43,6 +68,8 @@ class HeartbeatCluster:
     net: str
     tmp: str
     agents: list[BeaconAgent] = field(default_factory=list)
+    src: str = ""  # sources to run; "" extracts the heartbeat-era ones (heartbeat_sources)
+    extra: tuple[str, ...] = ()  # flags for every agent
 
     def addr(self, i: int) -> str:
         return f"{self.net}.{10 + i}"
@@ -51,9 +78,11 @@ class HeartbeatCluster:
         data = os.path.join(self.tmp, name)
         os.makedirs(data, exist_ok=True)
         log_path = os.path.join(data, "agent.log")
-        env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "src"))
+        if not self.src:
+            self.src = heartbeat_sources(self.tmp)
+        env = dict(os.environ, PYTHONPATH=self.src)
         argv = [sys.executable, "-m", "beacon", "agent", "-node", name, "-bind", addr, "-client", addr,
-                "-data-dir", data, "-http-port", "0", "-dns-port", "-1", "-log-level", "warn", *flags]
+                "-data-dir", data, "-http-port", "0", "-dns-port", "-1", "-log-level", "warn", *self.extra, *flags]
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         agent = BeaconAgent(name, addr, proc, log_path, server=server)

@@ -3,8 +3,8 @@
 1. Comparison (--compare-clients K): 3 servers + K clients on each scheme, both running at once, idle
    windows and kill rounds alternating between them. Gossip: real `serf agent` children run by
    Beacon's supervisor and Membership facade (the code the agent will use), LAN profile as Consul's.
-   Heartbeat: real `beacon agent` processes (3 -server, K clients) on agent/cluster.py as it is today,
-   measured while it still exists in the tree (bench/_heartbeat.py).
+   Heartbeat: real `beacon agent` processes (3 -server, K clients) running the removed heartbeat scheme
+   from git history (bench/_heartbeat.py extracts its last commit), so both are measured in one run.
 2. Gossip scale (--sizes): N serf members alone.
 
 Every member/agent has its own loopback address 127.A.B.x. Measured:
@@ -45,7 +45,7 @@ from beacon.gossip import MemberEvent, Membership, SerfConfig  # noqa: E402
 from beacon.gossip.supervisor import free_port  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _heartbeat import HEARTBEAT_PORT, HeartbeatCluster  # noqa: E402
+from _heartbeat import HEARTBEAT_PORT, REPO, HeartbeatCluster, tree_pids  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -77,6 +77,15 @@ class Counters:
             match = ["ip", field, addr] + (["tcp", direction, str(tcp_port)] if tcp_port else [])
             self._nft("add", "rule", "inet", self.table, "out", *match, "counter", "comment", f'"{kind} {addr}"')
 
+    def watch_port(self, addr: str, port: int) -> None:
+        """Count `addr`'s traffic on `port`, UDP and TCP (a Beacon agent's Serf: 8301). UDP is seen at
+        both ends; TCP (push/pull state syncs) at its server end only, as in watch()."""
+        if not self.ok:
+            return
+        for kind, field, direction in (("tx", "saddr", "sport"), ("rx", "daddr", "dport")):
+            self._nft("add", "rule", "inet", self.table, "out", "ip", field, addr, "meta", "l4proto", "{", "tcp,",
+                      "udp", "}", "th", direction, str(port), "counter", "comment", f'"{kind} {addr}"')
+
     def read(self) -> dict[str, tuple[int, int]]:
         """{"tx 127.x.y.z": (bytes, packets), "rx ...": ...}, summed over each address's rules"""
         if not self.ok:
@@ -100,17 +109,29 @@ class Counters:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """CPU of `pid`, or with a negative pid of the process tree -pid (a Beacon agent and its children)."""
+    total = 0.0
+    for p in tree_pids(-pid) if pid < 0 else [pid]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    total = 0.0
+    for p in tree_pids(-pid) if pid < 0 else [pid]:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
 
 
 async def wait_for(pred, timeout: float, what: str):  # noqa: ANN001, ANN201
@@ -286,22 +307,30 @@ async def compare(k: int, args: argparse.Namespace, counters: Counters, deadline
     tmp = tempfile.mkdtemp(prefix="beacon-membership-compare-")
     members: list[Membership] = []
     hb = HeartbeatCluster(f"127.{random.randint(100, 250)}.{random.randint(1, 250)}", os.path.join(tmp, "hb"))
+    # Beacon agents of this tree: membership on Serf (LAN profile), everything else as in production.
+    gossip = HeartbeatCluster(f"127.{random.randint(100, 250)}.{random.randint(1, 250)}", os.path.join(tmp, "gossip"),
+                              src=os.path.join(REPO, "src"), extra=("-retry-interval", "1s"))
+    clusters = {"heartbeat": hb, "beacon": gossip}
     try:
         t0 = time.monotonic()
         members = await start_cluster(n, f"127.{random.randint(100, 250)}.{random.randint(1, 250)}",
                                       os.path.join(tmp, "serf"), base64.b64encode(os.urandom(32)).decode(), counters)
         await hb.start(k)
+        await gossip.start(k)
         for a in hb.agents:
             counters.watch(a.addr, tcp_port=HEARTBEAT_PORT)
-        print(f"\n== comparison at {n} agents (3 servers + {k} clients): serf gossip vs the heartbeat scheme "
-              f"(both started in {time.monotonic() - t0:.1f}s); serf figures are per serf process, heartbeat "
-              f"CPU/RSS per Beacon agent process (which does everything else too)")
-        idle_rows: dict[str, list[dict[str, dict[str, float]]]] = {"serf": [], "heartbeat": []}
+        for a in gossip.agents:
+            counters.watch_port(a.addr, 8301)
+        print(f"\n== comparison at {n} agents (3 servers + {k} clients): bare serf members, Beacon agents on "
+              f"Serf (this tree) and on the removed heartbeat scheme (all started in {time.monotonic() - t0:.1f}s). "
+              f"serf: per serf process; beacon/heartbeat: CPU and RSS per agent process tree (agent + its serf "
+              f"and etcd children, which do everything else too), traffic = membership ports only")
+        idle_rows: dict[str, list[dict[str, dict[str, float]]]] = {"serf": [], "beacon": [], "heartbeat": []}
         for r in range(args.rounds):
-            for scheme in ("serf", "heartbeat"):
+            for scheme in ("serf", "beacon", "heartbeat"):
                 groups = serf_groups(members, 3) if scheme == "serf" else {
-                    "servers": [(a.proc.pid, a.addr) for a in hb.agents if a.server],
-                    "clients": [(a.proc.pid, a.addr) for a in hb.agents if not a.server]}
+                    "servers": [(-a.proc.pid, a.addr) for a in clusters[scheme].agents if a.server],
+                    "clients": [(-a.proc.pid, a.addr) for a in clusters[scheme].agents if not a.server]}
                 row = await idle(groups, args.idle, counters)
                 if scheme == "heartbeat":
                     derive_heartbeat_agents(row, k)
@@ -310,7 +339,10 @@ async def compare(k: int, args: argparse.Namespace, counters: Counters, deadline
                 print(f"  {'':23s} clients: {fmt(row['clients'])}")
         serf_alive = list(members[3:])
         hb_alive = [a for a in hb.agents if not a.server]
+        gossip_alive = [a for a in gossip.agents if not a.server]
         serf_rows, hb_servers, hb_clients = [], [], []
+        beacon_servers: list[list[float]] = []
+        beacon_clients: list[list[float]] = []
         for r in range(args.rounds):
             if time.monotonic() > deadline - 60:
                 print("  (budget reached: fewer detection rounds)")
@@ -327,6 +359,15 @@ async def compare(k: int, args: argparse.Namespace, counters: Counters, deadline
                   + ", ".join(f"{t:.2f}s" for t in servers)
                   + f"; clients: {len(seen)} of {len(clients)} within {args.hb_cap:.0f}s"
                   + (f" (by {seen[-1]:.2f}s)" if seen else ""))
+            victim = gossip_alive.pop(random.randrange(len(gossip_alive)))
+            servers, clients = await gossip.detection(victim, args.hb_cap)
+            seen = sorted(c for c in clients if c is not None)
+            beacon_servers.append(servers)
+            beacon_clients.append(seen)
+            print(f"  kill round {r + 1} beacon   : kill -9 {victim.name}: servers listed it failed at "
+                  + ", ".join(f"{t:.2f}s" for t in servers)
+                  + f"; clients: {len(seen)} of {len(clients)} within {args.hb_cap:.0f}s"
+                  + (f" (by {seen[-1]:.2f}s)" if seen else ""))
         print("  medians:")
         for scheme, rows in idle_rows.items():
             for g in ("servers", "clients"):
@@ -334,11 +375,15 @@ async def compare(k: int, args: argparse.Namespace, counters: Counters, deadline
                 print(f"    {scheme:9s} {g:7s}: " + fmt({k: statistics.median(r[g][k] for r in rows) for k in keys}))
         if serf_rows:
             print("    serf      detection: " + fmt(summarize_detection(serf_rows)))
+        if beacon_servers and all(beacon_servers):
+            print(f"    beacon    detection: servers median {statistics.median(statistics.median(s) for s in beacon_servers):.2f}s; "
+                  f"clients median {statistics.median(statistics.median(c) for c in beacon_clients if c):.2f}s")
         if hb_servers and all(hb_servers):
             print(f"    heartbeat detection: servers median {statistics.median(statistics.median(s) for s in hb_servers):.2f}s; "
                   f"clients that saw it within {args.hb_cap:.0f}s: {hb_clients}")
     finally:
         hb.stop()
+        gossip.stop()
         await asyncio.gather(*(m.stop() for m in members), return_exceptions=True)
         shutil.rmtree(tmp, ignore_errors=True)
 

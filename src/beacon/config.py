@@ -37,6 +37,7 @@ class AgentConfig:
     server: bool = False
     dev: bool = False
     bootstrap_expect: int = 0
+    bootstrap: bool = False  # Consul's -bootstrap: this server elects itself (single-server bootstrap)
     bind_addr: str = "127.0.0.1"
     advertise_addr: str = ""
     client_addr: str = "127.0.0.1"
@@ -45,6 +46,9 @@ class AgentConfig:
     dns_port: int = 8600
     server_port: int = 8300
     serf_lan_port: int = 8301
+    serf_wan_port: int = 8302
+    server_rpc_port: int = 8303           # the servers' internal RPC (8300 is the etcd peer port)
+    serf_bin: str = ""                    # the serf binary (default: serf from PATH)
     http_addr: str = ""  # addresses.http overrides client_addr for HTTP
     dns_addr: str = ""
     data_dir: str = ""
@@ -59,6 +63,11 @@ class AgentConfig:
     log_json: bool = False
     pid_file: str = ""
     retry_join: list[str] = field(default_factory=list)
+    join: list[str] = field(default_factory=list)          # -join: must succeed at start
+    join_wan: list[str] = field(default_factory=list)
+    retry_join_wan: list[str] = field(default_factory=list)
+    retry_interval: float = 30.0
+    rejoin: bool = False                  # -rejoin: rejoin after a graceful leave too
     encrypt: str = ""
     etcd_bin: str = ""                     # the etcd binary a server supervises (default: from PATH)
     etcd_endpoints: list[str] = field(default_factory=list)  # use this etcd cluster; start no member
@@ -72,8 +81,6 @@ class AgentConfig:
     check_reap_interval: float = 30.0
     deregister_critical_service_after_min: float = 60.0
     check_output_max_size: int = 4096
-    heartbeat_interval: float = 1.0
-    failure_timeout: float = 3.0
     reconnect_timeout: float = 72 * 3600.0
     leave_on_terminate: bool | None = None      # default: clients yes, servers no (Consul's)
     skip_leave_on_interrupt: bool | None = None  # default: clients no, servers yes
@@ -204,6 +211,8 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.server = _bool(key, value, src)
         elif k == "bootstrap_expect":
             cfg.bootstrap_expect = _int(key, value, src, minimum=0)
+        elif k == "bootstrap":
+            cfg.bootstrap = _bool(key, value, src)
         elif k == "bind_addr":
             cfg.bind_addr = _str(key, value, src)
         elif k == "advertise_addr":
@@ -223,7 +232,11 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
                     cfg.serf_lan_port = _port(name, pv, src)
                 elif pk == "https":
                     cfg.https_port = _port(name, pv, src)
-                elif pk in ("grpc", "grpc_tls", "serf_wan", "sidecar_min_port",
+                elif pk == "serf_wan":
+                    cfg.serf_wan_port = _port(name, pv, src)
+                elif pk == "server_rpc":
+                    cfg.server_rpc_port = _port(name, pv, src)
+                elif pk in ("grpc", "grpc_tls", "sidecar_min_port",
                             "sidecar_max_port", "expose_min_port", "expose_max_port"):
                     _port(name, pv, src)
                 else:
@@ -271,8 +284,18 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.log_json = _bool(key, value, src)
         elif k == "pid_file":
             cfg.pid_file = _str(key, value, src)
-        elif k in ("retry_join", "start_join"):
+        elif k == "retry_join":
             cfg.retry_join += _str_list(key, value, src)
+        elif k == "start_join":
+            cfg.join += _str_list(key, value, src)
+        elif k == "retry_join_wan":
+            cfg.retry_join_wan += _str_list(key, value, src)
+        elif k == "start_join_wan":
+            cfg.join_wan += _str_list(key, value, src)
+        elif k == "retry_interval":
+            cfg.retry_interval = _duration(key, value, src)
+        elif k == "rejoin_after_leave":
+            cfg.rejoin = _bool(key, value, src)
         elif k == "encrypt":
             cfg.encrypt = _str(key, value, src)
         elif k in ("etcd_bin", "etcd_ca_file", "etcd_cert_file", "etcd_key_file"):
@@ -393,6 +416,12 @@ def validate(cfg: AgentConfig) -> None:
     acl_config(cfg)
     if cfg.bootstrap_expect and not cfg.server:
         raise ConfigError("bootstrap_expect requires server mode (-server)")
+    if cfg.bootstrap:
+        if not cfg.server:
+            raise ConfigError("bootstrap requires server mode (-server)")
+        if cfg.bootstrap_expect > 1:
+            raise ConfigError("'bootstrap_expect > 1' and 'bootstrap = true' are mutually exclusive")
+        cfg.bootstrap_expect = 1  # Consul's bootstrap mode: a one-server quorum
     if cfg.encrypt:
         from beacon.agent.cluster import validate_key
 

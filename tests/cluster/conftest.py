@@ -17,6 +17,21 @@ def _block() -> str:
     return f"127.{random.randint(100, 250)}.{random.randint(0, 255)}"
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out.append(int(entry))
+    return out
+
+
 @dataclass
 class Cluster:
     tmp: str
@@ -31,7 +46,8 @@ class Cluster:
 
     def server_flags(self, name: str, expect: int = 3) -> list[str]:
         flags = ["-server", "-bootstrap-expect", str(expect), "-node", name, "-bind", self.addr(name),
-                 "-client", self.addr(name), "-data-dir", os.path.join(self.tmp, name), *self.extra]
+                 "-client", self.addr(name), "-data-dir", os.path.join(self.tmp, name),
+                 "-retry-interval", "1s", *self.extra]
         for other in ("s1", "s2", "s3"):
             flags += ["-retry-join", self.addr(other)]
         return flags
@@ -44,7 +60,7 @@ class Cluster:
     def start_client(self, name: str) -> AgentProcess:
         agent = launch("-node", name, "-bind", self.addr(name), "-client", self.addr(name),
                        "-data-dir", os.path.join(self.tmp, name), "-retry-join", self.addr("s1"),
-                       "-retry-join", self.addr("s2"), *self.extra, dev=False)
+                       "-retry-join", self.addr("s2"), "-retry-interval", "1s", *self.extra, dev=False)
         self.clients[name] = agent
         return agent
 
@@ -100,12 +116,19 @@ class Cluster:
         wait_until(converged, timeout=timeout)
 
     def signal(self, name: str, sig: int) -> None:
-        """Signal a server's whole process group: the agent and the etcd member it supervises, as a
-        paused or crashed machine would be."""
+        """Signal an agent's whole process group (the agent and the etcd member it supervises) and its
+        Serf children (in sessions of their own), as a paused or crashed machine would be."""
+        pid = self.all()[name].proc.pid
+        children = _children(pid)
         try:
-            os.killpg(self.all()[name].proc.pid, sig)
+            os.killpg(pid, sig)
         except OSError:
             pass
+        for child in children:
+            try:
+                os.kill(child, sig)
+            except OSError:
+                pass
 
     def stop_all(self) -> None:
         for name, agent in self.all().items():

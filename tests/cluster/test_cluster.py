@@ -261,6 +261,6 @@ def test_failed_nodes_are_reaped_after_reconnect_timeout(tmp_path) -> None:
         assert jget(s1, "/v1/catalog/service/gone")[2] == []
         for name in ("s1", "s2", "s3"):
             wait_until(lambda name=name: "c1" not in {m["Name"] for m in jget(c.servers[name], "/v1/agent/members")[2]},
-                       timeout=10)
+                       timeout=30)
     finally:
         c.stop_all()

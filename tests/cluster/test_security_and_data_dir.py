@@ -47,7 +47,7 @@ def test_encrypted_cluster_works_and_refuses_unauthenticated_rpc(tmp_path) -> No
         s2 = c.servers["s2"]
         wait_until(lambda: s2.request("GET", "/v1/kv/secret?stale")[0] == 200, timeout=10)
         # an RPC without the key: refused, and the listener keeps serving
-        rpc = f"http://{c.addr('s1')}:8301/rpc/apply"
+        rpc = f"http://{c.addr('s1')}:8303/rpc/apply"
         body = json.dumps({"command": json.dumps([3, {"op": "set", "key": "evil", "value": None}])}).encode()
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(urllib.request.Request(rpc, data=body, method="POST"), timeout=5)
@@ -74,12 +74,12 @@ def test_encrypted_cluster_works_and_refuses_unauthenticated_rpc(tmp_path) -> No
 def test_unauthenticated_rpc_on_an_unencrypted_loopback_cluster_is_still_validated(tmp_path) -> None:
     c = start_cluster(tmp_path, clients=0)
     try:
-        rpc = f"http://{c.addr('s1')}:8301/rpc/nosuch"
+        rpc = f"http://{c.addr('s1')}:8303/rpc/nosuch"
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(urllib.request.Request(rpc, data=b"{}", method="POST"), timeout=5)
         assert exc.value.code == 404
         with pytest.raises(urllib.error.HTTPError) as exc:
-            urllib.request.urlopen(urllib.request.Request(f"http://{c.addr('s1')}:8301/rpc/apply",
+            urllib.request.urlopen(urllib.request.Request(f"http://{c.addr('s1')}:8303/rpc/apply",
                                                           data=b"garbage", method="POST"), timeout=5)
         assert exc.value.code in (403, 500)
         assert c.servers["s1"].request("GET", "/v1/status/leader")[0] == 200
@@ -172,7 +172,7 @@ def test_the_cluster_rpc_port_refuses_callers_without_the_key_or_of_another_user
         peers_before = sorted(json.loads(c.servers["s1"].request("GET", "/v1/status/peers")[2]))
         victim = f"{c.addr('s2')}:8300"
         script = ("import urllib.request,urllib.error,sys\n"
-                  f"req=urllib.request.Request('http://{c.addr('s1')}:8301/rpc/raft_remove',"
+                  f"req=urllib.request.Request('http://{c.addr('s1')}:8303/rpc/raft_remove',"
                   f"data=b'{{\"raft_addr\": \"{victim}\"}}',method='POST')\n"
                   "try:\n urllib.request.urlopen(req,timeout=5); print(200)\n"
                   "except urllib.error.HTTPError as e: print(e.code)\n")

@@ -17,7 +17,9 @@ import pytest
 from beacon.gossip import Membership, SerfConfig
 from beacon.gossip.supervisor import free_port
 
-pytestmark = pytest.mark.skipif(shutil.which("serf") is None, reason="needs the serf binary (apt-get install serf)")
+# Test modules that start serf put `pytestmark = needs_serf` at their top (a conftest's own pytestmark
+# does not apply to them).
+needs_serf = pytest.mark.skipif(shutil.which("serf") is None, reason="needs the serf binary (apt-get install serf)")
 
 # One random 127.A.B.0/24 per test session, so parallel sessions of other helpers rarely share addresses
 # (ports are checked free anyway).

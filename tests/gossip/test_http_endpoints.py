@@ -16,9 +16,11 @@ from beacon.agent.agent import Agent
 from beacon.agent.http import coordinate, keyring
 from beacon.agent.http.core import AGENT_KEY, error_middleware
 from beacon.config import AgentConfig
-from beacon.gossip import Membership, SerfConfig, consul_tags, wan_member_name
+from beacon.gossip import Membership, SerfConfig, UserEvent, consul_tags, wan_member_name
 from beacon.gossip.supervisor import free_port
-from tests.gossip.conftest import Pool, new_key, next_addr, wait_for
+from tests.gossip.conftest import Pool, needs_serf, new_key, next_addr, wait_for
+
+pytestmark = needs_serf
 
 
 class Api:
@@ -39,12 +41,12 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def serve(lan: Membership | None, wan: Membership | None = None) -> AsyncIterator[Api]:
-    agent = Agent(AgentConfig(dev=True, node_name="n1", http_port=-1, dns_port=-1, ui=False))
+    # The agent's own Serf is not started (no binary at that path: -dev then runs alone); the test's
+    # pools stand in for it.
+    agent = Agent(AgentConfig(dev=True, node_name="n1", http_port=-1, dns_port=-1, ui=False,
+                              serf_bin="/nonexistent/serf"))
     await agent.start()
-    if lan is not None:
-        agent.gossip_lan = lan  # type: ignore[attr-defined]
-    if wan is not None:
-        agent.gossip_wan = wan  # type: ignore[attr-defined]
+    agent.cluster.lan, agent.cluster.wan = lan, wan
     app = web.Application(middlewares=[error_middleware])
     app[AGENT_KEY] = agent
     keyring.router.install(app)
@@ -59,6 +61,7 @@ async def serve(lan: Membership | None, wan: Membership | None = None) -> AsyncI
             yield Api(f"http://127.0.0.1:{port}", session)
     finally:
         await runner.cleanup()
+        agent.cluster.lan = agent.cluster.wan = None  # the test stops its own pools
         await agent.stop()
 
 
@@ -118,6 +121,7 @@ async def test_coordinate_endpoints_answer_consul_shapes(three: Pool) -> None:
         assert (status, dcs) == (200, [])  # no WAN pool on this agent
 
 
+@pytest.mark.slow
 async def test_wan_pool_lists_datacenters_nearest_first(pool: Pool) -> None:
     wan: list[Membership] = []
     try:
@@ -145,6 +149,19 @@ async def test_wan_pool_lists_datacenters_nearest_first(pool: Pool) -> None:
                 ("dc1", "wan", ["s1.dc1"]), ("dc2", "wan", ["s1.dc2"]), ("dc3", "wan", ["s1.dc3"])]
             _, _, keys = await api.call("GET", "/v1/operator/keyring")
             assert [(k["WAN"], k["NumNodes"]) for k in keys] == [(True, 3), (False, 1)]
+            # One rotation through the API covers both pools, and the WAN still gossips afterwards.
+            new = new_key()
+            for method, key in (("POST", new), ("PUT", new), ("DELETE", pool.key)):
+                status, _, text = await api.call(method, "/v1/operator/keyring", {"Key": key})
+                assert status == 200, (method, text)
+            _, _, keys = await api.call("GET", "/v1/operator/keyring")
+            assert [(k["WAN"], k["Keys"]) for k in keys] == [(True, {new: 3}), (False, {new: 1})]
+            sub = wan[0].subscribe()
+            await wan[2].fire("after-wan-rotation")
+            while True:
+                ev = await sub.get(30)
+                if isinstance(ev, UserEvent) and ev.name == "after-wan-rotation":
+                    break
         servers = await wan[1].servers()
         assert sorted((s.datacenter, s.name, s.port) for s in servers) == [
             ("dc1", "s1.dc1", 8300), ("dc2", "s1.dc2", 8300), ("dc3", "s1.dc3", 8300)]

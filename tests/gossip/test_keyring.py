@@ -8,7 +8,9 @@ import json
 import pytest
 
 from beacon.gossip import KeyringError, SerfRPCError, UserEvent
-from tests.gossip.conftest import Pool, new_key
+from tests.gossip.conftest import Pool, needs_serf, new_key
+
+pytestmark = needs_serf
 
 
 async def _everyone_gets(pool: Pool, name: str) -> None:

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from beacon.gossip import Coordinate, MemberEvent, Membership, UserEvent, rtt
-from tests.gossip.conftest import Pool, wait_for
+from tests.gossip.conftest import Pool, needs_serf, wait_for
+
+pytestmark = needs_serf
 
 
 async def _next_member_event(sub, kind: str, name: str, timeout: float) -> float:

@@ -22,7 +22,9 @@ from beacon.gossip import (
     find_serf,
 )
 from beacon.gossip.supervisor import free_port
-from tests.gossip.conftest import Pool, new_key, next_addr, wait_for
+from tests.gossip.conftest import Pool, needs_serf, new_key, next_addr, wait_for
+
+pytestmark = needs_serf
 
 
 async def test_rpc_with_a_wrong_auth_key_is_refused(pool: Pool) -> None:

@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 import uuid
 from typing import Any
 
@@ -55,6 +54,10 @@ from beacon.server.leader import SessionReaper
 from beacon.server.watch import WatchHub
 
 log = logging.getLogger("beacon.agent")
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 def _load_node_id(data_dir: str) -> str:
     if not data_dir:
@@ -150,20 +153,31 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _make_consensus(self) -> Consensus:
+        from beacon.agent.cluster import Cluster, RemoteConsensus
+
         cfg = self.config
-        if cfg.dev or (cfg.server and cfg.bootstrap_expect <= 1 and not cfg.retry_join and not cfg.etcd_endpoints):
+        self.cluster = Cluster(self)  # gossip membership, in every mode
+        if cfg.dev or (cfg.server and (cfg.bootstrap or (cfg.bootstrap_expect <= 1 and not cfg.retry_join
+                                                         and not cfg.join and not cfg.etcd_endpoints))):
             self.mode = "single"
             return SingleServer(self.store, f"{cfg.advertise}:{cfg.server_port}", self.node_id,
                                 cfg.node_name, cfg.data_dir or None)
-        from beacon.agent.cluster import Cluster, RemoteConsensus
         from beacon.agent.servers import ServerConsensus
 
-        self.cluster = Cluster(self)
         if cfg.server:
             self.mode = "server"
             return ServerConsensus(self)
         self.mode = "client"
         return RemoteConsensus(self)
+
+    @property
+    def gossip_lan(self) -> Any:
+        """The LAN pool (beacon.gossip.Membership), None when gossip is not running (-dev without serf)."""
+        return self.cluster.lan if self.cluster is not None else None
+
+    @property
+    def gossip_wan(self) -> Any:
+        return self.cluster.wan if self.cluster is not None else None
 
     def raft_running(self) -> bool:
         """A running cluster a new server can join: its etcd answers linearizable requests (a member
@@ -199,15 +213,13 @@ class Agent:
         if self.engine is not None:  # containers reach this agent's DNS and HTTP at the bridge gateway
             await self.engine.connect_agent(self._loopback(self.config.http_bind, self.http_port),
                                             self._loopback(self.config.dns_bind, self.dns_port))
-        if self.cluster is not None:
-            import aiohttp
+        import aiohttp
 
-            self.forward_session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.config.max_query_time + 60, connect=2))
-            await self.cluster.start()
-            self.cluster.start_loops()
-            if self.mode == "server":
-                self.spawn(EtcdBootstrap(self).run(), "etcd-bootstrap")
+        self.forward_session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.max_query_time + 60, connect=2))
+        await self.cluster.start()  # after HTTP and DNS: its gossip tags carry their ports
+        if self.mode == "server":
+            self.spawn(EtcdBootstrap(self).run(), "etcd-bootstrap")
         self.local.start()
         if self.mode == "single":
             await self.local.sync_changes()
@@ -245,7 +257,7 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         if self.cluster is not None:
-            await self.cluster.stop()
+            await self.cluster.stop(leave=self.left_gracefully)
         if self.forward_session is not None:
             await self.forward_session.close()
         if self.raft is not None:
@@ -255,7 +267,7 @@ class Agent:
         await self.consensus.stop()
 
     async def leave(self) -> None:
-        """Graceful leave: tell the servers (node deregistered, server removed from Raft), then stop."""
+        """Graceful leave: gossip `left` (the leader deregisters the node), a server leaves etcd too."""
         if self.cluster is None:
             return
         await self.cluster.leave()
@@ -283,46 +295,28 @@ class Agent:
 
     async def _fetch_node_state(self) -> tuple[Any, list[Service], list[HealthCheck]]:
         if self.mode == "client":
-            from beacon.agent.cluster import ALIVE
             from beacon.model import Node
 
-            assert self.cluster is not None
-            for m in self.cluster.servers():
-                if m.status != ALIVE:
-                    continue
-                try:
-                    out = await self.cluster.call(m.rpc_addr, "node_state", {"node": self.config.node_name})
-                except Exception:
-                    continue
-                node = Node.from_dict(out["node"]) if out["node"] else None
-                return (node, [Service.from_dict(s) for s in out["services"]],
-                        [HealthCheck.from_dict(c) for c in out["checks"]])
-            raise NoLeaderError("no server reachable for anti-entropy")
+            out = await self.consensus.call_server("node_state", {"node": self.config.node_name},  # type: ignore[attr-defined]
+                                                   self.hold_timeout)
+            node = Node.from_dict(out["node"]) if out["node"] else None
+            return (node, [Service.from_dict(s) for s in out["services"]],
+                    [HealthCheck.from_dict(c) for c in out["checks"]])
         _, node, services = self.store.node_services(self.config.node_name)
         _, checks = self.store.node_checks(self.config.node_name)
         return node, services, checks
 
     def server_http_targets(self) -> list[str]:
-        from beacon.agent.cluster import ALIVE
-
+        """Servers' HTTP listeners from their gossip tags, the leader first when known."""
         if self.cluster is None:
             return []
-        out = []
-        if self.cluster.leader_http:
-            out.append(self.cluster.leader_http)
-        for m in self.cluster.servers():
-            if m.status == ALIVE and m.http_port:
-                target = f"{m.addr}:{m.http_port}"
-                if target not in out:
-                    out.append(target)
-        return out
+        servers = sorted(self.cluster.servers(), key=lambda m: m.name != self.cluster.leader_name)
+        return [_host_port(m.addr, int(m.tags["http_port"])) for m in servers if m.tags.get("http_port", "0") != "0"]
 
     def server_dns_targets(self) -> list[tuple[str, int]]:
-        from beacon.agent.cluster import ALIVE
-
         if self.cluster is None:
             return []
-        return [(m.addr, m.dns_port) for m in self.cluster.servers() if m.status == ALIVE and m.dns_port]
+        return [(m.addr, int(m.tags["dns_port"])) for m in self.cluster.servers() if m.tags.get("dns_port", "0") != "0"]
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -438,7 +432,9 @@ class Agent:
         app = web.Application(middlewares=[metrics.api_middleware],
                               client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
-        for module in (agent_api, event):  # agent-local everywhere
+        from beacon.agent.http import coordinate, keyring
+
+        for module in (agent_api, event, keyring, coordinate):  # agent-local everywhere (gossip-backed)
             module.router.install(app)
         if self.mode == "client":
             from beacon.agent.http import forward
@@ -494,6 +490,9 @@ class Agent:
         dns_cfg = DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain, datacenter=cfg.datacenter,
                                              node_name=cfg.node_name, recursors=cfg.recursors)
         self._dns = DNSServer(security.dns_store(self), dns_cfg)  # the store itself unless ACLs are on
+        from beacon.agent.http.federation import remote_dns_targets
+
+        self._dns.remote_targets = lambda dc: remote_dns_targets(self, dc)  # <name>.service.<dc>: WAN
         try:
             udp_port, _ = await self._dns.start(cfg.dns_bind, cfg.dns_port)
         except OSError as exc:
@@ -583,31 +582,47 @@ class Agent:
 
     # ------------------------------------------------------------------ membership
     def members(self) -> list[dict[str, Any]]:
-        if self.cluster is not None:
+        if self.cluster is not None and self.cluster.members:
             return self.cluster.consul_members()
-        cfg = self.config
+        cfg = self.config  # -dev without serf: this node alone
         tags = {"role": "consul" if cfg.server else "node", "dc": cfg.datacenter, "id": self.node_id,
                 "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": "beacon", "segment": ""}
         if cfg.server:
             tags.update(port=str(cfg.server_port), expect=str(cfg.bootstrap_expect or 1), raft_vsn="3")
-        return [{"Name": cfg.node_name, "Addr": cfg.advertise, "Port": 8301, "Tags": tags, "Status": 1,
-                 "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2, "DelegateMin": 2, "DelegateMax": 5,
-                 "DelegateCur": 4}]
+        return [{"Name": cfg.node_name, "Addr": cfg.advertise, "Port": cfg.serf_lan_port, "Tags": tags,
+                 "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2, "DelegateMin": 2,
+                 "DelegateMax": 5, "DelegateCur": 4}]
 
-    async def join(self, address: str) -> None:
-        if self.cluster is None:
-            raise HTTPError(500, f"Failed to join {address}: this agent runs a single-server cluster")
-        target = self.cluster._rpc_target(address)
-        from beacon.agent.cluster import Member, RPCError
+    async def live_members(self) -> list[dict[str, Any]]:
+        """The LAN members as Serf sees them right now (not the cached view), as Consul's endpoint."""
+        lan = self.gossip_lan
+        if lan is not None:
+            from beacon.gossip import SerfError
 
+            try:
+                return await lan.consul_members()
+            except SerfError as exc:  # a restarting Serf child: the last view
+                log.debug("members from serf: %s", exc)
+        return self.members()
+
+    async def wan_members(self) -> list[dict[str, Any]]:
+        wan = self.cluster.wan if self.cluster is not None else None
+        if wan is None:
+            return []
+        return await wan.consul_members()
+
+    async def join(self, address: str, wan: bool = False) -> None:
+        from beacon.gossip import SerfError
+
+        pool = self.cluster.wan if wan else self.cluster.lan
+        if pool is None:
+            why = "only servers join the WAN pool" if wan else (self.cluster.gossip_error or "gossip is not running")
+            raise HTTPError(500, f"Failed to join {address}: {why}")
         try:
-            hello = await self.cluster.call(target, "hello", {})
-        except RPCError as exc:
+            await pool.join([address])
+        except SerfError as exc:
             raise HTTPError(500, f"Failed to join {address}: {exc}") from None
-        self.cluster._observe(Member.from_public(hello["member"])[0], seen_at=time.monotonic())
-        if target not in self.cluster.seeds:
-            self.cluster.seeds.append(target)
-        await self.cluster.heartbeat_once()
+        await self.cluster.refresh()
 
     def request_leave(self) -> None:
         async def leave_then_stop() -> None:
@@ -619,20 +634,25 @@ class Agent:
         self.spawn(leave_then_stop(), "leave")
 
     async def force_leave(self, node: str, prune: bool = False) -> None:
-        if self.cluster is not None:
-            from beacon.agent.cluster import RPCError
+        """Consul's force-leave: a failed member moves to left (with prune, it is forgotten at once)."""
+        from beacon.gossip import SerfError
 
-            errors = []
-            for m in self.cluster.servers():
-                try:
-                    await self.cluster.call(m.rpc_addr, "force_leave", {"node": node, "prune": prune})
-                    return
-                except RPCError as exc:
-                    errors.append(str(exc))
-            raise HTTPError(500, errors[-1] if errors else f"agent: No node found with name '{node}'")
-        if node == self.config.node_name or self.store.get_node(node) is None:
+        lan = self.cluster.lan if self.cluster is not None else None
+        if lan is None:
             raise HTTPError(500, f"agent: No node found with name '{node}'")
-        await self.submit((MessageType.DEREGISTER, {"node": node}))
+        known = node in self.cluster.members
+        wan = self.cluster.wan
+        try:
+            await lan.force_leave(node, prune)
+            if wan is not None:
+                wan_name = node if "." in node and not known else f"{node}.{self.config.datacenter}"
+                known = known or any(m["Name"] == wan_name for m in await wan.consul_members())
+                await wan.force_leave(wan_name, prune)
+        except SerfError as exc:
+            raise HTTPError(500, str(exc)) from None
+        if not known:
+            raise HTTPError(500, f"agent: No node found with name '{node}'")
+        await self.cluster.refresh()
 
     async def reload(self) -> None:
         """Re-read the config files (Consul's `reload`/SIGHUP): services and checks defined there are

@@ -144,17 +144,17 @@ def server_api_targets(agent: Agent) -> list[tuple[str, dict[str, Any]]]:
     """(base URL, request options) per server a client forwards to: HTTPS with verify_outgoing."""
     if agent.outgoing_ssl is None:
         return [(f"http://{t}", {}) for t in agent.server_http_targets()]
-    from beacon.agent.cluster import ALIVE
 
     opts: dict[str, Any] = {"ssl": agent.outgoing_ssl}
     if agent.tls.verify_server_hostname:
         opts["server_hostname"] = agent.tls.server_name
+    if agent.cluster is None:
+        return []
+    leader = agent.cluster.leader_name
     out = []
-    leader = agent.cluster.leader_http.rsplit(":", 1)[0] if agent.cluster and agent.cluster.leader_http else ""
-    servers = sorted(agent.cluster.servers() if agent.cluster else [], key=lambda m: m.addr != leader)
-    for m in servers:
-        port = getattr(m, "https_port", 0)
-        if m.status == ALIVE and port:
+    for m in sorted(agent.cluster.servers(), key=lambda m: m.name != leader):  # gossip tags name the port
+        port = int(m.tags.get("https_port") or 0)
+        if port:
             host = f"[{m.addr}]" if ":" in m.addr else m.addr
             out.append((f"https://{host}:{port}", opts))
     return out

@@ -6,8 +6,8 @@
     restarting every server, in any order, needs no manual step;
   - when some server already runs a cluster, it asks one over the cluster RPC (``raft_add``) to add
     it with etcd's MemberAdd, then starts with ``--initial-cluster-state existing``;
-  - otherwise it waits until ``-bootstrap-expect`` servers know each other (``-retry-join`` now,
-    gossip later) and all of them start a new cluster from the same sorted list.
+  - otherwise it waits until gossip lists ``-bootstrap-expect`` servers (``-retry-join`` joins the
+    Serf pool) and all of them start a new cluster from the same sorted list.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from beacon.server.consensus import NoLeaderError
@@ -100,7 +99,7 @@ class EtcdBootstrap:
                                          f"stop the agent, delete {member.dir} and start it")
                     agent.shutdown_requested.set()
             member.on_removed = removed
-        consensus = EtcdConsensus(agent.store, client, cfg.datacenter, cfg.node_name, agent.cluster.me.raft_addr,
+        consensus = EtcdConsensus(agent.store, client, cfg.datacenter, cfg.node_name, agent.cluster.raft_addr,
                                   hold_timeout=agent.hold_timeout, snapshot_threshold=cfg.raft_snapshot_threshold,
                                   peer_scheme="https" if tls is not None else "http")
         await consensus.start()
@@ -109,51 +108,51 @@ class EtcdBootstrap:
         agent.local.trigger_full_sync()
 
     async def discover(self, scheme: str) -> tuple[str, str, str]:
-        """Wait for a running cluster to join, or for -bootstrap-expect servers to form one."""
-        from beacon.agent.cluster import ALIVE, Member, RPCError
+        """Wait for a running cluster to join, or for -bootstrap-expect servers to form one. Servers are
+        the ones gossip lists (``-retry-join`` joins the Serf pool); each is asked over the server RPC."""
+        from beacon.agent.cluster import RPCError
 
         agent = self.agent
         cluster = agent.cluster
         assert cluster is not None
         cfg = agent.config
-        me = cluster.me
+        me = cluster.raft_addr
         while True:
-            await cluster.heartbeat_once()
-            targets = {m.rpc_addr for m in cluster.servers() if m.name != me.name} | set(cluster.seeds)
-            hellos = await asyncio.gather(*(cluster.call(t, "hello", {}) for t in targets), return_exceptions=True)
+            await cluster.refresh()
+            peers = [m for m in cluster.servers() if m.name != cfg.node_name]
+            hellos = await asyncio.gather(*(cluster.call(cluster.rpc_target(m), "hello", {}) for m in peers),
+                                          return_exceptions=True)
             running = []
-            for h in hellos:
+            for m, h in zip(peers, hellos, strict=True):
                 if isinstance(h, BaseException):
                     continue
-                if _names(h.get("initial"), me.raft_addr):
+                if _names(h.get("initial"), me):
                     # A peer already started the new cluster and this server is in it: start the same
                     # one. (Asking that peer to MemberAdd us instead would wait for a quorum that
                     # needs us.)
                     initial, state, token = h["initial"]
                     return str(initial), str(state), str(token)
-                peer = Member.from_public(h["member"])[0]
-                if peer.name != me.name:
-                    cluster._observe(peer, seen_at=time.monotonic())
-                    if h.get("raft_running"):
-                        running.append(peer)
+                if h.get("raft_running"):
+                    running.append(m)
             for peer in running:
                 try:
-                    out = await cluster.call(peer.rpc_addr, "raft_add", {"raft_addr": me.raft_addr}, timeout=15)
+                    out = await cluster.call(cluster.rpc_target(peer), "raft_add", {"raft_addr": me}, timeout=15)
                 except RPCError as exc:
                     log.info("joining through %s: %s", peer.name, exc)
                     continue
                 parts = []
                 for i, m in enumerate(out["members"]):
                     for url in m.get("peerURLs", [])[:1]:
-                        is_me = url.split("://", 1)[-1] == me.raft_addr
-                        parts.append(f"{me.name if is_me else (m.get('name') or f'unstarted{i}')}={url}")
+                        is_me = url.split("://", 1)[-1] == me
+                        parts.append(f"{cfg.node_name if is_me else (m.get('name') or f'unstarted{i}')}={url}")
                 return ",".join(parts), "existing", ""
-            servers = sorted((m for m in cluster.servers() if m.status == ALIVE and m.expect == cfg.bootstrap_expect),
-                             key=lambda m: m.raft_addr)
+            expect = str(cfg.bootstrap_expect)
+            servers = sorted([(cluster.peer_addr(m), m.name) for m in cluster.servers()
+                              if m.tags.get("expect", "0") == expect], key=lambda x: x[0])
             if cfg.bootstrap_expect and len(servers) >= cfg.bootstrap_expect:
                 chosen = servers[:cfg.bootstrap_expect]
-                if me.raft_addr in {m.raft_addr for m in chosen}:
-                    initial = ",".join(f"{m.name}={scheme}://{m.raft_addr}" for m in chosen)
+                if me in {addr for addr, _ in chosen}:
+                    initial = ",".join(f"{name}={scheme}://{addr}" for addr, name in chosen)
                     token = f"beacon-{cfg.datacenter}-{hashlib.sha256(initial.encode()).hexdigest()[:12]}"
                     return initial, "new", token
             await asyncio.sleep(0.3)

@@ -29,6 +29,8 @@ def build_parser() -> FlagParser:
            help="one-process development agent: server, HTTP, DNS, UI, container engine, registrator "
                 "(in memory unless -data-dir)")
     p.flag("server", action="store_true", default=None, help="run as a server (holds and replicates the state)")
+    p.flag("bootstrap", action="store_true", default=None,
+           help="form a cluster of this server alone (Consul's -bootstrap; same as -bootstrap-expect 1)")
     p.flag("bootstrap-expect", type=int, help="servers to wait for before forming the cluster (3 or 5)")
     p.flag("node", dest="node_name", help="this node's name (default: the hostname)")
     p.flag("datacenter", help="datacenter name (default dc1)")
@@ -38,10 +40,13 @@ def build_parser() -> FlagParser:
     p.flag("http-port", type=int, help="HTTP API port (default 8500; -1 disables, 0 picks a free one)")
     p.flag("https-port", type=int, help="HTTPS API port (default off; needs tls.defaults cert_file/key_file)")
     p.flag("dns-port", type=int, help="DNS port (default 8600; -1 disables, 0 picks a free one)")
-    p.flag("server-port", type=int, help="server RPC port (default 8300)")
-    p.flag("serf-lan-port", type=int, help="LAN membership port (default 8301)")
-    p.flag("reconnect-timeout", help="reap failed nodes after this long (default 72h)")
-    p.flag("failure-timeout", help="mark a node failed after this long without a heartbeat (default 3s)")
+    p.flag("server-port", type=int, help="server consensus (etcd peer) port (default 8300)")
+    p.flag("server-rpc-port", type=int, help="servers' internal RPC port (default 8303)")
+    p.flag("serf-lan-port", type=int, help="LAN gossip (Serf) port, TCP and UDP (default 8301)")
+    p.flag("serf-wan-port", type=int, help="WAN gossip (Serf) port of servers, TCP and UDP (default 8302)")
+    p.flag("serf-bin", help="the serf binary (default: serf from PATH; Debian package `serf`)")
+    p.flag("reconnect-timeout", help="reap failed nodes (and remove dead servers) after this long (default 72h)")
+    p.flag("failure-timeout", help="deprecated and ignored: Serf's gossip detects failures")
     p.flag("data-dir", help="directory for state that survives restarts (required except with -dev)")
     p.flag("config-file", action="append", default=[], help="JSON or YAML config file (repeatable)")
     p.flag("config-dir", action="append", default=[],
@@ -53,6 +58,12 @@ def build_parser() -> FlagParser:
     p.flag("recursor", action="append", default=[],
            help="upstream DNS server for names outside the domain (repeatable)")
     p.flag("retry-join", action="append", default=[], help="address of an agent to join, retried (repeatable)")
+    p.flag("join", action="append", default=[], help="address of an agent to join at start (repeatable)")
+    p.flag("retry-join-wan", action="append", default=[], help="address of a server of another datacenter "
+           "to join over the WAN, retried (repeatable)")
+    p.flag("join-wan", action="append", default=[], help="address of a WAN server to join at start (repeatable)")
+    p.flag("retry-interval", help="time between -retry-join attempts (default 30s)")
+    p.flag("rejoin", action="store_true", default=None, help="rejoin the cluster after a graceful leave too")
     p.flag("encrypt", help="cluster key from `beacon keygen` (required when binding a non-loopback address)")
     p.flag("etcd-bin", help="the etcd binary a server runs (default: etcd from PATH)")
     p.flag("etcd-endpoints", help="comma-separated client URLs of an existing etcd cluster (no member is started)")
@@ -116,7 +127,8 @@ def load_config(argv: list[str]) -> AgentConfig:
               "dns_port": "dns_port", "server_port": "server_port", "data_dir": "data_dir",
               "pid_file": "pid_file", "encrypt": "encrypt", "bootstrap_expect": "bootstrap_expect",
               "engine_socket": "engine_socket", "engine_isolation": "engine_isolation",
-              "serf_lan_port": "serf_lan_port", "etcd_bin": "etcd_bin", "etcd_ca_file": "etcd_ca_file",
+              "serf_lan_port": "serf_lan_port", "serf_wan_port": "serf_wan_port",
+              "server_rpc_port": "server_rpc_port", "serf_bin": "serf_bin", "etcd_bin": "etcd_bin", "etcd_ca_file": "etcd_ca_file",
               "etcd_cert_file": "etcd_cert_file", "etcd_key_file": "etcd_key_file",
               "raft_snapshot_threshold": "raft_snapshot_threshold"}
     for attr, dest in simple.items():
@@ -127,14 +139,18 @@ def load_config(argv: list[str]) -> AgentConfig:
         cfg.datacenter = args.datacenter.lower()
     if args.domain:
         cfg.domain = args.domain.strip(".").lower()
-    for flag_name in ("server", "log_json", "enable_script_checks", "enable_local_script_checks", "ui"):
+    for flag_name in ("server", "bootstrap", "rejoin", "log_json", "enable_script_checks",
+                      "enable_local_script_checks", "ui"):
         if getattr(args, flag_name):
             setattr(cfg, flag_name, True)
     if args.log_level:
         cfg.log_level = _log_level(args.log_level, "-log-level")
     from beacon.durations import parse_duration
 
-    for name in ("reconnect_timeout", "failure_timeout"):
+    if args.failure_timeout is not None:
+        log.warning("-failure-timeout is deprecated and ignored: failures are detected by Serf's gossip "
+                    "(SWIM probes and suspicion), see docs/architecture.md")
+    for name in ("reconnect_timeout", "retry_interval"):
         value = getattr(args, name)
         if value is not None:
             try:
@@ -143,6 +159,9 @@ def load_config(argv: list[str]) -> AgentConfig:
                 raise ConfigError(f"-{name.replace('_', '-')}: {exc}") from None
     cfg.recursors += args.recursor
     cfg.retry_join += args.retry_join
+    cfg.join += args.join
+    cfg.retry_join_wan += args.retry_join_wan
+    cfg.join_wan += args.join_wan
     if args.etcd_endpoints:
         cfg.etcd_endpoints += [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
     for item in args.node_meta:
@@ -150,7 +169,8 @@ def load_config(argv: list[str]) -> AgentConfig:
         if not sep:
             raise ConfigError(f"-node-meta must be key:value, got {item!r}")
         cfg.node_meta[k] = v
-    for port_name in ("http_port", "https_port", "dns_port", "server_port", "serf_lan_port"):
+    for port_name in ("http_port", "https_port", "dns_port", "server_port", "serf_lan_port", "serf_wan_port",
+                      "server_rpc_port"):
         port = getattr(cfg, port_name)
         if not -1 <= port <= 65535:
             raise ConfigError(f"-{port_name.replace('_', '-')} must be a port number or -1, got {port}")
@@ -248,12 +268,16 @@ def run(argv: list[str]) -> int:
     except ImportError:
         pass
     from beacon.agent.agent import ListenError
+    from beacon.agent.cluster import GossipUnavailable
     from beacon.agent.http.core import HTTPError
     from beacon.server.durable import DataDirError
 
     try:
         return asyncio.run(serve(cfg, argv))
     except (ConfigError, DataDirError) as exc:
+        print(f"==> Error: {exc}", file=sys.stderr)
+        return 1
+    except GossipUnavailable as exc:
         print(f"==> Error: {exc}", file=sys.stderr)
         return 1
     except HTTPError as exc:

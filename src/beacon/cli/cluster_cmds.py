@@ -20,13 +20,14 @@ def keygen(argv: list[str]) -> int:
 def join(argv: list[str]) -> int:
     p = FlagParser("beacon join")
     add_http_flags(p)
+    p.flag("wan", action="store_true", help="join the WAN pool (servers of other datacenters)")
     p.add_argument("addresses", nargs="+")
     args = p.parse_args(argv)
     client = Client.from_args(args)
     joined = 0
     for addr in args.addresses:
         try:
-            client.call("PUT", "/v1/agent/join/" + quote(addr, safe=""))
+            client.call("PUT", "/v1/agent/join/" + quote(addr, safe="") + ("?wan=1" if args.wan else ""))
             joined += 1
         except CLIError as exc:
             print(f"Error joining address '{addr}': {exc}", file=sys.stderr)

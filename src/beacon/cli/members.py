@@ -13,9 +13,10 @@ def run(argv: list[str]) -> int:
     add_http_flags(p)
     p.flag("detailed", action="store_true")
     p.flag("status", default=None, help="only members whose status matches this regex")
+    p.flag("wan", action="store_true", help="list the WAN pool (servers of every datacenter, <node>.<dc>)")
     args = p.parse_args(argv)
     try:
-        members = Client.from_args(args).get_json("/v1/agent/members")
+        members = Client.from_args(args).get_json("/v1/agent/members" + ("?wan=1" if args.wan else ""))
     except CLIError as exc:
         print(f"Error retrieving members: {exc}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
@@ -50,6 +50,8 @@ class DNSServer:
         self._udp_closed: asyncio.Future[None] | None = None
         self._tcp: asyncio.Server | None = None
         self._tick: asyncio.TimerHandle | None = None
+        # WAN federation: (datacenter) -> DNS listeners of that datacenter's servers (set by the agent)
+        self.remote_targets: Callable[[str], Awaitable[list[tuple[str, int]]]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, host: str = "127.0.0.1", port: int = 8600) -> tuple[int, int]:
@@ -132,6 +134,11 @@ class DNSServer:
 
     # ------------------------------------------------------------------ requests
     def handle(self, data: bytes, tcp: bool, send: Callable[[bytes], None]) -> None:
+        if self.remote_targets is not None:
+            dc = remote_datacenter(data, self.cfg)
+            if dc:
+                self._forward_remote(dc, data, tcp, send)
+                return
         cache = self.tcp_cache if tcp else self.udp_cache
         key = data[2:]
         index = self.store.catalog_version  # read before the catalog is: a racing write re-validates
@@ -173,6 +180,29 @@ class DNSServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _forward_remote(self, dc: str, data: bytes, tcp: bool, send: Callable[[bytes], None]) -> None:
+        """A name in another datacenter (``web.service.dc2.consul``): asked of that datacenter's servers,
+        as Consul's server forwards the lookup over its WAN RPC; no server there -> NXDOMAIN."""
+        async def ask() -> None:
+            assert self.remote_targets is not None
+            try:
+                targets = await self.remote_targets(dc)
+            except Exception as exc:
+                log.debug("DNS: servers of %s: %s", dc, exc)
+                targets = []
+            answer = None
+            if targets:
+                answer = await Recursors([f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in targets],
+                                         self.cfg.recursor_timeout).resolve(data, tcp)
+            send(answer if answer is not None else nxdomain_for(data))
+
+        if len(self._tasks) >= MAX_PENDING_FORWARDS:
+            send(nxdomain_for(data))
+            return
+        task = asyncio.get_running_loop().create_task(ask())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _complete_external(self, data: bytes, wire: bytes, names: tuple[str, ...], tcp: bool,
                                  send: Callable[[bytes], None]) -> None:
         """Add the addresses of CNAME targets outside the domain, asked of the recursors: to the answer
@@ -208,6 +238,40 @@ class DNSServer:
             log.exception("DNS: recursor error; replying SERVFAIL")
             answer = None
         send(answer if answer is not None else servfail)
+
+
+_KINDS = ("service", "node", "query", "connect", "ingress", "virtual")
+
+
+def remote_datacenter(data: bytes, cfg: DNSConfig) -> str:
+    """The datacenter a query names when it is not this one (``<x>.service.<dc>.<domain>``,
+    ``<x>.node.<dc>.dc.<domain>``), else ""."""
+    try:
+        labels = [str(lab, "ascii", "replace").lower() if isinstance(lab, bytes) else str(lab).lower()
+                  for lab in DNSRecord.parse(data).q.qname.label]
+    except Exception:
+        return ""
+    domain = [x for x in cfg.domain.strip(".").lower().split(".") if x]
+    if len(labels) < len(domain) + 3 or labels[len(labels) - len(domain):] != domain:
+        return ""
+    rest = labels[:len(labels) - len(domain)]
+    for i in range(len(rest) - 1, 0, -1):
+        if rest[i] in _KINDS:
+            suffix = rest[i + 1:]
+            dc = suffix[0] if len(suffix) == 1 or (len(suffix) == 2 and suffix[1] == "dc") else ""
+            return dc if dc and dc != cfg.datacenter else ""
+    return ""
+
+
+def nxdomain_for(data: bytes) -> bytes:
+    """An authoritative NXDOMAIN echoing the question of `data` (for an unreachable datacenter)."""
+    try:
+        req = DNSRecord.parse(data)
+    except Exception:
+        return b""
+    reply = req.reply()
+    reply.header.rcode = RCODE.NXDOMAIN
+    return reply.pack()
 
 
 def _qtype_name(key: bytes) -> str:

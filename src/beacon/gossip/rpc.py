@@ -134,10 +134,10 @@ class RecordStream:
 
     async def stop(self) -> None:
         """Ask the agent to stop sending (``stop`` command) and end the iteration."""
+        self.client._end(self.seq)
         if self.kind != "query" and not self.client.closed:
             with contextlib.suppress(SerfError):
                 await self.client._call("stop", {"Stop": self.seq})
-        self.client._streams.pop(self.seq, None)
         self._push(None)
 
 
@@ -151,6 +151,8 @@ class SerfClient:
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
         self._streams: dict[int, RecordStream] = {}
+        # Seqs of streams we stopped: records already in flight for them are read and dropped.
+        self._ended: set[int] = set()
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE, strict_map_key=True)
         self.closed = False
         self.close_reason: SerfConnectionError | None = None
@@ -259,7 +261,7 @@ class SerfClient:
         pending = self._pending.get(seq)
         if pending is not None:
             return header.get("Error") not in _NO_BODY_ERRORS and pending.command in _BODY_COMMANDS
-        if seq in self._streams:
+        if seq in self._streams or seq in self._ended:
             return True
         raise SerfProtocolError(f"serf rpc: answer for unknown seq {seq}")
 
@@ -281,8 +283,12 @@ class SerfClient:
         if stream is not None and body is not None:
             stream._push(body)
             if stream.kind == "query" and body.get("Type") == "done":
-                self._streams.pop(seq, None)
+                self._end(seq)
                 stream._push(None)
+
+    def _end(self, seq: int) -> None:
+        self._streams.pop(seq, None)
+        self._ended.add(seq)
 
     def _send(self, command: str, body: dict[str, Any] | None) -> int:
         if self.closed:
@@ -294,13 +300,15 @@ class SerfClient:
         self._writer.write(data)
         return self._seq
 
-    async def _call(self, command: str, body: dict[str, Any] | None = None, *, stream_kind: str = "",
+    async def _call(self, command: str, body: dict[str, Any] | None = None, *,
+                    stream: list[RecordStream] | None = None, stream_kind: str = "",
                     timeout: float | None = None) -> dict[str, Any]:
         seq = self._send(command, body)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[seq] = _Pending(command, fut)
-        if stream_kind:  # register before the answer can arrive: records may follow right behind it
+        if stream is not None:  # register before the answer can arrive: records may follow right behind it
             self._streams[seq] = RecordStream(self, seq, stream_kind)
+            stream.append(self._streams[seq])
         limit = self.timeout if timeout is None else timeout
         try:
             await self._writer.drain()
@@ -310,15 +318,19 @@ class SerfClient:
             self._streams.pop(seq, None)
             raise SerfTimeout(f"serf {command}: no answer within {limit}s") from None
         except (ConnectionError, OSError) as exc:
+            self._pending.pop(seq, None)
+            self._streams.pop(seq, None)
             raise SerfConnectionError(f"serf {command}: {exc}") from None
         except SerfError:
             self._streams.pop(seq, None)
             raise
 
     async def _open(self, command: str, body: dict[str, Any], kind: str) -> RecordStream:
-        seq_before = self._seq + 1
-        await self._call(command, body, stream_kind=kind)
-        return self._streams[seq_before]
+        # The stream object is kept here, not looked up after the answer: a short query can be over
+        # (and dropped from the table) by the time the answer's await returns.
+        holder: list[RecordStream] = []
+        await self._call(command, body, stream=holder, stream_kind=kind)
+        return holder[0]
 
     # ------------------------------------------------------------------ commands
     async def members(self) -> list[dict[str, Any]]:

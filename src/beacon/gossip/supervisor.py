@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -232,12 +233,14 @@ class SerfAgent:
             if not self.rpc_port or attempt:
                 self.rpc_port = free_port(self.config.rpc_host)
             self._prepare()
+            self._rotate_log()
             logf = open(self.log_path, "ab")
             try:
                 self.proc = await asyncio.create_subprocess_exec(
                     self.binary, "agent", f"-config-file={self.config_path}",
                     stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True)  # a Ctrl-C on the terminal reaches us, not the child
+                    start_new_session=True,  # a Ctrl-C on the terminal reaches us, not the child
+                    preexec_fn=_die_with_parent)
             finally:
                 logf.close()
             start = self._log_size()
@@ -250,6 +253,11 @@ class SerfAgent:
                 break  # only a lost race for the RPC port is worth another try
         raise SerfStartError(f"serf {self.config.pool} agent did not start: {last or 'no output'} "
                              f"(log: {self.log_path})")
+
+    def _rotate_log(self, limit: int = 16 * 1024 * 1024) -> None:
+        """The child appends to its log for as long as it runs; keep one old file per restart past `limit`."""
+        if self._log_size() > limit:
+            os.replace(self.log_path, self.log_path + ".1")
 
     def _log_size(self) -> int:
         try:
@@ -350,6 +358,14 @@ class SerfAgent:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             await self.proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the agent dies, however it dies (kill -9 included), so a dead
+    agent's Serf stops answering probes and the others see the node fail."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _is_loopback(addr: str) -> bool:

@@ -81,7 +81,7 @@ async def agent_self(req: web.Request, agent: Agent) -> Reply:
                         "HTTPMaxConnsPerClient": cfg.http_max_conns_per_client,
                         "KVMaxValueSize": cfg.kv_max_value_size, "ACLsEnabled": False},
         "Coord": None,
-        "Member": members[0],
+        "Member": next((m for m in members if m["Name"] == cfg.node_name), members[0]),
         # No service mesh here: no proxies are supported and no xDS port is open.
         "xDS": {"SupportedProxies": {"envoy": []}, "Port": -1, "Ports": {"Plaintext": -1, "TLS": -1}},
         "Stats": stats,
@@ -93,7 +93,13 @@ async def agent_self(req: web.Request, agent: Agent) -> Reply:
 async def agent_members(req: web.Request, agent: Agent) -> Reply:
     if "segment" in req.query and "wan" in req.query:
         raise HTTPError(400, "Cannot provide a segment with wan=true")
-    return Reply(agent.members())
+    if _truthy(req.query.get("wan")):
+        return Reply(await agent.wan_members())
+    return Reply(await agent.live_members())
+
+
+def _truthy(v: str | None) -> bool:
+    return v is not None and v.lower() not in ("0", "false")
 
 
 @router.get("/v1/agent/services")
@@ -269,7 +275,7 @@ async def health_by_name(req: web.Request, agent: Agent) -> Reply:
 
 @router.put("/v1/agent/join/{address:.+}")
 async def agent_join(req: web.Request, agent: Agent) -> Reply:
-    await agent.join(req.match_info["address"])
+    await agent.join(req.match_info["address"], wan=_truthy(req.query.get("wan")))
     return Reply(empty=True)
 
 

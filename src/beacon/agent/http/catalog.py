@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from beacon.agent.http.coordinate import sort_near
 from beacon.agent.http.core import (
     HTTPError,
     Reply,
@@ -116,7 +117,9 @@ async def catalog_deregister(req: web.Request, agent: Agent) -> Reply:
 
 @router.get("/v1/catalog/datacenters")
 async def catalog_datacenters(req: web.Request, agent: Agent) -> Reply:
-    return Reply([agent.config.datacenter])
+    from beacon.agent.http.federation import datacenters
+
+    return Reply(await datacenters(agent))  # nearest first by the WAN pool's coordinates
 
 
 @router.get("/v1/catalog/nodes")
@@ -132,7 +135,7 @@ async def catalog_nodes(req: web.Request, agent: Agent) -> Reply:
         return idx, apply_filter(opts, [n for n in listing.value if meta_matches_json(n["Meta"], meta)])
 
     idx, body = await blocking_query(agent, opts, ["nodes"], read)
-    return Reply(body, index=idx)
+    return Reply(await sort_near(req, agent, body, lambda n: n["Node"]), index=idx)
 
 
 @router.get("/v1/catalog/services")
@@ -173,7 +176,8 @@ async def catalog_service(req: web.Request, agent: Agent) -> Reply:
                      if has_tags(s.tags, tags) and meta_matches(n, meta)]
 
     idx, items = await blocking_query(agent, opts, ["svc:" + name.lower()], read)
-    return cache_meta(req, agent, Reply(apply_filter(opts, items), index=idx))
+    items = await sort_near(req, agent, apply_filter(opts, items), lambda s: s["Node"])
+    return cache_meta(req, agent, Reply(items, index=idx))
 
 
 @router.get("/v1/catalog/node/{node:.+}")

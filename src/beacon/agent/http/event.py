@@ -1,8 +1,9 @@
 """/v1/event/fire/:name and /v1/event/list: user events, best-effort as in Consul.
 
 Consul carries user events on gossip: not in the replicated state, not persisted, no total order. An
-agent keeps the last 256 it has seen. Beacon has no gossip layer yet, so an event reaches the agent
-that fired it (and, once membership exists, should be forwarded to the others). The list's
+agent keeps the last 256 it has seen. An event fired on any agent is a Serf user event
+``consul:event:<name>`` on the LAN pool, so it reaches every agent of the datacenter, each of which
+applies the node/service/tag filters to itself (-dev without serf keeps it local). The list's
 X-Consul-Index is derived from the newest matching event's ID, so it is opaque and not monotonic: a
 blocking list waits while the index *equals* the one given, exactly as Consul's does.
 """
@@ -41,6 +42,10 @@ class UserEvent:
     tag_filter: str = ""
     version: int = 1
     ltime: int = 0
+
+    def to_gossip(self) -> dict[str, Any]:
+        return {"ID": self.id, "Name": self.name, "Payload": self.payload, "NodeFilter": self.node_filter,
+                "ServiceFilter": self.service_filter, "TagFilter": self.tag_filter, "Version": self.version}
 
     def to_json(self) -> dict[str, Any]:
         return {"ID": self.id, "Name": self.name,
@@ -123,13 +128,44 @@ async def event_fire(req: web.Request, agent: Agent) -> Reply:
     size = len(name) + len(payload) + len(ev.node_filter) + len(ev.service_filter) + len(ev.tag_filter)
     if size > USER_EVENT_SIZE_LIMIT:
         raise HTTPError(500, f"UserEvent exceeds the size limit: {size} > {USER_EVENT_SIZE_LIMIT} bytes")
-    buf = _buffer(agent)
-    if _matches_local(agent, ev):
-        buf.add(ev)
-    else:
-        buf.ltime += 1
-        ev.ltime = buf.ltime
+    lan = agent.cluster.lan if agent.cluster is not None else None
+    if lan is None:  # -dev without serf: this agent is the whole datacenter
+        buf = _buffer(agent)
+        if _matches_local(agent, ev):
+            buf.add(ev)
+        else:
+            buf.ltime += 1
+            ev.ltime = buf.ltime
+        return Reply(ev.to_json())
+    from beacon.gossip import SerfError
+    from beacon.gossip.events import encode_user_event
+
+    serf_name, body = encode_user_event(ev.to_gossip())
+    try:
+        # Serf delivers it to every member, this agent included (receive_gossip_event files it).
+        await lan.fire(serf_name, body)
+    except SerfError as exc:
+        raise HTTPError(500, f"Failed to fire event: {exc}") from None
     return Reply(ev.to_json())
+
+
+def receive_gossip_event(agent: Agent, serf_event: Any) -> None:
+    """A Serf user event arrived: keep it when it is a Consul event whose filters match this agent."""
+    from beacon.gossip.events import decode_user_event
+
+    d = decode_user_event(serf_event.name, serf_event.payload, serf_event.ltime)
+    if d is None:
+        return
+    ev = UserEvent(id=d["ID"], name=d["Name"], payload=d["Payload"], node_filter=d["NodeFilter"],
+                   service_filter=d["ServiceFilter"], tag_filter=d["TagFilter"], version=d["Version"],
+                   ltime=d["LTime"])
+    try:
+        uuid.UUID(ev.id)
+        matches = _matches_local(agent, ev)
+    except (ValueError, re.error):  # a malformed ID or filter from a peer: drop the event
+        return
+    if matches:
+        _buffer(agent).add(ev)
 
 
 async def event_list(req: web.Request, agent: Agent) -> Reply:

@@ -70,7 +70,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
     deadline = time.monotonic() + wait if wait is not None else None
     from beacon.agent.security import server_api_targets
 
-    for target, tls_opts in server_api_targets(agent):
+    targets = server_api_targets(agent)
+    if not targets and agent.cluster is not None:  # just joined: the member view may not have them yet
+        await agent.cluster.refresh()
+        targets = server_api_targets(agent)
+    for target, tls_opts in targets:
         rel = request.rel_url
         if deadline is not None:
             # A blocking query retried on another server waits only for what is left of its wait.

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from beacon.agent.http.catalog import has_tags, meta_matches, meta_matches_json, node_meta_filter
+from beacon.agent.http.coordinate import sort_near
 from beacon.agent.http.core import (
     HTTPError,
     Reply,
@@ -84,6 +85,7 @@ async def health_service(req: web.Request, agent: Agent) -> Reply:
                                         and meta_matches_json(e["Node"]["Meta"], meta)])
 
     idx, body = await blocking_query(agent, opts, ["svc:" + name.lower()], read)
+    body = await sort_near(req, agent, body, lambda e: e["Node"]["Node"])
     return cache_meta(req, agent, Reply(body, index=idx))
 
 

@@ -20,6 +20,7 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 
 from beacon import telemetry
 from beacon.agent.http.core import Reply, error_response, render
+from beacon.agent.http.federation import forward_to_datacenter, wants_other_datacenter
 from beacon.agent.http.readopts import peer_answer
 
 log = logging.getLogger("beacon.agent.http")
@@ -168,8 +169,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``metrics_middleware``, ``error_middleware`` and ``peer_middleware`` as one layer, in that
-    order (counted, errors mapped, ``?peer`` answered). Every middleware layer costs each request a
+    """``metrics_middleware``, ``error_middleware``, ``peer_middleware`` and ?dc= federation as one
+    layer, in that order (counted, errors mapped, ``?peer`` answered, another datacenter's request
+    relayed). Every middleware layer costs each request a
     coroutine and each parked blocking query a suspended frame; with thousands of blocking queries
     woken by one write, that is per-watcher CPU and memory."""
     t0 = time.perf_counter()
@@ -177,6 +179,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         try:
             response = peer_answer(request)
+            if response is None and wants_other_datacenter(request):
+                response = await forward_to_datacenter(request)
             if response is None:
                 response = await handler(request)
         except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):

@@ -94,3 +94,52 @@ async def _to_leader(req: web.Request, agent: Agent) -> Reply:
         if resp.status == 400:
             raise HTTPError(400, last)
     raise NoLeaderError(f"could not reach the leader: {last}")
+
+
+# ---------------------------------------------------------------------- autopilot
+# Beacon's autopilot does one thing of Consul's: cleanup_dead_servers, after reconnect_timeout (the
+# leader's reconciler, beacon.agent.reconcile). These endpoints report that configuration and what
+# gossip and etcd say about each server.
+
+@router.get("/v1/operator/autopilot/configuration")
+async def autopilot_configuration(req: web.Request, agent: Agent) -> Reply:
+    query_options(req, agent)
+    secs = int(agent.config.reconnect_timeout)
+    return Reply({"CleanupDeadServers": True, "LastContactThreshold": "200ms", "MaxTrailingLogs": 250,
+                  "MinQuorum": 0, "ServerStabilizationTime": f"{secs}s", "RedundancyZoneTag": "",
+                  "DisableUpgradeMigration": True, "UpgradeVersionTag": "", "CreateIndex": 0, "ModifyIndex": 0,
+                  "DeadServerReconnectTimeout": f"{secs}s"})
+
+
+async def _health(agent: Agent) -> list[dict]:
+    rec = agent.cluster.reconciler if agent.cluster is not None else None
+    if rec is None:
+        return []
+    await agent.cluster.refresh()  # Serf's view now, not the last poll's
+    return rec.server_health()
+
+
+@router.get("/v1/operator/autopilot/health")
+async def autopilot_health(req: web.Request, agent: Agent) -> Reply:
+    query_options(req, agent)
+    servers = await _health(agent)
+    healthy = sum(1 for s in servers if s["Healthy"])
+    quorum = len(servers) // 2 + 1
+    body = {"Healthy": bool(servers) and healthy == len(servers), "FailureTolerance": max(0, healthy - quorum),
+            "Servers": servers}
+    return Reply(body, status=200 if body["Healthy"] else 429)
+
+
+@router.get("/v1/operator/autopilot/state")
+async def autopilot_state(req: web.Request, agent: Agent) -> Reply:
+    query_options(req, agent)
+    servers = await _health(agent)
+    healthy = sum(1 for s in servers if s["Healthy"])
+    quorum = len(servers) // 2 + 1
+    leader = next((s["ID"] for s in servers if s["Leader"]), "")
+    return Reply({"Healthy": bool(servers) and healthy == len(servers), "FailureTolerance": max(0, healthy - quorum),
+                  "OptimisticFailureTolerance": max(0, healthy - quorum), "Leader": leader,
+                  "Voters": [s["ID"] for s in servers],
+                  "Servers": {s["ID"]: {**s, "Status": "leader" if s["Leader"] else "voter",
+                                        "Health": {"Healthy": s["Healthy"], "SerfStatus": s["SerfStatus"]}}
+                              for s in servers}})
