@@ -237,23 +237,7 @@ class Extra:
             stack.close()
             return Response(200, None, headers=header)
         parent, name = os.path.split(target.rstrip("/") or "/")
-        proc = await asyncio.create_subprocess_exec(
-            "tar", "-C", parent, "-cf", "-", "--numeric-owner", name or ".", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                assert proc.stdout is not None
-                while chunk := await proc.stdout.read(65536):
-                    yield chunk
-                await proc.wait()
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-                stack.close()
-
-        return Stream(body(), content_type="application/x-tar", headers=header)
+        return await _tar_stream(parent, name or ".", stack, header)
 
     async def archive_put(self, req: Request, args: dict[str, str]) -> Response:
         slot = self.engine.resolve(args["id"])
@@ -272,23 +256,7 @@ class Extra:
         slot = self.engine.resolve(args["id"])
         stack = contextlib.ExitStack()
         root = stack.enter_context(self._rootfs(slot))
-        proc = await asyncio.create_subprocess_exec(
-            "tar", "-C", root, "-cf", "-", "--numeric-owner", ".", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                assert proc.stdout is not None
-                while chunk := await proc.stdout.read(65536):
-                    yield chunk
-                await proc.wait()
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-                stack.close()
-
-        return Stream(body(), content_type="application/x-tar")
+        return await _tar_stream(root, ".", stack)
 
     # -- networks ------------------------------------------------------------------------------
 
@@ -450,3 +418,25 @@ def _mem_total() -> int:
     except (ValueError, OSError):
         return 0
 
+
+
+async def _tar_stream(directory: str, name: str, stack: contextlib.ExitStack,
+                      headers: dict[str, str] | None = None) -> Stream:
+    """Stream ``tar -C directory -c name``; ``stack`` (the mounted rootfs) closes when the body ends."""
+    proc = await asyncio.create_subprocess_exec(
+        "tar", "-C", directory, "-cf", "-", "--numeric-owner", name, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(65536):
+                yield chunk
+            await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            stack.close()
+
+    return Stream(body(), content_type="application/x-tar", headers=headers or {})

@@ -60,11 +60,7 @@ class _ToAgent(_Half):
             log.debug("gateway: agent at %s:%s unreachable: %s", *target, exc)
             self.transport.close()
             return
-        if self.transport.is_closing():
-            inner.transport.close()
-            return
-        self.link(inner)
-        inner.link(self)
+        self.splice(inner)
 
 
 class _UdpIn(asyncio.DatagramProtocol):

@@ -37,6 +37,15 @@ class _Half(asyncio.Protocol):
         self.transport = transport
         self.conns.add(self)
 
+    def splice(self, inner: _Half) -> None:
+        """Join this accepted connection to ``inner``, the one just opened for it; if the client left
+        while that was being opened, close ``inner`` instead."""
+        if self.transport.is_closing():
+            inner.transport.close()
+            return
+        self.link(inner)
+        inner.link(self)
+
     def link(self, peer: _Half) -> None:
         self.peer, peer.peer = peer, self
         for data in self.pending:
@@ -109,11 +118,7 @@ class _Outer(_Half):
                 sock.close()
             self.transport.close()
             return
-        if self.transport.is_closing():
-            inner.transport.close()
-            return
-        self.link(inner)
-        inner.link(self)
+        self.splice(inner)
 
 
 class _UdpFlow(asyncio.DatagramProtocol):

@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from beacon.agent.http.core import AGENT_KEY
+from beacon.agent.http.forward import HOP_HEADERS, relay
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beacon.federation")
 
-_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
-                "content-length", "proxy-authorization", "proxy-authenticate"}
 # Agent-local endpoints answer for this agent whatever ?dc= says (as Consul's agent endpoints ignore it).
 _LOCAL_PREFIXES = ("/v1/agent/", "/v1/event/", "/v1/operator/keyring", "/v1/coordinate/", "/ui", "/v1/status/")
 
@@ -88,16 +87,12 @@ async def forward_to_datacenter(request: web.Request) -> web.StreamResponse | No
     if not targets:
         return no_path()
     body = await request.read()
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
     last = ""
     for host, port in targets:
         url = f"http://{_host_port(host, port)}{request.rel_url}"
         try:
-            async with agent.forward_session.request(request.method, url, data=body or None, headers=headers,
-                                                     allow_redirects=False) as resp:
-                data = await resp.read()
-                out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
-                return web.Response(status=resp.status, body=data, headers=out)
+            return await relay(agent.forward_session, request.method, url, body, headers)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             last = f"{host}:{port}: {exc or type(exc).__name__}"
             log.debug("forwarding to datacenter %s failed: %s", dc, last)

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +23,10 @@ log = logging.getLogger("beacon.http.forward")
 # Events stay local: they are best-effort and agent-local in Consul too.
 FORWARDED_PREFIXES = ("catalog", "health", "kv", "session", "txn", "status", "operator", "snapshot",
                       "coordinate", "query", "internal", "config", "discovery-chain", "acl")
-_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
+# Not passed on in either direction: hop-by-hop headers, and the body framing aiohttp redoes (it
+# decompresses what it reads, so Content-Encoding would lie).
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+                "content-length", "content-encoding", "proxy-authorization", "proxy-authenticate"}
 
 
 def install(app: web.Application) -> None:
@@ -56,13 +59,24 @@ def _wait_seconds(query: Mapping[str, str]) -> float | None:
         return None
 
 
+async def relay(session: aiohttp.ClientSession, method: str, url: str, body: bytes, headers: dict[str, str],
+                **opts: Any) -> web.Response:
+    """One request passed to another agent, its answer passed back without hop-by-hop headers.
+    Connection errors are the caller's to handle (it tries the next server)."""
+    async with session.request(method, url, data=body or None, headers=headers, allow_redirects=False,
+                               **opts) as resp:
+        data = await resp.read()
+        out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
+        return web.Response(status=resp.status, body=data, headers=out)
+
+
 async def forward(request: web.Request) -> web.StreamResponse:
     agent: Agent = request.app[AGENT_KEY]
     session = agent.forward_session
     body = await request.read()
     if request.method == "PUT" and request.path == "/v1/session/create":
         body = _session_for_this_node(body, agent.config.node_name)
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
     # A prepared query's Near "_agent" means this (client) agent's node, not the server's.
     headers["X-Beacon-Agent-Node"] = agent.config.node_name
     last = "no servers known"
@@ -82,11 +96,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             rel = rel.update_query(wait=f"{int(left * 1000)}ms")
         url = f"{target}{rel}"
         try:
-            async with session.request(request.method, url, data=body or None, headers=headers,
-                                       allow_redirects=False, **tls_opts) as resp:
-                data = await resp.read()
-                out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
-                return web.Response(status=resp.status, body=data, headers=out_headers)
+            return await relay(session, request.method, url, body, headers, **tls_opts)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             last = f"{target}: {exc or type(exc).__name__}"
             log.debug("forwarding to %s failed: %s", target, exc)
