@@ -19,6 +19,9 @@ def jget(agent, path: str):
 
 def test_a_session_made_through_a_client_is_the_clients_and_dies_with_it(cluster: Cluster) -> None:
     c1, s1 = cluster.clients["c1"], cluster.servers["s1"]
+    # The leader registers a joined node's serfHealth from gossip; a session needs it (as in Consul).
+    wait_until(lambda: any(c["CheckID"] == "serfHealth" and c["Status"] == "passing"
+                           for c in jget(s1, "/v1/health/node/c1")[2] or []), timeout=20)
     status, _, body = c1.request("PUT", "/v1/session/create", {"Name": "worker", "LockDelay": "0s"})
     assert status == 200, body
     sid = json.loads(body)["ID"]
