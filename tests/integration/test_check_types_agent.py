@@ -82,9 +82,10 @@ def test_grpc_h2ping_and_redirect_checks_through_the_agent(dev_agent) -> None:
         wait_until(lambda: status_of(client, "service:orders") == "passing", timeout=20)
         wait_until(lambda: status_of(client, "h2") == "passing", timeout=20)
         wait_until(lambda: status_of(client, "follows") == "passing", timeout=20)
-        wait_until(lambda: status_of(client, "stays") == "critical", timeout=20)
+        # A new check starts critical with no output: wait for the probe's own verdict, not the initial state.
+        wait_until(lambda: "302" in client.agent.checks()["stays"]["Output"], timeout=20)
+        assert status_of(client, "stays") == "critical"
         assert client.agent.checks()["service:orders"]["Type"] == "grpc"
-        assert "302" in client.agent.checks()["stays"]["Output"]
 
         servers.set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
         wait_until(lambda: status_of(client, "service:orders") == "critical", timeout=20)

@@ -134,7 +134,9 @@ def test_twenty_thousand_idle_connections_from_one_client_do_not_starve_the_agen
     agent = start_agent("-data-dir", str(tmp_path / "data"))
     assert agent.request("PUT", "/v1/kv/before", b"1")[0] == 200
     # Two processes from one source address: a single process here may not hold 20,000 descriptors.
-    ctx = multiprocessing.get_context("fork")
+    # forkserver, not fork: earlier tests in this process may have started gRPC's threads, and a fork
+    # taken while another thread holds a lock can leave the child stuck forever.
+    ctx = multiprocessing.get_context("forkserver")
     workers = []
     for _ in range(2):
         parent, child = ctx.Pipe()
