@@ -85,8 +85,52 @@ class AgentProcess:
 
 def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, str] | None = None,
            engine: bool = False, prefix: tuple[str, ...] = ()) -> AgentProcess:
-    """Start an agent; `prefix` runs it under a wrapper (for example `ip netns exec NS`); `engine` keeps
-    -dev's embedded container engine on."""
+    """Start an agent and wait for its ready line; `prefix` runs it under a wrapper (for example `ip netns
+    exec NS`); `engine` keeps -dev's embedded container engine on."""
+    return spawn(*flags, dev=dev, env=env, engine=engine, prefix=prefix).wait(timeout)
+
+
+class Starting:
+    """An agent process started but not yet known to be ready: start several, then wait for each, so
+    their start-ups (mostly Python imports and child processes) overlap."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.ready: dict[str, str] = {}
+        self.done = threading.Event()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            m = re.search(r"==> Ready: http_port=(\S+) dns_port=(\S+)", line)
+            if m:
+                self.ready["http"], self.ready["dns"] = m.group(1), m.group(2)
+                self.done.set()
+        self.done.set()
+
+    def wait(self, timeout: float = 20.0) -> AgentProcess:
+        proc, lines, ready = self.proc, self.lines, self.ready
+        self.done.wait(timeout)
+        if "http" not in ready:
+            proc.kill()
+            proc.wait(5)
+            raise RuntimeError("agent did not become ready:\n" + "\n".join(lines[-40:]))
+        dns = None if ready["dns"] == "None" else int(ready["dns"])
+        http = int(ready["http"]) if ready["http"] != "None" else 0
+        host = "127.0.0.1"
+        for line in lines:
+            m = re.search(r"Client Addr: http=(\S+):", line)
+            if m:
+                host = m.group(1)
+        return AgentProcess(proc, http, dns, lines, host)
+
+
+def spawn(*flags: str, dev: bool = True, env: dict[str, str] | None = None, engine: bool = False,
+          prefix: tuple[str, ...] = ()) -> Starting:
+    """Start an agent process without waiting for it (see `Starting`)."""
     args = ["agent"]
     if dev:
         args.append("-dev")
@@ -98,34 +142,7 @@ def launch(*flags: str, dev: bool = True, timeout: float = 20.0, env: dict[str, 
         args.append("-no-engine")
     proc = subprocess.Popen([*prefix, *beacon_cmd(*args, *flags)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env or beacon_env(), start_new_session=True)
-    lines: list[str] = []
-    ready: dict[str, str] = {}
-    done = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            m = re.search(r"==> Ready: http_port=(\S+) dns_port=(\S+)", line)
-            if m:
-                ready["http"], ready["dns"] = m.group(1), m.group(2)
-                done.set()
-        done.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    done.wait(timeout)
-    if "http" not in ready:
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError("agent did not become ready:\n" + "\n".join(lines[-40:]))
-    dns = None if ready["dns"] == "None" else int(ready["dns"])
-    http = int(ready["http"]) if ready["http"] != "None" else 0
-    host = "127.0.0.1"
-    for line in lines:
-        m = re.search(r"Client Addr: http=(\S+):", line)
-        if m:
-            host = m.group(1)
-    return AgentProcess(proc, http, dns, lines, host)
+    return Starting(proc)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import AgentProcess, launch, wait_until
+from tests.conftest import AgentProcess, Starting, spawn, wait_until
 
 
 def _block() -> str:
@@ -53,16 +53,36 @@ class Cluster:
         return flags
 
     def start_server(self, name: str, **kw) -> AgentProcess:
-        agent = launch(*self.server_flags(name, **kw), dev=False)
+        agent = self.spawn_server(name, **kw).wait()
         self.servers[name] = agent
         return agent
 
+    def spawn_server(self, name: str, **kw) -> Starting:
+        return spawn(*self.server_flags(name, **kw), dev=False)
+
     def start_client(self, name: str) -> AgentProcess:
-        agent = launch("-node", name, "-bind", self.addr(name), "-client", self.addr(name),
-                       "-data-dir", os.path.join(self.tmp, name), "-retry-join", self.addr("s1"),
-                       "-retry-join", self.addr("s2"), "-retry-interval", "1s", *self.extra, dev=False)
+        agent = self.spawn_client(name).wait()
         self.clients[name] = agent
         return agent
+
+    def spawn_client(self, name: str) -> Starting:
+        return spawn("-node", name, "-bind", self.addr(name), "-client", self.addr(name),
+                     "-data-dir", os.path.join(self.tmp, name), "-retry-join", self.addr("s1"),
+                     "-retry-join", self.addr("s2"), "-retry-interval", "1s", *self.extra, dev=False)
+
+    def start_together(self, servers: tuple[str, ...] = (), clients: tuple[str, ...] = ()) -> None:
+        """Start several agents at once and wait for all of them: their start-ups overlap."""
+        starting = {n: self.spawn_server(n) for n in servers}
+        starting.update({n: self.spawn_client(n) for n in clients})
+        for name, pending in starting.items():
+            try:
+                agent = pending.wait()
+            except BaseException:
+                for other in starting.values():  # leave none of the others behind
+                    if other.proc.poll() is None:
+                        other.proc.kill()
+                raise
+            (self.servers if name in servers else self.clients)[name] = agent
 
     def all(self) -> dict[str, AgentProcess]:
         return {**self.servers, **self.clients}
@@ -140,11 +160,9 @@ class Cluster:
 def start_cluster(tmp_path, clients: int = 2, extra: tuple[str, ...] = ()) -> Cluster:
     c = Cluster(str(tmp_path), _block(), extra)
     try:
-        for name in ("s1", "s2", "s3"):
-            c.start_server(name)
+        c.start_together(servers=("s1", "s2", "s3"))
         c.leader()
-        for i in range(1, clients + 1):
-            c.start_client(f"c{i}")
+        c.start_together(clients=tuple(f"c{i}" for i in range(1, clients + 1)))
         c.wait_converged()
     except BaseException:
         for name, agent in c.all().items():  # what each agent said, for the failure report

@@ -38,8 +38,7 @@ def test_a_full_disk_refuses_writes_keeps_serving_resumes_and_restarts_cleanly(t
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        for name in ("s1", "s2", "s3"):
-            c.start_server(name)
+        c.start_together(servers=("s1", "s2", "s3"))
         c.leader()
         s1, s2 = c.servers["s1"], c.servers["s2"]
         wait_until(lambda: put(s1, "full/warmup") == 200, timeout=20)

@@ -22,7 +22,7 @@ import pytest
 
 from tests.cluster.conftest import Cluster
 from tests.cluster.test_faults import acked_between, assert_sound
-from tests.conftest import AgentProcess, launch
+from tests.conftest import Starting, spawn
 from tests.kvcoord.workload import run_workload
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -38,10 +38,8 @@ class NetnsCluster(Cluster):
     ns: dict[str, str]
     key: str
 
-    def start_server(self, name: str, **kw) -> AgentProcess:
-        agent = launch(*self.server_flags(name, **kw), dev=False, prefix=("ip", "netns", "exec", self.ns[name]))
-        self.servers[name] = agent
-        return agent
+    def spawn_server(self, name: str, **kw) -> Starting:
+        return spawn(*self.server_flags(name, **kw), dev=False, prefix=("ip", "netns", "exec", self.ns[name]))
 
     def isolate(self, name: str) -> None:
         """Drop everything between this server and the other servers (the bridge host still reaches it)."""
@@ -99,8 +97,7 @@ def netns_cluster(tmp_path) -> Iterator[NetnsCluster]:
                              capture_output=True, text=True, check=True).stdout.strip()
         c.key = key
         c.extra = ("-encrypt", key)
-        for name in ("s1", "s2", "s3"):
-            c.start_server(name)
+        c.start_together(servers=("s1", "s2", "s3"))
         c.leader()
         c.start_client("c1")
         c.wait_converged(timeout=30)
