@@ -61,3 +61,27 @@ def test_two_dev_agents_run_side_by_side_each_with_its_engine() -> None:
         assert ping(a) == b"OK"
     finally:
         first.stop(signal.SIGTERM)
+
+
+def test_a_dev_agent_whose_serf_port_is_taken_while_it_starts_picks_another(start_agent) -> None:
+    # Stage the race between the agent's check that its gossip port is free and Serf binding it: a UDP
+    # socket with SO_REUSEADDR lets the agent's check (which sets it too) bind beside it, but Serf's UDP
+    # listener (without it) fails with "address already in use", as when another agent's Serf wins.
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind(("127.0.0.1", 8301))
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", 8301))  # armed: the agent's own check will find the port free
+        probe.close()
+    except OSError:
+        holder.close()
+        pytest.skip("port 8301 is in use here: the race cannot be staged")
+    try:
+        agent = start_agent()
+        status, _, body = agent.request("GET", "/v1/agent/members")
+        assert status == 200 and b'"Status": 1' in body, body
+        assert any("tries others" in line for line in agent.lines), agent.lines[-20:]
+    finally:
+        holder.close()

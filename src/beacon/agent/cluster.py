@@ -32,6 +32,7 @@ from aiohttp import web
 from beacon.gossip import Member as GossipMember
 from beacon.gossip import MemberEvent, Membership, SerfError, SerfNotFound, UserEvent
 from beacon.gossip.pools import Gossip, GossipSettings
+from beacon.gossip.supervisor import SerfStartError
 from beacon.server.fsm import ApplyResult, CommandError
 
 if TYPE_CHECKING:
@@ -195,17 +196,28 @@ class Cluster:
     async def _start_gossip(self) -> None:
         """The LAN pool (and WAN on servers) with -join / -retry-join, by beacon.gossip.pools."""
         cfg = self.agent.config
-        settings = GossipSettings.from_agent_config(
-            cfg, self.agent.node_id, join=list(cfg.join),
-            lan_port=self._port(cfg.serf_lan_port, True, "serf LAN"),
-            wan_port=self._port(cfg.serf_wan_port, True, "serf WAN") if self.server else cfg.serf_wan_port,
-            extra_tags=self._extra_tags())
-        try:
-            self.gossip = await Gossip.start(settings)
-        except SerfNotFound as exc:
-            raise GossipUnavailable(str(exc)) from None
-        except SerfError as exc:  # -join (or -join-wan) reached nobody, as Consul's start fails then
-            raise GossipUnavailable(f"gossip did not start: {exc}") from None
+        for attempt in range(3):
+            # After a lost race, -dev stops trusting its check of the usual ports and takes fresh ones.
+            lan, wan = (cfg.serf_lan_port, cfg.serf_wan_port) if attempt == 0 else (0, 0)
+            settings = GossipSettings.from_agent_config(
+                cfg, self.agent.node_id, join=list(cfg.join),
+                lan_port=self._port(lan, True, "serf LAN"),
+                wan_port=self._port(wan, True, "serf WAN") if self.server else cfg.serf_wan_port,
+                extra_tags=self._extra_tags())
+            try:
+                self.gossip = await Gossip.start(settings)
+                break
+            except SerfNotFound as exc:
+                raise GossipUnavailable(str(exc)) from None
+            except SerfError as exc:  # -join (or -join-wan) reached nobody, as Consul's start fails then
+                raise GossipUnavailable(f"gossip did not start: {exc}") from None
+            except SerfStartError as exc:
+                # -dev found its ports free, but another agent took one before Serf bound it: a -dev agent
+                # picks others (it promises to run beside any other agent); a configured port is an error.
+                if cfg.dev and "address already in use" in str(exc) and attempt < 2:
+                    log.info("gossip: a port was taken while Serf started; this -dev agent tries others")
+                    continue
+                raise GossipUnavailable(str(exc)) from None
         if self.gossip is None:  # -dev without serf: logged by Gossip.start
             self.gossip_error = "gossip is not running on this agent (it needs the Debian package `serf`)"
             return
