@@ -35,11 +35,12 @@ from beacon.agent.http import (
     txn,
     ui,
 )
-from beacon.agent.http.core import AGENT_KEY, HTTPError
+from beacon.agent.http.core import AGENT_KEY
 from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
 from beacon.agent.servers import EtcdBootstrap
 from beacon.config import AgentConfig
+from beacon.errors import Failed, NotFound
 from beacon.model import (
     SERF_ALIVE_OUTPUT,
     SERF_CHECK_ID,
@@ -47,9 +48,11 @@ from beacon.model import (
     HealthCheck,
     Service,
 )
+from beacon.server import commands as cmd
 from beacon.server import sessions
+from beacon.server.commands import Record
 from beacon.server.consensus import Consensus, NoLeaderError, SingleServer
-from beacon.server.fsm import ApplyResult, Command, MessageType, StateStore
+from beacon.server.fsm import ApplyResult, Command, StateStore
 from beacon.server.leader import SessionReaper
 from beacon.server.watch import WatchHub
 
@@ -335,7 +338,7 @@ class Agent:
         }
         if cfg.server:
             payload["service"] = Service(id="consul", service="consul", port=cfg.server_port).to_dict()
-        await self.submit((MessageType.REGISTER, payload))
+        await self.submit(cmd.Register(**payload))
         self.local.node_in_sync = True
 
     async def _restore_local(self) -> None:
@@ -501,7 +504,10 @@ class Agent:
         self.dns_port = udp_port
 
     # ------------------------------------------------------------------ writes
-    async def submit(self, command: Command) -> ApplyResult:
+    async def submit(self, command: Record | Command) -> ApplyResult:
+        """Propose a command record (or one already in its log form, as the server RPC forwards it)."""
+        if isinstance(command, Record):
+            command = cmd.encode(command)
         with telemetry.timed_apply(command[0]):
             return await self.consensus.submit(command)
 
@@ -544,7 +550,7 @@ class Agent:
         if sid:
             service = self.local.live_services().get(sid)
             if service is None:
-                raise HTTPError(404, f'ServiceID "{sid}" does not exist')
+                raise NotFound(f'ServiceID "{sid}" does not exist')
         chk, definition = self.checks.build(obj, source, service=service)
         self._add_check(chk, definition, source)
         if sync:
@@ -617,11 +623,11 @@ class Agent:
         pool = self.cluster.wan if wan else self.cluster.lan
         if pool is None:
             why = "only servers join the WAN pool" if wan else (self.cluster.gossip_error or "gossip is not running")
-            raise HTTPError(500, f"Failed to join {address}: {why}")
+            raise Failed(f"Failed to join {address}: {why}")
         try:
             await pool.join([address])
         except SerfError as exc:
-            raise HTTPError(500, f"Failed to join {address}: {exc}") from None
+            raise Failed(f"Failed to join {address}: {exc}") from None
         await self.cluster.refresh()
 
     def request_leave(self) -> None:
@@ -639,7 +645,7 @@ class Agent:
 
         lan = self.cluster.lan if self.cluster is not None else None
         if lan is None:
-            raise HTTPError(500, f"agent: No node found with name '{node}'")
+            raise Failed(f"agent: No node found with name '{node}'")
         known = node in self.cluster.members
         wan = self.cluster.wan
         try:
@@ -649,9 +655,9 @@ class Agent:
                 known = known or any(m["Name"] == wan_name for m in await wan.consul_members())
                 await wan.force_leave(wan_name, prune)
         except SerfError as exc:
-            raise HTTPError(500, str(exc)) from None
+            raise Failed(str(exc)) from None
         if not known:
-            raise HTTPError(500, f"agent: No node found with name '{node}'")
+            raise Failed(f"agent: No node found with name '{node}'")
         await self.cluster.refresh()
 
     async def reload(self) -> None:
@@ -659,14 +665,14 @@ class Agent:
         added, updated or removed to match; log level, DNS settings and check_update_interval change.
         API-registered services are untouched. Ports, addresses, node name and mode need a restart."""
         if self.config_loader is None:
-            raise HTTPError(500, "this agent was not started from flags and config files; nothing to reload")
+            raise Failed("this agent was not started from flags and config files; nothing to reload")
         from beacon.agent.http.decode import decode_service
         from beacon.config import ConfigError
 
         try:
             new = self.config_loader()
         except ConfigError as exc:
-            raise HTTPError(500, f"Failed reloading: {exc}") from None
+            raise Failed(f"Failed reloading: {exc}") from None
         services = [decode_service(obj) for obj in new.services]
         wanted = {svc.id for svc, _ in services}
         for sid, entry in list(self.local.services.items()):

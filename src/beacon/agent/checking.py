@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from beacon import telemetry
-from beacon.agent.http.core import HTTPError
 from beacon.checks import (
     CheckDefinition,
     CheckDefinitionError,
@@ -26,6 +25,7 @@ from beacon.checks import (
     UnknownCheckError,
     service_check_id,
 )
+from beacon.errors import Failed, Invalid
 from beacon.model import HealthCheck, Service
 from beacon.server.durable import atomic_write
 
@@ -87,13 +87,13 @@ class AgentChecks:
             defn.validate()
         except CheckDefinitionError as exc:
             msg = str(exc)
-            raise HTTPError(400, msg if msg.startswith("Status for checks") else f"Invalid check: {msg}") from None
+            raise Invalid(msg if msg.startswith("Status for checks") else f"Invalid check: {msg}") from None
         if defn.is_script:
             cfg = self.agent.config
             if source == "api" and not cfg.enable_script_checks:
-                raise HTTPError(500, SCRIPTS_DISABLED)
+                raise Failed(SCRIPTS_DISABLED)
             if source != "api" and not (cfg.enable_script_checks or cfg.enable_local_script_checks):
-                raise HTTPError(500, SCRIPTS_DISABLED_LOCAL)
+                raise Failed(SCRIPTS_DISABLED_LOCAL)
         defn = defn.normalized()
         if not defn.name and service is not None:
             defn.name = f"Service '{service.service}' check"

@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from beacon.errors import from_wire
 from beacon.gossip import Member as GossipMember
 from beacon.gossip import MemberEvent, Membership, SerfError, SerfNotFound, UserEvent
 from beacon.gossip.pools import Gossip, GossipSettings
-from beacon.server.fsm import ApplyResult, CommandError
+from beacon.server.fsm import ApplyResult
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -363,7 +364,7 @@ class Cluster:
         result = await self.agent.submit((int(command[0]), command[1]))
         out: dict[str, Any] = {"index": result.index, "value": result.value, "leader": self._leader_name()}
         if result.error is not None:
-            out["error"] = {"message": result.error.message, "status": result.error.status}
+            out["error"] = result.error.to_wire()
         return json.loads(encode(out))
 
     async def rpc_node_state(self, p: Any) -> Any:
@@ -444,7 +445,7 @@ class RemoteConsensus:
         out = await self.call_server("apply", payload, self.hold_timeout + 1)
         err = out.get("error")
         return ApplyResult(out["index"], out.get("value"),
-                           CommandError(err["message"], err["status"]) if err else None)
+                           from_wire(err) if err else None)
 
     def is_leader(self) -> bool:
         return False

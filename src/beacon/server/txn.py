@@ -25,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from beacon.errors import BeaconError, TooLarge
 from beacon.model import HealthCheck, KVEntry, Node, Service
-from beacon.server.fsm import CommandError, StateStore
+from beacon.server import commands as cmd
+from beacon.server.fsm import StateStore
 
 MAX_OPS = 64
 KV_READ_VERBS = frozenset({"get", "get-or-empty", "get-tree", "check-index", "check-session",
@@ -126,14 +128,14 @@ class TxnCommands:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def apply(self, idx: int, p: dict[str, Any]) -> TxnOutcome:
-        ops = p["ops"]
+    def apply(self, idx: int, c: cmd.Txn) -> TxnOutcome:
+        ops = c.ops
         if len(ops) > MAX_OPS:
-            raise CommandError(f"Transaction contains too many operations ({len(ops)} > {MAX_OPS})", 413)
+            raise TooLarge(f"Transaction contains too many operations ({len(ops)} > {MAX_OPS})")
         store = self.store
         kv_only = all(op["type"] == "kv" for op in ops)
         journal: _KVJournal | _FullCheckpoint = _KVJournal(store) if kv_only else _FullCheckpoint(store)
-        outcome = self.run(idx, ops, float(p.get("now", 0.0)), journal)
+        outcome = self.run(idx, ops, float(c.now), journal)
         if outcome.errors:
             journal.rollback()
             store._changes = set()
@@ -161,7 +163,7 @@ class TxnCommands:
                     out = self._check(idx, op)
                 else:
                     raise OpError(f"unknown operation type {kind!r}")
-            except (OpError, CommandError) as exc:
+            except (OpError, BeaconError) as exc:
                 errors.append((i, str(exc)))
                 continue
             results.extend(out)

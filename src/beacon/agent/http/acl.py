@@ -23,7 +23,7 @@ from beacon.acl.resolver import ACLNotFound, Identity
 from beacon.acl.rules import READ, WRITE, RuleError, parse
 from beacon.agent.http.core import HTTPError, Reply, Router, read_json
 from beacon.agent.http.decode import DecodeError, Fields
-from beacon.server.fsm import MessageType
+from beacon.endpoints import acl as acl_endpoint
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -53,13 +53,6 @@ def _need(req: web.Request, access: str) -> Identity:
 def _now_rfc3339(at: float | None = None) -> str:
     return dt.datetime.fromtimestamp(at if at is not None else time.time(), dt.UTC).isoformat(
         timespec="microseconds").replace("+00:00", "Z")
-
-
-async def _submit(agent: Agent, payload: dict[str, Any]) -> Any:
-    result = await agent.submit((MessageType.ACL, payload))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
-    return result.value
 
 
 def _hash(obj: dict[str, Any]) -> str:
@@ -235,7 +228,7 @@ async def bootstrap(req: web.Request, agent: Agent) -> Reply:
              "Policies": [{"ID": state.MANAGEMENT_POLICY_ID, "Name": "global-management"}],
              "Local": False, "CreateTime": _now_rfc3339()}
     token["Hash"] = _hash(token)
-    stored = await _submit(agent, {"op": "bootstrap", "token": token})
+    stored = await acl_endpoint.bootstrap(agent.submit, token)
     return Reply(render_token(agent, stored, True))
 
 
@@ -263,7 +256,7 @@ async def token_create(req: web.Request, agent: Agent) -> Reply:
     token = decode_token(agent, body, None)
     if token["AccessorID"] in state.tokens(agent.store):
         raise HTTPError(400, "Invalid Token: AccessorID is already in use")
-    return Reply(render_token(agent, await _submit(agent, {"op": "token_set", "token": token}), True))
+    return Reply(render_token(agent, await acl_endpoint.set_token(agent.submit, token), True))
 
 
 @router.get("/v1/acl/token/{id}")
@@ -283,7 +276,7 @@ async def token_update(req: web.Request, agent: Agent) -> Reply:
     if Fields(body).str("AccessorID") != accessor:
         raise HTTPError(400, "Token AccessorID in URL and payload do not match")
     token = decode_token(agent, body, old)
-    return Reply(render_token(agent, await _submit(agent, {"op": "token_set", "token": token}), True))
+    return Reply(render_token(agent, await acl_endpoint.set_token(agent.submit, token), True))
 
 
 @router.put("/v1/acl/token/{id}/clone")
@@ -296,13 +289,13 @@ async def token_clone(req: web.Request, agent: Agent) -> Reply:
     token.pop("CreateIndex", None)
     token.pop("ModifyIndex", None)
     token["Hash"] = _hash(token)
-    return Reply(render_token(agent, await _submit(agent, {"op": "token_set", "token": token}), True))
+    return Reply(render_token(agent, await acl_endpoint.set_token(agent.submit, token), True))
 
 
 @router.delete("/v1/acl/token/{id}")
 async def token_delete(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
-    await _submit(agent, {"op": "token_delete", "id": req.match_info["id"]})
+    await acl_endpoint.delete(agent.submit, "token", req.match_info["id"])
     return Reply(True)
 
 
@@ -332,7 +325,7 @@ def _one(table: dict[str, dict[str, Any]], ident: str, what: str) -> dict[str, A
 async def policy_create(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
     policy = decode_policy(await read_json(req), str(uuid.uuid4()))
-    return Reply(await _submit(agent, {"op": "policy_set", "policy": policy}))
+    return Reply(await acl_endpoint.set_policy(agent.submit, policy))
 
 
 @router.get("/v1/acl/policy/name/{name}")
@@ -356,13 +349,13 @@ async def policy_update(req: web.Request, agent: Agent) -> Reply:
     pid = req.match_info["id"]
     _one(state.policies(agent.store), pid, "policy")
     policy = decode_policy(await read_json(req), pid)
-    return Reply(await _submit(agent, {"op": "policy_set", "policy": policy}))
+    return Reply(await acl_endpoint.set_policy(agent.submit, policy))
 
 
 @router.delete("/v1/acl/policy/{id}")
 async def policy_delete(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
-    await _submit(agent, {"op": "policy_delete", "id": req.match_info["id"]})
+    await acl_endpoint.delete(agent.submit, "policy", req.match_info["id"])
     return Reply(True)
 
 
@@ -378,7 +371,7 @@ async def policy_list(req: web.Request, agent: Agent) -> Reply:
 async def role_create(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
     role = decode_role(agent, await read_json(req), str(uuid.uuid4()))
-    return Reply(render_role(agent, await _submit(agent, {"op": "role_set", "role": role})))
+    return Reply(render_role(agent, await acl_endpoint.set_role(agent.submit, role)))
 
 
 @router.get("/v1/acl/role/name/{name}")
@@ -402,13 +395,13 @@ async def role_update(req: web.Request, agent: Agent) -> Reply:
     rid = req.match_info["id"]
     _one(state.roles(agent.store), rid, "role")
     role = decode_role(agent, await read_json(req), rid)
-    return Reply(render_role(agent, await _submit(agent, {"op": "role_set", "role": role})))
+    return Reply(render_role(agent, await acl_endpoint.set_role(agent.submit, role)))
 
 
 @router.delete("/v1/acl/role/{id}")
 async def role_delete(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
-    await _submit(agent, {"op": "role_delete", "id": req.match_info["id"]})
+    await acl_endpoint.delete(agent.submit, "role", req.match_info["id"])
     return Reply(True)
 
 
