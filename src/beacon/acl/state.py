@@ -121,8 +121,8 @@ class ACLCommands:
         }
 
     def _bump(self, idx: int) -> None:
-        self.store._bump_table(WATCH_KEY, idx)
-        self.store._touch(WATCH_KEY)
+        self.store.bump_table(WATCH_KEY, idx)
+        self.store.touch(WATCH_KEY)
 
     def bootstrap(self, idx: int, token: dict[str, Any]) -> dict[str, Any]:
         meta = table(self.store, META)

@@ -36,11 +36,11 @@ from beacon.agent.http import (
     ui,
 )
 from beacon.agent.http.core import AGENT_KEY
-from beacon.agent.http.decode import Fields
 from beacon.agent.local import LocalState
 from beacon.agent.servers import EtcdBootstrap
 from beacon.config import AgentConfig
-from beacon.errors import Failed, NotFound
+from beacon.endpoints.agent import LocalAgent
+from beacon.errors import Failed
 from beacon.model import (
     SERF_ALIVE_OUTPUT,
     SERF_CHECK_ID,
@@ -136,7 +136,9 @@ class Agent:
         self.local.fetch_remote = self._fetch_node_state  # type: ignore[assignment]
         from beacon.agent.checking import AgentChecks
 
-        self.checks = AgentChecks(self)
+        self.checks = AgentChecks(config, self.local, self.hub, self.store, self.docker_host,
+                                  lambda sid: self.services.deregister_service(sid))
+        self.services = LocalAgent(self.local, self.checks)  # the agent's own services and checks
         self.engine: Any = None
         self.registrator: Any = None
         self.forward_session: Any = None
@@ -357,9 +359,9 @@ class Agent:
             from beacon.agent.http.decode import decode_service
 
             svc, check_objs = decode_service(obj)
-            await self.register_service(svc, check_objs, source="config", sync=False)
+            await self.services.register_service(svc, check_objs, source="config", sync=False)
         for obj in self.config.checks:
-            await self.register_check(obj, source="config", sync=False)
+            await self.services.register_check(obj, source="config", sync=False)
 
     async def _start_engine(self) -> None:
         from beacon.runtime import Engine, EngineError
@@ -511,70 +513,6 @@ class Agent:
         with telemetry.timed_apply(command[0]):
             return await self.consensus.submit(command)
 
-    async def sync_now(self) -> None:
-        """Best-effort synchronous sync after an agent write (failures are retried by anti-entropy)."""
-        try:
-            await self.local.sync_changes()
-        except Exception as exc:
-            log.warning("sync after local change failed (anti-entropy will retry): %s", exc)
-
-    # ------------------------------------------------------------------ services and checks
-    async def register_service(self, svc: Service, check_objs: list[dict[str, Any]], source: str = "api",
-                               replace_existing_checks: bool = False, sync: bool = True) -> None:
-        built = []
-        for i, obj in enumerate(check_objs):
-            built.append(self.checks.build(obj, source, service=svc, position=i + 1, total=len(check_objs)))
-        existing = [cid for cid, c in self.local.live_checks().items() if c.service_id == svc.id]
-        self.local.add_service(svc, source=source)
-        new_ids = set()
-        for chk, definition in built:
-            self._add_check(chk, definition, source)
-            new_ids.add(chk.check_id)
-        if replace_existing_checks:
-            for cid in existing:
-                if cid not in new_ids:
-                    self.checks.stop_runner(cid)
-                    self.local.remove_check(cid)
-        if sync:
-            await self.sync_now()
-
-    async def deregister_service(self, service_id: str) -> None:
-        removed = self.local.remove_service(service_id)
-        for cid in removed:
-            self.checks.stop_runner(cid)
-        await self.sync_now()
-
-    async def register_check(self, obj: dict[str, Any], source: str = "api", sync: bool = True) -> None:
-        service = None
-        sid = Fields(obj).str("ServiceID")
-        if sid:
-            service = self.local.live_services().get(sid)
-            if service is None:
-                raise NotFound(f'ServiceID "{sid}" does not exist')
-        chk, definition = self.checks.build(obj, source, service=service)
-        self._add_check(chk, definition, source)
-        if sync:
-            await self.sync_now()
-
-    def _add_check(self, chk: HealthCheck, definition: dict[str, Any], source: str) -> None:
-        self.checks.stop_runner(chk.check_id)  # re-registration replaces the runner
-        self.local.add_check(chk, definition, source=source)
-        self.checks.restore_definition(chk, definition)
-        self.checks.start_runner(chk, definition)
-
-    async def deregister_check(self, check_id: str) -> None:
-        self.local.remove_check(check_id)
-        self.checks.stop_runner(check_id)
-        await self.sync_now()
-
-    async def ttl_update(self, check_id: str, status: str, output: str) -> None:
-        entry = self.local.checks.get(check_id)
-        if entry is None or entry.deleted:
-            raise KeyError(check_id)
-        stored = self.checks.ttl_update(check_id, status, output)
-        self.local.update_check(check_id, status, stored)
-        await self.sync_now()
-
     def docker_host(self) -> str | None:
         """Where docker-exec checks and the registrator talk the Docker Engine API."""
         engine = getattr(self, "engine", None)
@@ -677,19 +615,19 @@ class Agent:
         wanted = {svc.id for svc, _ in services}
         for sid, entry in list(self.local.services.items()):
             if entry.source == "config" and not entry.deleted and sid not in wanted:
-                await self.deregister_service(sid)
+                await self.services.deregister_service(sid)
         for svc, check_objs in services:
-            await self.register_service(svc, check_objs, source="config", replace_existing_checks=True,
+            await self.services.register_service(svc, check_objs, source="config", replace_existing_checks=True,
                                         sync=False)
         wanted_checks = set()
         for obj in new.checks:
             chk, definition = self.checks.build(obj, "config", service=None)
             wanted_checks.add(chk.check_id)
-            self._add_check(chk, definition, "config")
+            self.services.add_check(chk, definition, "config")
         for cid, entry in list(self.local.checks.items()):
             if entry.source == "config" and not entry.deleted and not entry.check.service_id \
                     and cid not in wanted_checks:
-                await self.deregister_check(cid)
+                await self.services.deregister_check(cid)
         cfg = self.config
         cfg.services, cfg.checks = new.services, new.checks
         if new.log_level != cfg.log_level:
@@ -706,6 +644,6 @@ class Agent:
             self._dns.reload(DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain,
                                                         datacenter=cfg.datacenter, node_name=cfg.node_name,
                                                         recursors=cfg.recursors))
-        await self.sync_now()
+        await self.services.sync_now()
         log.info("configuration reloaded: %d services and %d checks from config files",
                  len(services), len(new.checks))

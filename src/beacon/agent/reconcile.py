@@ -160,7 +160,7 @@ class Reconciler:
     def server_health(self) -> list[dict[str, Any]]:
         raft = self.agent.raft
         peers = set(raft.peers()) if raft is not None else set()
-        leader = self.cluster._leader_name()
+        leader = self.cluster.current_leader()
         now = time.monotonic()
         out = []
         for m in sorted(self.cluster.servers(alive_only=False), key=lambda m: m.name):

@@ -343,8 +343,8 @@ class ConfigCommands:
         return True
 
     def _bump(self, idx: int, kind: str, name: str) -> None:
-        self.store._bump_table(TABLE, idx)
-        self.store._touch(f"config:{kind}", f"config:{kind}/{name}")
+        self.store.bump_table(TABLE, idx)
+        self.store.touch(f"config:{kind}", f"config:{kind}/{name}")
 
 
 def install(store: StateStore) -> None:

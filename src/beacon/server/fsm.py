@@ -186,9 +186,9 @@ class StateStore:
             self.catalog_version += 1
         for key in changes:
             if key.startswith("svc:"):
-                self._refresh_service_tags(key[4:])
+                self.refresh_service_tags(key[4:])
 
-    def _refresh_service_tags(self, name_key: str) -> None:
+    def refresh_service_tags(self, name_key: str) -> None:
         for display in self._service_displays.pop(name_key, ()):
             self.service_tags.pop(display, None)
         out: dict[str, list[str]] = {}
@@ -202,20 +202,25 @@ class StateStore:
             self._service_displays[name_key] = list(out)
             self.service_tags.update(out)
 
-    def _touch(self, *keys: str) -> None:
+    def touch(self, *keys: str) -> None:
+        """Record watch keys this apply changed (command families call it while applying)."""
         self._changes.update(keys)
 
-    def _bump_table(self, name: str, idx: int) -> None:
+    def discard_changes(self) -> None:
+        """Forget this apply's watch keys (a rolled-back transaction changed nothing)."""
+        self._changes = set()
+
+    def bump_table(self, name: str, idx: int) -> None:
         self.tables[name] = idx
-        self._touch(name)
+        self.touch(name)
 
     def _bump_service(self, name: str, idx: int) -> None:
         self.service_index[_lower(name)] = idx
-        self._touch("svc:" + _lower(name))
+        self.touch("svc:" + _lower(name))
 
     def _bump_node(self, node: str, idx: int) -> None:
         self.node_index[_lower(node)] = idx
-        self._touch("node:" + _lower(node))
+        self.touch("node:" + _lower(node))
 
     def _bump_services_on_node(self, node_key: str, idx: int) -> None:
         for sid in self.services_by_node.get(node_key, ()):
@@ -237,7 +242,7 @@ class StateStore:
             address = c.address or ""
             if not address and existing is None:
                 raise Failed("Must provide address if SkipNodeUpdate is not set")
-            self._ensure_node(idx, Node(
+            self.ensure_node(idx, Node(
                 node=node_name,
                 address=address or (existing.address if existing else ""),
                 id=c.id or (existing.id if existing else ""),
@@ -252,13 +257,13 @@ class StateStore:
                 raise Failed("Must provide service name")
             service.id = service.id or service.service
             service.node = self.nodes[node_key].node
-            self._ensure_service(idx, node_key, service)
+            self.ensure_service(idx, node_key, service)
         for chk in c.checks or []:
             check = HealthCheck.from_dict({**chk, "node": self.nodes[node_key].node})
-            self._ensure_check(idx, node_key, check)
+            self.ensure_check(idx, node_key, check)
         return True
 
-    def _ensure_node(self, idx: int, node: Node) -> None:
+    def ensure_node(self, idx: int, node: Node) -> None:
         key = _lower(node.node)
         old = self.nodes.get(key)
         if old is not None:
@@ -269,14 +274,14 @@ class StateStore:
             node.create_index = idx
         node.modify_index = idx
         self.nodes[key] = node
-        self._bump_table("nodes", idx)
+        self.bump_table("nodes", idx)
         self._bump_node(node.node, idx)
         self._bump_services_on_node(key, idx)
         if old is not None and old.address != node.address:
             # Node address is part of every service answer on it.
-            self._bump_table("services", idx)
+            self.bump_table("services", idx)
 
-    def _ensure_service(self, idx: int, node_key: str, service: Service) -> None:
+    def ensure_service(self, idx: int, node_key: str, service: Service) -> None:
         key = (node_key, service.id)
         old = self.services.get(key)
         if old is not None:
@@ -292,7 +297,7 @@ class StateStore:
         self.services[key] = service
         self.services_by_node.setdefault(node_key, set()).add(service.id)
         self.services_by_name.setdefault(_lower(service.service), set()).add(key)
-        self._bump_table("services", idx)
+        self.bump_table("services", idx)
         self._bump_service(service.service, idx)
         self._bump_node(service.node, idx)
         # Checks carry the service's name and tags.
@@ -303,7 +308,7 @@ class StateStore:
                 chk.service_name = service.service
                 chk.service_tags = list(service.tags)
                 chk.modify_index = idx
-                self._bump_table("checks", idx)
+                self.bump_table("checks", idx)
 
     def _unindex_service_name(self, svc: Service) -> None:
         name_key = _lower(svc.service)
@@ -313,7 +318,7 @@ class StateStore:
             if not members:
                 del self.services_by_name[name_key]
 
-    def _ensure_check(self, idx: int, node_key: str, check: HealthCheck) -> None:
+    def ensure_check(self, idx: int, node_key: str, check: HealthCheck) -> None:
         if not check.check_id:
             check.check_id = check.name
         if not check.check_id:
@@ -340,7 +345,7 @@ class StateStore:
         check.modify_index = idx
         self.checks[key] = check
         self.checks_by_node.setdefault(node_key, set()).add(check.check_id)
-        self._bump_table("checks", idx)
+        self.bump_table("checks", idx)
         self._bump_node(check.node, idx)
         if check.service_id:
             self._bump_service(check.service_name, idx)
@@ -362,7 +367,7 @@ class StateStore:
         updated = HealthCheck.from_dict(old.to_dict())
         updated.status = c.status
         updated.output = old.output if c.output is None else c.output
-        self._ensure_check(idx, node_key, updated)
+        self.ensure_check(idx, node_key, updated)
         return True
 
     def _apply_deregister(self, idx: int, c: cmd.Deregister) -> bool:
@@ -371,14 +376,14 @@ class StateStore:
             raise Failed("Must provide node")
         node_key = _lower(node_name)
         if c.service_id:
-            self._delete_service(idx, node_key, c.service_id)
+            self.delete_service(idx, node_key, c.service_id)
         elif c.check_id:
-            self._delete_check(idx, node_key, c.check_id)
+            self.delete_check(idx, node_key, c.check_id)
         else:
-            self._delete_node(idx, node_key)
+            self.delete_node(idx, node_key)
         return True
 
-    def _delete_check(self, idx: int, node_key: str, check_id: str) -> None:
+    def delete_check(self, idx: int, node_key: str, check_id: str) -> None:
         chk = self.checks.pop((node_key, check_id), None)
         if chk is None:
             return
@@ -387,7 +392,7 @@ class StateStore:
             ids.discard(check_id)
             if not ids:
                 del self.checks_by_node[node_key]
-        self._bump_table("checks", idx)
+        self.bump_table("checks", idx)
         self._bump_node(chk.node, idx)
         if chk.service_id:
             self._bump_service(chk.service_name, idx)
@@ -402,13 +407,13 @@ class StateStore:
                 check_id in s.node_checks or any(c.get("ID") == check_id for c in s.service_checks))]:
             self.invalidate_session(idx, sess.id)
 
-    def _delete_service(self, idx: int, node_key: str, service_id: str) -> None:
+    def delete_service(self, idx: int, node_key: str, service_id: str) -> None:
         svc = self.services.get((node_key, service_id))
         if svc is None:
             return
         for cid in [c for c in self.checks_by_node.get(node_key, ())
                     if self.checks[(node_key, c)].service_id == service_id]:
-            self._delete_check(idx, node_key, cid)
+            self.delete_check(idx, node_key, cid)
         del self.services[(node_key, service_id)]
         ids = self.services_by_node.get(node_key)
         if ids is not None:
@@ -416,20 +421,20 @@ class StateStore:
             if not ids:
                 del self.services_by_node[node_key]
         self._unindex_service_name(svc)
-        self._bump_table("services", idx)
+        self.bump_table("services", idx)
         self._bump_service(svc.service, idx)
         self._bump_node(svc.node, idx)
 
-    def _delete_node(self, idx: int, node_key: str) -> None:
+    def delete_node(self, idx: int, node_key: str) -> None:
         node = self.nodes.get(node_key)
         if node is None:
             return
         for sid in list(self.services_by_node.get(node_key, ())):
-            self._delete_service(idx, node_key, sid)
+            self.delete_service(idx, node_key, sid)
         for cid in list(self.checks_by_node.get(node_key, ())):
-            self._delete_check(idx, node_key, cid)
+            self.delete_check(idx, node_key, cid)
         del self.nodes[node_key]
-        self._bump_table("nodes", idx)
+        self.bump_table("nodes", idx)
         self._bump_node(node.node, idx)
         for sess in [s for s in self.sessions.values() if _lower(s.node) == node_key]:
             self.invalidate_session(idx, sess.id)
@@ -448,7 +453,7 @@ class StateStore:
         return True
 
     def _kv_touch(self, key: str) -> None:
-        self._touch("kv:" + key)
+        self.touch("kv:" + key)
 
     def kv_set(self, idx: int, key: str, value: bytes | None, flags: int = 0,
                session: str | None = None, lock_index: int | None = None) -> KVEntry:
@@ -469,12 +474,12 @@ class StateStore:
         entry.modify_index = idx
         self.kv[key] = entry
         if (old.session if old is not None else "") != entry.session:
-            self._reindex_lock(key, old.session if old is not None else "", entry.session)
-        self._bump_table("kvs", idx)
+            self.reindex_lock(key, old.session if old is not None else "", entry.session)
+        self.bump_table("kvs", idx)
         self._kv_touch(key)
         return entry
 
-    def _reindex_lock(self, key: str, old_session: str, new_session: str) -> None:
+    def reindex_lock(self, key: str, old_session: str, new_session: str) -> None:
         if old_session:
             held = self.session_keys.get(old_session)
             if held is not None:
@@ -498,11 +503,11 @@ class StateStore:
         if old is None:
             return False
         if old.session:
-            self._reindex_lock(key, old.session, "")
+            self.reindex_lock(key, old.session, "")
         pos = bisect.bisect_left(self.kv_keys, key)
         del self.kv_keys[pos]
         self.tombstones[key] = idx
-        self._bump_table("kvs", idx)
+        self.bump_table("kvs", idx)
         self._kv_touch(key)
         return True
 
@@ -523,7 +528,7 @@ class StateStore:
         return self.kv_delete(idx, key)
 
     def kv_delete_tree(self, idx: int, prefix: str) -> None:
-        for key in self._keys_with_prefix(prefix):
+        for key in self.keys_with_prefix(prefix):
             self.kv_delete(idx, key)
 
     def kv_lock(self, idx: int, key: str, value: bytes | None, flags: int, session: str,
@@ -568,8 +573,8 @@ class StateStore:
         self.session_expires.pop(session_id, None)
         if sess is None:
             return
-        self._bump_table("sessions", idx)
-        self._touch("session:" + session_id)
+        self.bump_table("sessions", idx)
+        self.touch("session:" + session_id)
         delay = sess.lock_delay_ns / 1e9
         for key in sorted(self.session_keys.get(session_id, ())):
             if delay > 0:
@@ -581,7 +586,7 @@ class StateStore:
                 self.kv_set(idx, key, entry.value, entry.flags, session="")
 
     # ------------------------------------------------------------------ reads
-    def _keys_with_prefix(self, prefix: str) -> list[str]:
+    def keys_with_prefix(self, prefix: str) -> list[str]:
         keys = self.kv_keys
         lo = bisect.bisect_left(keys, prefix)
         if not prefix:
@@ -598,7 +603,7 @@ class StateStore:
 
     def kv_list(self, prefix: str) -> tuple[int, list[KVEntry]]:
         with self.lock:
-            entries = [self.kv[k] for k in self._keys_with_prefix(prefix)]
+            entries = [self.kv[k] for k in self.keys_with_prefix(prefix)]
             idx = max((e.modify_index for e in entries), default=0)
             if self.tombstones:
                 idx = max([idx] + [i for k, i in self.tombstones.items() if k.startswith(prefix)])
@@ -756,7 +761,7 @@ class StateStore:
         fresh.lock_delays = dict(snap.get("lock_delays", {}))
         fresh.session_expires = dict(snap.get("session_expires", {}))
         for name_key in fresh.services_by_name:
-            fresh._refresh_service_tags(name_key)
+            fresh.refresh_service_tags(name_key)
         fresh.extra = {name: dict(rows) for name, rows in snap.get("extra", {}).items()}
         with self.lock:
             self.generation += 1

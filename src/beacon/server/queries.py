@@ -135,8 +135,8 @@ class QueryCommands:
         return True
 
     def _bump(self, idx: int, qid: str) -> None:
-        self.store._bump_table(TABLE, idx)
-        self.store._touch("query:" + qid)
+        self.store.bump_table(TABLE, idx)
+        self.store.touch("query:" + qid)
 
 
 def live(store: StateStore) -> list[dict[str, Any]]:

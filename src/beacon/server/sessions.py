@@ -80,8 +80,8 @@ class SessionCommands:
         deadline = session_deadline(sess, now)
         if deadline is not None:
             store.session_expires[sess.id] = deadline
-        store._bump_table("sessions", idx)
-        store._touch("session:" + sess.id)
+        store.bump_table("sessions", idx)
+        store.touch("session:" + sess.id)
         return sess.id
 
     def renew(self, session_id: str, now: float) -> Session:
@@ -128,7 +128,7 @@ def apply_snapshot_restore(store: StateStore, idx: int, c: cmd.SnapshotRestore) 
         deadline = session_deadline(sess, now)
         if deadline is not None:
             store.session_expires[sess.id] = deadline
-    store._touch("*")
+    store.touch("*")
     return idx
 
 

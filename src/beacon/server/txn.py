@@ -77,7 +77,7 @@ class _KVJournal:
         s = self.store
         for key, (entry, tomb, delay) in self.saved.items():
             current = s.kv.get(key)
-            s._reindex_lock(key, current.session if current is not None else "",
+            s.reindex_lock(key, current.session if current is not None else "",
                             entry.session if entry is not _MISSING else "")
             pos = bisect.bisect_left(s.kv_keys, key)
             present = pos < len(s.kv_keys) and s.kv_keys[pos] == key
@@ -138,7 +138,7 @@ class TxnCommands:
         outcome = self.run(idx, ops, float(c.now), journal)
         if outcome.errors:
             journal.rollback()
-            store._changes = set()
+            store.discard_changes()
         return outcome
 
     def read(self, ops: list[dict[str, Any]]) -> TxnOutcome:
@@ -184,7 +184,7 @@ class TxnCommands:
         if verb not in KV_VERBS:
             raise OpError(f"unknown KV verb {verb!r}")
         if journal is not None and verb not in KV_READ_VERBS:
-            for k in (s._keys_with_prefix(key) if verb == "delete-tree" else [key]):
+            for k in (s.keys_with_prefix(key) if verb == "delete-tree" else [key]):
                 journal.save(k)
         entry = s.kv.get(key)
         if verb == "set":
@@ -212,7 +212,7 @@ class TxnCommands:
         if verb == "get-or-empty":
             return [] if entry is None else [("kv", entry)]
         if verb == "get-tree":
-            return [("kv", s.kv[k]) for k in s._keys_with_prefix(key)]
+            return [("kv", s.kv[k]) for k in s.keys_with_prefix(key)]
         if verb == "check-index":
             if entry is None:
                 raise OpError(f"key \"{key}\" doesn't exist")
@@ -269,11 +269,11 @@ class TxnCommands:
         def write() -> Node:
             if not node.address:
                 raise OpError(f"missing address for node \"{node.node}\"")
-            s._ensure_node(idx, node)
+            s.ensure_node(idx, node)
             return s.nodes[key]
 
         return self._catalog_verb("node", node.node, op["verb"], s.nodes.get(key), node.modify_index,
-                                  write, lambda: s._delete_node(idx, key))
+                                  write, lambda: s.delete_node(idx, key))
 
     def _service(self, idx: int, op: dict[str, Any]) -> list[tuple[str, Any]]:
         s = self.store
@@ -287,11 +287,11 @@ class TxnCommands:
             if not svc.service:
                 raise OpError("missing service name")
             svc.node = s.nodes[node_key].node
-            s._ensure_service(idx, node_key, svc)
+            s.ensure_service(idx, node_key, svc)
             return s.services[(node_key, svc.id)]
 
         return self._catalog_verb("service", svc.id, op["verb"], s.services.get((node_key, svc.id)),
-                                  svc.modify_index, write, lambda: s._delete_service(idx, node_key, svc.id))
+                                  svc.modify_index, write, lambda: s.delete_service(idx, node_key, svc.id))
 
     def _check(self, idx: int, op: dict[str, Any]) -> list[tuple[str, Any]]:
         s = self.store
@@ -302,8 +302,8 @@ class TxnCommands:
 
         def write() -> HealthCheck:
             chk.node = s.nodes[node_key].node
-            s._ensure_check(idx, node_key, chk)
+            s.ensure_check(idx, node_key, chk)
             return s.checks[(node_key, chk.check_id)]
 
         return self._catalog_verb("check", chk.check_id, op["verb"], s.checks.get((node_key, chk.check_id)),
-                                  chk.modify_index, write, lambda: s._delete_check(idx, node_key, chk.check_id))
+                                  chk.modify_index, write, lambda: s.delete_check(idx, node_key, chk.check_id))
