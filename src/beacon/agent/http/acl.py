@@ -9,8 +9,6 @@ needs ``acl:write``, as in Consul. The state and its commands live in :mod:`beac
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -48,18 +46,6 @@ def _need(req: web.Request, access: str) -> Identity:
         raise HTTPError(403, f"Permission denied: token with AccessorID '{ident.accessor}' lacks permission "
                              f"'acl:{access}'")
     return ident
-
-
-def _now_rfc3339(at: float | None = None) -> str:
-    return dt.datetime.fromtimestamp(at if at is not None else time.time(), dt.UTC).isoformat(
-        timespec="microseconds").replace("+00:00", "Z")
-
-
-def _hash(obj: dict[str, Any]) -> str:
-    import base64
-
-    body = {k: v for k, v in obj.items() if k not in ("CreateIndex", "ModifyIndex", "Hash", "SecretID")}
-    return base64.b64encode(hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()).decode()
 
 
 # ---------------------------------------------------------------------- rendering
@@ -145,7 +131,7 @@ def decode_token(agent: Agent, body: Any, old: dict[str, Any] | None) -> dict[st
     if ttl is not None and not MIN_EXPIRATION <= ttl <= MAX_EXPIRATION:
         raise HTTPError(400, "Token Expiration TTL must be between 1m0s and 24h0m0s")
     if ttl:
-        expires = _now_rfc3339(now + ttl)
+        expires = acl_endpoint.rfc3339(now + ttl)
     elif expires and old is None:
         from beacon.acl.resolver import parse_time
 
@@ -160,13 +146,12 @@ def decode_token(agent: Agent, body: Any, old: dict[str, Any] | None) -> dict[st
         "ServiceIdentities": _identities(f, "ServiceIdentities", "ServiceName"),
         "NodeIdentities": _identities(f, "NodeIdentities", "NodeName"),
         "Local": f.bool("Local", default=old["Local"] if old else False),
-        "CreateTime": old["CreateTime"] if old else _now_rfc3339(now),
+        "CreateTime": old["CreateTime"] if old else acl_endpoint.rfc3339(now),
     }
     if old is not None and old.get("ExpirationTime"):
         token["ExpirationTime"] = old["ExpirationTime"]  # Consul: expiration cannot change on update
     elif expires:
         token["ExpirationTime"] = expires
-    token["Hash"] = _hash(token)
     return token
 
 
@@ -201,7 +186,6 @@ def decode_policy(body: Any, pid: str) -> dict[str, Any]:
         raise HTTPError(400, str(exc)) from None
     policy = {"ID": pid, "Name": name, "Description": f.str("Description"), "Rules": rules,
               "Datacenters": f.str_list("Datacenters") or None}
-    policy["Hash"] = _hash(policy)
     return policy
 
 
@@ -214,7 +198,6 @@ def decode_role(agent: Agent, body: Any, rid: str) -> dict[str, Any]:
             "Policies": _links(agent, f, "Policies", "policy"),
             "ServiceIdentities": _identities(f, "ServiceIdentities", "ServiceName"),
             "NodeIdentities": _identities(f, "NodeIdentities", "NodeName")}
-    role["Hash"] = _hash(role)
     return role
 
 
@@ -222,13 +205,7 @@ def decode_role(agent: Agent, body: Any, rid: str) -> dict[str, Any]:
 @router.put("/v1/acl/bootstrap")
 async def bootstrap(req: web.Request, agent: Agent) -> Reply:
     body = await read_json(req, required=False)
-    secret = Fields(body or {}).str("BootstrapSecret") or str(uuid.uuid4())
-    token = {"AccessorID": str(uuid.uuid4()), "SecretID": secret,
-             "Description": "Bootstrap Token (Global Management)",
-             "Policies": [{"ID": state.MANAGEMENT_POLICY_ID, "Name": "global-management"}],
-             "Local": False, "CreateTime": _now_rfc3339()}
-    token["Hash"] = _hash(token)
-    stored = await acl_endpoint.bootstrap(agent.submit, token)
+    stored = await acl_endpoint.bootstrap(agent.submit, Fields(body or {}).str("BootstrapSecret"))
     return Reply(render_token(agent, stored, True))
 
 
@@ -284,12 +261,8 @@ async def token_clone(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
     old = _token(agent, req.match_info["id"])
     body = Fields(await read_json(req, required=False) or {})
-    token = dict(old, AccessorID=str(uuid.uuid4()), SecretID=str(uuid.uuid4()), CreateTime=_now_rfc3339(),
-                 Description=body.str("Description") or old.get("Description", ""))
-    token.pop("CreateIndex", None)
-    token.pop("ModifyIndex", None)
-    token["Hash"] = _hash(token)
-    return Reply(render_token(agent, await acl_endpoint.set_token(agent.submit, token), True))
+    return Reply(render_token(agent, await acl_endpoint.clone_token(agent.submit, old, body.str("Description")),
+                              True))
 
 
 @router.delete("/v1/acl/token/{id}")
