@@ -40,8 +40,9 @@ class Node:
     datacenter: str = ""
     tagged_addresses: dict[str, str] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
-    create_index: int = 0
-    modify_index: int = 0
+    # Indexes say when, not what: equality (the state machine's no-op test) ignores them.
+    create_index: int = field(default=0, compare=False)
+    modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -49,10 +50,6 @@ class Node:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Node:
         return _from_dict(cls, data)
-
-    def same_content(self, other: Node) -> bool:
-        return (self.node, self.address, self.id, self.datacenter, self.tagged_addresses, self.meta) == (
-            other.node, other.address, other.id, other.datacenter, other.tagged_addresses, other.meta)
 
 
 @dataclass(slots=True)
@@ -70,8 +67,9 @@ class Service:
     enable_tag_override: bool = False
     kind: str = ""
     node: str = ""
-    create_index: int = 0
-    modify_index: int = 0
+    # Indexes say when, not what: equality (the state machine's no-op test) ignores them.
+    create_index: int = field(default=0, compare=False)
+    modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,10 +77,6 @@ class Service:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Service:
         return _from_dict(cls, data)
-
-    def content(self) -> tuple[Any, ...]:
-        return (self.id, self.service, self.tags, self.address, self.port, self.meta,
-                self.tagged_addresses, self.weights, self.enable_tag_override, self.kind, self.node)
 
 
 @dataclass(slots=True)
@@ -101,8 +95,9 @@ class HealthCheck:
     timeout: str = ""
     exposed_port: int = 0
     definition: dict[str, Any] = field(default_factory=dict)
-    create_index: int = 0
-    modify_index: int = 0
+    # Indexes say when, not what: equality (the state machine's no-op test) ignores them.
+    create_index: int = field(default=0, compare=False)
+    modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,11 +105,6 @@ class HealthCheck:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HealthCheck:
         return _from_dict(cls, data)
-
-    def content(self) -> tuple[Any, ...]:
-        return (self.node, self.check_id, self.name, self.status, self.notes, self.output,
-                self.service_id, self.service_name, self.service_tags, self.type, self.interval,
-                self.timeout, self.exposed_port, self.definition)
 
 
 @dataclass(slots=True)
@@ -124,8 +114,9 @@ class KVEntry:
     flags: int = 0
     session: str = ""
     lock_index: int = 0
-    create_index: int = 0
-    modify_index: int = 0
+    # Indexes say when, not what: equality (the state machine's no-op test) ignores them.
+    create_index: int = field(default=0, compare=False)
+    modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -150,8 +141,9 @@ class Session:
     ttl: str = ""
     node_checks: list[str] = field(default_factory=lambda: [SERF_CHECK_ID])
     service_checks: list[dict[str, str]] = field(default_factory=list)
-    create_index: int = 0
-    modify_index: int = 0
+    # Indexes say when, not what: equality (the state machine's no-op test) ignores them.
+    create_index: int = field(default=0, compare=False)
+    modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -166,18 +166,18 @@ class _StateCollector(Collector):
     writes, nothing added to the request path)."""
 
     def __init__(self) -> None:
-        self._store: weakref.ReferenceType[Any] | None = None
-        self._hub: weakref.ReferenceType[Any] | None = None
+        self.store: weakref.ReferenceType[Any] | None = None
+        self.hub: weakref.ReferenceType[Any] | None = None
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        hub = self._hub() if self._hub is not None else None
+        hub = self.hub() if self.hub is not None else None
         if hub is not None:
             yield GaugeMetricFamily("beacon_http_blocking_queries",
                                     "Blocking queries currently waiting for a change.", value=hub.waiting)
-        store = self._store() if self._store is not None else None
+        store = self.store() if self.store is not None else None
         if store is None:
             return
         with store.lock:
@@ -212,9 +212,9 @@ REGISTRY.register(_state)
 
 def bind_store(store: Any) -> None:
     """Point the catalog-size gauges at this process's state store."""
-    _state._store = weakref.ref(store)
+    _state.store = weakref.ref(store)
 
 
 def bind_hub(hub: Any) -> None:
     """Point the blocking-queries gauge at the watch hub (its ``waiting`` count)."""
-    _state._hub = weakref.ref(hub)
+    _state.hub = weakref.ref(hub)

@@ -130,7 +130,7 @@ def test_bootstrap_once_and_builtins_are_protected() -> None:
     _apply(store, {"op": "bootstrap", "token": {"AccessorID": "a", "SecretID": "s",
                                                 "Policies": [{"ID": state.MANAGEMENT_POLICY_ID}]}})
     second = store.apply((MessageType.ACL, {"op": "bootstrap", "token": {"AccessorID": "b", "SecretID": "t"}}))
-    assert second.error is not None and second.error.status == 403
+    assert second.error is not None and second.error.kind == "permission_denied"
     assert "ACL bootstrap no longer allowed" in second.error.message
     for payload in ({"op": "token_delete", "id": state.ANONYMOUS_ACCESSOR},
                     {"op": "policy_delete", "id": state.MANAGEMENT_POLICY_ID},

@@ -7,7 +7,8 @@ import asyncio
 
 from beacon.model import Session
 from beacon.server import sessions
-from beacon.server.fsm import ApplyResult, Command, MessageType, StateStore
+from beacon.server.commands import Record, SessionExpire, encode
+from beacon.server.fsm import ApplyResult, MessageType, StateStore
 from beacon.server.leader import SessionReaper
 
 
@@ -24,9 +25,9 @@ def make(now: float = 1000.0):
     sessions.install(store)
     store.apply((MessageType.REGISTER, {"node": "n1", "address": "10.0.0.1",
                                         "checks": [{"check_id": "serfHealth", "status": "passing"}]}))
-    proposed: list[Command] = []
+    proposed: list[Record] = []
 
-    async def submit(cmd: Command) -> ApplyResult:
+    async def submit(cmd: Record) -> ApplyResult:
         proposed.append(cmd)
         return store.apply(cmd)
 
@@ -52,7 +53,8 @@ async def test_leader_expires_a_lapsed_session_with_its_own_time() -> None:
     clock.now = 1020.0
     await asyncio.wait_for(reaper.tick(), 5)
     assert "s" not in store.sessions
-    assert proposed[-1] == (MessageType.SESSION, {"op": "expire", "ids": ["s"], "now": 1020.0})
+    assert proposed[-1] == SessionExpire(ids=["s"], now=1020.0)
+    assert encode(proposed[-1]) == (MessageType.SESSION, {"op": "expire", "ids": ["s"], "now": 1020.0})
 
 
 async def test_follower_never_expires_and_new_leader_grants_a_fresh_ttl() -> None:

@@ -147,7 +147,7 @@ def test_renew_wakes_nobody_and_unknown_renew_is_404(store: StateStore, rec: Rec
     store.apply((MessageType.SESSION, {"op": "renew", "id": "t", "now": 1001.0}))
     assert len(rec.calls) == n
     err = store.apply((MessageType.SESSION, {"op": "renew", "id": "zz", "now": 1.0})).error
-    assert err.status == 404
+    assert err.kind == "not_found"
 
 
 def test_sessions_survive_snapshot_and_restore(store: StateStore) -> None:

@@ -7,10 +7,11 @@ import uuid
 
 import pytest
 
+from beacon.errors import BeaconError as CommandError
 from beacon.server import config_entries as ce
 from beacon.server import queries, sessions
 from beacon.server.discovery_chain import ChainError, compile_chain
-from beacon.server.fsm import CommandError, MessageType, StateStore
+from beacon.server.fsm import MessageType, StateStore
 
 
 def _store() -> StateStore:

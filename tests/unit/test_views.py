@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from beacon.agent.http.encode import kv_json, node_json
 from beacon.agent.http.views import Views, health_entry, ui_node_summary, ui_service_summaries
+from beacon.server.commands import Txn
 from beacon.server.fsm import MessageType, StateStore
 from beacon.server.txn import TxnCommands
 
@@ -117,7 +118,7 @@ def check_all(store: StateStore, views: Views) -> None:
 @given(st.lists(command, min_size=1, max_size=40))
 def test_every_cached_view_matches_a_fresh_computation(commands: list[tuple[Any, dict[str, Any]]]) -> None:
     store = StateStore()
-    store.register_handler(MessageType.TXN, TxnCommands(store).apply)
+    store.register_handlers({Txn: TxnCommands(store).apply})
     views = Views(store, "dc1")
     check_all(store, views)
     for cmd in commands:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from beacon.server.fsm import CommandError, MessageType, StateStore
+from beacon.errors import Invalid, PermissionDenied
+from beacon.server import commands as cmd
+from beacon.server.fsm import StateStore
 
 TOKENS, POLICIES, ROLES, META = "acl_tokens", "acl_policies", "acl_roles", "acl_meta"
 WATCH_KEY = "acl"
@@ -106,31 +108,26 @@ class ACLCommands:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def apply(self, idx: int, p: dict[str, Any]) -> Any:
-        op = p.get("op")
-        if op == "bootstrap":
-            return self.bootstrap(idx, dict(p["token"]))
-        if op == "initial_management":
-            return self.initial_management(idx, dict(p["token"]))
-        if op == "token_set":
-            return self.token_set(idx, dict(p["token"]))
-        if op == "policy_set":
-            return self.policy_set(idx, dict(p["policy"]))
-        if op == "role_set":
-            return self.role_set(idx, dict(p["role"]))
-        if op in ("token_delete", "policy_delete", "role_delete"):
-            return self.delete(idx, op.split("_")[0], p["id"])
-        raise CommandError(f"Invalid ACL operation \"{op}\"", 400)
+    def handlers(self) -> dict[type[Any], Any]:
+        return {
+            cmd.ACLBootstrap: lambda idx, c: self.bootstrap(idx, dict(c.token)),
+            cmd.ACLInitialManagement: lambda idx, c: self.initial_management(idx, dict(c.token)),
+            cmd.ACLTokenSet: lambda idx, c: self.token_set(idx, dict(c.token)),
+            cmd.ACLPolicySet: lambda idx, c: self.policy_set(idx, dict(c.policy)),
+            cmd.ACLRoleSet: lambda idx, c: self.role_set(idx, dict(c.role)),
+            cmd.ACLTokenDelete: lambda idx, c: self.delete(idx, "token", c.id),
+            cmd.ACLPolicyDelete: lambda idx, c: self.delete(idx, "policy", c.id),
+            cmd.ACLRoleDelete: lambda idx, c: self.delete(idx, "role", c.id),
+        }
 
     def _bump(self, idx: int) -> None:
-        self.store._bump_table(WATCH_KEY, idx)
-        self.store._touch(WATCH_KEY)
+        self.store.bump_table(WATCH_KEY, idx)
+        self.store.touch(WATCH_KEY)
 
     def bootstrap(self, idx: int, token: dict[str, Any]) -> dict[str, Any]:
         meta = table(self.store, META)
         if "bootstrap" in meta:
-            raise CommandError(f"Permission denied: ACL bootstrap no longer allowed (reset index: {meta['bootstrap']})",
-                               403)
+            raise PermissionDenied(f"Permission denied: ACL bootstrap no longer allowed (reset index: {meta['bootstrap']})")
         meta["bootstrap"] = idx
         return self.token_set(idx, token)
 
@@ -147,10 +144,10 @@ class ACLCommands:
         accessor = token["AccessorID"]
         for other in rows.values():
             if other["AccessorID"] != accessor and other["SecretID"] == token["SecretID"]:
-                raise CommandError("Invalid Token: SecretID is already in use", 400)
+                raise Invalid("Invalid Token: SecretID is already in use")
         old = rows.get(accessor)
         if old is not None and old["SecretID"] != token["SecretID"]:
-            raise CommandError("Cannot change a token's SecretID", 400)
+            raise Invalid("Cannot change a token's SecretID")
         token["CreateIndex"] = old["CreateIndex"] if old else idx
         token["ModifyIndex"] = idx
         rows[accessor] = token
@@ -159,11 +156,11 @@ class ACLCommands:
 
     def policy_set(self, idx: int, policy: dict[str, Any]) -> dict[str, Any]:
         if policy["ID"] == MANAGEMENT_POLICY_ID:
-            raise CommandError("Changing the builtin global-management policy is not permitted", 400)
+            raise Invalid("Changing the builtin global-management policy is not permitted")
         rows = table(self.store, POLICIES)
         for other in [builtin_policy(), *rows.values()]:
             if other["ID"] != policy["ID"] and other["Name"] == policy["Name"]:
-                raise CommandError(f"Invalid Policy: A Policy with Name \"{policy['Name']}\" already exists", 400)
+                raise Invalid(f"Invalid Policy: A Policy with Name \"{policy['Name']}\" already exists")
         old = rows.get(policy["ID"])
         policy["CreateIndex"] = old["CreateIndex"] if old else idx
         policy["ModifyIndex"] = idx
@@ -175,7 +172,7 @@ class ACLCommands:
         rows = table(self.store, ROLES)
         for other in rows.values():
             if other["ID"] != role["ID"] and other["Name"] == role["Name"]:
-                raise CommandError(f"Invalid Role: A Role with Name \"{role['Name']}\" already exists", 400)
+                raise Invalid(f"Invalid Role: A Role with Name \"{role['Name']}\" already exists")
         old = rows.get(role["ID"])
         role["CreateIndex"] = old["CreateIndex"] if old else idx
         role["ModifyIndex"] = idx
@@ -185,9 +182,9 @@ class ACLCommands:
 
     def delete(self, idx: int, kind: str, ident: str) -> bool:
         if kind == "token" and ident == ANONYMOUS_ACCESSOR:
-            raise CommandError("Delete operation not permitted on the anonymous token", 400)
+            raise Invalid("Delete operation not permitted on the anonymous token")
         if kind == "policy" and ident == MANAGEMENT_POLICY_ID:
-            raise CommandError("Delete operation not permitted on the builtin global-management policy", 400)
+            raise Invalid("Delete operation not permitted on the builtin global-management policy")
         rows = table(self.store, {"token": TOKENS, "policy": POLICIES, "role": ROLES}[kind])
         if rows.pop(ident, None) is not None:
             self._bump(idx)
@@ -195,4 +192,4 @@ class ACLCommands:
 
 
 def install(store: StateStore) -> None:
-    store.register_handler(MessageType.ACL, ACLCommands(store).apply)
+    store.register_handlers(ACLCommands(store).handlers())

@@ -35,11 +35,12 @@ from beacon.agent.http import (
     txn,
     ui,
 )
-from beacon.agent.http.core import AGENT_KEY, HTTPError
-from beacon.agent.http.decode import Fields
+from beacon.agent.http.core import AGENT_KEY
 from beacon.agent.local import LocalState
 from beacon.agent.servers import EtcdBootstrap
 from beacon.config import AgentConfig
+from beacon.endpoints.agent import LocalAgent
+from beacon.errors import Failed
 from beacon.model import (
     SERF_ALIVE_OUTPUT,
     SERF_CHECK_ID,
@@ -47,9 +48,11 @@ from beacon.model import (
     HealthCheck,
     Service,
 )
+from beacon.server import commands as cmd
 from beacon.server import sessions
+from beacon.server.commands import Record
 from beacon.server.consensus import Consensus, NoLeaderError, SingleServer
-from beacon.server.fsm import ApplyResult, Command, MessageType, StateStore
+from beacon.server.fsm import ApplyResult, Command, StateStore
 from beacon.server.leader import SessionReaper
 from beacon.server.watch import WatchHub
 
@@ -133,7 +136,9 @@ class Agent:
         self.local.fetch_remote = self._fetch_node_state  # type: ignore[assignment]
         from beacon.agent.checking import AgentChecks
 
-        self.checks = AgentChecks(self)
+        self.checks = AgentChecks(config, self.local, self.hub, self.store, self.docker_host,
+                                  lambda sid: self.services.deregister_service(sid))
+        self.services = LocalAgent(self.local, self.checks)  # the agent's own services and checks
         self.engine: Any = None
         self.registrator: Any = None
         self.forward_session: Any = None
@@ -335,7 +340,7 @@ class Agent:
         }
         if cfg.server:
             payload["service"] = Service(id="consul", service="consul", port=cfg.server_port).to_dict()
-        await self.submit((MessageType.REGISTER, payload))
+        await self.submit(cmd.Register(**payload))
         self.local.node_in_sync = True
 
     async def _restore_local(self) -> None:
@@ -354,9 +359,9 @@ class Agent:
             from beacon.agent.http.decode import decode_service
 
             svc, check_objs = decode_service(obj)
-            await self.register_service(svc, check_objs, source="config", sync=False)
+            await self.services.register_service(svc, check_objs, source="config", sync=False)
         for obj in self.config.checks:
-            await self.register_check(obj, source="config", sync=False)
+            await self.services.register_check(obj, source="config", sync=False)
 
     async def _start_engine(self) -> None:
         from beacon.runtime import Engine, EngineError
@@ -501,73 +506,12 @@ class Agent:
         self.dns_port = udp_port
 
     # ------------------------------------------------------------------ writes
-    async def submit(self, command: Command) -> ApplyResult:
+    async def submit(self, command: Record | Command) -> ApplyResult:
+        """Propose a command record (or one already in its log form, as the server RPC forwards it)."""
+        if isinstance(command, Record):
+            command = cmd.encode(command)
         with telemetry.timed_apply(command[0]):
             return await self.consensus.submit(command)
-
-    async def sync_now(self) -> None:
-        """Best-effort synchronous sync after an agent write (failures are retried by anti-entropy)."""
-        try:
-            await self.local.sync_changes()
-        except Exception as exc:
-            log.warning("sync after local change failed (anti-entropy will retry): %s", exc)
-
-    # ------------------------------------------------------------------ services and checks
-    async def register_service(self, svc: Service, check_objs: list[dict[str, Any]], source: str = "api",
-                               replace_existing_checks: bool = False, sync: bool = True) -> None:
-        built = []
-        for i, obj in enumerate(check_objs):
-            built.append(self.checks.build(obj, source, service=svc, position=i + 1, total=len(check_objs)))
-        existing = [cid for cid, c in self.local.live_checks().items() if c.service_id == svc.id]
-        self.local.add_service(svc, source=source)
-        new_ids = set()
-        for chk, definition in built:
-            self._add_check(chk, definition, source)
-            new_ids.add(chk.check_id)
-        if replace_existing_checks:
-            for cid in existing:
-                if cid not in new_ids:
-                    self.checks.stop_runner(cid)
-                    self.local.remove_check(cid)
-        if sync:
-            await self.sync_now()
-
-    async def deregister_service(self, service_id: str) -> None:
-        removed = self.local.remove_service(service_id)
-        for cid in removed:
-            self.checks.stop_runner(cid)
-        await self.sync_now()
-
-    async def register_check(self, obj: dict[str, Any], source: str = "api", sync: bool = True) -> None:
-        service = None
-        sid = Fields(obj).str("ServiceID")
-        if sid:
-            service = self.local.live_services().get(sid)
-            if service is None:
-                raise HTTPError(404, f'ServiceID "{sid}" does not exist')
-        chk, definition = self.checks.build(obj, source, service=service)
-        self._add_check(chk, definition, source)
-        if sync:
-            await self.sync_now()
-
-    def _add_check(self, chk: HealthCheck, definition: dict[str, Any], source: str) -> None:
-        self.checks.stop_runner(chk.check_id)  # re-registration replaces the runner
-        self.local.add_check(chk, definition, source=source)
-        self.checks.restore_definition(chk, definition)
-        self.checks.start_runner(chk, definition)
-
-    async def deregister_check(self, check_id: str) -> None:
-        self.local.remove_check(check_id)
-        self.checks.stop_runner(check_id)
-        await self.sync_now()
-
-    async def ttl_update(self, check_id: str, status: str, output: str) -> None:
-        entry = self.local.checks.get(check_id)
-        if entry is None or entry.deleted:
-            raise KeyError(check_id)
-        stored = self.checks.ttl_update(check_id, status, output)
-        self.local.update_check(check_id, status, stored)
-        await self.sync_now()
 
     def docker_host(self) -> str | None:
         """Where docker-exec checks and the registrator talk the Docker Engine API."""
@@ -617,11 +561,11 @@ class Agent:
         pool = self.cluster.wan if wan else self.cluster.lan
         if pool is None:
             why = "only servers join the WAN pool" if wan else (self.cluster.gossip_error or "gossip is not running")
-            raise HTTPError(500, f"Failed to join {address}: {why}")
+            raise Failed(f"Failed to join {address}: {why}")
         try:
             await pool.join([address])
         except SerfError as exc:
-            raise HTTPError(500, f"Failed to join {address}: {exc}") from None
+            raise Failed(f"Failed to join {address}: {exc}") from None
         await self.cluster.refresh()
 
     def request_leave(self) -> None:
@@ -639,7 +583,7 @@ class Agent:
 
         lan = self.cluster.lan if self.cluster is not None else None
         if lan is None:
-            raise HTTPError(500, f"agent: No node found with name '{node}'")
+            raise Failed(f"agent: No node found with name '{node}'")
         known = node in self.cluster.members
         wan = self.cluster.wan
         try:
@@ -649,9 +593,9 @@ class Agent:
                 known = known or any(m["Name"] == wan_name for m in await wan.consul_members())
                 await wan.force_leave(wan_name, prune)
         except SerfError as exc:
-            raise HTTPError(500, str(exc)) from None
+            raise Failed(str(exc)) from None
         if not known:
-            raise HTTPError(500, f"agent: No node found with name '{node}'")
+            raise Failed(f"agent: No node found with name '{node}'")
         await self.cluster.refresh()
 
     async def reload(self) -> None:
@@ -659,31 +603,31 @@ class Agent:
         added, updated or removed to match; log level, DNS settings and check_update_interval change.
         API-registered services are untouched. Ports, addresses, node name and mode need a restart."""
         if self.config_loader is None:
-            raise HTTPError(500, "this agent was not started from flags and config files; nothing to reload")
+            raise Failed("this agent was not started from flags and config files; nothing to reload")
         from beacon.agent.http.decode import decode_service
         from beacon.config import ConfigError
 
         try:
             new = self.config_loader()
         except ConfigError as exc:
-            raise HTTPError(500, f"Failed reloading: {exc}") from None
+            raise Failed(f"Failed reloading: {exc}") from None
         services = [decode_service(obj) for obj in new.services]
         wanted = {svc.id for svc, _ in services}
         for sid, entry in list(self.local.services.items()):
             if entry.source == "config" and not entry.deleted and sid not in wanted:
-                await self.deregister_service(sid)
+                await self.services.deregister_service(sid)
         for svc, check_objs in services:
-            await self.register_service(svc, check_objs, source="config", replace_existing_checks=True,
+            await self.services.register_service(svc, check_objs, source="config", replace_existing_checks=True,
                                         sync=False)
         wanted_checks = set()
         for obj in new.checks:
             chk, definition = self.checks.build(obj, "config", service=None)
             wanted_checks.add(chk.check_id)
-            self._add_check(chk, definition, "config")
+            self.services.add_check(chk, definition, "config")
         for cid, entry in list(self.local.checks.items()):
             if entry.source == "config" and not entry.deleted and not entry.check.service_id \
                     and cid not in wanted_checks:
-                await self.deregister_check(cid)
+                await self.services.deregister_check(cid)
         cfg = self.config
         cfg.services, cfg.checks = new.services, new.checks
         if new.log_level != cfg.log_level:
@@ -700,6 +644,6 @@ class Agent:
             self._dns.reload(DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain,
                                                         datacenter=cfg.datacenter, node_name=cfg.node_name,
                                                         recursors=cfg.recursors))
-        await self.sync_now()
+        await self.services.sync_now()
         log.info("configuration reloaded: %d services and %d checks from config files",
                  len(services), len(new.checks))

@@ -13,11 +13,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from beacon import telemetry
-from beacon.agent.http.core import HTTPError
 from beacon.checks import (
     CheckDefinition,
     CheckDefinitionError,
@@ -26,11 +25,15 @@ from beacon.checks import (
     UnknownCheckError,
     service_check_id,
 )
+from beacon.errors import Failed, Invalid
 from beacon.model import HealthCheck, Service
 from beacon.server.durable import atomic_write
 
 if TYPE_CHECKING:
-    from beacon.agent.agent import Agent
+    from beacon.agent.local import LocalState
+    from beacon.config import AgentConfig
+    from beacon.server.fsm import StateStore
+    from beacon.server.watch import WatchHub
 
 log = logging.getLogger("beacon.agent.checks")
 
@@ -43,24 +46,31 @@ SCRIPTS_DISABLED_LOCAL = ("Scripts are disabled on this agent; to enable, config
 class AgentChecks:
     """Owns the check scheduler and everything the agent does around it."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, config: AgentConfig, local: LocalState, hub: WatchHub, store: StateStore,
+                 docker_host: Callable[[], str | None],
+                 deregister_service: Callable[[str], Awaitable[None]]) -> None:
+        self.config = config
+        self.local = local
+        self.hub = hub
+        self.store = store
+        self.docker_host = docker_host  # asked at start: the embedded engine may start after us
+        self.deregister_service = deregister_service  # the reaper's way out for a critical service
         self.defs: dict[str, CheckDefinition] = {}
         self.critical_since: dict[str, float] = {}
         self.scheduler: CheckScheduler | None = None
         self._alias_wakers: dict[int, tuple[str | None, str | None, Callable[[], None]]] = {}
         self._reaper: asyncio.Task[None] | None = None
-        cfg = agent.config
+        cfg = config
         self.reap_interval = cfg.check_reap_interval
         self.dcsa_min = cfg.deregister_critical_service_after_min
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        docker_host = self.agent.docker_host()
+        docker_host = self.docker_host()
         self.scheduler = CheckScheduler(self, docker_host=docker_host, alias_source=self,
-                                        max_output_size=self.agent.config.check_output_max_size)
-        self.agent.local.on_change.append(self._wake_aliases)
-        self.agent.hub.listeners.append(lambda index, keys: self._wake_aliases())
+                                        max_output_size=self.config.check_output_max_size)
+        self.local.on_change.append(self._wake_aliases)
+        self.hub.listeners.append(lambda index, keys: self._wake_aliases())
 
     def start_reaper(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_loop(), name="critical-reaper")
@@ -87,17 +97,17 @@ class AgentChecks:
             defn.validate()
         except CheckDefinitionError as exc:
             msg = str(exc)
-            raise HTTPError(400, msg if msg.startswith("Status for checks") else f"Invalid check: {msg}") from None
+            raise Invalid(msg if msg.startswith("Status for checks") else f"Invalid check: {msg}") from None
         if defn.is_script:
-            cfg = self.agent.config
+            cfg = self.config
             if source == "api" and not cfg.enable_script_checks:
-                raise HTTPError(500, SCRIPTS_DISABLED)
+                raise Failed(SCRIPTS_DISABLED)
             if source != "api" and not (cfg.enable_script_checks or cfg.enable_local_script_checks):
-                raise HTTPError(500, SCRIPTS_DISABLED_LOCAL)
+                raise Failed(SCRIPTS_DISABLED_LOCAL)
         defn = defn.normalized()
         if not defn.name and service is not None:
             defn.name = f"Service '{service.service}' check"
-        chk = defn.to_health_check(self.agent.config.node_name,
+        chk = defn.to_health_check(self.config.node_name,
                                    service_name=service.service if service else "",
                                    service_tags=list(service.tags) if service else [])
         chk.definition = defn.definition_json()
@@ -156,11 +166,11 @@ class AgentChecks:
             self.critical_since.setdefault(check_id, time.monotonic())
         else:
             self.critical_since.pop(check_id, None)
-        self.agent.local.update_check(check_id, status, output)
+        self.local.update_check(check_id, status, output)
 
     # ------------------------------------------------------------------ TTL state across restarts
     def _ttl_path(self, check_id: str) -> str | None:
-        data_dir = self.agent.config.data_dir
+        data_dir = self.config.data_dir
         if not data_dir:
             return None
         return os.path.join(data_dir, "checks", "state", hashlib.sha256(check_id.encode()).hexdigest()[:32] + ".json")
@@ -212,7 +222,7 @@ class AgentChecks:
         """Deregister services whose check has been critical longer than its
         DeregisterCriticalServiceAfter (at least the configured minimum, 1m by default)."""
         now = time.monotonic()
-        live = self.agent.local.live_checks()
+        live = self.local.live_checks()
         doomed: set[str] = set()
         for cid, since in list(self.critical_since.items()):
             defn = self.defs.get(cid)
@@ -223,21 +233,21 @@ class AgentChecks:
             if chk.status == "critical" and now - since > timeout:
                 doomed.add(chk.service_id)
         for sid in doomed:
-            if sid in self.agent.local.live_services():
+            if sid in self.local.live_services():
                 log.info("deregistering service %s: critical longer than DeregisterCriticalServiceAfter", sid)
-                await self.agent.deregister_service(sid)
+                await self.deregister_service(sid)
 
     # ------------------------------------------------------------------ AliasSource
     def alias_checks(self, node: str | None, service_id: str | None) -> Sequence[HealthCheck] | None:
-        me = self.agent.config.node_name
+        me = self.config.node_name
         if node is None or node.lower() == me.lower():
-            local = self.agent.local
+            local = self.local
             if service_id is not None and service_id not in local.live_services():
                 return None
             if service_id:
                 return [c for c in local.live_checks().values() if c.service_id in (service_id, "")]
             return [c for c in local.live_checks().values() if not c.service_id]
-        store = self.agent.store
+        store = self.store
         if store.get_node(node) is None:
             return None
         _, checks = store.node_checks(node)

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from beacon.errors import from_wire
 from beacon.gossip import Member as GossipMember
 from beacon.gossip import MemberEvent, Membership, SerfError, SerfNotFound, UserEvent
 from beacon.gossip.pools import Gossip, GossipSettings
 from beacon.gossip.supervisor import SerfStartError
-from beacon.server.fsm import ApplyResult, CommandError
+from beacon.server.fsm import ApplyResult
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -348,7 +349,7 @@ class Cluster:
         return web.Response(body=self.codec.encode(result), content_type="application/octet-stream")
 
     # ------------------------------------------------------------------ RPC handlers (servers only)
-    def _leader_name(self) -> str:
+    def current_leader(self) -> str:
         if self.agent.mode == "single":
             return self.agent.config.node_name
         raft = self.agent.raft
@@ -362,7 +363,7 @@ class Cluster:
 
     async def rpc_hello(self, p: Any) -> Any:
         out = {"name": self.agent.config.node_name, "raft_addr": self.raft_addr,
-               "raft_running": self.agent.raft_running(), "leader": self._leader_name()}
+               "raft_running": self.agent.raft_running(), "leader": self.current_leader()}
         initial = self.agent.etcd_initial
         if initial is not None and initial[1] == "new":
             out["initial"] = list(initial)  # servers named in it start the same new cluster
@@ -373,9 +374,9 @@ class Cluster:
 
         command = decode(p["command"].encode())
         result = await self.agent.submit((int(command[0]), command[1]))
-        out: dict[str, Any] = {"index": result.index, "value": result.value, "leader": self._leader_name()}
+        out: dict[str, Any] = {"index": result.index, "value": result.value, "leader": self.current_leader()}
         if result.error is not None:
-            out["error"] = {"message": result.error.message, "status": result.error.status}
+            out["error"] = result.error.to_wire()
         return json.loads(encode(out))
 
     async def rpc_node_state(self, p: Any) -> Any:
@@ -383,7 +384,7 @@ class Cluster:
         _, node, services = store.node_services(p["node"])
         _, checks = store.node_checks(p["node"])
         return {"node": node.to_dict() if node else None, "services": [s.to_dict() for s in services],
-                "checks": [c.to_dict() for c in checks], "leader": self._leader_name()}
+                "checks": [c.to_dict() for c in checks], "leader": self.current_leader()}
 
     async def rpc_raft_add(self, p: Any) -> Any:
         """A new server asks to join: etcd MemberAdd (any member may do it), answer the member list."""
@@ -456,7 +457,7 @@ class RemoteConsensus:
         out = await self.call_server("apply", payload, self.hold_timeout + 1)
         err = out.get("error")
         return ApplyResult(out["index"], out.get("value"),
-                           CommandError(err["message"], err["status"]) if err else None)
+                           from_wire(err) if err else None)
 
     def is_leader(self) -> bool:
         return False

@@ -28,8 +28,8 @@ from beacon.model import (
     HealthCheck,
     Service,
 )
+from beacon.server import commands as cmd
 from beacon.server.durable import atomic_write
-from beacon.server.fsm import MessageType
 
 log = logging.getLogger("beacon.agent.local")
 
@@ -298,7 +298,7 @@ class LocalState:
         return {"node": self.node, "id": self.node_id, "address": self.address,
                 "datacenter": self.datacenter, "node_meta": dict(self.node_meta)}
 
-    async def _apply(self, command: tuple[int, dict[str, Any]]) -> None:
+    async def _apply(self, command: cmd.Record) -> None:
         result = await self._submit(command)
         error = getattr(result, "error", None)
         if error is not None:
@@ -309,33 +309,33 @@ class LocalState:
         async with self._sync_lock:
             self._sync_event.clear()
             if not self.node_in_sync:
-                await self._apply((MessageType.REGISTER, self._node_payload()))
+                await self._apply(cmd.Register(**self._node_payload()))
                 self.node_in_sync = True
             for sid, entry in list(self.services.items()):
                 if entry.in_sync:
                     continue
                 if entry.deleted:
-                    await self._apply((MessageType.DEREGISTER, {"node": self.node, "service_id": sid}))
+                    await self._apply(cmd.Deregister(node=self.node, service_id=sid))
                     if self.services.get(sid) is entry:
                         del self.services[sid]
                     for cid in [c for c, e in self.checks.items() if e.deleted and e.check.service_id == sid]:
                         del self.checks[cid]
                     continue
                 payload = {"node": self.node, "skip_node_update": True, "service": entry.service.to_dict()}
-                await self._apply((MessageType.REGISTER, payload))
+                await self._apply(cmd.Register(**payload))
                 entry.in_sync = True
             for cid, entry in list(self.checks.items()):
                 if entry.in_sync:
                     continue
                 if entry.deleted:
-                    await self._apply((MessageType.DEREGISTER, {"node": self.node, "check_id": cid}))
+                    await self._apply(cmd.Deregister(node=self.node, check_id=cid))
                     if self.checks.get(cid) is entry:
                         del self.checks[cid]
                     continue
                 if entry.check.service_id and entry.check.service_id not in self.live_services():
                     continue
                 payload = {"node": self.node, "skip_node_update": True, "checks": [entry.check.to_dict()]}
-                await self._apply((MessageType.REGISTER, payload))
+                await self._apply(cmd.Register(**payload))
                 entry.in_sync = True
 
     async def full_sync(self) -> None:
@@ -357,11 +357,11 @@ class LocalState:
                 if entry.service.enable_tag_override:
                     mine = Service.from_dict({**mine.to_dict(), "tags": list(remote.tags)})
                     entry.service.tags = list(remote.tags)
-                if remote.content() != mine.content():
+                if remote != mine:
                     entry.in_sync = False
             for remote in remote_services:
                 if remote.id not in local_services and not (remote.service == "consul" and remote.id == "consul"):
-                    await self._apply((MessageType.DEREGISTER, {"node": self.node, "service_id": remote.id}))
+                    await self._apply(cmd.Deregister(node=self.node, service_id=remote.id))
             local_checks = self.live_checks()
             remote_check_ids = set()
             for rc in remote_checks:
@@ -370,8 +370,8 @@ class LocalState:
                     continue
                 mine_c = local_checks.get(rc.check_id)
                 if mine_c is None:
-                    await self._apply((MessageType.DEREGISTER, {"node": self.node, "check_id": rc.check_id}))
-                elif rc.content() != mine_c.content():
+                    await self._apply(cmd.Deregister(node=self.node, check_id=rc.check_id))
+                elif rc != mine_c:
                     self.checks[rc.check_id].in_sync = False
             for cid in local_checks:
                 if cid not in remote_check_ids:

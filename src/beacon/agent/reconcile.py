@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from beacon.gossip.reconcile import CatalogNode, Deregister, Register, dead_servers, full_pass
 from beacon.model import SERF_CHECK_ID, SERF_CHECK_NAME
-from beacon.server.fsm import CommandError, MessageType
+from beacon.server import commands as cmd
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -50,7 +50,7 @@ def catalog_view(store: Any) -> dict[str, CatalogNode]:
     return out
 
 
-def register_payload(action: Register, node: Any) -> dict[str, Any]:
+def register_command(action: Register, node: Any) -> cmd.Register:
     """The REGISTER command for a reconcile rule's Register (node metadata kept)."""
     payload: dict[str, Any] = {
         "node": action.node, "address": action.address, "id": action.node_id, "datacenter": action.datacenter,
@@ -62,7 +62,7 @@ def register_payload(action: Register, node: Any) -> dict[str, Any]:
         payload["node_meta"] = dict(node.meta)
     if action.consul_service_port is not None:
         payload["service"] = {"id": "consul", "service": "consul", "port": action.consul_service_port}
-    return payload
+    return cmd.Register(**payload)
 
 
 class Reconciler:
@@ -123,10 +123,10 @@ class Reconciler:
                 if action.reason == "reaped" and action.node.lower() not in self.seen:
                     continue  # never listed by this server's gossip: not evidence of a reap
                 log.info("member %s %s: deregistering its node", action.node, action.reason)
-                await self._submit((MessageType.DEREGISTER, {"node": action.node}))
+                await self._submit(cmd.Deregister(node=action.node))
                 self.seen.discard(action.node.lower())
             elif action.node not in self.removed:  # autopilot removed it; it comes back alive
-                await self._submit((MessageType.REGISTER, register_payload(action, store.get_node(action.node))))
+                await self._submit(register_command(action, store.get_node(action.node)))
 
     async def _autopilot(self, m: Member, dead: bool) -> None:
         """Remove a server from etcd once it left, or once it is dead past reconnect_timeout."""
@@ -149,18 +149,18 @@ class Reconciler:
         if m.status == "failed":
             self.removed[m.name] = time.monotonic()
             if self.agent.store.get_node(m.name) is not None:
-                await self._submit((MessageType.DEREGISTER, {"node": m.name}))
+                await self._submit(cmd.Deregister(node=m.name))
 
-    async def _submit(self, command: tuple[int, dict[str, Any]]) -> None:
+    async def _submit(self, command: cmd.Record) -> None:
         result = await self.agent.submit(command)
         if result.error is not None:
-            raise CommandError(result.error.message)
+            raise result.error
 
     # ------------------------------------------------------------------ autopilot API views
     def server_health(self) -> list[dict[str, Any]]:
         raft = self.agent.raft
         peers = set(raft.peers()) if raft is not None else set()
-        leader = self.cluster._leader_name()
+        leader = self.cluster.current_leader()
         now = time.monotonic()
         out = []
         for m in sorted(self.cluster.servers(alive_only=False), key=lambda m: m.name):

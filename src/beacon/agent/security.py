@@ -51,7 +51,7 @@ async def write_initial_management(agent: Agent) -> None:
 
     from beacon.acl import state
     from beacon.acl.resolver import initial_accessor, initial_management_token
-    from beacon.server.fsm import MessageType
+    from beacon.server.commands import ACLInitialManagement
 
     secret = agent.acl.tokens.get("initial_management") if agent.acl is not None else None
     if not secret or not (agent.config.server or agent.config.dev):
@@ -60,8 +60,7 @@ async def write_initial_management(agent: Agent) -> None:
         if agent.consensus.is_leader():
             created = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
             try:
-                await agent.submit((MessageType.ACL, {"op": "initial_management",
-                                                      "token": initial_management_token(secret, created)}))
+                await agent.submit(ACLInitialManagement(token=initial_management_token(secret, created)))
             except Exception as exc:  # no quorum yet: the next round tries again
                 log.debug("initial management token not written yet: %s", exc)
         await asyncio.sleep(1.0)

@@ -270,6 +270,7 @@ def run(argv: list[str]) -> int:
     from beacon.agent.agent import ListenError
     from beacon.agent.cluster import GossipUnavailable
     from beacon.agent.http.core import HTTPError
+    from beacon.errors import BeaconError
     from beacon.server.durable import DataDirError
 
     try:
@@ -280,7 +281,9 @@ def run(argv: list[str]) -> int:
     except GossipUnavailable as exc:
         print(f"==> Error: {exc}", file=sys.stderr)
         return 1
-    except HTTPError as exc:
+    except (HTTPError, BeaconError) as exc:
+        # Definitions in config files go through the same checks as the API (HTTPError from the
+        # request decoders, domain errors from the agent).
         print(f"==> Error in configuration: {exc.message}", file=sys.stderr)
         return 1
     except OSError as exc:

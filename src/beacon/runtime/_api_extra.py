@@ -80,8 +80,8 @@ class Extra:
                                f'"{other.c.id}". You have to remove (or rename) that container to be able to '
                                "reuse that name.")
         old, slot.c.name = slot.c.name, name
-        self.engine._save(slot.c)
-        self.engine._emit(slot.c, "rename", oldName="/" + old)
+        self.engine.save_container(slot.c)
+        self.engine.emit_event(slot.c, "rename", oldName="/" + old)
         return Response(204)
 
     async def _pause(self, ref: str, resume: bool) -> Response:
@@ -91,8 +91,8 @@ class Extra:
             raise Conflict(f"Container {slot.c.id} is {'not ' if resume else ''}paused")
         await backend.pause(slot.spawned, resume)
         slot.c.state.paused = not resume
-        self.engine._save(slot.c)
-        self.engine._emit(slot.c, "unpause" if resume else "pause")
+        self.engine.save_container(slot.c)
+        self.engine.emit_event(slot.c, "unpause" if resume else "pause")
         return Response(204)
 
     async def pause(self, req: Request, args: dict[str, str]) -> Response:
@@ -117,8 +117,8 @@ class Extra:
         if isinstance(policy, dict) and policy.get("Name"):
             c.restart_policy = {"Name": str(policy["Name"]),
                                 "MaximumRetryCount": int(policy.get("MaximumRetryCount") or 0)}
-        self.engine._save(c)
-        self.engine._emit(c, "update")
+        self.engine.save_container(c)
+        self.engine.emit_event(c, "update")
         return Response(200, {"Warnings": []})
 
     # -- processes and stats -------------------------------------------------------------------
@@ -299,7 +299,7 @@ class Extra:
                                          f"cannot also connect {slot.c.name} to {net['Name']}")
         aliases = (body.get("EndpointConfig") or {}).get("Aliases") or []
         slot.c.aliases = sorted({*slot.c.aliases, *(a for a in aliases if isinstance(a, str))})
-        self.engine._save(slot.c)
+        self.engine.save_container(slot.c)
         return Response(200, None)
 
     async def network_disconnect(self, req: Request, args: dict[str, str]) -> Response:

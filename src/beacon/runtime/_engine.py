@@ -201,7 +201,7 @@ class Engine:
     def _dir(self, cid: str) -> Path:
         return self.data_dir / "containers" / cid
 
-    def _save(self, c: Container) -> None:
+    def save_container(self, c: Container) -> None:
         path = self._dir(c.id)
         if not path.is_dir():
             return  # removed meanwhile
@@ -251,7 +251,7 @@ class Engine:
     def containers(self) -> list[Container]:
         return sorted((s.c for s in self.slots.values()), key=lambda c: c.created_unix, reverse=True)
 
-    def _emit(self, c: Container, action: str, **extra: str) -> None:
+    def emit_event(self, c: Container, action: str, **extra: str) -> None:
         self.events.emit("container", action, c.id, {**c.label_attributes(), **extra}, from_=c.image)
 
     # -- create / start ------------------------------------------------------------------------
@@ -289,8 +289,8 @@ class Engine:
         self.slots[cid] = _Slot(c=c, logs=LogStore(path / "log.jsonl"))
         if c.open_stdin:
             self.slots[cid].stdin = asyncio.Queue()
-        self._save(c)
-        self._emit(c, "create")
+        self.save_container(c)
+        self.emit_event(c, "create")
         return cid, (create_warnings(body) if self.isolation != "runc" else [])
 
     async def start_container(self, ref: str) -> None:
@@ -360,8 +360,8 @@ class Engine:
         st.failing_streak = 0
         st.health_status = "starting" if c.health and c.health.argv() else ""
         slot.logs.open()
-        self._save(c)
-        self._emit(c, "start")
+        self.save_container(c)
+        self.emit_event(c, "start")
         slot.supervisor = asyncio.create_task(self._supervise(slot, spawned))
         if st.health_status:
             slot.health_task = asyncio.create_task(_io.health_loop(self, slot.c, spawned))
@@ -369,7 +369,7 @@ class Engine:
     def _fail_start(self, c: Container, code: int, message: str) -> None:
         st = c.state
         st.status, st.exit_code, st.error = ("exited" if st.started_unix else "created"), code, message
-        self._save(c)
+        self.save_container(c)
         raise InvalidParameter(message)
 
     async def _bind_ports(self, c: Container) -> list[PortRelay]:
@@ -437,8 +437,8 @@ class Engine:
         restart_delay = None if slot.stop_requested else self._restart_delay(c)
         if restart_delay is not None:
             st.status = "restarting"
-        self._save(c)
-        self._emit(c, "die", exitCode=str(code), execDuration=str(int(st.finished_unix - st.started_unix)))
+        self.save_container(c)
+        self.emit_event(c, "die", exitCode=str(code), execDuration=str(int(st.finished_unix - st.started_unix)))
         fut, slot.next_exit = slot.next_exit, asyncio.get_running_loop().create_future()
         fut.set_result(code)
         if restart_delay is not None:
@@ -486,7 +486,7 @@ class Engine:
                 except (EngineError, OSError) as exc:
                     log.warning("restart of %s failed: %s", slot.c.name, exc)
                     slot.c.state.status = "exited"
-                    self._save(slot.c)
+                    self.save_container(slot.c)
 
         task = asyncio.create_task(restart())
         slot.restart_task = task
@@ -501,7 +501,7 @@ class Engine:
             slot.restart_task = None
             slot.c.state.status = "exited"
             slot.c.state.manually_stopped = True
-            self._save(slot.c)
+            self.save_container(slot.c)
             return True
         return False
 
@@ -536,17 +536,17 @@ class Engine:
         c.state.manually_stopped = manual
         exited = slot.next_exit
         await self._thaw(slot)
-        self._emit(c, "kill", signal=str(int(signum)))
+        self.emit_event(c, "kill", signal=str(int(signum)))
         self.backend.signal(spawned, signum)
         try:
             async with asyncio.timeout(max(timeout, 0)):
                 await asyncio.shield(exited)
         except TimeoutError:
-            self._emit(c, "kill", signal=str(int(signal.SIGKILL)))
+            self.emit_event(c, "kill", signal=str(int(signal.SIGKILL)))
             self.backend.signal(spawned, signal.SIGKILL)
             async with asyncio.timeout(KILL_WAIT):
                 await asyncio.shield(exited)
-        self._emit(c, "stop")
+        self.emit_event(c, "stop")
 
     async def kill(self, ref: str, sig: str | int | None = None) -> None:
         slot = self.resolve(ref)
@@ -558,7 +558,7 @@ class Engine:
             slot.c.state.manually_stopped = True
         exited = slot.next_exit
         await self._thaw(slot)
-        self._emit(slot.c, "kill", signal=str(signum))
+        self.emit_event(slot.c, "kill", signal=str(signum))
         self.backend.signal(slot.spawned, signum)
         if signum == signal.SIGKILL:
             async with asyncio.timeout(KILL_WAIT):
@@ -572,7 +572,7 @@ class Engine:
                 await self._stop_locked(slot, self._stop_timeout(slot.c, timeout), manual=True,
                                         signum=signal_number(slot.c.stop_signal or "SIGTERM"))
             await self._start_locked(slot)
-        self._emit(slot.c, "restart")
+        self.emit_event(slot.c, "restart")
 
     def wait_target(self, ref: str, condition: str = "not-running") -> asyncio.Future[int] | int:
         """What ``wait`` waits for, resolved now (the CLI sends wait before start): a future, or the
@@ -607,7 +607,7 @@ class Engine:
                 c.state.manually_stopped = True
                 exited = slot.next_exit
                 await self._thaw(slot)
-                self._emit(c, "kill", signal=str(int(signal.SIGKILL)))
+                self.emit_event(c, "kill", signal=str(int(signal.SIGKILL)))
                 assert slot.spawned is not None
                 self.backend.signal(slot.spawned, signal.SIGKILL)
                 async with asyncio.timeout(KILL_WAIT):
@@ -624,7 +624,7 @@ class Engine:
                 used = {n for other in self.slots.values() for n in self.volumes.names_used(other.c)}
                 self.volumes.remove_anonymous(c, used)
             self.exec.forget(c.id)
-            self._emit(c, "destroy")
+            self.emit_event(c, "destroy")
             for fut in (slot.removed, slot.next_exit):
                 if not fut.done():
                     fut.set_result(c.state.exit_code)

@@ -159,9 +159,7 @@ class Gateway:
     async def _socket(self, type_: int) -> socket.socket:
         bridge = self.backend.bridge
         assert bridge is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.backend._pool, self.backend._socket_in, bridge.hub_fd,
-                                          socket.AF_INET, type_)
+        return await self.backend.socket_in(bridge.hub_fd, socket.AF_INET, type_)
 
     async def _tcp(self, port: int, target: Callable[[], tuple[str, int] | None]) -> None:
         sock = await self._socket(socket.SOCK_STREAM)

@@ -76,6 +76,6 @@ async def health_loop(engine: Engine, c: Container, spawned: Spawned) -> None:
             st.failing_streak += 1
             new = "unhealthy" if st.failing_streak >= spec.retries else old
         st.health_status = new
-        engine._save(c)
+        engine.save_container(c)
         if new != old:
             engine.events.emit("container", f"health_status: {new}", c.id, c.label_attributes(), from_=c.image)

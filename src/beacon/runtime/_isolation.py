@@ -240,8 +240,12 @@ class NetnsIsolation(Isolation):
     async def open_socket(self, spawned: Spawned, family: int, type_: int) -> socket.socket:
         if spawned.netns_fd < 0:
             raise ConnectionRefusedError("container is not running")
+        return await self.socket_in(spawned.netns_fd, family, type_)
+
+    async def socket_in(self, netns_fd: int, family: int, type_: int) -> socket.socket:
+        """A socket made inside the network namespace ``netns_fd`` (on the namespace helper thread)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._socket_in, spawned.netns_fd, family, type_)
+        return await loop.run_in_executor(self._pool, self._socket_in, netns_fd, family, type_)
 
     def close(self) -> None:
         if self.bridge is not None:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from beacon.server.fsm import CommandError, MessageType, StateStore
+from beacon.errors import Failed, Invalid
+from beacon.server import commands as cmd
+from beacon.server.fsm import StateStore
 
 TABLE = "config"
 KINDS = ("service-defaults", "proxy-defaults", "service-router", "service-splitter", "service-resolver",
@@ -82,16 +84,15 @@ def canonical(value: Any) -> Any:
 
 
 def decode(body: Any) -> dict[str, Any]:
-    """A request body -> a canonical entry. Raises CommandError(400) with Consul's messages."""
+    """A request body -> a canonical entry. Raises Invalid with Consul's messages."""
     if not isinstance(body, dict):
-        raise CommandError("Request decode failed: body must be a JSON object", 400)
+        raise Invalid("Request decode failed: body must be a JSON object")
     entry = canonical(body)
     kind = entry.get("Kind")
     if not kind or not isinstance(kind, str):
-        raise CommandError("Request decode failed: Payload does not contain a kind/Kind key at the top level",
-                           400)
+        raise Invalid("Request decode failed: Payload does not contain a kind/Kind key at the top level")
     if kind.lower() not in KINDS:
-        raise CommandError(f"Request decode failed: invalid config entry kind: {kind}", 400)
+        raise Invalid(f"Request decode failed: invalid config entry kind: {kind}")
     entry["Kind"] = kind.lower()
     if entry["Kind"] in ("service-defaults", "proxy-defaults"):
         # Consul always writes these (non-pointer structs) back, empty or not.
@@ -106,119 +107,118 @@ def decode(body: Any) -> dict[str, Any]:
 def _str(entry: dict[str, Any], key: str) -> str:
     value = entry.get(key) or ""
     if not isinstance(value, str):
-        raise CommandError(f"{key} must be a string", 400)
+        raise Invalid(f"{key} must be a string")
     return value
 
 
 def _validate_meta(entry: dict[str, Any]) -> None:
     meta = entry.get("Meta") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise CommandError("Meta must be a map of strings", 400)
+        raise Invalid("Meta must be a map of strings")
     if len(meta) > 64:
-        raise CommandError(f"Meta exceeds maximum element count 64 ({len(meta)})", 400)
+        raise Invalid(f"Meta exceeds maximum element count 64 ({len(meta)})")
 
 
 def _validate_protocol(entry: dict[str, Any]) -> None:
     proto = entry.get("Protocol")
     if proto is not None and not isinstance(proto, str):
-        raise CommandError("Protocol must be a string", 400)
+        raise Invalid("Protocol must be a string")
 
 
 def _validate_splitter(entry: dict[str, Any]) -> None:
     splits = entry.get("Splits") or []
     if not isinstance(splits, list) or not splits:
-        raise CommandError("no splits configured", 400)
+        raise Invalid("no splits configured")
     seen = set()
     total = 0
     for split in splits:
         if not isinstance(split, dict):
-            raise CommandError("Splits must be a list of objects", 400)
+            raise Invalid("Splits must be a list of objects")
         weight = split.get("Weight", 0)
         if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise CommandError("Weight must be a number", 400)
+            raise Invalid("Weight must be a number")
         key = (split.get("Service") or entry["Name"], split.get("ServiceSubset") or "",
                split.get("Namespace") or "", split.get("Partition") or "")
         if key in seen:
-            raise CommandError("split destination occurs more than once: service=\"{}\", subset=\"{}\", "
-                               "namespace=\"{}\", partition=\"{}\"".format(*key), 400)
+            raise Invalid("split destination occurs more than once: service=\"{}\", subset=\"{}\", "
+                               "namespace=\"{}\", partition=\"{}\"".format(*key))
         seen.add(key)
         total += round(weight * 100)
     if total != 10000:
-        raise CommandError(f"the sum of all split weights must be 100, not {total / 100:f}", 400)
+        raise Invalid(f"the sum of all split weights must be 100, not {total / 100:f}")
 
 
 def _validate_resolver(entry: dict[str, Any]) -> None:
     subsets = entry.get("Subsets") or {}
     if not isinstance(subsets, dict):
-        raise CommandError("Subsets must be a map", 400)
+        raise Invalid("Subsets must be a map")
     for name, subset in subsets.items():
         if not name:
-            raise CommandError("Subset defined with empty name", 400)
+            raise Invalid("Subset defined with empty name")
         if not _SUBSET_NAME.match(name):
-            raise CommandError(f"Subset \"{name}\" is invalid: must be a valid DNS label", 400)
+            raise Invalid(f"Subset \"{name}\" is invalid: must be a valid DNS label")
         if not isinstance(subset, dict):
-            raise CommandError(f"Subset \"{name}\" must be an object", 400)
+            raise Invalid(f"Subset \"{name}\" must be an object")
         flt = subset.get("Filter") or ""
         if flt:
             from beacon.agent.http.bexpr import FilterError, compile_filter
             try:
                 compile_filter(flt)
             except FilterError as exc:
-                raise CommandError(f"Filter for subset \"{name}\" is not a valid expression: {exc}", 400) from None
+                raise Invalid(f"Filter for subset \"{name}\" is not a valid expression: {exc}") from None
     default = entry.get("DefaultSubset") or ""
     if default and default not in subsets:
-        raise CommandError(f"DefaultSubset \"{default}\" is not a valid subset", 400)
+        raise Invalid(f"DefaultSubset \"{default}\" is not a valid subset")
     redirect = entry.get("Redirect")
     failover = entry.get("Failover") or {}
     if redirect:
         if failover:
-            raise CommandError("Redirect and Failover cannot both be set", 400)
+            raise Invalid("Redirect and Failover cannot both be set")
         if not isinstance(redirect, dict) or not any(redirect.get(k) for k in (
                 "Service", "ServiceSubset", "Namespace", "Partition", "Datacenter", "Peer")):
-            raise CommandError("Redirect is empty", 400)
+            raise Invalid("Redirect is empty")
         if not redirect.get("Service") and redirect.get("ServiceSubset"):
-            raise CommandError("Redirect.ServiceSubset defined without Redirect.Service", 400)
+            raise Invalid("Redirect.ServiceSubset defined without Redirect.Service")
         sub = redirect.get("ServiceSubset") or ""
         if sub and redirect.get("Service") == entry["Name"] and sub not in subsets:
-            raise CommandError(f"Redirect.ServiceSubset \"{sub}\" is not a valid subset of \"{entry['Name']}\"",
-                               400)
+            raise Invalid(f"Redirect.ServiceSubset \"{sub}\" is not a valid subset of \"{entry['Name']}\"")
     if not isinstance(failover, dict):
-        raise CommandError("Failover must be a map", 400)
+        raise Invalid("Failover must be a map")
     for subset, f in failover.items():
         prefix = f"Bad Failover[\"{subset}\"]: "
         if subset != "*" and subset not in subsets:
-            raise CommandError(prefix + "not a valid subset subset", 400)
+            raise Invalid(prefix + "not a valid subset subset")
         if not isinstance(f, dict) or not any(f.get(k) for k in (
                 "Service", "ServiceSubset", "Namespace", "Targets", "Datacenters")):
-            raise CommandError(prefix + "one of Service, ServiceSubset, Namespace, Targets, or Datacenters "
-                                        "is required", 400)
+            raise Invalid(prefix + "one of Service, ServiceSubset, Namespace, Targets, or Datacenters "
+                                        "is required")
         fsub = f.get("ServiceSubset") or ""
         if fsub and (not f.get("Service") or f.get("Service") == entry["Name"]) and fsub not in subsets:
-            raise CommandError(f"{prefix}ServiceSubset \"{fsub}\" is not a valid subset of "
-                               f"\"{f.get('Service') or ''}\"", 400)
+            raise Invalid(f"{prefix}ServiceSubset \"{fsub}\" is not a valid subset of "
+                               f"\"{f.get('Service') or ''}\"")
         if f.get("Datacenters") and f.get("Targets"):
-            raise CommandError(f"Bad Failover[\"{subset}\"]: Targets cannot be set with Datacenters", 400)
+            raise Invalid(f"Bad Failover[\"{subset}\"]: Targets cannot be set with Datacenters")
         for dc in f.get("Datacenters") or []:
             if not dc:
-                raise CommandError(f"Bad Failover[\"{subset}\"].Datacenters: found empty datacenter", 400)
+                raise Invalid(f"Bad Failover[\"{subset}\"].Datacenters: found empty datacenter")
 
 
 def _validate_router(entry: dict[str, Any]) -> None:
     routes = entry.get("Routes") or []
     if not isinstance(routes, list):
-        raise CommandError("Routes must be a list", 400)
+        raise Invalid("Routes must be a list")
     for i, route in enumerate(routes):
         if not isinstance(route, dict):
-            raise CommandError(f"Route[{i}] must be an object", 400)
+            raise Invalid(f"Route[{i}] must be an object")
         http = (route.get("Match") or {}).get("HTTP") or {}
         paths = [k for k in ("PathExact", "PathPrefix", "PathRegex") if http.get(k)]
         if len(paths) > 1:
-            raise CommandError(f"Route[{i}] should only contain at most one of PathExact, PathPrefix, or "
-                               f"PathRegex", 400)
+            raise Invalid(f"Route[{i}] should only contain at most one of PathExact, PathPrefix, or "
+                               f"PathRegex")
         if http.get("PathExact") and not http["PathExact"].startswith("/"):
-            raise CommandError(f"Route[{i}] PathExact doesn't start with '/': \"{http['PathExact']}\"", 400)
+            raise Invalid(f"Route[{i}] PathExact doesn't start with '/': \"{http['PathExact']}\"")
         if http.get("PathPrefix") and not http["PathPrefix"].startswith("/"):
-            raise CommandError(f"Route[{i}] PathPrefix doesn't start with '/': \"{http['PathPrefix']}\"", 400)
+            raise Invalid(f"Route[{i}] PathPrefix doesn't start with '/': \"{http['PathPrefix']}\"")
 
 
 def _validate_gateway(entry: dict[str, Any]) -> None:
@@ -227,38 +227,38 @@ def _validate_gateway(entry: dict[str, Any]) -> None:
         for listener in entry.get("Listeners") or []:
             port = listener.get("Port")
             if port in seen:
-                raise CommandError(f"port {port} declared on two listeners", 400)
+                raise Invalid(f"port {port} declared on two listeners")
             seen.add(port)
             proto = listener.get("Protocol") or "tcp"
             if proto not in ("tcp", "http", "http2", "grpc"):
-                raise CommandError(f"protocol must be 'tcp', 'http', 'http2', or 'grpc'. '{proto}' is an "
-                                   f"unsupported protocol", 400)
+                raise Invalid(f"protocol must be 'tcp', 'http', 'http2', or 'grpc'. '{proto}' is an "
+                                   f"unsupported protocol")
             if proto == "tcp" and len(listener.get("Services") or []) > 1:
-                raise CommandError(f"multiple services per listener are only supported for L7 protocols, "
-                                   f"'http', 'grpc' and 'http2'; listener on port {port} uses 'tcp'", 400)
+                raise Invalid(f"multiple services per listener are only supported for L7 protocols, "
+                                   f"'http', 'grpc' and 'http2'; listener on port {port} uses 'tcp'")
     else:
         for svc in entry.get("Services") or []:
             if not (svc or {}).get("Name"):
-                raise CommandError("Service name cannot be blank.", 400)
+                raise Invalid("Service name cannot be blank.")
 
 
 def _validate_intentions(entry: dict[str, Any]) -> None:
     for i, src in enumerate(entry.get("Sources") or []):
         if not (src or {}).get("Name"):
-            raise CommandError(f"Sources[{i}].Name is required", 400)
+            raise Invalid(f"Sources[{i}].Name is required")
         action = src.get("Action") or ""
         if not src.get("Permissions") and action not in ("allow", "deny"):
-            raise CommandError(f"Sources[{i}].Action must be set to 'allow' or 'deny'", 400)
+            raise Invalid(f"Sources[{i}].Action must be set to 'allow' or 'deny'")
 
 
 def validate(entry: dict[str, Any]) -> None:
     kind = entry["Kind"]
     name = _str(entry, "Name")
     if not name:
-        raise CommandError("Name is required", 400)
+        raise Invalid("Name is required")
     _validate_meta(entry)
     if kind == "proxy-defaults" and name != PROXY_DEFAULTS_NAME:
-        raise CommandError(f"invalid name (\"{name}\"), only \"{PROXY_DEFAULTS_NAME}\" is supported", 400)
+        raise Invalid(f"invalid name (\"{name}\"), only \"{PROXY_DEFAULTS_NAME}\" is supported")
     if kind == "service-defaults":
         _validate_protocol(entry)
     elif kind == "service-splitter":
@@ -297,7 +297,7 @@ def check_graph(table: dict[str, dict[str, Any]]) -> None:
         if entry["Kind"] in ("service-router", "service-splitter"):
             proto = protocol_of(table, entry["Name"])
             if proto not in HTTP_PROTOCOLS:
-                raise CommandError(f"discovery chain \"{entry['Name']}\" uses a protocol \"{proto}\" that does "
+                raise Failed(f"discovery chain \"{entry['Name']}\" uses a protocol \"{proto}\" that does "
                                    f"not permit advanced routing or splitting behavior")
 
 
@@ -306,13 +306,11 @@ class ConfigCommands:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def apply(self, idx: int, p: dict[str, Any]) -> Any:
-        op = p["op"]
-        if op == "set":
-            return self.set(idx, dict(p["entry"]), p.get("cas"))
-        if op == "delete":
-            return self.delete(idx, p["kind"], p["name"], p.get("cas"))
-        raise CommandError(f"Invalid config entry operation \"{op}\"", 400)
+    def handlers(self) -> dict[type[Any], Any]:
+        return {
+            cmd.ConfigSet: lambda idx, c: self.set(idx, dict(c.entry), c.cas),
+            cmd.ConfigDelete: lambda idx, c: self.delete(idx, c.kind, c.name, c.cas),
+        }
 
     def set(self, idx: int, entry: dict[str, Any], cas: int | None) -> bool:
         table = rows(self.store)
@@ -345,9 +343,9 @@ class ConfigCommands:
         return True
 
     def _bump(self, idx: int, kind: str, name: str) -> None:
-        self.store._bump_table(TABLE, idx)
-        self.store._touch(f"config:{kind}", f"config:{kind}/{name}")
+        self.store.bump_table(TABLE, idx)
+        self.store.touch(f"config:{kind}", f"config:{kind}/{name}")
 
 
 def install(store: StateStore) -> None:
-    store.register_handler(MessageType.CONFIG_ENTRY, ConfigCommands(store).apply)
+    store.register_handlers(ConfigCommands(store).handlers())

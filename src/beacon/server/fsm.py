@@ -1,6 +1,8 @@
 """The replicated state machine: catalog (nodes, services, checks), KV and sessions.
 
-Every write is a command ``(MessageType, payload)`` applied by :meth:`StateStore.apply`. Apply is
+Every write is a command record (:mod:`beacon.server.commands`) applied by :meth:`StateStore.apply`,
+which dispatches on the record's type; a command in its log form ``(MessageType, payload)`` is
+decoded through the same table first. Apply is
 pure and deterministic: no clock, no randomness, no I/O. A command carries any time or ID it needs,
 filled in by the proposer. Every replica applying the same commands in the same order reaches the
 same state and the same indexes.
@@ -18,7 +20,7 @@ Indexes (Consul's rules):
 Reads return ``(index, result)``. After each apply the store reports the *watch keys* that changed
 (see :mod:`beacon.server.watch`) to ``on_change``; that is how blocking queries wake.
 
-Errors are returned as the command's result (``CommandError``), never raised out of apply, so a bad
+Errors are returned as the command's result (a :mod:`beacon.errors` domain error), never raised out of apply, so a bad
 command cannot make one replica diverge from the others.
 """
 
@@ -28,9 +30,9 @@ import bisect
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
+from beacon.errors import BeaconError, Failed, Invalid, NotFound
 from beacon.model import (
     STATUS_RANK,
     HealthCheck,
@@ -39,40 +41,17 @@ from beacon.model import (
     Service,
     Session,
 )
+from beacon.server import commands as cmd
+from beacon.server.commands import (  # noqa: F401 (MessageType and the flag are re-exported)
+    IGNORE_UNKNOWN_FLAG,
+    LogForm,
+    MessageType,
+    Record,
+    UnknownCommandType,
+)
 
-IGNORE_UNKNOWN_FLAG = 128
-
-
-class MessageType(IntEnum):
-    """Append-only: never renumber, never reuse."""
-
-    REGISTER = 1
-    DEREGISTER = 2
-    KVS = 3
-    SESSION = 4
-    TXN = 5
-    NOOP = 6
-    CHECK_STATUS = 7
-    SNAPSHOT_RESTORE = 8
-    PREPARED_QUERY = 9   # beacon.server.queries
-    CONFIG_ENTRY = 10    # beacon.server.config_entries
-    TOMBSTONE_REAP = 11  # beacon.server.tombstones
-    ACL = 12             # beacon.acl.state
-
-
-class CommandError(Exception):
-    """A command that applies as a no-op with an error result (not a crash)."""
-
-    def __init__(self, message: str, status: int = 500) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (CommandError, (self.message, self.status))
-
-
-Command = tuple[int, dict[str, Any]]
+# The log form of a command, what consensus and the server RPC carry (see beacon.server.commands).
+Command = LogForm
 ChangeCallback = Callable[[int, set[str]], None]
 
 
@@ -80,7 +59,7 @@ ChangeCallback = Callable[[int, set[str]], None]
 class ApplyResult:
     index: int
     value: Any = None
-    error: CommandError | None = None
+    error: BeaconError | None = None
 
 
 _CATALOG_TABLES = frozenset({"nodes", "services", "checks"})
@@ -103,7 +82,8 @@ class StateStore:
         # repeats. Caches of catalog answers (DNS) compare it on their hot path. catalog_index
         # cannot serve: it is floored at 1 and goes back with a restored older snapshot.
         self.catalog_version = 0
-        self._handlers: dict[int, Callable[[int, dict[str, Any]], Any]] = {}
+        self._handlers: dict[type[Record], Callable[[int, Any], Any]] = {}
+        self._types: set[int] = set()
         self._register_handlers()
         self._reset()
 
@@ -145,34 +125,39 @@ class StateStore:
         self._service_displays: dict[str, list[str]] = {}
 
     def _register_handlers(self) -> None:
-        table = {
-            MessageType.REGISTER: self._apply_register,
-            MessageType.DEREGISTER: self._apply_deregister,
-            MessageType.KVS: self._apply_kvs,
-            MessageType.NOOP: lambda idx, p: None,
-            MessageType.CHECK_STATUS: self._apply_check_status,
-            MessageType.TOMBSTONE_REAP: self._apply_tombstone_reap,
-        }
-        for mtype, fn in table.items():
-            if mtype in self._handlers:
-                raise RuntimeError(f"duplicate handler for {mtype!r}")
-            self._handlers[int(mtype)] = fn
+        self.register_handlers({
+            cmd.Register: self._apply_register,
+            cmd.Deregister: self._apply_deregister,
+            cmd.KVSet: self._apply_kv_set,
+            cmd.KVCas: lambda idx, c: self.kv_cas(idx, c.key, c.value, c.flags, c.index),
+            cmd.KVDelete: self._apply_kv_delete,
+            cmd.KVDeleteCas: lambda idx, c: self.kv_delete_cas(idx, c.key, c.index),
+            cmd.KVDeleteTree: self._apply_kv_delete_tree,
+            cmd.KVLock: lambda idx, c: self.kv_lock(idx, c.key, c.value, c.flags, c.session, c.now),
+            cmd.KVUnlock: lambda idx, c: self.kv_unlock(idx, c.key, c.value, c.flags, c.session),
+            cmd.Noop: lambda idx, c: None,
+            cmd.CheckStatus: self._apply_check_status,
+            cmd.TombstoneReap: self._apply_tombstone_reap,
+        })
 
-    def register_handler(self, mtype: int, fn: Callable[[int, dict[str, Any]], Any]) -> None:
-        """Extension point for later command families (sessions, txn)."""
-        if mtype in self._handlers:
-            raise RuntimeError(f"duplicate handler for message type {mtype}")
-        self._handlers[mtype] = fn
+    def register_handlers(self, table: dict[type[Any], Callable[[int, Any], Any]]) -> None:
+        """Install the apply function of each record type (command families outside this module:
+        sessions, txn, queries, config entries, ACLs). Each record type has exactly one."""
+        for record_type, fn in table.items():
+            if record_type in self._handlers:
+                raise RuntimeError(f"duplicate handler for {record_type.__name__}")
+            self._handlers[record_type] = fn
+            self._types.add(int(record_type.TYPE))
 
-    def apply(self, command: Command, index: int | None = None) -> ApplyResult:
-        """Apply one command; return its result. Errors are results, not exceptions.
+    def apply(self, command: Record | LogForm, index: int | None = None) -> ApplyResult:
+        """Apply one command (a record, or its log form); return its result. Errors are results,
+        not exceptions.
 
         ``index`` is the log position when the log numbers its entries itself (etcd revisions, which
         have gaps); without it the index advances by one. It never goes backwards."""
-        mtype, payload = command
+        mtype = int(command.TYPE) if isinstance(command, Record) else int(command[0])
         with self.lock:
-            handler = self._handlers.get(mtype & ~IGNORE_UNKNOWN_FLAG)
-            if handler is None:
+            if (mtype & ~IGNORE_UNKNOWN_FLAG) not in self._types:
                 if mtype & IGNORE_UNKNOWN_FLAG:
                     self.index = max(self.index + 1, index or 0)
                     return ApplyResult(self.index)
@@ -181,13 +166,14 @@ class StateStore:
             idx = self.index
             self._changes = set()
             try:
-                value = handler(idx, payload)
+                record = command if isinstance(command, Record) else cmd.decode(mtype, command[1])
+                value = self._handlers[type(record)](idx, record)
                 result = ApplyResult(idx, value)
-            except CommandError as exc:
+            except BeaconError as exc:
                 result = ApplyResult(idx, None, exc)
-            except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            except (TypeError, KeyError, ValueError, AttributeError, UnknownCommandType) as exc:
                 # A malformed payload fails the same way on every replica: an error result, not a crash.
-                result = ApplyResult(idx, None, CommandError(f"invalid command: {exc!r}", 400))
+                result = ApplyResult(idx, None, Invalid(f"invalid command: {exc!r}"))
             changes = self._changes
             self._changes = set()
             self._refresh_derived(changes)
@@ -200,9 +186,9 @@ class StateStore:
             self.catalog_version += 1
         for key in changes:
             if key.startswith("svc:"):
-                self._refresh_service_tags(key[4:])
+                self.refresh_service_tags(key[4:])
 
-    def _refresh_service_tags(self, name_key: str) -> None:
+    def refresh_service_tags(self, name_key: str) -> None:
         for display in self._service_displays.pop(name_key, ()):
             self.service_tags.pop(display, None)
         out: dict[str, list[str]] = {}
@@ -216,20 +202,25 @@ class StateStore:
             self._service_displays[name_key] = list(out)
             self.service_tags.update(out)
 
-    def _touch(self, *keys: str) -> None:
+    def touch(self, *keys: str) -> None:
+        """Record watch keys this apply changed (command families call it while applying)."""
         self._changes.update(keys)
 
-    def _bump_table(self, name: str, idx: int) -> None:
+    def discard_changes(self) -> None:
+        """Forget this apply's watch keys (a rolled-back transaction changed nothing)."""
+        self._changes = set()
+
+    def bump_table(self, name: str, idx: int) -> None:
         self.tables[name] = idx
-        self._touch(name)
+        self.touch(name)
 
     def _bump_service(self, name: str, idx: int) -> None:
         self.service_index[_lower(name)] = idx
-        self._touch("svc:" + _lower(name))
+        self.touch("svc:" + _lower(name))
 
     def _bump_node(self, node: str, idx: int) -> None:
         self.node_index[_lower(node)] = idx
-        self._touch("node:" + _lower(node))
+        self.touch("node:" + _lower(node))
 
     def _bump_services_on_node(self, node_key: str, idx: int) -> None:
         for sid in self.services_by_node.get(node_key, ()):
@@ -241,60 +232,60 @@ class StateStore:
         return max(t["nodes"], t["services"], t["checks"], 1)
 
     # ------------------------------------------------------------------ catalog writes
-    def _apply_register(self, idx: int, p: dict[str, Any]) -> bool:
-        node_name = p.get("node") or ""
+    def _apply_register(self, idx: int, c: cmd.Register) -> bool:
+        node_name = c.node or ""
         if not node_name:
-            raise CommandError("Must provide node")
+            raise Failed("Must provide node")
         node_key = _lower(node_name)
         existing = self.nodes.get(node_key)
-        if not p.get("skip_node_update") or existing is None:
-            address = p.get("address") or ""
+        if not c.skip_node_update or existing is None:
+            address = c.address or ""
             if not address and existing is None:
-                raise CommandError("Must provide address if SkipNodeUpdate is not set")
-            self._ensure_node(idx, Node(
+                raise Failed("Must provide address if SkipNodeUpdate is not set")
+            self.ensure_node(idx, Node(
                 node=node_name,
                 address=address or (existing.address if existing else ""),
-                id=p.get("id") or (existing.id if existing else ""),
-                datacenter=p.get("datacenter") or "",
-                tagged_addresses=dict(p.get("tagged_addresses") or {}),
-                meta=dict(p.get("node_meta") or {}),
+                id=c.id or (existing.id if existing else ""),
+                datacenter=c.datacenter or "",
+                tagged_addresses=dict(c.tagged_addresses or {}),
+                meta=dict(c.node_meta or {}),
             ))
-        svc = p.get("service")
+        svc = c.service
         if svc:
             service = Service.from_dict(svc)
             if not service.service:
-                raise CommandError("Must provide service name")
+                raise Failed("Must provide service name")
             service.id = service.id or service.service
             service.node = self.nodes[node_key].node
-            self._ensure_service(idx, node_key, service)
-        for chk in p.get("checks") or []:
+            self.ensure_service(idx, node_key, service)
+        for chk in c.checks or []:
             check = HealthCheck.from_dict({**chk, "node": self.nodes[node_key].node})
-            self._ensure_check(idx, node_key, check)
+            self.ensure_check(idx, node_key, check)
         return True
 
-    def _ensure_node(self, idx: int, node: Node) -> None:
+    def ensure_node(self, idx: int, node: Node) -> None:
         key = _lower(node.node)
         old = self.nodes.get(key)
         if old is not None:
-            if old.same_content(node):
+            if old == node:
                 return
             node.create_index = old.create_index
         else:
             node.create_index = idx
         node.modify_index = idx
         self.nodes[key] = node
-        self._bump_table("nodes", idx)
+        self.bump_table("nodes", idx)
         self._bump_node(node.node, idx)
         self._bump_services_on_node(key, idx)
         if old is not None and old.address != node.address:
             # Node address is part of every service answer on it.
-            self._bump_table("services", idx)
+            self.bump_table("services", idx)
 
-    def _ensure_service(self, idx: int, node_key: str, service: Service) -> None:
+    def ensure_service(self, idx: int, node_key: str, service: Service) -> None:
         key = (node_key, service.id)
         old = self.services.get(key)
         if old is not None:
-            if old.content() == service.content():
+            if old == service:
                 return
             service.create_index = old.create_index
             if _lower(old.service) != _lower(service.service):
@@ -306,7 +297,7 @@ class StateStore:
         self.services[key] = service
         self.services_by_node.setdefault(node_key, set()).add(service.id)
         self.services_by_name.setdefault(_lower(service.service), set()).add(key)
-        self._bump_table("services", idx)
+        self.bump_table("services", idx)
         self._bump_service(service.service, idx)
         self._bump_node(service.node, idx)
         # Checks carry the service's name and tags.
@@ -317,7 +308,7 @@ class StateStore:
                 chk.service_name = service.service
                 chk.service_tags = list(service.tags)
                 chk.modify_index = idx
-                self._bump_table("checks", idx)
+                self.bump_table("checks", idx)
 
     def _unindex_service_name(self, svc: Service) -> None:
         name_key = _lower(svc.service)
@@ -327,17 +318,17 @@ class StateStore:
             if not members:
                 del self.services_by_name[name_key]
 
-    def _ensure_check(self, idx: int, node_key: str, check: HealthCheck) -> None:
+    def ensure_check(self, idx: int, node_key: str, check: HealthCheck) -> None:
         if not check.check_id:
             check.check_id = check.name
         if not check.check_id:
-            raise CommandError("Missing check ID")
+            raise Failed("Missing check ID")
         if check.status not in STATUS_RANK or check.status == "maintenance":
-            raise CommandError(f"Invalid check status: '{check.status}'")
+            raise Failed(f"Invalid check status: '{check.status}'")
         if check.service_id:
             svc = self.services.get((node_key, check.service_id))
             if svc is None:
-                raise CommandError(f"Missing service registration for ServiceID \"{check.service_id}\"")
+                raise Failed(f"Missing service registration for ServiceID \"{check.service_id}\"")
             check.service_name = svc.service
             check.service_tags = list(svc.tags)
         else:
@@ -346,7 +337,7 @@ class StateStore:
         key = (node_key, check.check_id)
         old = self.checks.get(key)
         if old is not None:
-            if old.content() == check.content():
+            if old == check:
                 return
             check.create_index = old.create_index
         else:
@@ -354,7 +345,7 @@ class StateStore:
         check.modify_index = idx
         self.checks[key] = check
         self.checks_by_node.setdefault(node_key, set()).add(check.check_id)
-        self._bump_table("checks", idx)
+        self.bump_table("checks", idx)
         self._bump_node(check.node, idx)
         if check.service_id:
             self._bump_service(check.service_name, idx)
@@ -367,32 +358,32 @@ class StateStore:
         if check.status == "critical" and self.sessions:
             self._invalidate_check_sessions(idx, node_key, check.check_id)
 
-    def _apply_check_status(self, idx: int, p: dict[str, Any]) -> bool:
+    def _apply_check_status(self, idx: int, c: cmd.CheckStatus) -> bool:
         """Status/output update of an existing check (the hot path of health checking)."""
-        node_key = _lower(p["node"])
-        old = self.checks.get((node_key, p["check_id"]))
+        node_key = _lower(c.node)
+        old = self.checks.get((node_key, c.check_id))
         if old is None:
-            raise CommandError(f"Unknown check \"{p['check_id']}\"", 404)
+            raise NotFound(f"Unknown check \"{c.check_id}\"")
         updated = HealthCheck.from_dict(old.to_dict())
-        updated.status = p["status"]
-        updated.output = p.get("output", old.output)
-        self._ensure_check(idx, node_key, updated)
+        updated.status = c.status
+        updated.output = old.output if c.output is None else c.output
+        self.ensure_check(idx, node_key, updated)
         return True
 
-    def _apply_deregister(self, idx: int, p: dict[str, Any]) -> bool:
-        node_name = p.get("node") or ""
+    def _apply_deregister(self, idx: int, c: cmd.Deregister) -> bool:
+        node_name = c.node or ""
         if not node_name:
-            raise CommandError("Must provide node")
+            raise Failed("Must provide node")
         node_key = _lower(node_name)
-        if p.get("service_id"):
-            self._delete_service(idx, node_key, p["service_id"])
-        elif p.get("check_id"):
-            self._delete_check(idx, node_key, p["check_id"])
+        if c.service_id:
+            self.delete_service(idx, node_key, c.service_id)
+        elif c.check_id:
+            self.delete_check(idx, node_key, c.check_id)
         else:
-            self._delete_node(idx, node_key)
+            self.delete_node(idx, node_key)
         return True
 
-    def _delete_check(self, idx: int, node_key: str, check_id: str) -> None:
+    def delete_check(self, idx: int, node_key: str, check_id: str) -> None:
         chk = self.checks.pop((node_key, check_id), None)
         if chk is None:
             return
@@ -401,7 +392,7 @@ class StateStore:
             ids.discard(check_id)
             if not ids:
                 del self.checks_by_node[node_key]
-        self._bump_table("checks", idx)
+        self.bump_table("checks", idx)
         self._bump_node(chk.node, idx)
         if chk.service_id:
             self._bump_service(chk.service_name, idx)
@@ -416,13 +407,13 @@ class StateStore:
                 check_id in s.node_checks or any(c.get("ID") == check_id for c in s.service_checks))]:
             self.invalidate_session(idx, sess.id)
 
-    def _delete_service(self, idx: int, node_key: str, service_id: str) -> None:
+    def delete_service(self, idx: int, node_key: str, service_id: str) -> None:
         svc = self.services.get((node_key, service_id))
         if svc is None:
             return
         for cid in [c for c in self.checks_by_node.get(node_key, ())
                     if self.checks[(node_key, c)].service_id == service_id]:
-            self._delete_check(idx, node_key, cid)
+            self.delete_check(idx, node_key, cid)
         del self.services[(node_key, service_id)]
         ids = self.services_by_node.get(node_key)
         if ids is not None:
@@ -430,49 +421,39 @@ class StateStore:
             if not ids:
                 del self.services_by_node[node_key]
         self._unindex_service_name(svc)
-        self._bump_table("services", idx)
+        self.bump_table("services", idx)
         self._bump_service(svc.service, idx)
         self._bump_node(svc.node, idx)
 
-    def _delete_node(self, idx: int, node_key: str) -> None:
+    def delete_node(self, idx: int, node_key: str) -> None:
         node = self.nodes.get(node_key)
         if node is None:
             return
         for sid in list(self.services_by_node.get(node_key, ())):
-            self._delete_service(idx, node_key, sid)
+            self.delete_service(idx, node_key, sid)
         for cid in list(self.checks_by_node.get(node_key, ())):
-            self._delete_check(idx, node_key, cid)
+            self.delete_check(idx, node_key, cid)
         del self.nodes[node_key]
-        self._bump_table("nodes", idx)
+        self.bump_table("nodes", idx)
         self._bump_node(node.node, idx)
         for sess in [s for s in self.sessions.values() if _lower(s.node) == node_key]:
             self.invalidate_session(idx, sess.id)
 
     # ------------------------------------------------------------------ KV writes
-    def _apply_kvs(self, idx: int, p: dict[str, Any]) -> Any:
-        op = p["op"]
-        key = p.get("key", "")
-        if op == "set":
-            self.kv_set(idx, key, p.get("value"), p.get("flags", 0))
-            return True
-        if op == "cas":
-            return self.kv_cas(idx, key, p.get("value"), p.get("flags", 0), p["index"])
-        if op == "delete":
-            self.kv_delete(idx, key)
-            return True
-        if op == "delete-cas":
-            return self.kv_delete_cas(idx, key, p["index"])
-        if op == "delete-tree":
-            self.kv_delete_tree(idx, key)
-            return True
-        if op == "lock":
-            return self.kv_lock(idx, key, p.get("value"), p.get("flags", 0), p["session"], p.get("now", 0.0))
-        if op == "unlock":
-            return self.kv_unlock(idx, key, p.get("value"), p.get("flags", 0), p["session"])
-        raise CommandError(f"Invalid KV operation \"{op}\"", 400)
+    def _apply_kv_set(self, idx: int, c: cmd.KVSet) -> bool:
+        self.kv_set(idx, c.key, c.value, c.flags)
+        return True
+
+    def _apply_kv_delete(self, idx: int, c: cmd.KVDelete) -> bool:
+        self.kv_delete(idx, c.key)
+        return True
+
+    def _apply_kv_delete_tree(self, idx: int, c: cmd.KVDeleteTree) -> bool:
+        self.kv_delete_tree(idx, c.key)
+        return True
 
     def _kv_touch(self, key: str) -> None:
-        self._touch("kv:" + key)
+        self.touch("kv:" + key)
 
     def kv_set(self, idx: int, key: str, value: bytes | None, flags: int = 0,
                session: str | None = None, lock_index: int | None = None) -> KVEntry:
@@ -482,8 +463,7 @@ class StateStore:
             entry.create_index = old.create_index
             entry.lock_index = old.lock_index if lock_index is None else lock_index
             entry.session = old.session if session is None else session
-            if (old.value, old.flags, old.session, old.lock_index) == (
-                    entry.value, entry.flags, entry.session, entry.lock_index):
+            if old == entry:
                 return old
         else:
             entry.create_index = idx
@@ -494,12 +474,12 @@ class StateStore:
         entry.modify_index = idx
         self.kv[key] = entry
         if (old.session if old is not None else "") != entry.session:
-            self._reindex_lock(key, old.session if old is not None else "", entry.session)
-        self._bump_table("kvs", idx)
+            self.reindex_lock(key, old.session if old is not None else "", entry.session)
+        self.bump_table("kvs", idx)
         self._kv_touch(key)
         return entry
 
-    def _reindex_lock(self, key: str, old_session: str, new_session: str) -> None:
+    def reindex_lock(self, key: str, old_session: str, new_session: str) -> None:
         if old_session:
             held = self.session_keys.get(old_session)
             if held is not None:
@@ -523,18 +503,18 @@ class StateStore:
         if old is None:
             return False
         if old.session:
-            self._reindex_lock(key, old.session, "")
+            self.reindex_lock(key, old.session, "")
         pos = bisect.bisect_left(self.kv_keys, key)
         del self.kv_keys[pos]
         self.tombstones[key] = idx
-        self._bump_table("kvs", idx)
+        self.bump_table("kvs", idx)
         self._kv_touch(key)
         return True
 
-    def _apply_tombstone_reap(self, idx: int, p: dict[str, Any]) -> int:
+    def _apply_tombstone_reap(self, idx: int, c: cmd.TombstoneReap) -> int:
         """Forget tombstones up to ``index`` (the leader proposes it once they are older than the
         tombstone TTL). Wakes nobody; list indexes stay at least ``index``, so none goes backwards."""
-        upto = int(p["index"])
+        upto = int(c.index)
         dead = [k for k, i in self.tombstones.items() if i <= upto]
         for k in dead:
             del self.tombstones[k]
@@ -548,14 +528,14 @@ class StateStore:
         return self.kv_delete(idx, key)
 
     def kv_delete_tree(self, idx: int, prefix: str) -> None:
-        for key in self._keys_with_prefix(prefix):
+        for key in self.keys_with_prefix(prefix):
             self.kv_delete(idx, key)
 
     def kv_lock(self, idx: int, key: str, value: bytes | None, flags: int, session: str,
                 now: float) -> bool:
         sess = self.sessions.get(session)
         if sess is None:
-            raise CommandError(f"Invalid session \"{session}\"")
+            raise Failed(f"Invalid session \"{session}\"")
         old = self.kv.get(key)
         if old is not None and old.session:
             if old.session != session:
@@ -593,8 +573,8 @@ class StateStore:
         self.session_expires.pop(session_id, None)
         if sess is None:
             return
-        self._bump_table("sessions", idx)
-        self._touch("session:" + session_id)
+        self.bump_table("sessions", idx)
+        self.touch("session:" + session_id)
         delay = sess.lock_delay_ns / 1e9
         for key in sorted(self.session_keys.get(session_id, ())):
             if delay > 0:
@@ -606,7 +586,7 @@ class StateStore:
                 self.kv_set(idx, key, entry.value, entry.flags, session="")
 
     # ------------------------------------------------------------------ reads
-    def _keys_with_prefix(self, prefix: str) -> list[str]:
+    def keys_with_prefix(self, prefix: str) -> list[str]:
         keys = self.kv_keys
         lo = bisect.bisect_left(keys, prefix)
         if not prefix:
@@ -623,7 +603,7 @@ class StateStore:
 
     def kv_list(self, prefix: str) -> tuple[int, list[KVEntry]]:
         with self.lock:
-            entries = [self.kv[k] for k in self._keys_with_prefix(prefix)]
+            entries = [self.kv[k] for k in self.keys_with_prefix(prefix)]
             idx = max((e.modify_index for e in entries), default=0)
             if self.tombstones:
                 idx = max([idx] + [i for k, i in self.tombstones.items() if k.startswith(prefix)])
@@ -781,7 +761,7 @@ class StateStore:
         fresh.lock_delays = dict(snap.get("lock_delays", {}))
         fresh.session_expires = dict(snap.get("session_expires", {}))
         for name_key in fresh.services_by_name:
-            fresh._refresh_service_tags(name_key)
+            fresh.refresh_service_tags(name_key)
         fresh.extra = {name: dict(rows) for name, rows in snap.get("extra", {}).items()}
         with self.lock:
             self.generation += 1

@@ -19,12 +19,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from beacon.durations import parse_duration
-from beacon.server.fsm import ApplyResult, Command, MessageType, StateStore
+from beacon.server.commands import Record, SessionExpire
+from beacon.server.fsm import ApplyResult, StateStore
 from beacon.server.sessions import TTL_MULTIPLIER
 
 log = logging.getLogger("beacon.server.leader")
 
-Submit = Callable[[Command], Awaitable[ApplyResult]]
+Submit = Callable[[Record], Awaitable[ApplyResult]]
 
 
 class SessionReaper:
@@ -98,7 +99,7 @@ class SessionReaper:
             log.info("leadership acquired: session TTL timers reset")
         due, nxt = self.due(now)
         if due:
-            result = await self.submit((MessageType.SESSION, {"op": "expire", "ids": due, "now": now}))
+            result = await self.submit(SessionExpire(ids=due, now=now))
             if result.error is None and result.value:
                 log.info("expired %d session(s): %s", len(result.value), ", ".join(result.value))
         if nxt is None:

@@ -35,8 +35,10 @@ from collections.abc import Callable
 from typing import Any
 
 from beacon.durations import parse_duration
+from beacon.errors import Failed
 from beacon.model import HealthCheck, Node, Service
-from beacon.server.fsm import CommandError, MessageType, StateStore
+from beacon.server import commands as cmd
+from beacon.server.fsm import StateStore
 
 TABLE = "queries"
 TEMPLATE_TYPE = "name_prefix_match"
@@ -60,29 +62,29 @@ def is_uuid(value: str) -> bool:
 
 # ---------------------------------------------------------------------- validation (proposer side)
 def validate(query: dict[str, Any]) -> None:
-    """Consul's ``parseQuery`` checks; raise CommandError with Consul's message."""
+    """Consul's ``parseQuery`` checks; raise Invalid/Failed with Consul's message."""
     tmpl = query["Template"]
     if tmpl["Type"] not in ("", TEMPLATE_TYPE):
-        raise CommandError(f"Bad Template.Type '{tmpl['Type']}'")
+        raise Failed(f"Bad Template.Type '{tmpl['Type']}'")
     regexp = None
     if tmpl["Regexp"]:
         try:
             regexp = re.compile(tmpl["Regexp"])
         except re.error as exc:
-            raise CommandError(f"Bad Regexp: {exc}") from None
+            raise Failed(f"Bad Regexp: {exc}") from None
     if tmpl["Type"]:
         # Consul compiles the template once at write time so a bad interpolation fails early.
         render(query, query["Name"], regexp=regexp)
     if not query["Service"]["Service"]:
-        raise CommandError("Must provide a Service name to query")
+        raise Failed("Must provide a Service name to query")
     ttl = query["DNS"]["TTL"]
     if ttl:
         try:
             seconds = parse_duration(ttl)
         except ValueError as exc:
-            raise CommandError(f"Bad DNS TTL '{ttl}': {exc}") from None
+            raise Failed(f"Bad DNS TTL '{ttl}': {exc}") from None
         if seconds < 0:
-            raise CommandError(f"DNS TTL '{ttl}', must be >=0")
+            raise Failed(f"DNS TTL '{ttl}', must be >=0")
 
 
 # ---------------------------------------------------------------------- commands
@@ -90,22 +92,20 @@ class QueryCommands:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def apply(self, idx: int, p: dict[str, Any]) -> Any:
-        op = p["op"]
-        if op == "set":
-            return self.set(idx, dict(p["query"]))
-        if op == "delete":
-            return self.delete(idx, p["id"])
-        raise CommandError(f"Invalid prepared query operation \"{op}\"", 400)
+    def handlers(self) -> dict[type[Any], Any]:
+        return {
+            cmd.QuerySet: lambda idx, c: self.set(idx, dict(c.query)),
+            cmd.QueryDelete: lambda idx, c: self.delete(idx, c.id),
+        }
 
     def set(self, idx: int, query: dict[str, Any]) -> str:
         table = rows(self.store)
         qid = query["ID"]
         if not is_uuid(qid):
-            raise CommandError(f"Invalid query ID \"{qid}\"")
+            raise Failed(f"Invalid query ID \"{qid}\"")
         session = query.get("Session") or ""
         if session and session not in self.store.sessions:
-            raise CommandError(f"invalid session \"{session}\"")
+            raise Failed(f"invalid session \"{session}\"")
         # Queries whose session is gone are hidden from reads (see live()); drop them here so a
         # hidden one never holds on to its name. Every replica sees the same sessions.
         for orphan in [q["ID"] for q in table.values() if q.get("Session") and q["Session"] not in self.store.sessions]:
@@ -116,11 +116,11 @@ class QueryCommands:
             if other["ID"] == qid:
                 continue
             if name and other["Name"] == name:
-                raise CommandError(f"name '{name}' aliases an existing query name")
+                raise Failed(f"name '{name}' aliases an existing query name")
             if name and other["ID"] == name:
-                raise CommandError(f"name '{name}' aliases an existing query ID")
+                raise Failed(f"name '{name}' aliases an existing query ID")
             if is_template and not name and other["Template"]["Type"] and not other["Name"]:
-                raise CommandError("a query template with an empty name already exists")
+                raise Failed("a query template with an empty name already exists")
         old = table.get(qid)
         query["CreateIndex"] = old["CreateIndex"] if old else idx
         query["ModifyIndex"] = idx
@@ -135,8 +135,8 @@ class QueryCommands:
         return True
 
     def _bump(self, idx: int, qid: str) -> None:
-        self.store._bump_table(TABLE, idx)
-        self.store._touch("query:" + qid)
+        self.store.bump_table(TABLE, idx)
+        self.store.touch("query:" + qid)
 
 
 def live(store: StateStore) -> list[dict[str, Any]]:
@@ -175,7 +175,7 @@ def resolve(store: StateStore, id_or_name: str) -> dict[str, Any] | None:
     if not found["Template"]["Type"]:
         return found
     if id_or_name == found["ID"]:
-        raise CommandError("prepared query templates can only be resolved up by name, not by ID")
+        raise Failed("prepared query templates can only be resolved up by name, not by ID")
     return render(found, id_or_name)
 
 
@@ -202,7 +202,7 @@ def render(query: dict[str, Any], full_name: str, regexp: re.Pattern[str] | None
         if mm is not None:
             n = int(mm.group(1))
             return groups[n] if n < len(groups) else ""
-        raise CommandError(f"Failed to compile query template: unknown variable accessed: {expr}")
+        raise Failed(f"Failed to compile query template: unknown variable accessed: {expr}")
 
     def walk(value: Any) -> Any:
         if isinstance(value, str):
@@ -293,4 +293,4 @@ def execute(store: StateStore, query: dict[str, Any], agent_node: str, datacente
 
 
 def install(store: StateStore) -> None:
-    store.register_handler(MessageType.PREPARED_QUERY, QueryCommands(store).apply)
+    store.register_handlers(QueryCommands(store).handlers())

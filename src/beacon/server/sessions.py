@@ -1,7 +1,7 @@
 """Session commands for the state machine, and the registration of every KV-coordination handler.
 
 A session ties locks on KV keys to the liveness of a node, some checks and (optionally) a TTL. The
-commands, all ``(MessageType.SESSION, {"op": ..., ...})``:
+commands (records in :mod:`beacon.server.commands`, log form ``(MessageType.SESSION, {"op": ...})``):
 
 * ``create``  ``{"session": Session.to_dict(), "now": t}``: the proposer picks the ID and the time.
   Apply checks the node and checks exist and none is critical, as Consul's state store does.
@@ -23,8 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 from beacon.durations import parse_duration
+from beacon.errors import Failed, NotFound
 from beacon.model import Session
-from beacon.server.fsm import CommandError, MessageType, StateStore
+from beacon.server import commands as cmd
+from beacon.server.fsm import StateStore
 
 TTL_MULTIPLIER = 2
 
@@ -41,52 +43,51 @@ class SessionCommands:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def apply(self, idx: int, p: dict[str, Any]) -> Any:
-        op = p["op"]
-        if op == "create":
-            return self.create(idx, Session.from_dict(p["session"]), float(p["now"]))
-        if op == "destroy":
-            self.store.invalidate_session(idx, p["id"], float(p["now"]))
-            return True
-        if op == "renew":
-            return self.renew(p["id"], float(p["now"]))
-        if op == "expire":
-            return self.expire(idx, list(p["ids"]), float(p["now"]))
-        raise CommandError(f"Invalid session operation \"{op}\"", 400)
+    def handlers(self) -> dict[type[Any], Any]:
+        return {
+            cmd.SessionCreate: lambda idx, c: self.create(idx, Session.from_dict(c.session), float(c.now)),
+            cmd.SessionDestroy: self._destroy,
+            cmd.SessionRenew: lambda idx, c: self.renew(c.id, float(c.now)),
+            cmd.SessionExpire: lambda idx, c: self.expire(idx, list(c.ids), float(c.now)),
+        }
+
+    def _destroy(self, idx: int, c: cmd.SessionDestroy) -> bool:
+        self.store.invalidate_session(idx, c.id, float(c.now))
+        return True
 
     def create(self, idx: int, sess: Session, now: float) -> str:
         store = self.store
         if not sess.id:
-            raise CommandError("Missing session ID")
+            raise Failed("Missing session ID")
         if sess.id in store.sessions:
-            raise CommandError(f"Session ID \"{sess.id}\" already exists")
+            raise Failed(f"Session ID \"{sess.id}\" already exists")
         if sess.behavior not in ("release", "delete"):
-            raise CommandError(f"Invalid Behavior setting '{sess.behavior}'")
+            raise Failed(f"Invalid Behavior setting '{sess.behavior}'")
         node = store.get_node(sess.node)
         if node is None:
-            raise CommandError(f"Missing node registration: {sess.node}")
+            raise Failed(f"Missing node registration: {sess.node}")
         sess.node = node.node
         node_key = node.node.lower()
         wanted = list(sess.node_checks) + [c.get("ID", "") for c in sess.service_checks]
         for check_id in wanted:
             chk = store.checks.get((node_key, check_id))
             if chk is None:
-                raise CommandError(f"Missing check '{check_id}' registration")
+                raise Failed(f"Missing check '{check_id}' registration")
             if chk.status == "critical":
-                raise CommandError(f"Check '{check_id}' is in critical state")
+                raise Failed(f"Check '{check_id}' is in critical state")
         sess.create_index = sess.modify_index = idx
         store.sessions[sess.id] = sess
         deadline = session_deadline(sess, now)
         if deadline is not None:
             store.session_expires[sess.id] = deadline
-        store._bump_table("sessions", idx)
-        store._touch("session:" + sess.id)
+        store.bump_table("sessions", idx)
+        store.touch("session:" + sess.id)
         return sess.id
 
     def renew(self, session_id: str, now: float) -> Session:
         sess = self.store.sessions.get(session_id)
         if sess is None:
-            raise CommandError(f"Session id '{session_id}' not found", 404)
+            raise NotFound(f"Session id '{session_id}' not found")
         deadline = session_deadline(sess, now)
         if deadline is not None:
             self.store.session_expires[session_id] = deadline
@@ -102,7 +103,7 @@ class SessionCommands:
         return expired
 
 
-def apply_snapshot_restore(store: StateStore, idx: int, p: dict[str, Any]) -> int:
+def apply_snapshot_restore(store: StateStore, idx: int, c: cmd.SnapshotRestore) -> int:
     """Replace the whole state with an uploaded snapshot (``PUT /v1/snapshot``), as a logged command
     so that every replica and a restart from the command log reach the same state.
 
@@ -111,8 +112,8 @@ def apply_snapshot_restore(store: StateStore, idx: int, p: dict[str, Any]) -> in
     sees a newer index and wakes, and a CAS with a pre-restore index fails instead of matching by
     chance. TTL sessions get a fresh deadline from the command's time, as Consul resets its timers.
     """
-    snap = p["snapshot"]
-    now = float(p["now"])
+    snap = c.snapshot
+    now = float(c.now)
     store.restore(snap)
     store.index = idx
     for table in (store.tables, store.service_index, store.node_index, store.tombstones):
@@ -127,7 +128,7 @@ def apply_snapshot_restore(store: StateStore, idx: int, p: dict[str, Any]) -> in
         deadline = session_deadline(sess, now)
         if deadline is not None:
             store.session_expires[sess.id] = deadline
-    store._touch("*")
+    store.touch("*")
     return idx
 
 
@@ -136,11 +137,11 @@ def install(store: StateStore) -> None:
     from beacon.server import config_entries, queries
     from beacon.server.txn import TxnCommands
 
-    sessions = SessionCommands(store)
-    store.register_handler(MessageType.SESSION, sessions.apply)
-    store.register_handler(MessageType.TXN, TxnCommands(store).apply)
-    store.register_handler(MessageType.SNAPSHOT_RESTORE,
-                           lambda idx, p: apply_snapshot_restore(store, idx, p))
+    store.register_handlers(SessionCommands(store).handlers())
+    store.register_handlers({
+        cmd.Txn: TxnCommands(store).apply,
+        cmd.SnapshotRestore: lambda idx, c: apply_snapshot_restore(store, idx, c),
+    })
     queries.install(store)
     config_entries.install(store)
     from beacon.acl import state as acl_state

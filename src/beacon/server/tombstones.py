@@ -15,13 +15,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from beacon.server.fsm import ApplyResult, Command, MessageType, StateStore
+from beacon.server.commands import Record, TombstoneReap
+from beacon.server.fsm import ApplyResult, StateStore
 
 log = logging.getLogger("beacon.server.tombstones")
 
 
 class TombstoneReaper:
-    def __init__(self, store: StateStore, submit: Callable[[Command], Awaitable[ApplyResult]],
+    def __init__(self, store: StateStore, submit: Callable[[Record], Awaitable[ApplyResult]],
                  is_leader: Callable[[], bool], ttl: float = 900.0, granularity: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
@@ -64,6 +65,6 @@ class TombstoneReaper:
         while self.checkpoints and self.checkpoints[0][0] <= now - self.ttl:
             upto = self.checkpoints.popleft()[1]
         if upto and any(i <= upto for i in list(self.store.tombstones.values())):
-            await self.submit((MessageType.TOMBSTONE_REAP, {"index": upto}))
+            await self.submit(TombstoneReap(index=upto))
             return upto
         return 0

@@ -25,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from beacon.errors import BeaconError, TooLarge
 from beacon.model import HealthCheck, KVEntry, Node, Service
-from beacon.server.fsm import CommandError, StateStore
+from beacon.server import commands as cmd
+from beacon.server.fsm import StateStore
 
 MAX_OPS = 64
 KV_READ_VERBS = frozenset({"get", "get-or-empty", "get-tree", "check-index", "check-session",
@@ -75,7 +77,7 @@ class _KVJournal:
         s = self.store
         for key, (entry, tomb, delay) in self.saved.items():
             current = s.kv.get(key)
-            s._reindex_lock(key, current.session if current is not None else "",
+            s.reindex_lock(key, current.session if current is not None else "",
                             entry.session if entry is not _MISSING else "")
             pos = bisect.bisect_left(s.kv_keys, key)
             present = pos < len(s.kv_keys) and s.kv_keys[pos] == key
@@ -126,17 +128,17 @@ class TxnCommands:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def apply(self, idx: int, p: dict[str, Any]) -> TxnOutcome:
-        ops = p["ops"]
+    def apply(self, idx: int, c: cmd.Txn) -> TxnOutcome:
+        ops = c.ops
         if len(ops) > MAX_OPS:
-            raise CommandError(f"Transaction contains too many operations ({len(ops)} > {MAX_OPS})", 413)
+            raise TooLarge(f"Transaction contains too many operations ({len(ops)} > {MAX_OPS})")
         store = self.store
         kv_only = all(op["type"] == "kv" for op in ops)
         journal: _KVJournal | _FullCheckpoint = _KVJournal(store) if kv_only else _FullCheckpoint(store)
-        outcome = self.run(idx, ops, float(p.get("now", 0.0)), journal)
+        outcome = self.run(idx, ops, float(c.now), journal)
         if outcome.errors:
             journal.rollback()
-            store._changes = set()
+            store.discard_changes()
         return outcome
 
     def read(self, ops: list[dict[str, Any]]) -> TxnOutcome:
@@ -161,7 +163,7 @@ class TxnCommands:
                     out = self._check(idx, op)
                 else:
                     raise OpError(f"unknown operation type {kind!r}")
-            except (OpError, CommandError) as exc:
+            except (OpError, BeaconError) as exc:
                 errors.append((i, str(exc)))
                 continue
             results.extend(out)
@@ -182,7 +184,7 @@ class TxnCommands:
         if verb not in KV_VERBS:
             raise OpError(f"unknown KV verb {verb!r}")
         if journal is not None and verb not in KV_READ_VERBS:
-            for k in (s._keys_with_prefix(key) if verb == "delete-tree" else [key]):
+            for k in (s.keys_with_prefix(key) if verb == "delete-tree" else [key]):
                 journal.save(k)
         entry = s.kv.get(key)
         if verb == "set":
@@ -210,7 +212,7 @@ class TxnCommands:
         if verb == "get-or-empty":
             return [] if entry is None else [("kv", entry)]
         if verb == "get-tree":
-            return [("kv", s.kv[k]) for k in s._keys_with_prefix(key)]
+            return [("kv", s.kv[k]) for k in s.keys_with_prefix(key)]
         if verb == "check-index":
             if entry is None:
                 raise OpError(f"key \"{key}\" doesn't exist")
@@ -267,11 +269,11 @@ class TxnCommands:
         def write() -> Node:
             if not node.address:
                 raise OpError(f"missing address for node \"{node.node}\"")
-            s._ensure_node(idx, node)
+            s.ensure_node(idx, node)
             return s.nodes[key]
 
         return self._catalog_verb("node", node.node, op["verb"], s.nodes.get(key), node.modify_index,
-                                  write, lambda: s._delete_node(idx, key))
+                                  write, lambda: s.delete_node(idx, key))
 
     def _service(self, idx: int, op: dict[str, Any]) -> list[tuple[str, Any]]:
         s = self.store
@@ -285,11 +287,11 @@ class TxnCommands:
             if not svc.service:
                 raise OpError("missing service name")
             svc.node = s.nodes[node_key].node
-            s._ensure_service(idx, node_key, svc)
+            s.ensure_service(idx, node_key, svc)
             return s.services[(node_key, svc.id)]
 
         return self._catalog_verb("service", svc.id, op["verb"], s.services.get((node_key, svc.id)),
-                                  svc.modify_index, write, lambda: s._delete_service(idx, node_key, svc.id))
+                                  svc.modify_index, write, lambda: s.delete_service(idx, node_key, svc.id))
 
     def _check(self, idx: int, op: dict[str, Any]) -> list[tuple[str, Any]]:
         s = self.store
@@ -300,8 +302,8 @@ class TxnCommands:
 
         def write() -> HealthCheck:
             chk.node = s.nodes[node_key].node
-            s._ensure_check(idx, node_key, chk)
+            s.ensure_check(idx, node_key, chk)
             return s.checks[(node_key, chk.check_id)]
 
         return self._catalog_verb("check", chk.check_id, op["verb"], s.checks.get((node_key, chk.check_id)),
-                                  chk.modify_index, write, lambda: s._delete_check(idx, node_key, chk.check_id))
+                                  chk.modify_index, write, lambda: s.delete_check(idx, node_key, chk.check_id))

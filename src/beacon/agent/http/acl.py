@@ -9,8 +9,6 @@ needs ``acl:write``, as in Consul. The state and its commands live in :mod:`beac
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -23,7 +21,7 @@ from beacon.acl.resolver import ACLNotFound, Identity
 from beacon.acl.rules import READ, WRITE, RuleError, parse
 from beacon.agent.http.core import HTTPError, Reply, Router, read_json
 from beacon.agent.http.decode import DecodeError, Fields
-from beacon.server.fsm import MessageType
+from beacon.endpoints import acl as acl_endpoint
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -48,25 +46,6 @@ def _need(req: web.Request, access: str) -> Identity:
         raise HTTPError(403, f"Permission denied: token with AccessorID '{ident.accessor}' lacks permission "
                              f"'acl:{access}'")
     return ident
-
-
-def _now_rfc3339(at: float | None = None) -> str:
-    return dt.datetime.fromtimestamp(at if at is not None else time.time(), dt.UTC).isoformat(
-        timespec="microseconds").replace("+00:00", "Z")
-
-
-async def _submit(agent: Agent, payload: dict[str, Any]) -> Any:
-    result = await agent.submit((MessageType.ACL, payload))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
-    return result.value
-
-
-def _hash(obj: dict[str, Any]) -> str:
-    import base64
-
-    body = {k: v for k, v in obj.items() if k not in ("CreateIndex", "ModifyIndex", "Hash", "SecretID")}
-    return base64.b64encode(hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()).decode()
 
 
 # ---------------------------------------------------------------------- rendering
@@ -152,7 +131,7 @@ def decode_token(agent: Agent, body: Any, old: dict[str, Any] | None) -> dict[st
     if ttl is not None and not MIN_EXPIRATION <= ttl <= MAX_EXPIRATION:
         raise HTTPError(400, "Token Expiration TTL must be between 1m0s and 24h0m0s")
     if ttl:
-        expires = _now_rfc3339(now + ttl)
+        expires = acl_endpoint.rfc3339(now + ttl)
     elif expires and old is None:
         from beacon.acl.resolver import parse_time
 
@@ -167,13 +146,12 @@ def decode_token(agent: Agent, body: Any, old: dict[str, Any] | None) -> dict[st
         "ServiceIdentities": _identities(f, "ServiceIdentities", "ServiceName"),
         "NodeIdentities": _identities(f, "NodeIdentities", "NodeName"),
         "Local": f.bool("Local", default=old["Local"] if old else False),
-        "CreateTime": old["CreateTime"] if old else _now_rfc3339(now),
+        "CreateTime": old["CreateTime"] if old else acl_endpoint.rfc3339(now),
     }
     if old is not None and old.get("ExpirationTime"):
         token["ExpirationTime"] = old["ExpirationTime"]  # Consul: expiration cannot change on update
     elif expires:
         token["ExpirationTime"] = expires
-    token["Hash"] = _hash(token)
     return token
 
 
@@ -208,7 +186,6 @@ def decode_policy(body: Any, pid: str) -> dict[str, Any]:
         raise HTTPError(400, str(exc)) from None
     policy = {"ID": pid, "Name": name, "Description": f.str("Description"), "Rules": rules,
               "Datacenters": f.str_list("Datacenters") or None}
-    policy["Hash"] = _hash(policy)
     return policy
 
 
@@ -221,7 +198,6 @@ def decode_role(agent: Agent, body: Any, rid: str) -> dict[str, Any]:
             "Policies": _links(agent, f, "Policies", "policy"),
             "ServiceIdentities": _identities(f, "ServiceIdentities", "ServiceName"),
             "NodeIdentities": _identities(f, "NodeIdentities", "NodeName")}
-    role["Hash"] = _hash(role)
     return role
 
 
@@ -229,13 +205,7 @@ def decode_role(agent: Agent, body: Any, rid: str) -> dict[str, Any]:
 @router.put("/v1/acl/bootstrap")
 async def bootstrap(req: web.Request, agent: Agent) -> Reply:
     body = await read_json(req, required=False)
-    secret = Fields(body or {}).str("BootstrapSecret") or str(uuid.uuid4())
-    token = {"AccessorID": str(uuid.uuid4()), "SecretID": secret,
-             "Description": "Bootstrap Token (Global Management)",
-             "Policies": [{"ID": state.MANAGEMENT_POLICY_ID, "Name": "global-management"}],
-             "Local": False, "CreateTime": _now_rfc3339()}
-    token["Hash"] = _hash(token)
-    stored = await _submit(agent, {"op": "bootstrap", "token": token})
+    stored = await acl_endpoint.bootstrap(agent.submit, Fields(body or {}).str("BootstrapSecret"))
     return Reply(render_token(agent, stored, True))
 
 
@@ -263,7 +233,7 @@ async def token_create(req: web.Request, agent: Agent) -> Reply:
     token = decode_token(agent, body, None)
     if token["AccessorID"] in state.tokens(agent.store):
         raise HTTPError(400, "Invalid Token: AccessorID is already in use")
-    return Reply(render_token(agent, await _submit(agent, {"op": "token_set", "token": token}), True))
+    return Reply(render_token(agent, await acl_endpoint.set_token(agent.submit, token), True))
 
 
 @router.get("/v1/acl/token/{id}")
@@ -283,7 +253,7 @@ async def token_update(req: web.Request, agent: Agent) -> Reply:
     if Fields(body).str("AccessorID") != accessor:
         raise HTTPError(400, "Token AccessorID in URL and payload do not match")
     token = decode_token(agent, body, old)
-    return Reply(render_token(agent, await _submit(agent, {"op": "token_set", "token": token}), True))
+    return Reply(render_token(agent, await acl_endpoint.set_token(agent.submit, token), True))
 
 
 @router.put("/v1/acl/token/{id}/clone")
@@ -291,18 +261,14 @@ async def token_clone(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
     old = _token(agent, req.match_info["id"])
     body = Fields(await read_json(req, required=False) or {})
-    token = dict(old, AccessorID=str(uuid.uuid4()), SecretID=str(uuid.uuid4()), CreateTime=_now_rfc3339(),
-                 Description=body.str("Description") or old.get("Description", ""))
-    token.pop("CreateIndex", None)
-    token.pop("ModifyIndex", None)
-    token["Hash"] = _hash(token)
-    return Reply(render_token(agent, await _submit(agent, {"op": "token_set", "token": token}), True))
+    return Reply(render_token(agent, await acl_endpoint.clone_token(agent.submit, old, body.str("Description")),
+                              True))
 
 
 @router.delete("/v1/acl/token/{id}")
 async def token_delete(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
-    await _submit(agent, {"op": "token_delete", "id": req.match_info["id"]})
+    await acl_endpoint.delete(agent.submit, "token", req.match_info["id"])
     return Reply(True)
 
 
@@ -332,7 +298,7 @@ def _one(table: dict[str, dict[str, Any]], ident: str, what: str) -> dict[str, A
 async def policy_create(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
     policy = decode_policy(await read_json(req), str(uuid.uuid4()))
-    return Reply(await _submit(agent, {"op": "policy_set", "policy": policy}))
+    return Reply(await acl_endpoint.set_policy(agent.submit, policy))
 
 
 @router.get("/v1/acl/policy/name/{name}")
@@ -356,13 +322,13 @@ async def policy_update(req: web.Request, agent: Agent) -> Reply:
     pid = req.match_info["id"]
     _one(state.policies(agent.store), pid, "policy")
     policy = decode_policy(await read_json(req), pid)
-    return Reply(await _submit(agent, {"op": "policy_set", "policy": policy}))
+    return Reply(await acl_endpoint.set_policy(agent.submit, policy))
 
 
 @router.delete("/v1/acl/policy/{id}")
 async def policy_delete(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
-    await _submit(agent, {"op": "policy_delete", "id": req.match_info["id"]})
+    await acl_endpoint.delete(agent.submit, "policy", req.match_info["id"])
     return Reply(True)
 
 
@@ -378,7 +344,7 @@ async def policy_list(req: web.Request, agent: Agent) -> Reply:
 async def role_create(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
     role = decode_role(agent, await read_json(req), str(uuid.uuid4()))
-    return Reply(render_role(agent, await _submit(agent, {"op": "role_set", "role": role})))
+    return Reply(render_role(agent, await acl_endpoint.set_role(agent.submit, role)))
 
 
 @router.get("/v1/acl/role/name/{name}")
@@ -402,13 +368,13 @@ async def role_update(req: web.Request, agent: Agent) -> Reply:
     rid = req.match_info["id"]
     _one(state.roles(agent.store), rid, "role")
     role = decode_role(agent, await read_json(req), rid)
-    return Reply(render_role(agent, await _submit(agent, {"op": "role_set", "role": role})))
+    return Reply(render_role(agent, await acl_endpoint.set_role(agent.submit, role)))
 
 
 @router.delete("/v1/acl/role/{id}")
 async def role_delete(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
-    await _submit(agent, {"op": "role_delete", "id": req.match_info["id"]})
+    await acl_endpoint.delete(agent.submit, "role", req.match_info["id"])
     return Reply(True)
 
 

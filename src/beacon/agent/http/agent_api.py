@@ -131,7 +131,7 @@ async def service_register(req: web.Request, agent: Agent) -> Reply:
     replace = False
     if "replace-existing-checks" in req.query:
         replace = parse_bool(req.query["replace-existing-checks"], "replace-existing-checks")
-    await agent.register_service(svc, checks, source="api", replace_existing_checks=replace)
+    await agent.services.register_service(svc, checks, source="api", replace_existing_checks=replace)
     return Reply(empty=True)
 
 
@@ -139,7 +139,7 @@ async def service_register(req: web.Request, agent: Agent) -> Reply:
 async def service_deregister(req: web.Request, agent: Agent) -> Reply:
     sid = req.match_info["id"]
     try:
-        await agent.deregister_service(sid)
+        await agent.services.deregister_service(sid)
     except KeyError:
         raise _unknown_service(sid) from None
     return Reply(empty=True)
@@ -152,10 +152,9 @@ async def service_maintenance(req: web.Request, agent: Agent) -> Reply:
         raise HTTPError(400, "Missing value for enable")
     enable = parse_bool(req.query["enable"], "enable")
     try:
-        agent.local.set_service_maintenance(sid, enable, req.query.get("reason", ""))
+        await agent.services.set_service_maintenance(sid, enable, req.query.get("reason", ""))
     except KeyError:
         raise HTTPError(404, f'Unknown service ID "{sid}"') from None
-    await agent.sync_now()
     return Reply(empty=True)
 
 
@@ -164,8 +163,7 @@ async def node_maintenance(req: web.Request, agent: Agent) -> Reply:
     if "enable" not in req.query:
         raise HTTPError(400, "Missing value for enable")
     enable = parse_bool(req.query["enable"], "enable")
-    agent.local.set_node_maintenance(enable, req.query.get("reason", ""))
-    await agent.sync_now()
+    await agent.services.set_node_maintenance(enable, req.query.get("reason", ""))
     return Reply(empty=True)
 
 
@@ -184,7 +182,7 @@ async def check_register(req: web.Request, agent: Agent) -> Reply:
     f = Fields(body)
     if not f.str("Name"):
         raise HTTPError(400, "Missing check name")
-    await agent.register_check(body, source="api")
+    await agent.services.register_check(body, source="api")
     return Reply(empty=True)
 
 
@@ -192,7 +190,7 @@ async def check_register(req: web.Request, agent: Agent) -> Reply:
 async def check_deregister(req: web.Request, agent: Agent) -> Reply:
     cid = req.match_info["id"]
     try:
-        await agent.deregister_check(cid)
+        await agent.services.deregister_check(cid)
     except KeyError:
         raise _unknown_check(cid) from None
     return Reply(empty=True)
@@ -201,7 +199,7 @@ async def check_deregister(req: web.Request, agent: Agent) -> Reply:
 async def _ttl(req: web.Request, agent: Agent, status: str, output: str) -> Reply:
     cid = req.match_info["id"]
     try:
-        await agent.ttl_update(cid, status, output)
+        await agent.services.ttl_update(cid, status, output)
     except KeyError:
         raise _unknown_check(cid) from None
     except TypeError:

@@ -20,8 +20,8 @@ from beacon.agent.http.decode import DecodeError, Fields, validate_meta
 from beacon.agent.http.encode import catalog_service_json, node_json, service_node_json
 from beacon.agent.http.readopts import cache_meta
 from beacon.agent.http.views import views_of
+from beacon.endpoints import catalog as catalog_endpoint
 from beacon.model import Node
-from beacon.server.fsm import MessageType
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -50,27 +50,14 @@ def has_tags(tags: list[str], wanted: list[str]) -> bool:
     return all(w.lower() in low for w in wanted)
 
 
-async def _write(agent: Agent, command: tuple[int, dict[str, Any]]) -> Any:
-    result = await agent.submit(command)
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
-    return result.value
-
-
 @router.put("/v1/catalog/register")
 async def catalog_register(req: web.Request, agent: Agent) -> Reply:
     f = Fields(await read_json(req))
-    payload: dict[str, Any] = {
-        "node": f.str("Node"), "address": f.str("Address"), "id": f.str("ID"),
-        "datacenter": f.str("Datacenter") or agent.config.datacenter,
-        "tagged_addresses": f.str_map("TaggedAddresses"), "node_meta": f.str_map("NodeMeta"),
-        "skip_node_update": f.bool("SkipNodeUpdate"),
-    }
-    if not payload["node"]:
-        raise HTTPError(500, "Must provide node")
-    if not payload["address"] and not payload["skip_node_update"]:
-        raise HTTPError(500, "Must provide address if SkipNodeUpdate is not set")
-    validate_meta(payload["node_meta"], "Node")
+    node, address, skip_node_update = f.str("Node"), f.str("Address"), f.bool("SkipNodeUpdate")
+    catalog_endpoint.check_node(node, address, skip_node_update)
+    node_meta = f.str_map("NodeMeta")
+    validate_meta(node_meta, "Node")
+    service: dict[str, Any] | None = None
     svc = f.obj("Service")
     if svc is not None:
         from beacon.agent.http.decode import decode_service
@@ -79,10 +66,10 @@ async def catalog_register(req: web.Request, agent: Agent) -> Reply:
         if not Fields(raw).str("Name") and Fields(raw).str("Service"):
             raw["Name"] = Fields(raw).str("Service")
         try:
-            service, _ = decode_service(raw)
+            decoded, _ = decode_service(raw)
         except DecodeError as exc:
             raise HTTPError(500, str(exc)) from None
-        payload["service"] = service.to_dict()
+        service = decoded.to_dict()
     checks = []
     raw_checks = []
     if f.get("Check") is not None:
@@ -98,20 +85,17 @@ async def catalog_register(req: web.Request, agent: Agent) -> Reply:
                        "status": status, "notes": cf.str("Notes"), "output": cf.str("Output"),
                        "service_id": cf.str("ServiceID"), "type": cf.str("Type"),
                        "definition": definition if isinstance(definition, dict) else {}})
-    if checks:
-        payload["checks"] = checks
-    await _write(agent, (MessageType.REGISTER, payload))
+    await catalog_endpoint.register(
+        agent.submit, node=node, address=address, node_id=f.str("ID"),
+        datacenter=f.str("Datacenter") or agent.config.datacenter, tagged_addresses=f.str_map("TaggedAddresses"),
+        node_meta=node_meta, skip_node_update=skip_node_update, service=service, checks=checks)
     return Reply(True)
 
 
 @router.put("/v1/catalog/deregister")
 async def catalog_deregister(req: web.Request, agent: Agent) -> Reply:
     f = Fields(await read_json(req))
-    node = f.str("Node")
-    if not node:
-        raise HTTPError(500, "Must provide node")
-    await _write(agent, (MessageType.DEREGISTER, {"node": node, "service_id": f.str("ServiceID"),
-                                                  "check_id": f.str("CheckID")}))
+    await catalog_endpoint.deregister(agent.submit, f.str("Node"), f.str("ServiceID"), f.str("CheckID"))
     return Reply(True)
 
 

@@ -23,9 +23,9 @@ from beacon.agent.http.core import (
 )
 from beacon.agent.http.decode import Fields
 from beacon.agent.http.readopts import cache_meta
+from beacon.endpoints import config as config_endpoint
 from beacon.server import config_entries as ce
 from beacon.server.discovery_chain import ChainError, compile_chain
-from beacon.server.fsm import CommandError, MessageType
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -52,50 +52,15 @@ def _kind(req: web.Request) -> str:
     return kind
 
 
-async def _submit(agent: Agent, payload: dict[str, Any]) -> Any:
-    result = await agent.submit((MessageType.CONFIG_ENTRY, payload))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
-    return result.value
-
-
 async def config_apply(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
     try:
         entry = ce.decode(await read_json(req))
-        ce.validate(entry)
-    except CommandError as exc:
-        raise HTTPError(exc.status, exc.message) from None
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
         # A value of the wrong JSON type somewhere inside (a string where an object belongs).
         raise HTTPError(400, f"Request decode failed: {exc}") from None
-    _check_compiles(agent, entry)
-    return Reply(bool(await _submit(agent, {"op": "set", "entry": entry, "cas": _cas(req)})))
-
-
-def _check_compiles(agent: Agent, entry: dict[str, Any], delete: bool = False) -> None:
-    """Compile the chains the entry takes part in, as Consul does before accepting a write (or a
-    delete): a shape the per-kind checks let through (a list where an object belongs) is a 400 here,
-    never a broken chain later; a redirect loop or a protocol mismatch is refused with Consul's message."""
-    key = f"{entry['Kind']}/{entry['Name']}"
-    with agent.store.lock:
-        table = dict(ce.rows(agent.store))
-    if delete:
-        table.pop(key, None)
-    else:
-        table[key] = entry
-    names = {entry["Name"]} if entry["Kind"] != "proxy-defaults" else set()
-    for other in table.values():
-        if other["Kind"] in ce.CHAIN_KINDS:
-            names.add(other["Name"])
-    for name in sorted(names):
-        try:
-            compile_chain(table, name, agent.config.datacenter)
-        except ChainError as exc:
-            raise HTTPError(500, str(exc)) from None
-        except (AttributeError, TypeError, ValueError, KeyError) as exc:
-            raise HTTPError(400, f"Request decode failed: {entry['Kind']} \"{entry['Name']}\" is malformed: "
-                                 f"{exc}") from None
+    return Reply(await config_endpoint.set_entry(agent.submit, agent.store, agent.config.datacenter, entry,
+                                                 _cas(req)))
 
 
 async def config_get(req: web.Request, agent: Agent) -> Reply:
@@ -132,8 +97,7 @@ async def config_delete(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
     kind, name = _kind(req), req.match_info["name"]
     cas = _cas(req)
-    _check_compiles(agent, {"Kind": kind, "Name": name}, delete=True)
-    deleted = await _submit(agent, {"op": "delete", "kind": kind, "name": name, "cas": cas})
+    deleted = await config_endpoint.delete(agent.submit, agent.store, agent.config.datacenter, kind, name, cas)
     return Reply(bool(deleted) if cas is not None else {})
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from beacon.agent.http.bexpr import FilterError, compile_filter
 from beacon.agent.http.decode import DecodeError
 from beacon.durations import parse_duration
+from beacon.errors import BeaconError
 from beacon.server.consensus import NoLeaderError
 from beacon.server.durable import NotDurableError
 
@@ -70,6 +71,13 @@ class Encoded:
         if b is None:
             b = self._pretty = encode_pretty(self.value)
         return b
+
+
+# The one place a domain error becomes an HTTP status (Consul's codes for the same failures).
+ERROR_STATUS: dict[str, int] = {
+    "failed": 500, "invalid": 400, "not_found": 404, "permission_denied": 403, "conflict": 409,
+    "too_large": 413, "unavailable": 500,
+}
 
 
 class HTTPError(Exception):
@@ -302,6 +310,8 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
     unexpected error is logged with its traceback)."""
     if isinstance(exc, HTTPError):
         return web.Response(status=exc.status, text=exc.message, content_type="text/plain")
+    if isinstance(exc, BeaconError):
+        return web.Response(status=ERROR_STATUS.get(exc.kind, 500), text=exc.message, content_type="text/plain")
     if isinstance(exc, DecodeError):
         return web.Response(status=400, text=str(exc), content_type="text/plain")
     if isinstance(exc, NoLeaderError):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from beacon.agent.http.core import HTTPError, Reply, Router, blocking_query, flag, query_options
 from beacon.agent.http.views import views_of
-from beacon.server.fsm import MessageType
+from beacon.endpoints import kv as kv_endpoint
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -77,19 +77,10 @@ async def kv_put(req: web.Request, agent: Agent) -> Reply:
     if len(given) > 1:
         raise HTTPError(400, "Conflicting flags: " + "&".join(f"{n}=" for n in given))
     flags = _uint(req, "flags", "flags") if "flags" in req.query else 0
-    payload: dict[str, Any] = {"key": key, "value": value if value else None, "flags": flags}
-    if "cas" in req.query:
-        payload.update(op="cas", index=_uint(req, "cas", "cas value"))
-    elif "acquire" in req.query:
-        payload.update(op="lock", session=req.query["acquire"], now=time.time())
-    elif "release" in req.query:
-        payload.update(op="unlock", session=req.query["release"])
-    else:
-        payload["op"] = "set"
-    result = await agent.submit((MessageType.KVS, payload))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
-    return Reply(bool(result.value))
+    cas = _uint(req, "cas", "cas value") if "cas" in req.query else None
+    return Reply(await kv_endpoint.put(agent.submit, key, value if value else None, flags, cas=cas,
+                                       acquire=req.query.get("acquire"), release=req.query.get("release"),
+                                       now=time.time()))
 
 
 async def kv_delete(req: web.Request, agent: Agent) -> Reply:
@@ -100,16 +91,8 @@ async def kv_delete(req: web.Request, agent: Agent) -> Reply:
         raise HTTPError(400, "Conflicting flags: cas=&recurse")
     if not key and not recurse:
         raise HTTPError(400, "Missing key name")
-    if recurse:
-        payload: dict[str, Any] = {"op": "delete-tree", "key": key}
-    elif "cas" in req.query:
-        payload = {"op": "delete-cas", "key": key, "index": _uint(req, "cas", "cas value")}
-    else:
-        payload = {"op": "delete", "key": key}
-    result = await agent.submit((MessageType.KVS, payload))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
-    return Reply(bool(result.value) if payload["op"] == "delete-cas" else True)
+    cas = _uint(req, "cas", "cas value") if "cas" in req.query and not recurse else None
+    return Reply(await kv_endpoint.delete(agent.submit, key, recurse=recurse, cas=cas))
 
 
 for _path in ("/v1/kv/", "/v1/kv/{key:.+}"):

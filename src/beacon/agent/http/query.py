@@ -16,8 +16,8 @@ from beacon.agent.http.core import HTTPError, Reply, Router, blocking_query, que
 from beacon.agent.http.decode import DecodeError, Fields
 from beacon.agent.http.encode import catalog_service_json, check_json, node_json
 from beacon.agent.http.readopts import cache_meta
+from beacon.endpoints import query as query_endpoint
 from beacon.server import queries
-from beacon.server.fsm import CommandError, MessageType
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -72,26 +72,9 @@ def decode_query(obj: Any, qid: str) -> dict[str, Any]:
     }
 
 
-async def _submit(agent: Agent, payload: dict[str, Any]) -> Any:
-    result = await agent.submit((MessageType.PREPARED_QUERY, payload))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
-    return result.value
-
-
-def _validated(body: Any, qid: str) -> dict[str, Any]:
-    query = decode_query(body, qid)
-    try:
-        queries.validate(query)
-    except CommandError as exc:
-        raise HTTPError(exc.status, exc.message) from None
-    return query
-
-
 async def query_create(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
-    query = _validated(await read_json(req), str(uuid.uuid4()))
-    qid = await _submit(agent, {"op": "set", "query": query})
+    qid = await query_endpoint.set_query(agent.submit, decode_query(await read_json(req), str(uuid.uuid4())))
     return Reply({"ID": qid})
 
 
@@ -139,22 +122,19 @@ def _stored_id(agent: Agent, ident: str, verb: str) -> str:
 async def query_update(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
     qid = _stored_id(agent, _query_id(req), "modify")
-    await _submit(agent, {"op": "set", "query": _validated(await read_json(req), qid)})
+    await query_endpoint.set_query(agent.submit, decode_query(await read_json(req), qid))
     return Reply(empty=True)
 
 
 async def query_delete(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
     qid = _stored_id(agent, _query_id(req), "delete")
-    await _submit(agent, {"op": "delete", "id": qid})
+    await query_endpoint.delete(agent.submit, qid)
     return Reply(empty=True)
 
 
 def _resolve(agent: Agent, ident: str) -> dict[str, Any]:
-    try:
-        found = queries.resolve(agent.store, ident)
-    except CommandError as exc:
-        raise HTTPError(exc.status, exc.message) from None
+    found = queries.resolve(agent.store, ident)
     if found is None:
         raise HTTPError(404, NOT_FOUND)
     return found

@@ -12,8 +12,8 @@ from beacon.agent.http.core import HTTPError, Reply, Router, blocking_query, que
 from beacon.agent.http.decode import DecodeError, Fields
 from beacon.agent.http.encode import session_json
 from beacon.durations import format_duration, parse_duration
+from beacon.endpoints import session as session_endpoint
 from beacon.model import SERF_CHECK_ID, Session
-from beacon.server.fsm import MessageType
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -94,14 +94,11 @@ def _session_id(req: web.Request) -> str:
 async def session_create(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
     sess = decode_session(await read_json(req, required=False), agent)
-    result = await agent.submit((MessageType.SESSION,
-                                 {"op": "create", "session": sess.to_dict(), "now": time.time()}))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
+    sid = await session_endpoint.create(agent.submit, sess, time.time())
     reaper = getattr(agent, "session_reaper", None)
     if reaper is not None and sess.ttl:
         reaper.kick()
-    return Reply({"ID": result.value})
+    return Reply({"ID": sid})
 
 
 async def session_destroy(req: web.Request, agent: Agent) -> Reply:
@@ -111,18 +108,14 @@ async def session_destroy(req: web.Request, agent: Agent) -> Reply:
         uuid.UUID(sid)
     except ValueError:
         raise HTTPError(500, f"Invalid session ID \"{sid}\": not a UUID") from None
-    result = await agent.submit((MessageType.SESSION, {"op": "destroy", "id": sid, "now": time.time()}))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
+    await session_endpoint.destroy(agent.submit, sid, time.time())
     return Reply(True)
 
 
 async def session_renew(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
     sid = _session_id(req)
-    result = await agent.submit((MessageType.SESSION, {"op": "renew", "id": sid, "now": time.time()}))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
+    result = await session_endpoint.renew(agent.submit, sid, time.time())
     return Reply([session_json(result.value)], index=result.index)
 
 

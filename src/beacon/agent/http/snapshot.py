@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from beacon.agent.http.core import HTTPError, Reply, Router, query_options
+from beacon.endpoints import snapshot as snapshot_endpoint
 from beacon.server.archive import ArchiveError, read_archive, write_archive
 from beacon.server.consensus import NoLeaderError
-from beacon.server.fsm import MessageType
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -45,9 +45,7 @@ async def snapshot_restore(req: web.Request, agent: Agent) -> Reply:
         _, snap = read_archive(data)
     except ArchiveError as exc:
         raise HTTPError(400, f"Invalid snapshot: {exc}") from None
-    result = await agent.submit((MessageType.SNAPSHOT_RESTORE, {"snapshot": snap, "now": time.time()}))
-    if result.error is not None:
-        raise HTTPError(result.error.status, result.error.message)
+    await snapshot_endpoint.restore(agent.submit, snap, time.time())
     return Reply(empty=True)
 
 

@@ -14,9 +14,9 @@ from aiohttp import web
 from beacon.agent.http.core import MAX_JSON_DEPTH, HTTPError, Reply, Router, json_depth, query_options
 from beacon.agent.http.decode import DecodeError, Fields
 from beacon.agent.http.encode import catalog_service_json, check_json, kv_json, node_json
+from beacon.endpoints import txn as txn_endpoint
 from beacon.server.consensus import NoLeaderError
-from beacon.server.fsm import MessageType
-from beacon.server.txn import CATALOG_VERBS, KV_VERBS, MAX_OPS, TxnCommands, TxnOutcome, is_read_only
+from beacon.server.txn import CATALOG_VERBS, KV_VERBS, MAX_OPS, TxnOutcome, is_read_only
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -128,14 +128,11 @@ async def txn(req: web.Request, agent: Agent) -> Reply:
     if is_read_only(ops):
         if not opts.stale and not agent.consensus.known_leader():
             raise NoLeaderError()
-        outcome = TxnCommands(agent.store).read(ops)
+        outcome = txn_endpoint.read(agent.store, ops)
         headers = {"X-Consul-KnownLeader": "true" if agent.consensus.known_leader() else "false",
                    "X-Consul-LastContact": str(agent.consensus.last_contact_ms())}
     else:
-        result = await agent.submit((MessageType.TXN, {"ops": ops, "now": time.time()}))
-        if result.error is not None:
-            raise HTTPError(result.error.status, result.error.message)
-        outcome = result.value
+        outcome = await txn_endpoint.write(agent.submit, ops, time.time())
     status, body_json = outcome_json(outcome)
     return Reply(body_json, status=status, headers=headers)
 
