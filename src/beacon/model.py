@@ -40,6 +40,8 @@ def _names(cls: type) -> tuple[str, ...]:
 
 def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
     names = _names(cls)
+    if len(data) == len(names) and all(k in names for k in data):  # a to_dict of this class: as it is
+        return cls(**data)
     return cls(**{k: v for k, v in data.items() if k in names})
 
 

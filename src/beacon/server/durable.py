@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from beacon.server import gcpause
+
 log = logging.getLogger("beacon.server.durable")
 
 _HEADER = struct.Struct("<II")
@@ -76,6 +78,13 @@ def encode(obj: Any) -> bytes:
 
 
 def decode(data: bytes) -> Any:
+    if len(data) > 1 << 20:  # a snapshot: millions of objects in a row (see beacon.server.gcpause)
+        with gcpause.paused():
+            return _decode(data)
+    return _decode(data)
+
+
+def _decode(data: bytes) -> Any:
     if b'"$b"' not in data:  # no encoded bytes inside: nothing for the hook to do
         try:
             return orjson.loads(data)

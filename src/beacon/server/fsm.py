@@ -39,6 +39,7 @@ from beacon.model import (
     Service,
     Session,
 )
+from beacon.server import gcpause
 
 IGNORE_UNKNOWN_FLAG = 128
 
@@ -725,7 +726,7 @@ class StateStore:
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self) -> dict[str, Any]:
-        with self.lock:
+        with self.lock, gcpause.paused():
             return {
                 "version": 1,
                 "index": self.index,
@@ -746,6 +747,10 @@ class StateStore:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Replace the whole state; every watcher wakes (Consul's abandon channel)."""
+        with gcpause.paused():
+            self._restore(snap)
+
+    def _restore(self, snap: dict[str, Any]) -> None:
         if snap.get("version") != 1:
             raise ValueError(f"unsupported snapshot version {snap.get('version')!r}")
         fresh = StateStore()
