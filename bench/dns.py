@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,13 +128,20 @@ def churn(base: str, rate: float) -> Iterator[list[int]]:
     def loop() -> None:
         period = 1.0 / rate
         nxt = time.monotonic()
+        # One kept-alive connection, as a real registrator (Go's net/http client) keeps one.
+        conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=30)
         while not stop.is_set():
-            put(base, "/v1/catalog/register", {
-                "Node": "churner", "Address": "10.9.9.9",
-                "Service": {"ID": "churn", "Service": "churn", "Port": 1000 + count[0] % 50000}})
+            body = json.dumps({"Node": "churner", "Address": "10.9.9.9",
+                               "Service": {"ID": "churn", "Service": "churn", "Port": 1000 + count[0] % 50000}})
+            conn.request("PUT", "/v1/catalog/register", body=body)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"register: HTTP {resp.status}")
             count[0] += 1
             nxt += period
             stop.wait(max(0.0, nxt - time.monotonic()))
+        conn.close()
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()

@@ -8,6 +8,7 @@ Raft log carry.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -27,9 +28,58 @@ SERVICE_MAINT_PREFIX = "_service_maintenance:"
 T = TypeVar("T")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = _names(cls)
+    if len(data) == len(names) and all(k in names for k in data):  # a to_dict of this class: as it is
+        return cls(**data)
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _copy(value: Any) -> Any:
+    """What ``dataclasses.asdict`` does to a field value, for the JSON-shaped values records hold:
+    containers copied all the way down, everything else shared (immutable)."""
+    t = type(value)
+    if t is dict:
+        return {k: _copy(v) for k, v in value.items()} if value else {}
+    if t is list:
+        return [_copy(v) for v in value]
+    if t is tuple:
+        return tuple(_copy(v) for v in value)
+    if t in _SCALARS:
+        return value
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
+_TO_DICT: dict[type, Any] = {}
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict`` for one record, several times faster (a snapshot of a 172,000-instance
+    catalog spent most of its time in asdict's generic recursion). Compiled once per class, as
+    dataclasses compiles ``__init__``: fields annotated str/int/bool/float are taken as they are,
+    the others copied by :func:`_copy`; the keys keep the fields' order."""
+    cls = type(obj)
+    fn = _TO_DICT.get(cls)
+    if fn is None:
+        items = ", ".join(f"{f.name!r}: o.{f.name}" if str(f.type) in ("str", "int", "bool", "float")
+                          else f"{f.name!r}: _copy(o.{f.name})" for f in dataclasses.fields(cls))
+        scope: dict[str, Any] = {"_copy": _copy}
+        exec(f"def to_dict(o):\n    return {{{items}}}\n", scope)  # noqa: S102 - field names only
+        fn = _TO_DICT[cls] = scope["to_dict"]
+    return fn(obj)
 
 
 @dataclass(slots=True)
@@ -45,7 +95,7 @@ class Node:
     modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Node:
@@ -72,7 +122,7 @@ class Service:
     modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Service:
@@ -100,7 +150,7 @@ class HealthCheck:
     modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HealthCheck:
@@ -119,7 +169,7 @@ class KVEntry:
     modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = _to_dict(self)
         d["value"] = None if self.value is None else self.value.hex()
         return d
 
@@ -146,7 +196,7 @@ class Session:
     modify_index: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Session:

@@ -220,7 +220,10 @@ class Agent:
                                             self._loopback(self.config.dns_bind, self.dns_port))
         import aiohttp
 
+        # No pool limit (aiohttp's default is 100 connections): every blocking query a client agent
+        # relays holds one connection to a server for its whole wait, so the 101st would queue here.
         self.forward_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=self.config.max_query_time + 60, connect=2))
         await self.cluster.start()  # after HTTP and DNS: its gossip tags carry their ports
         if self.mode == "server":

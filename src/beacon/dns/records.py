@@ -6,6 +6,7 @@ a record uses, the ``<hex>.addr.<dc>.<domain>`` SRV targets, RFC 1464 node-meta 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 
@@ -33,6 +34,7 @@ def accept_for(qtype: int) -> int:
     return ACCEPT_ANY
 
 
+@functools.lru_cache(maxsize=1 << 16)  # ipaddress parses in pure Python; answers ask the same few again
 def parse_ip(text: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import socket
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from beacon import telemetry
 
+from . import batch
 from .cache import AnswerCache
 from .catalog import Store, Tracking
 from .config import DNSConfig
@@ -47,6 +49,7 @@ class DNSServer:
         self._rng = random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
         self._udp: asyncio.DatagramTransport | None = None
+        self._batch: batch.BatchUDP | None = None
         self._udp_closed: asyncio.Future[None] | None = None
         self._tcp: asyncio.Server | None = None
         self._tick: asyncio.TimerHandle | None = None
@@ -69,9 +72,13 @@ class DNSServer:
                     raise
                 continue
             break
-        transport, protocol = await loop.create_datagram_endpoint(lambda: UDPProtocol(self), sock=udp_sock)
-        self._udp = transport
-        self._udp_closed = protocol.closed
+        self._batch = batch.serve(self, udp_sock) if os.environ.get("BEACON_DNS_UDP_BATCH", "1") != "0" else None
+        if self._batch is not None:
+            self._udp_closed = self._batch.closed
+        else:
+            transport, protocol = await loop.create_datagram_endpoint(lambda: UDPProtocol(self), sock=udp_sock)
+            self._udp = transport
+            self._udp_closed = protocol.closed
         self._tcp = tcp
         self._schedule_tick()
         tcp_port = tcp.sockets[0].getsockname()[1]
@@ -86,6 +93,9 @@ class DNSServer:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
         if self._udp_closed is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):

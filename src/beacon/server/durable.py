@@ -23,6 +23,10 @@ import struct
 import zlib
 from typing import Any
 
+import orjson
+
+from beacon.server import gcpause
+
 log = logging.getLogger("beacon.server.durable")
 
 _HEADER = struct.Struct("<II")
@@ -64,10 +68,28 @@ def _hook(obj: dict[str, Any]) -> Any:
 
 
 def encode(obj: Any) -> bytes:
-    return json.dumps(obj, default=_default, separators=(",", ":")).encode()
+    """Compact JSON. orjson (C, ~10x the standard library: a snapshot of a 172,000-instance catalog
+    held the GIL for seconds in ``json.dumps``); the standard library for what orjson refuses
+    (integers beyond 64 bits, non-finite floats), with the same meaning."""
+    try:
+        return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(obj, default=_default, separators=(",", ":")).encode()
 
 
 def decode(data: bytes) -> Any:
+    if len(data) > 1 << 20:  # a snapshot: millions of objects in a row (see beacon.server.gcpause)
+        with gcpause.paused():
+            return _decode(data)
+    return _decode(data)
+
+
+def _decode(data: bytes) -> Any:
+    if b'"$b"' not in data:  # no encoded bytes inside: nothing for the hook to do
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # e.g. NaN or a > 64-bit integer, which the standard library reads
     return json.loads(data, object_hook=_hook)
 
 

@@ -42,6 +42,7 @@ from beacon.model import (
     Session,
 )
 from beacon.server import commands as cmd
+from beacon.server import gcpause
 from beacon.server.commands import (  # noqa: F401 (MessageType and the flag are re-exported)
     IGNORE_UNKNOWN_FLAG,
     LogForm,
@@ -705,7 +706,7 @@ class StateStore:
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self) -> dict[str, Any]:
-        with self.lock:
+        with self.lock, gcpause.paused():
             return {
                 "version": 1,
                 "index": self.index,
@@ -726,6 +727,10 @@ class StateStore:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Replace the whole state; every watcher wakes (Consul's abandon channel)."""
+        with gcpause.paused():
+            self._restore(snap)
+
+    def _restore(self, snap: dict[str, Any]) -> None:
         if snap.get("version") != 1:
             raise ValueError(f"unsupported snapshot version {snap.get('version')!r}")
         fresh = StateStore()

@@ -9,8 +9,10 @@ Every op runs in order against the live store (later ops see earlier ones' write
 op is reported, as Consul does. If any failed, the store is put back exactly as it was before the
 first op and the pending watch notifications are dropped, so a rolled-back transaction leaves no
 write and wakes nobody. The undo is a journal of the KV keys the ops touched (cheap: proportional to
-the ops) when the transaction has only KV ops, and a copy of every table when it also has catalog
-ops (which can cascade into sessions and KV through check and node changes). Both are deterministic.
+the ops) when the transaction has only KV ops; a journal of the touched nodes' checks and indexes
+when it has only check ops on nodes without sessions (health updates in bulk); else a copy of every
+table (catalog ops can cascade into sessions and KV through check and node changes). All are
+deterministic.
 
 Result: ``TxnOutcome(results, errors)``; ``results`` holds ``(type, object)`` pairs where the object is
 a model record (KV entries of non-read verbs have their value blanked, as Consul answers).
@@ -120,6 +122,62 @@ class _FullCheckpoint:
             setattr(self.store, name, value)
 
 
+class _CheckJournal:
+    """Undo for transactions whose ops are all check ops on nodes that hold no session: what a check
+    write or delete can change on those nodes only (their checks, check sets and node indexes, the
+    indexes of the services on them, the table indexes). Proportional to the nodes touched, where the
+    full copy is proportional to the catalog (seconds per transaction at 172,000 instances)."""
+
+    def __init__(self, store: StateStore, nodes: set[str]) -> None:
+        self.store = store
+        self.tables = dict(store.tables)
+        self.checks: dict[tuple[str, str], Any] = {}
+        self.by_node: dict[str, Any] = {}
+        self.node_index: dict[str, Any] = {}
+        self.service_index: dict[str, Any] = {}
+        for node in nodes:
+            ids = store.checks_by_node.get(node)
+            self.by_node[node] = set(ids) if ids is not None else _MISSING
+            for cid in ids or ():
+                self.checks[(node, cid)] = store.checks[(node, cid)]  # replaced on write, never mutated
+            self.node_index[node] = store.node_index.get(node, _MISSING)
+            for sid in store.services_by_node.get(node, ()):
+                name = store.services[(node, sid)].service.lower()
+                self.service_index[name] = store.service_index.get(name, _MISSING)
+
+    @staticmethod
+    def applies(store: StateStore, ops: list[dict[str, Any]]) -> set[str] | None:
+        """The (lower-cased) nodes the ops touch, when this journal can undo them; else None."""
+        if not all(op["type"] == "check" for op in ops):
+            return None
+        nodes = {str(op["check"].get("node") or "").lower() for op in ops}
+        if any(sess.node.lower() in nodes for sess in store.sessions.values()):
+            return None  # a check going critical can invalidate sessions, and with them KV locks
+        return nodes
+
+    def save(self, key: str) -> None:
+        pass
+
+    def rollback(self) -> None:
+        s = self.store
+        for node, ids in self.by_node.items():
+            for cid in list(s.checks_by_node.get(node, ())):
+                if (node, cid) not in self.checks:
+                    s.checks.pop((node, cid), None)
+            if ids is _MISSING:
+                s.checks_by_node.pop(node, None)
+            else:
+                s.checks_by_node[node] = ids
+        s.checks.update(self.checks)
+        for table, saved in ((s.node_index, self.node_index), (s.service_index, self.service_index)):
+            for key, value in saved.items():
+                if value is _MISSING:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
+        s.tables = self.tables
+
+
 def _blank(entry: KVEntry) -> KVEntry:
     return dataclasses.replace(entry, value=None)
 
@@ -134,7 +192,12 @@ class TxnCommands:
             raise TooLarge(f"Transaction contains too many operations ({len(ops)} > {MAX_OPS})")
         store = self.store
         kv_only = all(op["type"] == "kv" for op in ops)
-        journal: _KVJournal | _FullCheckpoint = _KVJournal(store) if kv_only else _FullCheckpoint(store)
+        journal: _KVJournal | _CheckJournal | _FullCheckpoint
+        if kv_only:
+            journal = _KVJournal(store)
+        else:
+            nodes = _CheckJournal.applies(store, ops)
+            journal = _FullCheckpoint(store) if nodes is None else _CheckJournal(store, nodes)
         outcome = self.run(idx, ops, float(c.now), journal)
         if outcome.errors:
             journal.rollback()
@@ -147,7 +210,7 @@ class TxnCommands:
             return self.run(0, ops, 0.0, None)
 
     def run(self, idx: int, ops: list[dict[str, Any]], now: float,
-            journal: _KVJournal | _FullCheckpoint | None) -> TxnOutcome:
+            journal: _KVJournal | _CheckJournal | _FullCheckpoint | None) -> TxnOutcome:
         results: list[tuple[str, Any]] = []
         errors: list[tuple[int, str]] = []
         for i, op in enumerate(ops):
@@ -173,7 +236,7 @@ class TxnCommands:
 
     # ------------------------------------------------------------------ KV
     def _kv(self, idx: int, op: dict[str, Any], now: float,
-            journal: _KVJournal | _FullCheckpoint | None) -> list[tuple[str, Any]]:
+            journal: _KVJournal | _CheckJournal | _FullCheckpoint | None) -> list[tuple[str, Any]]:
         s = self.store
         verb = op["verb"]
         key = op.get("key", "")
