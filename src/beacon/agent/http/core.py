@@ -249,16 +249,21 @@ def _dispatcher(methods: dict[str, Handler]) -> Callable[[web.Request], Awaitabl
         if handler is None:
             return web.Response(status=405, text=f"method {request.method} not allowed",
                                 headers={"Allow": allow})
-        reply = await handler(request, request.app[AGENT_KEY])
-        return render(request, reply)
+        agent = request.app[AGENT_KEY]
+        return render(request, await handler(request, agent), agent)
 
     return dispatch
 
 
-def render(request: web.Request, reply: Reply) -> web.StreamResponse:
-    agent = request.app[AGENT_KEY]
+_NO_QUERY: dict[str, str] = {}
+
+
+def render(request: web.Request, reply: Reply, agent: Agent | None = None) -> web.StreamResponse:
+    if agent is None:
+        agent = request.app[AGENT_KEY]
     headers = dict(reply.headers) if reply.headers else {}
-    query = request.query
+    # Most reads carry no query string: skip building the parsed query for them.
+    query = request.query if request.query_string else _NO_QUERY
     if reply.index is not None:
         consensus = agent.consensus
         headers["X-Consul-Index"] = str(reply.index) if reply.index > 1 else "1"
