@@ -229,11 +229,13 @@ class Router:
         return deco
 
     def install(self, app: web.Application) -> None:
+        agent = app.get(AGENT_KEY)  # set before the routes are installed: no lookup per request
         for path, methods in self.routes.items():
-            app.router.add_route("*", path, _dispatcher(methods))
+            app.router.add_route("*", path, _dispatcher(methods, agent))
 
 
-def _dispatcher(methods: dict[str, Handler]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _dispatcher(methods: dict[str, Handler], known: Agent | None = None,
+                ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     allow = ", ".join(["OPTIONS", *sorted(methods)])
     # Consul's Go client always writes with PUT; some tools POST. Accept POST where PUT is.
     table = dict(methods)
@@ -249,7 +251,7 @@ def _dispatcher(methods: dict[str, Handler]) -> Callable[[web.Request], Awaitabl
         if handler is None:
             return web.Response(status=405, text=f"method {request.method} not allowed",
                                 headers={"Allow": allow})
-        agent = request.app[AGENT_KEY]
+        agent = known if known is not None else request.app[AGENT_KEY]
         return render(request, await handler(request, agent), agent)
 
     return dispatch

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import MatchInfoError
 from prometheus_client.exposition import choose_encoder, generate_latest
 
 from beacon import telemetry
@@ -104,12 +105,19 @@ def _aggregate(name: str, labels: dict[str, str], count: float, total: float) ->
             "Mean": total / count if count else 0.0, "Stddev": 0.0, "Labels": labels}
 
 
+_labels: dict[Any, str] = {}  # route -> its pattern: the label, looked up once per route
+
+
 def _endpoint(request: web.Request) -> str:
     """The route pattern that matched (bounded label values), never the raw path."""
-    resource = request.match_info.route.resource
-    if resource is None:
-        return "unmatched"
-    return resource.canonical
+    route = request.match_info.route
+    label = _labels.get(route)
+    if label is None:
+        resource = route.resource
+        if resource is None:  # 404/405: a new system route per request, never kept
+            return "unmatched"
+        label = _labels[route] = resource.canonical
+    return label
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -225,10 +233,23 @@ def api_handler(app: web.Application) -> Callable[[web.Request], Awaitable[web.S
         acl = enforcer(agent)
     perf_counter = time.perf_counter
     expect = hdrs.EXPECT
+    # (method, path) -> (match dict, route) of a matched route. The route table is fixed once the
+    # agent serves, and the same few paths come again and again (a KV key, a service's health), so
+    # resolving them is one dict lookup instead of aiohttp's walk up the path's prefixes and regexes.
+    resolved: dict[tuple[str, str], tuple[dict[str, str], Any]] = {}
 
     async def handle(request: web.Request) -> web.StreamResponse:
         t0 = perf_counter()
-        match_info = await router.resolve(request)
+        key = (request.method, request.rel_url.path_safe)
+        hit = resolved.get(key)
+        if hit is not None:
+            match_info = web.UrlMappingMatchInfo(hit[0], hit[1])
+        else:
+            match_info = await router.resolve(request)
+            if not isinstance(match_info, MatchInfoError):  # 404 and 405 are made per request
+                if len(resolved) >= 8192:
+                    resolved.clear()  # bounded: every distinct KV key is a distinct path
+                resolved[key] = (dict(match_info), match_info.route)
         match_info.add_app(app)
         match_info.freeze()
         # What Application._handle does: the request's route (and with it request.app) is only
