@@ -50,7 +50,9 @@ def beacon_agent(*flags: str, core: int | None = 0, timeout: float = 30.0, dev: 
     server with its own temporary data directory, which is what a production agent runs."""
     with tempfile.TemporaryDirectory(prefix="beacon-bench-") as data_dir:
         mode = (["-dev", "-no-engine"] if dev else
-                ["-server", "-bootstrap-expect", "1", "-bind", "127.0.0.1", "-data-dir", data_dir])
+                ["-server", "-bootstrap-expect", "1", "-bind", "127.0.0.1", "-data-dir", data_dir,
+                 # Every port picked by the kernel: other agents on this machine hold the defaults.
+                 "-server-port", "0", "-server-rpc-port", "0", "-serf-lan-port", "0", "-serf-wan-port", "0"])
         with _agent(mode, flags, core, timeout) as started:
             yield started
 

@@ -1,7 +1,7 @@
 """HTTP API read throughput through a real ``beacon agent``, against a bare aiohttp handler that returns
 the same bytes.
 
-    python3 bench/http_api.py [--seconds 5] [--rounds 3] [--connections 100] [--modes dev,server]
+    python3 bench/http_api.py [--seconds 5] [--rounds 3] [--connections 100] [--modes dev,server,acl]
                               [--cases kv,health,services]
 
 Cases (issue 16's targets, each >= 0.8x its anchor):
@@ -12,6 +12,12 @@ Cases (issue 16's targets, each >= 0.8x its anchor):
 
 Modes: ``dev`` (``beacon agent -dev``: pretty-printed JSON, in memory) and ``server`` (a single
 bootstrapped server with a data directory: compact JSON, durable log), one agent at a time.
+
+Mode ``acl`` (issue 14's target: ACL resolution costs < 10% on a KV GET with a cached token): two
+single servers of the same build, pinned to the same core, one without ACLs and one with
+``acl.enabled``, ``default_policy = "deny"``, read with a token whose only policy is
+``key_prefix "bench/" { policy = "read" }`` (resolved once, then from the cache). ``wrk`` alternates
+between them on ``GET /v1/kv/bench/key``; the figure is the difference in agent CPU per request.
 
 For each mode the agent (pinned to the server core) is filled through its own API, then each case's
 body is fetched from it; an anchor process (aiohttp on uvloop, pinned to the same core) serves those
@@ -27,6 +33,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -171,13 +178,89 @@ def run_mode(mode: str, args: argparse.Namespace, cases: list[str]) -> dict[str,
     return results
 
 
+MGMT = "b3c1a2d4-0000-4000-8000-000000000001"
+
+
+def acl_share(pid: int, url: str, token: str, args: argparse.Namespace) -> float:
+    """The share of the agent's samples (py-spy) inside the ACL layer but not in the handler it
+    calls: what ACL enforcement itself costs per request, as a fraction of the whole request."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "acl.raw")
+        load = subprocess.Popen(pinned(args.load_core, ["wrk", "-t1", f"-c{args.connections}", "-d8s", "-H",
+                                                        f"X-Consul-Token: {token}", url]), stdout=subprocess.DEVNULL)
+        try:
+            time.sleep(1)
+            subprocess.run(["py-spy", "record", "-p", str(pid), "-d", "5", "-r", "500", "-f", "raw", "-o", out,
+                            "--nonblocking"], capture_output=True, timeout=60, check=True)
+        finally:
+            load.wait(30)
+        total = inside = handler = 0
+        with open(out, encoding="utf-8") as f:
+            for line in f:
+                stack, _, n = line.rstrip().rpartition(" ")
+                frames = stack.split(";")
+                total += int(n)
+                at = next((i for i, fr in enumerate(frames) if fr.startswith("enforcer.<locals>.enforce ")), None)
+                if at is None:
+                    continue
+                inside += int(n)
+                if any(fr.startswith("_dispatcher.<locals>.dispatch ") for fr in frames[at:]):
+                    handler += int(n)
+    return (inside - handler) / max(1, total)
+
+
+def run_acl(args: argparse.Namespace) -> tuple[tuple[list[float], ...], float | None]:
+    """(req/s without ACLs, with ACLs, CPU us/request without, with; one entry per round), and the
+    ACL layer's share of the ACL agent's time (None without py-spy)."""
+    from acl import call, wait_written
+    from acl import wrk as wrk_token
+
+    path = CASES["kv"]
+    rounds: tuple[list[float], ...] = ([], [], [], [])
+    share = None
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": MGMT}}}, f)
+    try:
+        with beacon_agent(core=args.server_core, dev=False) as (plain_proc, plain, _d), \
+                beacon_agent("-config-file", f.name, core=args.server_core, dev=False) as (acl_proc, acl, _d2):
+            wait_written(plain, "")
+            wait_written(acl, MGMT)
+            pol = json.loads(call(acl, "PUT", "/v1/acl/policy",
+                                  {"Name": "bench", "Rules": 'key_prefix "bench/" { policy = "read" }'}, MGMT))
+            token = json.loads(call(acl, "PUT", "/v1/acl/token", {"Policies": [{"ID": pol["ID"]}]}, MGMT))["SecretID"]
+            assert call(acl, "GET", path + "?raw", token=token) == b"value"
+            # The same answer but for its indexes (the ACL agent wrote its policy and token first).
+            same = [{k: v for k, v in json.loads(body)[0].items() if not k.endswith("Index")}
+                    for body in (call(plain, "GET", path), call(acl, "GET", path, token=token))]
+            assert same[0] == same[1], same
+            if shutil.which("py-spy"):
+                share = acl_share(acl_proc.pid, f"http://127.0.0.1:{acl}{path}", token, args)
+                print(f"[acl] py-spy: {100 * share:.1f}% of the ACL agent's sampled time is ACL work (resolve, "
+                      f"rule, check), i.e. {100 * share / (1 - share):+.1f}% per request over the same agent "
+                      f"without it (a ratio inside one process: the shared cores' noise does not move it)",
+                      flush=True)
+            for rnd in range(1, args.rounds + 1):
+                a, ca = wrk_token(f"http://127.0.0.1:{plain}{path}", args.seconds, args.connections,
+                                  args.load_core, plain_proc.pid)
+                b, cb = wrk_token(f"http://127.0.0.1:{acl}{path}", args.seconds, args.connections,
+                                  args.load_core, acl_proc.pid, token)
+                for lst, v in zip(rounds, (a, b, ca, cb), strict=True):
+                    lst.append(v)
+                print(f"[acl] round {rnd} kv  no ACLs {a:9,.0f} req/s ({ca:5.1f} us CPU/req)  ACLs + cached token "
+                      f"{b:9,.0f} req/s ({cb:5.1f} us CPU/req)  CPU cost {100 * (cb / ca - 1):+5.1f}%  "
+                      f"(load {loadavg()})", flush=True)
+    finally:
+        os.unlink(f.name)
+    return rounds, share
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=100)
     ap.add_argument("--services", type=int, default=10_000)
-    ap.add_argument("--modes", default="dev,server")
+    ap.add_argument("--modes", default="dev,server,acl")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1)
@@ -185,7 +268,11 @@ def main() -> None:
     require("wrk")
     cases = args.cases.split(",")
     table = []
+    acl_rounds = None
     for mode in args.modes.split(","):
+        if mode == "acl":
+            acl_rounds = run_acl(args)
+            continue
         for c, (a, b, cpu) in run_mode(mode, args, cases).items():
             ratios = [y / x for x, y in zip(a, b, strict=True)]
             table.append((mode, c, statistics.median(a), statistics.median(b), statistics.median(ratios),
@@ -196,6 +283,16 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for mode, c, a, b, r, cpu in table:
         print(f"| {mode} | {c} `{CASES[c]}` | {a:,.0f} | {b:,.0f} | **{r:.2f}x** | {cpu:.2f}x |")
+    if acl_rounds is not None:
+        (a, b, ca, cb), share = acl_rounds
+        costs = [100 * (y / x - 1) for x, y in zip(ca, cb, strict=True)]
+        print(f"\nACL on KV GET (cached token) vs no ACLs, same build: {statistics.median(a):,.0f} vs "
+              f"{statistics.median(b):,.0f} req/s; CPU per request {statistics.median(ca):.1f} vs "
+              f"{statistics.median(cb):.1f} us; cost per round {', '.join(f'{c:+.1f}%' for c in costs)}; "
+              f"median **{statistics.median(costs):+.1f}%** (target < 10%)")
+        if share is not None:
+            print(f"ACL work's share of the ACL agent's time (py-spy): {100 * share:.1f}%, i.e. "
+                  f"**{100 * share / (1 - share):+.1f}%** per request")
 
 
 if __name__ == "__main__":

@@ -14,15 +14,20 @@ _GRANTS = {READ: {READ}, LIST: {LIST}, WRITE: {READ, LIST, WRITE}, DENY: set()}
 
 
 class Authorizer:
-    __slots__ = ("rules", "default_allow", "management", "_prefix_sorted", "allow_all")
+    __slots__ = ("rules", "default_allow", "management", "_prefix_lengths", "allow_all", "_decided")
 
     def __init__(self, rules: Rules | None, default_allow: bool, management: bool = False) -> None:
         self.rules = rules or Rules()
         self.default_allow = default_allow
         self.management = management
-        # Longest prefix first, so the first match is the most specific one.
-        self._prefix_sorted = {res: sorted(table.items(), key=lambda kv: -len(kv[0]))
-                               for res, table in self.rules.prefix.items()}
+        # The distinct lengths of each resource's prefix rules, longest first: the longest matching
+        # prefix is found with one dict lookup per length (bounded by the name's length), not by
+        # scanning every rule.
+        self._prefix_lengths = {res: sorted({len(p) for p in table}, reverse=True)
+                                for res, table in self.rules.prefix.items()}
+        # (resource, name, access) -> decision. An authorizer is cached per token until the ACL
+        # tables change, and the same few names are asked about on every request.
+        self._decided: dict[tuple[str, str, str], bool] = {}
         # True when no check could fail: callers may skip every check and filter.
         self.allow_all = management or (default_allow and not self._has_any_rule())
 
@@ -33,14 +38,28 @@ class Authorizer:
         exact = self.rules.exact[resource].get(name)
         if exact is not None:
             return exact
-        for prefix, policy in self._prefix_sorted[resource]:
-            if name.startswith(prefix):
-                return policy
+        table = self.rules.prefix[resource]
+        size = len(name)
+        for length in self._prefix_lengths[resource]:
+            if length <= size:
+                policy = table.get(name[:length])
+                if policy is not None:
+                    return policy
         return None
 
     def allowed(self, resource: str, name: str, access: str) -> bool:
         if self.management:
             return True
+        key = (resource, name, access)
+        hit = self._decided.get(key)
+        if hit is None:
+            hit = self._decide(resource, name, access)
+            if len(self._decided) >= 4096:
+                self._decided.clear()  # bounded: a token reading many distinct keys
+            self._decided[key] = hit
+        return hit
+
+    def _decide(self, resource: str, name: str, access: str) -> bool:
         policy = self.policy_for(resource, name)
         if policy is None:
             return self.default_allow

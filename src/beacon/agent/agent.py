@@ -435,10 +435,9 @@ class Agent:
         return lines
 
     async def _start_http(self) -> None:
-        # One middleware layer for metrics, errors and ?peer: each layer costs every request a coroutine
-        # and every parked blocking query a frame (metrics.api_middleware).
-        app = web.Application(middlewares=[metrics.api_middleware],
-                              client_max_size=16 * 1024 * 1024)
+        # No aiohttp middlewares: metrics, errors, ?peer, ?dc and ACLs are one layer in the request
+        # handler itself (metrics.serve_api below), so each request pays one coroutine for them.
+        app = web.Application(client_max_size=16 * 1024 * 1024)
         app[AGENT_KEY] = self
         from beacon.agent.http import coordinate, keyring
 
@@ -467,6 +466,7 @@ class Agent:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                                      keepalive_timeout=cfg.http_idle_timeout)
         await self._runner.setup()
+        metrics.serve_api(self._runner)
         if cfg.http_port >= 0:
             sock = bind_tcp(self.config.http_bind, self.config.http_port)
             self.http_port = sock.getsockname()[1]

@@ -109,7 +109,7 @@ def install_http(agent: Agent, app: web.Application) -> None:
         for path in ("/v1/acl/{tail:.*}", "/v1/agent/token/{tail:.*}"):
             app.router.add_route("*", path, acl_enforce.acl_disabled)
         return
-    app.middlewares.append(acl_enforce.acl_middleware)
+    # Enforcement itself runs in the agent's one API layer (metrics.api_handler -> acl_enforce.enforcer).
     acl.agent_router.install(app)
     if agent.mode != "client":
         acl.router.install(app)  # clients forward /v1/acl/* to a server

@@ -418,11 +418,25 @@ def covered(method: str, path: str) -> bool:
     return any(method in route.methods and route.pattern.match(path) for route in _candidates(path))
 
 
+_MANAGEMENT_ONLY = gate(management)
+# (method, path) -> rule: the same few paths are requested over and over (a KV key, a service's
+# health), so after the first request a route costs one dict lookup instead of its area's regexes.
+_rule_cache: dict[tuple[str, str], Rule] = {}
+
+
 def rule_for(method: str, path: str) -> Rule:
-    for route in _candidates(path):
-        if method in route.methods and route.pattern.match(path):
-            return route.rule
-    return gate(management)
+    key = (method, path)
+    rule = _rule_cache.get(key)
+    if rule is None:
+        rule = _MANAGEMENT_ONLY
+        for route in _candidates(path):
+            if method in route.methods and route.pattern.match(path):
+                rule = route.rule
+                break
+        if len(_rule_cache) >= 8192:
+            _rule_cache.clear()  # bounded: distinct paths (every KV key) must not grow memory
+        _rule_cache[key] = rule
+    return rule
 
 
 def _is_forwarded(path: str) -> bool:
@@ -438,28 +452,42 @@ async def acl_disabled(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def acl_middleware(request: web.Request, handler: Next) -> web.StreamResponse:
-    agent = request.app[AGENT_KEY]
-    path = request.path
-    if not path.startswith("/v1/") or request.method == "OPTIONS":
-        return await handler(request)  # the UI's static files; OPTIONS reveals nothing
+    """:func:`enforcer` as an aiohttp middleware (the agent calls the enforcer from its one API
+    layer, ``metrics.api_handler``, instead)."""
+    return await enforcer(request.app[AGENT_KEY])(request, handler)
+
+
+def enforcer(agent: Agent) -> Callable[[web.Request, Next], Awaitable[web.StreamResponse]]:
+    """The ACL check for one agent: resolve the request's token (servers: synchronously, from the
+    per-secret cache stamped with the ACL index), find the route's rule, apply it."""
     resolver = agent.acl
-    if agent.mode == "client" and _is_forwarded(path):
-        # The server that answers resolves and enforces the same token; resolving here too would
-        # cost a round trip and turn a server's answer into this agent's "no server reachable".
-        return await handler(request)
-    secret = token_of(request)
-    try:
-        ident = await resolver.resolve(secret)
-    except ACLNotFound:
-        return web.Response(status=403, text="ACL not found", content_type="text/plain")
-    except ACLUnavailable as exc:
-        return web.Response(status=500, text=f"ACL resolution failed (no server answered): {exc}",
-                            content_type="text/plain")
-    request[IDENTITY_KEY] = ident
-    request[SECRET_KEY] = secret
-    try:
-        if ident.authz.allow_all:
+    assert resolver is not None
+    client = agent.mode == "client"
+    local = resolver.fetch is None  # servers hold the ACL tables: resolving never waits
+
+    async def enforce(request: web.Request, handler: Next) -> web.StreamResponse:
+        path = request.path
+        if not path.startswith("/v1/") or request.method == "OPTIONS":
+            return await handler(request)  # the UI's static files; OPTIONS reveals nothing
+        if client and _is_forwarded(path):
+            # The server that answers resolves and enforces the same token; resolving here too would
+            # cost a round trip and turn a server's answer into this agent's "no server reachable".
             return await handler(request)
-        return await rule_for(request.method, path)(request, agent, ident.authz, handler)
-    except Denied as exc:
-        return _denied(ident, exc)
+        secret = token_of(request)
+        try:
+            ident = resolver.resolve_here(secret) if local else await resolver.resolve(secret)
+        except ACLNotFound:
+            return web.Response(status=403, text="ACL not found", content_type="text/plain")
+        except ACLUnavailable as exc:
+            return web.Response(status=500, text=f"ACL resolution failed (no server answered): {exc}",
+                                content_type="text/plain")
+        request[IDENTITY_KEY] = ident
+        request[SECRET_KEY] = secret
+        try:
+            if ident.authz.allow_all:
+                return await handler(request)
+            return await rule_for(request.method, path)(request, agent, ident.authz, handler)
+        except Denied as exc:
+            return _denied(ident, exc)
+
+    return enforce

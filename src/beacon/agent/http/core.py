@@ -237,11 +237,13 @@ class Router:
         return deco
 
     def install(self, app: web.Application) -> None:
+        agent = app.get(AGENT_KEY)  # set before the routes are installed: no lookup per request
         for path, methods in self.routes.items():
-            app.router.add_route("*", path, _dispatcher(methods))
+            app.router.add_route("*", path, _dispatcher(methods, agent))
 
 
-def _dispatcher(methods: dict[str, Handler]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _dispatcher(methods: dict[str, Handler], known: Agent | None = None,
+                ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     allow = ", ".join(["OPTIONS", *sorted(methods)])
     # Consul's Go client always writes with PUT; some tools POST. Accept POST where PUT is.
     table = dict(methods)
@@ -257,16 +259,21 @@ def _dispatcher(methods: dict[str, Handler]) -> Callable[[web.Request], Awaitabl
         if handler is None:
             return web.Response(status=405, text=f"method {request.method} not allowed",
                                 headers={"Allow": allow})
-        reply = await handler(request, request.app[AGENT_KEY])
-        return render(request, reply)
+        agent = known if known is not None else request.app[AGENT_KEY]
+        return render(request, await handler(request, agent), agent)
 
     return dispatch
 
 
-def render(request: web.Request, reply: Reply) -> web.StreamResponse:
-    agent = request.app[AGENT_KEY]
+_NO_QUERY: dict[str, str] = {}
+
+
+def render(request: web.Request, reply: Reply, agent: Agent | None = None) -> web.StreamResponse:
+    if agent is None:
+        agent = request.app[AGENT_KEY]
     headers = dict(reply.headers) if reply.headers else {}
-    query = request.query
+    # Most reads carry no query string: skip building the parsed query for them.
+    query = request.query if request.query_string else _NO_QUERY
     if reply.index is not None:
         consensus = agent.consensus
         headers["X-Consul-Index"] = str(reply.index) if reply.index > 1 else "1"
