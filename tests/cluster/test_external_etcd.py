@@ -70,7 +70,10 @@ def test_servers_share_an_external_etcd_and_start_no_member(tmp_path) -> None:
 
 
 def test_a_server_without_etcd_says_so_and_exits(tmp_path) -> None:
+    # An address of its own: the default ports on 127.0.0.1 may be held by other agents on this host.
+    bind = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
     r = subprocess.run(beacon_cmd("agent", "-server", "-bootstrap-expect", "3", "-retry-join", "127.0.0.2",
+                                  "-bind", bind,
                                   "-data-dir", str(tmp_path), "-etcd-bin", str(tmp_path / "no-etcd"),
                                   "-http-port", "0", "-dns-port", "-1"),
                        capture_output=True, text=True, env=beacon_env(), timeout=60)
