@@ -6,6 +6,7 @@ replica and a restart from the command log end up with the same data; every bloc
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -27,8 +28,10 @@ async def snapshot_save(req: web.Request, agent: Agent) -> Reply:
     opts = query_options(req, agent)
     if not opts.stale and not agent.consensus.known_leader():
         raise NoLeaderError()
-    snap = agent.store.snapshot()
-    return Reply(write_archive(snap), index=snap["index"], raw=True, content_type="application/x-gzip")
+    snap = agent.store.snapshot()  # a copy, taken under the store's lock
+    # Encoding and gzip of a large catalog take seconds: off the event loop, which keeps serving.
+    data = await asyncio.to_thread(write_archive, snap)
+    return Reply(data, index=snap["index"], raw=True, content_type="application/x-gzip")
 
 
 async def snapshot_restore(req: web.Request, agent: Agent) -> Reply:
@@ -42,7 +45,7 @@ async def snapshot_restore(req: web.Request, agent: Agent) -> Reply:
         chunks.append(chunk)
     data = b"".join(chunks)
     try:
-        _, snap = read_archive(data)
+        _, snap = await asyncio.to_thread(read_archive, data)
     except ArchiveError as exc:
         raise HTTPError(400, f"Invalid snapshot: {exc}") from None
     await snapshot_endpoint.restore(agent.submit, snap, time.time())
