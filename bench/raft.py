@@ -13,7 +13,11 @@ Both clusters run on the same disk with the same etcd settings (Beacon's members
 and logger). Rounds alternate etcd / Beacon, each on a fresh cluster; every round is printed, then the
 medians and the ratios Beacon/etcd as a markdown table.
 
-    python3 bench/raft.py [--rounds 3] [--seconds 5] [--clients 64]
+    python3 bench/raft.py [--rounds 3] [--seconds 5] [--clients 64] [--before SRC]
+
+``--before SRC`` adds a third system, Beacon run from another checkout's ``src`` directory (say
+``git archive <commit> src | tar -x -C /tmp/before``), in the same rotation: before/after figures
+measured under the same load.
 """
 
 from __future__ import annotations
@@ -88,9 +92,13 @@ class System:
 
 class Beacon(System):
     name = "beacon"
+    src = ""  # another checkout's src directory (--before), or this one's
 
     def __init__(self, tmp: str) -> None:
         self.procs = {}
+        environ = env()
+        if self.src:
+            environ["PYTHONPATH"] = self.src
         self.http: dict[str, str] = {}
         for i in (1, 2, 3):
             name = f"s{i}"
@@ -101,7 +109,7 @@ class Beacon(System):
                 argv += ["-retry-join", f"{BLOCK}.1{j}"]
             out = f"{tmp}/{name}.out"
             with open(out, "w") as f:  # a file, not a pipe: nobody would drain a pipe during the load
-                p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env())
+                p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=environ)
             self.procs[name] = p
             deadline = time.monotonic() + 60
             while name not in self.http:
@@ -318,6 +326,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--before", default="", help="also run Beacon from this src directory, as 'before'")
     args = ap.parse_args()
     if shutil.which("etcd") is None:
         sys.exit("etcd is not installed (apt-get install etcd-server)")
@@ -327,9 +336,12 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    rounds: dict[str, list[dict[str, float]]] = {"etcd": [], "beacon": []}
+    systems: list[type[System]] = [Etcd, Beacon]
+    if args.before:
+        systems.append(type("Before", (Beacon,), {"name": "before", "src": os.path.abspath(args.before)}))
+    rounds: dict[str, list[dict[str, float]]] = {cls.name: [] for cls in systems}
     for r in range(args.rounds):
-        for cls in ((Etcd, Beacon) if r % 2 == 0 else (Beacon, Etcd)):
+        for cls in (systems if r % 2 == 0 else systems[::-1]):
             with tempfile.TemporaryDirectory() as tmp:
                 system = cls(tmp)
                 try:
@@ -343,6 +355,14 @@ def main() -> None:
     e, b = med["etcd"], med["beacon"]
     print(f"\nmedians of {args.rounds} rounds, {args.clients} clients, {args.seconds:.0f} s per load phase, "
           f"load average {loadavg()}")
+    if "before" in med:
+        o = med["before"]
+        print("| measure | Beacon | etcd | Beacon/etcd | before | before/etcd |")
+        print("|---|---|---|---|---|---|")
+        for label, key, fmt in ROWS:
+            print(f"| {label} | {fmt.format(b[key])} | {fmt.format(e[key])} | {b[key] / e[key]:.2f}x "
+                  f"| {fmt.format(o[key])} | {o[key] / e[key]:.2f}x |")
+        return
     print("| measure | Beacon | etcd | Beacon/etcd |")
     print("|---|---|---|---|")
     for label, key, fmt in ROWS:
