@@ -2,12 +2,22 @@
 etcd cluster, same machine, same Python load generator (aiohttp; etcd through its JSON gateway).
 
 For each system: write throughput with 64 concurrent clients (spread over all members), p50/p99 write
-latency under that load, sequential write p50/p99, read throughput (default-consistency reads from one
-member), and failover after `kill -9` of the server whose etcd member is the etcd leader (until the next
-successful write through a survivor). Rounds alternate etcd / Beacon, each on a fresh cluster; every
-round is printed, then the medians and the ratios Beacon/etcd as a markdown table.
+latency under that load, CPU per write (every process of the cluster, from /proc: Beacon's agents and
+their etcd members, or the three etcd members; the generator's own CPU apart), sequential write p50/p99
+through the etcd leader's host and through an etcd follower's host (a Beacon server takes writes
+itself and proposes them through its own member, so a Beacon server whose member is an etcd follower
+pays the same follower-to-leader hop that a plain etcd follower does: each system is measured in both
+roles), read throughput (default-consistency reads from one member), and failover after `kill -9` of
+the server whose etcd member is the etcd leader (until the next successful write through a survivor).
+Both clusters run on the same disk with the same etcd settings (Beacon's members' ``--snapshot-count``
+and logger). Rounds alternate etcd / Beacon, each on a fresh cluster; every round is printed, then the
+medians and the ratios Beacon/etcd as a markdown table.
 
-    python3 bench/raft.py [--rounds 3] [--seconds 5] [--clients 64]
+    python3 bench/raft.py [--rounds 3] [--seconds 5] [--clients 64] [--before SRC]
+
+``--before SRC`` adds a third system, Beacon run from another checkout's ``src`` directory (say
+``git archive <commit> src | tar -x -C /tmp/before``), in the same rotation: before/after figures
+measured under the same load.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import time
 import aiohttp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import env  # noqa: E402
+from _util import cpu_seconds, env, loadavg  # noqa: E402
 
 BLOCK = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}"
 
@@ -49,6 +59,26 @@ class System:
     async def get(self, s: aiohttp.ClientSession, member: str, key: str) -> bool: ...
     async def leader(self, s: aiohttp.ClientSession) -> str: ...
 
+    async def etcd_leader_host(self, s: aiohttp.ClientSession) -> str:
+        return await self.leader(s)
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by every process of the cluster (and their children)."""
+        total = 0.0
+        for p in self.procs.values():
+            pids = [p.pid]
+            try:
+                with open(f"/proc/{p.pid}/task/{p.pid}/children", encoding="ascii") as f:
+                    pids += [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            for pid in pids:
+                try:
+                    total += cpu_seconds(pid)
+                except OSError:
+                    pass
+        return total
+
     def kill(self, member: str) -> None:
         self.procs[member].send_signal(signal.SIGKILL)
         self.procs[member].wait(10)
@@ -62,9 +92,13 @@ class System:
 
 class Beacon(System):
     name = "beacon"
+    src = ""  # another checkout's src directory (--before), or this one's
 
     def __init__(self, tmp: str) -> None:
         self.procs = {}
+        environ = env()
+        if self.src:
+            environ["PYTHONPATH"] = self.src
         self.http: dict[str, str] = {}
         for i in (1, 2, 3):
             name = f"s{i}"
@@ -73,13 +107,20 @@ class Beacon(System):
                     "-http-port", "0", "-dns-port", "-1", "-log-level", "warn"]
             for j in (1, 2, 3):
                 argv += ["-retry-join", f"{BLOCK}.1{j}"]
-            p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
-            for line in p.stdout:  # type: ignore[union-attr]
-                m = re.search(r"==> Ready: http_port=(\d+)", line)
+            out = f"{tmp}/{name}.out"
+            with open(out, "w") as f:  # a file, not a pipe: nobody would drain a pipe during the load
+                p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=environ)
+            self.procs[name] = p
+            deadline = time.monotonic() + 60
+            while name not in self.http:
+                with open(out) as f:
+                    m = re.search(r"==> Ready: http_port=(\d+)", f.read())
                 if m:
                     self.http[name] = f"{BLOCK}.1{i}:{m.group(1)}"
-                    break
-            self.procs[name] = p
+                elif p.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"beacon server {name} did not start (see {out})")
+                else:
+                    time.sleep(0.05)
 
     async def put(self, s, member, key, value):
         async with s.put(f"http://{self.http[member]}/v1/kv/{key}", data=value) as r:
@@ -140,7 +181,10 @@ class Etcd(System):
                     "--listen-peer-urls", f"http://127.0.0.1:{pport[i]}",
                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport[i]}",
                     "--initial-cluster", cl, "--initial-cluster-state", "new",
-                    "--initial-cluster-token", "bench", "--log-level", "warn"]
+                    "--initial-cluster-token", "bench",
+                    # What Beacon's members run with (server/etcd_member.py), so the anchor matches.
+                    "--snapshot-count", "10000", "--logger", "zap", "--log-level", "warn",
+                    "--auto-compaction-retention", "0"]
             self.procs[f"m{i}"] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @staticmethod
@@ -220,7 +264,7 @@ async def sequential_latency(system: System, s: aiohttp.ClientSession, member: s
 
 
 async def failover(system: System, s: aiohttp.ClientSession) -> float:
-    leader = await (system.etcd_leader_host(s) if isinstance(system, Beacon) else system.leader(s))
+    leader = await system.etcd_leader_host(s)
     system.kill(leader)
     t0 = time.monotonic()
     survivors = [m for m in system.procs if m != leader]
@@ -249,19 +293,30 @@ async def measure(system: System, clients: int, seconds: float) -> dict[str, flo
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as s:
         leader = await wait_ready(system, s)
         members = list(system.procs)
-        seq = await sequential_latency(system, s, leader)
+        at_leader = await system.etcd_leader_host(s)
+        follower = next(m for m in members if m != at_leader)
+        seq_l = await sequential_latency(system, s, at_leader)
+        seq_f = await sequential_latency(system, s, follower)
+        cpu0, gen0 = system.cpu(), time.process_time()
         wps, lat = await load(system, s, members, clients, seconds, "put")
+        cpu_w = (system.cpu() - cpu0) / max(1, len(lat)) * 1e6
+        gen_w = (time.process_time() - gen0) / max(1, len(lat)) * 1e6
         rps, _ = await load(system, s, [leader], clients, seconds, "get")
         fo = await failover(system, s)
-    return {"writes": wps, "p50": pct(lat, 50), "p99": pct(lat, 99), "seq_p50": pct(seq, 50),
-            "seq_p99": pct(seq, 99), "reads": rps, "failover": fo}
+    return {"writes": wps, "p50": pct(lat, 50), "p99": pct(lat, 99), "cpu_w": cpu_w, "gen_w": gen_w,
+            "seq_p50": pct(seq_l, 50), "seq_p99": pct(seq_l, 99), "seqf_p50": pct(seq_f, 50),
+            "seqf_p99": pct(seq_f, 99), "reads": rps, "failover": fo}
 
 
 ROWS = [("write throughput, 64 clients (ops/s)", "writes", "{:.0f}"),
         ("write latency p50 under load (ms)", "p50", "{:.2f}"),
         ("write latency p99 under load (ms)", "p99", "{:.2f}"),
-        ("sequential write latency p50 (ms)", "seq_p50", "{:.2f}"),
-        ("sequential write latency p99 (ms)", "seq_p99", "{:.2f}"),
+        ("cluster CPU per write under load (µs)", "cpu_w", "{:.0f}"),
+        ("generator CPU per write under load (µs)", "gen_w", "{:.0f}"),
+        ("sequential write p50 via the etcd leader's host (ms)", "seq_p50", "{:.2f}"),
+        ("sequential write p99 via the etcd leader's host (ms)", "seq_p99", "{:.2f}"),
+        ("sequential write p50 via an etcd follower's host (ms)", "seqf_p50", "{:.2f}"),
+        ("sequential write p99 via an etcd follower's host (ms)", "seqf_p99", "{:.2f}"),
         ("read throughput, default consistency (ops/s)", "reads", "{:.0f}"),
         ("failover after kill -9 of the etcd leader's host (s)", "failover", "{:.2f}")]
 
@@ -271,6 +326,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--before", default="", help="also run Beacon from this src directory, as 'before'")
     args = ap.parse_args()
     if shutil.which("etcd") is None:
         sys.exit("etcd is not installed (apt-get install etcd-server)")
@@ -280,9 +336,12 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    rounds: dict[str, list[dict[str, float]]] = {"etcd": [], "beacon": []}
+    systems: list[type[System]] = [Etcd, Beacon]
+    if args.before:
+        systems.append(type("Before", (Beacon,), {"name": "before", "src": os.path.abspath(args.before)}))
+    rounds: dict[str, list[dict[str, float]]] = {cls.name: [] for cls in systems}
     for r in range(args.rounds):
-        for cls in ((Etcd, Beacon) if r % 2 == 0 else (Beacon, Etcd)):
+        for cls in (systems if r % 2 == 0 else systems[::-1]):
             with tempfile.TemporaryDirectory() as tmp:
                 system = cls(tmp)
                 try:
@@ -290,10 +349,20 @@ def main() -> None:
                 finally:
                     system.stop()
             rounds[cls.name].append(res)
-            print(f"round {r + 1} {cls.name:6s} " + " ".join(f"{k}={v:.2f}" for k, v in res.items()), flush=True)
+            print(f"round {r + 1} {cls.name:6s} " + " ".join(f"{k}={v:.2f}" for k, v in res.items())
+                  + f" load={loadavg()}", flush=True)
     med = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in rounds.items()}
     e, b = med["etcd"], med["beacon"]
-    print(f"\nmedians of {args.rounds} rounds, {args.clients} clients, {args.seconds:.0f} s per load phase")
+    print(f"\nmedians of {args.rounds} rounds, {args.clients} clients, {args.seconds:.0f} s per load phase, "
+          f"load average {loadavg()}")
+    if "before" in med:
+        o = med["before"]
+        print("| measure | Beacon | etcd | Beacon/etcd | before | before/etcd |")
+        print("|---|---|---|---|---|---|")
+        for label, key, fmt in ROWS:
+            print(f"| {label} | {fmt.format(b[key])} | {fmt.format(e[key])} | {b[key] / e[key]:.2f}x "
+                  f"| {fmt.format(o[key])} | {o[key] / e[key]:.2f}x |")
+        return
     print("| measure | Beacon | etcd | Beacon/etcd |")
     print("|---|---|---|---|")
     for label, key, fmt in ROWS:

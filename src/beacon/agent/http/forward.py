@@ -73,6 +73,11 @@ async def relay(session: aiohttp.ClientSession, method: str, url: str, body: byt
 async def forward(request: web.Request) -> web.StreamResponse:
     agent: Agent = request.app[AGENT_KEY]
     session = agent.forward_session
+    # aiohttp resends a PUT or DELETE once by itself when the connection drops before the answer;
+    # for a write the server may already have applied, that resend (and a refused reconnect read
+    # as "never reached", below) could apply it twice. The loop below decides retries instead.
+    if getattr(session, "_retry_connection", False):
+        session._retry_connection = False
     body = await request.read()
     if request.method == "PUT" and request.path == "/v1/session/create":
         body = _session_for_this_node(body, agent.config.node_name)
@@ -97,8 +102,17 @@ async def forward(request: web.Request) -> web.StreamResponse:
         url = f"{target}{rel}"
         try:
             return await relay(session, request.method, url, body, headers, **tls_opts)
+        except aiohttp.ClientConnectorError as exc:  # never reached that server: try the next one
+            last = f"{target}: {exc or type(exc).__name__}"
+            log.debug("forwarding to %s failed: %s", target, exc)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             last = f"{target}: {exc or type(exc).__name__}"
             log.debug("forwarding to %s failed: %s", target, exc)
+            if request.method not in ("GET", "HEAD"):
+                # The server had the write and went away before answering: it may have applied it.
+                # Sending it to another server could apply it twice (a CAS would then answer 409 for
+                # a write that took effect), so the caller gets an error, as from a server.
+                return web.Response(status=500, text=f"The server did not answer the write ({last}); it may "
+                                    "or may not have been applied", content_type="text/plain")
     return web.Response(status=500, text=f"No cluster leader (no server reachable: {last})",
                         content_type="text/plain")
