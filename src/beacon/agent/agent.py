@@ -225,6 +225,11 @@ class Agent:
         self.forward_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=self.config.max_query_time + 60, connect=2))
+        # aiohttp resends a PUT or DELETE once by itself when a reused connection drops before the
+        # answer; the server may already have applied that write (a CAS would then answer 409 for a write
+        # that took effect). http.forward decides retries itself: only a refused connect moves on.
+        if hasattr(self.forward_session, "_retry_connection"):
+            self.forward_session._retry_connection = False
         await self.cluster.start()  # after HTTP and DNS: its gossip tags carry their ports
         if self.mode == "server":
             self.spawn(EtcdBootstrap(self).run(), "etcd-bootstrap")

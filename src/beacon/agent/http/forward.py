@@ -73,11 +73,6 @@ async def relay(session: aiohttp.ClientSession, method: str, url: str, body: byt
 async def forward(request: web.Request) -> web.StreamResponse:
     agent: Agent = request.app[AGENT_KEY]
     session = agent.forward_session
-    # aiohttp resends a PUT or DELETE once by itself when the connection drops before the answer;
-    # for a write the server may already have applied, that resend (and a refused reconnect read
-    # as "never reached", below) could apply it twice. The loop below decides retries instead.
-    if getattr(session, "_retry_connection", False):
-        session._retry_connection = False
     body = await request.read()
     if request.method == "PUT" and request.path == "/v1/session/create":
         body = _session_for_this_node(body, agent.config.node_name)
