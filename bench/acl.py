@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import beacon_agent, cpu_seconds, loadavg, pinned, require  # noqa: E402
@@ -64,6 +66,27 @@ def wait_written(port: int, token: str) -> None:
             time.sleep(0.2)
 
 
+@contextmanager
+def acl_pair(core: int, path: str) -> Iterator[tuple[subprocess.Popen, int, subprocess.Popen, int, str]]:
+    """Two agents of the same build on `core`: one without ACLs, one with default deny and a token that
+    may read `bench/`; both hold `path` (written by wait_written). Yields (plain process, plain port,
+    ACL process, ACL port, token)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": MGMT}}}, f)
+    try:
+        with beacon_agent(core=core, dev=False) as (plain_proc, plain, _d), \
+                beacon_agent("-config-file", f.name, core=core, dev=False) as (acl_proc, acl, _d2):
+            wait_written(plain, "")
+            wait_written(acl, MGMT)
+            pol = json.loads(call(acl, "PUT", "/v1/acl/policy",
+                                  {"Name": "bench", "Rules": 'key_prefix "bench/" { policy = "read" }'}, MGMT))
+            token = json.loads(call(acl, "PUT", "/v1/acl/token", {"Policies": [{"ID": pol["ID"]}]}, MGMT))["SecretID"]
+            assert call(acl, "GET", path + "?raw", token=token) == b"value"
+            yield plain_proc, plain, acl_proc, acl, token
+    finally:
+        os.unlink(f.name)
+
+
 def in_process_cost(n: int = 100_000) -> float:
     """Microseconds per request of what the middleware adds for a cached token: resolve, route
     lookup, key:read. A number the shared cores' noise cannot swamp, to read next to wrk's."""
@@ -104,31 +127,19 @@ def main() -> None:
     ap.add_argument("--load-core", type=int, default=1)
     args = ap.parse_args()
     require("wrk")
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": MGMT}}}, f)
-    try:
-        with beacon_agent(core=args.server_core, dev=False) as (plain_proc, plain, _d), \
-                beacon_agent("-config-file", f.name, core=args.server_core, dev=False) as (acl_proc, acl, _d2):
-            wait_written(plain, "")
-            wait_written(acl, MGMT)
-            pol = json.loads(call(acl, "PUT", "/v1/acl/policy",
-                                  {"Name": "bench", "Rules": 'key_prefix "bench/" { policy = "read" }'}, MGMT))
-            token = json.loads(call(acl, "PUT", "/v1/acl/token", {"Policies": [{"ID": pol["ID"]}]}, MGMT))["SecretID"]
-            assert call(acl, "GET", PATH + "?raw", token=token) == b"value"
-            anchors, acls, cpu_a, cpu_b = [], [], [], []
-            for r in range(args.rounds):
-                a, ca = wrk(f"http://127.0.0.1:{plain}{PATH}", args.seconds, args.connections, args.load_core,
-                            plain_proc.pid)
-                b, cb = wrk(f"http://127.0.0.1:{acl}{PATH}", args.seconds, args.connections, args.load_core,
-                            acl_proc.pid, token)
-                anchors.append(a)
-                acls.append(b)
-                cpu_a.append(ca)
-                cpu_b.append(cb)
-                print(f"round {r + 1}: no ACLs {a:8.0f} req/s {ca:6.1f} us CPU/req   ACLs + cached token "
-                      f"{b:8.0f} req/s {cb:6.1f} us CPU/req   ratio {b / a:.3f}", flush=True)
-    finally:
-        os.unlink(f.name)
+    with acl_pair(args.server_core, PATH) as (plain_proc, plain, acl_proc, acl, token):
+        anchors, acls, cpu_a, cpu_b = [], [], [], []
+        for r in range(args.rounds):
+            a, ca = wrk(f"http://127.0.0.1:{plain}{PATH}", args.seconds, args.connections, args.load_core,
+                        plain_proc.pid)
+            b, cb = wrk(f"http://127.0.0.1:{acl}{PATH}", args.seconds, args.connections, args.load_core,
+                        acl_proc.pid, token)
+            anchors.append(a)
+            acls.append(b)
+            cpu_a.append(ca)
+            cpu_b.append(cb)
+            print(f"round {r + 1}: no ACLs {a:8.0f} req/s {ca:6.1f} us CPU/req   ACLs + cached token "
+                  f"{b:8.0f} req/s {cb:6.1f} us CPU/req   ratio {b / a:.3f}", flush=True)
     ma, mb = statistics.median(anchors), statistics.median(acls)
     mca, mcb = statistics.median(cpu_a), statistics.median(cpu_b)
     print(f"\nmedian: no ACLs {ma:.0f} req/s ({mca:.1f} us CPU/req), ACLs {mb:.0f} req/s ({mcb:.1f} us CPU/req); "

@@ -212,45 +212,33 @@ def acl_share(pid: int, url: str, token: str, args: argparse.Namespace) -> float
 def run_acl(args: argparse.Namespace) -> tuple[tuple[list[float], ...], float | None]:
     """(req/s without ACLs, with ACLs, CPU us/request without, with; one entry per round), and the
     ACL layer's share of the ACL agent's time (None without py-spy)."""
-    from acl import call, wait_written
+    from acl import acl_pair, call
     from acl import wrk as wrk_token
 
     path = CASES["kv"]
     rounds: tuple[list[float], ...] = ([], [], [], [])
     share = None
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": MGMT}}}, f)
-    try:
-        with beacon_agent(core=args.server_core, dev=False) as (plain_proc, plain, _d), \
-                beacon_agent("-config-file", f.name, core=args.server_core, dev=False) as (acl_proc, acl, _d2):
-            wait_written(plain, "")
-            wait_written(acl, MGMT)
-            pol = json.loads(call(acl, "PUT", "/v1/acl/policy",
-                                  {"Name": "bench", "Rules": 'key_prefix "bench/" { policy = "read" }'}, MGMT))
-            token = json.loads(call(acl, "PUT", "/v1/acl/token", {"Policies": [{"ID": pol["ID"]}]}, MGMT))["SecretID"]
-            assert call(acl, "GET", path + "?raw", token=token) == b"value"
-            # The same answer but for its indexes (the ACL agent wrote its policy and token first).
-            same = [{k: v for k, v in json.loads(body)[0].items() if not k.endswith("Index")}
-                    for body in (call(plain, "GET", path), call(acl, "GET", path, token=token))]
-            assert same[0] == same[1], same
-            if shutil.which("py-spy"):
-                share = acl_share(acl_proc.pid, f"http://127.0.0.1:{acl}{path}", token, args)
-                print(f"[acl] py-spy: {100 * share:.1f}% of the ACL agent's sampled time is ACL work (resolve, "
-                      f"rule, check), i.e. {100 * share / (1 - share):+.1f}% per request over the same agent "
-                      f"without it (a ratio inside one process: the shared cores' noise does not move it)",
-                      flush=True)
-            for rnd in range(1, args.rounds + 1):
-                a, ca = wrk_token(f"http://127.0.0.1:{plain}{path}", args.seconds, args.connections,
-                                  args.load_core, plain_proc.pid)
-                b, cb = wrk_token(f"http://127.0.0.1:{acl}{path}", args.seconds, args.connections,
-                                  args.load_core, acl_proc.pid, token)
-                for lst, v in zip(rounds, (a, b, ca, cb), strict=True):
-                    lst.append(v)
-                print(f"[acl] round {rnd} kv  no ACLs {a:9,.0f} req/s ({ca:5.1f} us CPU/req)  ACLs + cached token "
-                      f"{b:9,.0f} req/s ({cb:5.1f} us CPU/req)  CPU cost {100 * (cb / ca - 1):+5.1f}%  "
-                      f"(load {loadavg()})", flush=True)
-    finally:
-        os.unlink(f.name)
+    with acl_pair(args.server_core, path) as (plain_proc, plain, acl_proc, acl, token):
+        # The same answer but for its indexes (the ACL agent wrote its policy and token first).
+        same = [{k: v for k, v in json.loads(body)[0].items() if not k.endswith("Index")}
+                for body in (call(plain, "GET", path), call(acl, "GET", path, token=token))]
+        assert same[0] == same[1], same
+        if shutil.which("py-spy"):
+            share = acl_share(acl_proc.pid, f"http://127.0.0.1:{acl}{path}", token, args)
+            print(f"[acl] py-spy: {100 * share:.1f}% of the ACL agent's sampled time is ACL work (resolve, "
+                  f"rule, check), i.e. {100 * share / (1 - share):+.1f}% per request over the same agent "
+                  f"without it (a ratio inside one process: the shared cores' noise does not move it)",
+                  flush=True)
+        for rnd in range(1, args.rounds + 1):
+            a, ca = wrk_token(f"http://127.0.0.1:{plain}{path}", args.seconds, args.connections,
+                              args.load_core, plain_proc.pid)
+            b, cb = wrk_token(f"http://127.0.0.1:{acl}{path}", args.seconds, args.connections,
+                              args.load_core, acl_proc.pid, token)
+            for lst, v in zip(rounds, (a, b, ca, cb), strict=True):
+                lst.append(v)
+            print(f"[acl] round {rnd} kv  no ACLs {a:9,.0f} req/s ({ca:5.1f} us CPU/req)  ACLs + cached token "
+                  f"{b:9,.0f} req/s ({cb:5.1f} us CPU/req)  CPU cost {100 * (cb / ca - 1):+5.1f}%  "
+                  f"(load {loadavg()})", flush=True)
     return rounds, share
 
 
