@@ -40,9 +40,13 @@ def test_three_servers_three_clients_events_keys_failures_and_autopilot(tmp_path
     try:
         everyone = c.all()
         # Every agent, clients included, sees all six alive (clients joined two servers only).
-        for agent in everyone.values():
-            wait_until(lambda a=agent: sorted(statuses(a)) == sorted(everyone) and set(statuses(a).values()) == {1},
-                       timeout=20)
+        for name, agent in everyone.items():
+            try:
+                wait_until(lambda a=agent: sorted(statuses(a)) == sorted(everyone)
+                           and set(statuses(a).values()) == {1}, timeout=40)
+            except AssertionError:
+                raise AssertionError(f"{name} sees {statuses(agent)}; every agent: "
+                                     f"{ {n: statuses(a) for n, a in everyone.items()} }") from None
 
         # A user event fired on one client is gossiped to every agent of the datacenter.
         status, _, body = c.clients["c1"].request("PUT", "/v1/event/fire/deploy", b"v2")
