@@ -331,10 +331,6 @@ class EtcdConsensus:
             return {}
         return env
 
-    def _apply_kv(self, kv: KV) -> None:
-        if kv.mod_revision > self.applied:
-            self._apply_env(kv.mod_revision, self._decode(kv), {})
-
     def _apply_env(self, rev: int, env: dict[str, Any], resolved: dict[int, cmd.Record]) -> None:
         if rev <= self.applied:
             return
