@@ -38,6 +38,7 @@ class MessageType(IntEnum):
     CONFIG_ENTRY = 10    # beacon.server.config_entries
     TOMBSTONE_REAP = 11  # beacon.server.tombstones
     ACL = 12             # beacon.acl.state
+    SNAPSHOT_RESTORE_CHUNKS = 13  # beacon.server.etcd_restore
 
 
 # A message type with this bit set may be skipped by a replica that does not know it (Consul's rule).
@@ -274,6 +275,18 @@ class Txn(Record):
 @dataclass(frozen=True, slots=True)
 class SnapshotRestore(Record):
     snapshot: dict[str, Any]   # StateStore.snapshot()
+    now: float = 0.0
+
+
+@command(MessageType.SNAPSHOT_RESTORE_CHUNKS)
+@dataclass(frozen=True, slots=True)
+class SnapshotRestoreChunks(Record):
+    """A restore on the etcd log whose state is in etcd chunk keys (too large for one log entry):
+    the etcd log reads and verifies them and applies a SnapshotRestore in its place."""
+    name: str      # the chunk set, beacon.server.etcd_restore.set_prefix
+    chunks: int
+    size: int
+    sha256: str    # of the concatenated chunks
     now: float = 0.0
 
 

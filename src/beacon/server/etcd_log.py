@@ -14,6 +14,9 @@ Layout under ``/beacon/<dc>/``:
   ``rev``, zlib'd and cut into 1 MiB chunks (etcd refuses requests above 1.5 MiB). The leader writes
   one every ``snapshot_threshold`` revisions, then compacts etcd at ``rev``. A server that starts, or
   whose watch start revision was compacted away, loads the snapshot and replays after it.
+* ``restore/<name>/<n>``: the state of a snapshot restore (``PUT /v1/snapshot``), written before
+  the small log command that names it; every server reads it at that command's revision
+  (:mod:`beacon.server.etcd_restore`).
 * ``leader``: the leader election. A server that finds the key absent creates it in a txn
   (``create_revision == 0``) attached to a lease of ``lease_ttl`` seconds and keeps the lease alive;
   it is the leader (session expiry, reaping, membership reconciliation, snapshots, clock ticks) while
@@ -45,7 +48,8 @@ import time
 import uuid
 from typing import Any
 
-from beacon.server import etcd_snapshot
+from beacon.server import commands as cmd
+from beacon.server import etcd_restore, etcd_snapshot
 from beacon.server.consensus import NoLeaderError
 from beacon.server.durable import decode, encode
 from beacon.server.etcd_client import (
@@ -91,6 +95,7 @@ class EtcdConsensus:
         self.log_clock = 0.0       # largest proposer time among applied entries
         self.snapshot_rev = 0      # revision of the newest snapshot we know of
         self.recent: dict[str, float] = {}  # ids of applied commands that could still reappear -> expiry
+        self.restores: dict[str, int] = {}  # chunk sets of restores applied here -> their revision
         self._recent_limit = 4096
         self._early: dict[int, KV] = {}  # previous log revision -> our own entry that follows it
         self._queue: list[dict[str, Any]] = []  # commands waiting for the next batch put
@@ -148,6 +153,15 @@ class EtcdConsensus:
         """Queue the command for the next batch put; return its result once applied here."""
         if self._closed:
             raise NoLeaderError("server is shutting down")
+        if int(command[0]) == cmd.MessageType.SNAPSHOT_RESTORE:
+            # The whole state: far over etcd's request limit, so it goes in chunk keys first and
+            # the log gets a reference (beacon.server.etcd_restore).
+            try:
+                ref = await etcd_restore.stage(self.client, self.prefix, command[1]["snapshot"],
+                                               float(command[1].get("now", 0.0)))
+            except (EtcdUnavailable, EtcdError) as exc:
+                raise NoLeaderError(f"storing the snapshot in etcd failed: {exc}") from None
+            command = cmd.encode(ref)
         loop = asyncio.get_running_loop()
         cid = uuid.uuid4().hex
         entry = {"i": cid, "x": time.time() + max(1.0, self.hold_timeout - EXPIRY_MARGIN),
@@ -266,7 +280,7 @@ class EtcdConsensus:
                 async for _, events in self.client.watch(self.log_key, self.applied + 1):
                     for ev in events:
                         if ev["type"] == "PUT":
-                            self._apply_kv(ev["kv"])
+                            await self._apply_watched(ev["kv"])
                             self._drain_early()
             except asyncio.CancelledError:
                 raise
@@ -285,21 +299,41 @@ class EtcdConsensus:
                 log.exception("applying the log failed")
                 await asyncio.sleep(1.0)
 
+    async def _apply_watched(self, kv: KV) -> None:
+        if kv.mod_revision <= self.applied:
+            return
+        env = self._decode(kv)
+        # A chunked restore reads its state from etcd first; nothing applies until it is read whole
+        # (an etcd error retries the watch from here, a compacted revision loads the snapshot).
+        resolved = await etcd_restore.resolve(self.client, self.prefix, env, kv.mod_revision)
+        if kv.mod_revision > self.applied:  # an early entry may have applied it meanwhile
+            self._apply_env(kv.mod_revision, env, resolved)
+
     def _drain_early(self) -> None:
         while self.applied in self._early:
-            self._apply_kv(self._early.pop(self.applied))
+            kv = self._early[self.applied]
+            env = self._decode(kv)
+            if etcd_restore.references(env):
+                break  # its chunks are read by the watch loop, which applies it and what follows
+            del self._early[self.applied]
+            self._apply_env(kv.mod_revision, env, {})
         if len(self._early) > 1024:  # entries the watch applied first
             self._early = {p: kv for p, kv in self._early.items() if p >= self.applied}
 
-    def _apply_kv(self, kv: KV) -> None:
-        rev = kv.mod_revision
-        if rev <= self.applied:
-            return
+    @staticmethod
+    def _decode(kv: KV) -> dict[str, Any]:
         try:
             env = decode(kv.value)
         except ValueError:
-            log.error("skipping undecodable log entry at revision %d", rev)
-            env = {}
+            env = None
+        if not isinstance(env, dict):
+            log.error("skipping undecodable log entry at revision %d", kv.mod_revision)
+            return {}
+        return env
+
+    def _apply_env(self, rev: int, env: dict[str, Any], resolved: dict[int, cmd.Record]) -> None:
+        if rev <= self.applied:
+            return
         clock = self.log_clock  # the log's time before this entry: decides every expiry in it
         for pos, e in enumerate(env.get("b", ())):
             cid = str(e.get("i", ""))
@@ -309,9 +343,12 @@ class EtcdConsensus:
             elif cid in self.recent:
                 continue  # a retried copy of a command that already applied
             else:
-                cmd = e["c"]
-                result = self.store.apply((int(cmd[0]), cmd[1]), index=rev * INDEX_STRIDE + pos)
+                c = e["c"]
+                command = resolved.get(pos) or (int(c[0]), c[1])
+                result = self.store.apply(command, index=rev * INDEX_STRIDE + pos)
                 self.recent[cid] = float(e["x"])
+                if pos in resolved:
+                    self.restores[str(c[1].get("name", ""))] = rev
             fut = self._pending.get(cid)
             if fut is not None and not fut.done():
                 fut.set_result(result)
@@ -418,6 +455,8 @@ class EtcdConsensus:
             size, n = await etcd_snapshot.write(self.client, self.prefix, rev, doc, previous=self.snapshot_rev)
             self.snapshot_rev = rev
             await self.client.compact(rev)
+            for name in await etcd_restore.collect(self.client, self.prefix, rev, self.restores):
+                self.restores.pop(name, None)
             seconds = time.monotonic() - t0
             self.last_snapshot = {"revision": rev, "bytes": size, "seconds": seconds}
             from beacon import telemetry

@@ -139,6 +139,7 @@ class StateStore:
             cmd.Noop: lambda idx, c: None,
             cmd.CheckStatus: self._apply_check_status,
             cmd.TombstoneReap: self._apply_tombstone_reap,
+            cmd.SnapshotRestoreChunks: self._apply_unresolved_restore,
         })
 
     def register_handlers(self, table: dict[type[Any], Callable[[int, Any], Any]]) -> None:
@@ -511,6 +512,12 @@ class StateStore:
         self.bump_table("kvs", idx)
         self._kv_touch(key)
         return True
+
+    @staticmethod
+    def _apply_unresolved_restore(idx: int, c: cmd.SnapshotRestoreChunks) -> None:
+        # The etcd log applies a SnapshotRestore in its place when the chunks verify; reaching here
+        # means they did not, at this log position, on every replica alike.
+        raise Failed(f"snapshot restore failed: its state in etcd ({c.name}) is missing or corrupt")
 
     def _apply_tombstone_reap(self, idx: int, c: cmd.TombstoneReap) -> int:
         """Forget tombstones up to ``index`` (the leader proposes it once they are older than the

@@ -2,6 +2,7 @@
 
 A restore is a logged command (``MessageType.SNAPSHOT_RESTORE``) carrying the decoded state, so every
 replica and a restart from the command log end up with the same data; every blocking query wakes.
+On the etcd log the state goes into chunk keys and the log entry names them (beacon.server.etcd_restore).
 """
 
 from __future__ import annotations
