@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -77,13 +78,43 @@ def _links(ids: list[str], names: list[str]) -> list[dict[str, str]]:
     return [{"ID": i} for i in ids] + [{"Name": n} for n in names]
 
 
-# ---------------------------------------------------------------------- policy
-def _policy_find(client: Client, args: Any) -> dict[str, Any]:
+# ------------------------------------------------------------ policies and roles
+def _find(client: Client, args: Any, kind: str) -> dict[str, Any]:
+    """A policy or a role by `-id` or `-name` (both have /v1/acl/<kind>/name/:name)."""
     if args.id:
-        return client.get_json(f"/v1/acl/policy/{quote(args.id)}")
+        return client.get_json(f"/v1/acl/{kind}/{quote(args.id)}")
     if args.name:
-        return client.get_json(f"/v1/acl/policy/name/{quote(args.name)}")
+        return client.get_json(f"/v1/acl/{kind}/name/{quote(args.name)}")
     raise CLIError("Must specify either the -id or -name parameters")
+
+
+def _by_id_or_name(kind: str, verb: str, a: list[str]) -> tuple[Any, Client, dict[str, Any]]:
+    p = _parser(f"{kind} {verb}")
+    p.flag("id", default="")
+    p.flag("name", default="")
+    args = p.parse_args(a)
+    client = Client.from_args(args)
+    return args, client, _find(client, args, kind)
+
+
+def _read(kind: str, fields: tuple[str, ...]) -> Callable[[list[str]], int]:
+    def read(a: list[str]) -> int:
+        args, _, obj = _by_id_or_name(kind, "read", a)
+        _print(obj, args.format, fields)
+        return 0
+    return read
+
+
+def _delete(kind: str) -> Callable[[list[str]], int]:
+    def delete(a: list[str]) -> int:
+        _, client, obj = _by_id_or_name(kind, "delete", a)
+        client.call("DELETE", f"/v1/acl/{kind}/{obj['ID']}")
+        print(f"{kind.capitalize()} \"{obj['ID']}\" deleted successfully")
+        return 0
+    return delete
+
+
+# ---------------------------------------------------------------------- policy
 
 
 def _policy(argv: list[str]) -> int:
@@ -99,13 +130,7 @@ def _policy(argv: list[str]) -> int:
         _print(Client.from_args(args).put_json("/v1/acl/policy", body), args.format, POLICY_FIELDS)
         return 0
 
-    def read(a: list[str]) -> int:
-        p = _parser("policy read")
-        p.flag("id", default="")
-        p.flag("name", default="")
-        args = p.parse_args(a)
-        _print(_policy_find(Client.from_args(args), args), args.format, POLICY_FIELDS)
-        return 0
+    read = _read("policy", POLICY_FIELDS)
 
     def update(a: list[str]) -> int:
         p = _parser("policy update")
@@ -115,23 +140,14 @@ def _policy(argv: list[str]) -> int:
         p.flag("rules", default=None)
         args = p.parse_args(a)
         client = Client.from_args(args)
-        old = _policy_find(client, args)
+        old = _find(client, args, "policy")
         body = {"Name": args.name or old["Name"], "Rules": old["Rules"] if args.rules is None
                 else _value_arg(args.rules),
                 "Description": old["Description"] if args.description is None else args.description}
         _print(client.put_json(f"/v1/acl/policy/{old['ID']}", body), args.format, POLICY_FIELDS)
         return 0
 
-    def delete(a: list[str]) -> int:
-        p = _parser("policy delete")
-        p.flag("id", default="")
-        p.flag("name", default="")
-        args = p.parse_args(a)
-        client = Client.from_args(args)
-        pol = _policy_find(client, args)
-        client.call("DELETE", f"/v1/acl/policy/{pol['ID']}")
-        print(f"Policy \"{pol['ID']}\" deleted successfully")
-        return 0
+    delete = _delete("policy")
 
     def list_(a: list[str]) -> int:
         args = _parser("policy list").parse_args(a)
@@ -247,12 +263,6 @@ def _token(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------- role
-def _role_find(client: Client, args: Any) -> dict[str, Any]:
-    if args.id:
-        return client.get_json(f"/v1/acl/role/{quote(args.id)}")
-    if args.name:
-        return client.get_json(f"/v1/acl/role/name/{quote(args.name)}")
-    raise CLIError("Must specify either the -id or -name parameters")
 
 
 def _role(argv: list[str]) -> int:
@@ -266,24 +276,8 @@ def _role(argv: list[str]) -> int:
         _print(Client.from_args(args).put_json("/v1/acl/role", body), args.format, ROLE_FIELDS)
         return 0
 
-    def read(a: list[str]) -> int:
-        p = _parser("role read")
-        p.flag("id", default="")
-        p.flag("name", default="")
-        args = p.parse_args(a)
-        _print(_role_find(Client.from_args(args), args), args.format, ROLE_FIELDS)
-        return 0
-
-    def delete(a: list[str]) -> int:
-        p = _parser("role delete")
-        p.flag("id", default="")
-        p.flag("name", default="")
-        args = p.parse_args(a)
-        client = Client.from_args(args)
-        role = _role_find(client, args)
-        client.call("DELETE", f"/v1/acl/role/{role['ID']}")
-        print(f"Role \"{role['ID']}\" deleted successfully")
-        return 0
+    read = _read("role", ROLE_FIELDS)
+    delete = _delete("role")
 
     def list_(a: list[str]) -> int:
         args = _parser("role list").parse_args(a)
