@@ -49,7 +49,7 @@ from beacon.model import (
     Service,
 )
 from beacon.server import commands as cmd
-from beacon.server import sessions
+from beacon.server import gcpause, sessions
 from beacon.server.commands import Record
 from beacon.server.consensus import Consensus, NoLeaderError, SingleServer
 from beacon.server.fsm import ApplyResult, Command, StateStore
@@ -116,6 +116,7 @@ class Agent:
         self.config = config
         self.node_id = _load_node_id(config.data_dir)
         self.hub = WatchHub()
+        gcpause.install_freezer()  # no full collection walks the whole catalog (beacon.server.gcpause)
         self.store = StateStore(on_change=self.hub.notify_threadsafe)
         telemetry.bind_store(self.store)
         telemetry.bind_hub(self.hub)
