@@ -124,26 +124,28 @@ class _FullCheckpoint:
 
 class _CheckJournal:
     """Undo for transactions whose ops are all check ops on nodes that hold no session: what a check
-    write or delete can change on those nodes only (their checks, check sets and node indexes, the
-    indexes of the services on them, the table indexes). Proportional to the nodes touched, where the
-    full copy is proportional to the catalog (seconds per transaction at 172,000 instances)."""
+    write or delete can change on those nodes only (the named checks, the nodes' check sets, the
+    node and service index maps, the table indexes). Proportional to the ops, where the full copy is
+    proportional to the catalog (seconds per transaction at 172,000 instances)."""
 
-    def __init__(self, store: StateStore, nodes: set[str]) -> None:
+    def __init__(self, store: StateStore, nodes: set[str], ops: list[dict[str, Any]]) -> None:
         self.store = store
         self.tables = dict(store.tables)
-        self.checks: dict[tuple[str, str], Any] = {}
+        # Whole-map copies run in C (~0.1 ms for 10,000 entries); walking every service on the
+        # touched nodes to save only their names' entries cost 2-4 ms per 64-op transaction.
+        self.node_index = dict(store.node_index)
+        self.service_index = dict(store.service_index)
         self.by_node: dict[str, Any] = {}
-        self.node_index: dict[str, Any] = {}
-        self.service_index: dict[str, Any] = {}
         for node in nodes:
             ids = store.checks_by_node.get(node)
             self.by_node[node] = set(ids) if ids is not None else _MISSING
-            for cid in ids or ():
-                self.checks[(node, cid)] = store.checks[(node, cid)]  # replaced on write, never mutated
-            self.node_index[node] = store.node_index.get(node, _MISSING)
-            for sid in store.services_by_node.get(node, ()):
-                name = store.services[(node, sid)].service.lower()
-                self.service_index[name] = store.service_index.get(name, _MISSING)
+        # A check op writes or deletes exactly the check it names (its ID, else its name).
+        self.checks: dict[tuple[str, str], Any] = {}
+        for op in ops:
+            chk = op["check"]
+            key = (str(chk.get("node") or "").lower(), str(chk.get("check_id") or chk.get("name") or ""))
+            if key not in self.checks:
+                self.checks[key] = store.checks.get(key, _MISSING)  # replaced on write, never mutated
 
     @staticmethod
     def applies(store: StateStore, ops: list[dict[str, Any]]) -> set[str] | None:
@@ -161,20 +163,17 @@ class _CheckJournal:
     def rollback(self) -> None:
         s = self.store
         for node, ids in self.by_node.items():
-            for cid in list(s.checks_by_node.get(node, ())):
-                if (node, cid) not in self.checks:
-                    s.checks.pop((node, cid), None)
             if ids is _MISSING:
                 s.checks_by_node.pop(node, None)
             else:
                 s.checks_by_node[node] = ids
-        s.checks.update(self.checks)
-        for table, saved in ((s.node_index, self.node_index), (s.service_index, self.service_index)):
-            for key, value in saved.items():
-                if value is _MISSING:
-                    table.pop(key, None)
-                else:
-                    table[key] = value
+        for key, old in self.checks.items():
+            if old is _MISSING:
+                s.checks.pop(key, None)
+            else:
+                s.checks[key] = old
+        s.node_index = self.node_index
+        s.service_index = self.service_index
         s.tables = self.tables
 
 
@@ -197,7 +196,7 @@ class TxnCommands:
             journal = _KVJournal(store)
         else:
             nodes = _CheckJournal.applies(store, ops)
-            journal = _FullCheckpoint(store) if nodes is None else _CheckJournal(store, nodes)
+            journal = _FullCheckpoint(store) if nodes is None else _CheckJournal(store, nodes, ops)
         outcome = self.run(idx, ops, float(c.now), journal)
         if outcome.errors:
             journal.rollback()
