@@ -116,6 +116,9 @@ class StateStore:
         self.session_keys: dict[str, set[str]] = {}
         self._reset_derived()
         self._changes: set[str] = set()
+        # Service names whose instances (not just their checks) changed in this apply: only their tag
+        # unions need recomputing (a health change leaves every service's tags as they were).
+        self._tags_dirty: set[str] = set()
         # Tables of later command families (prepared queries, config entries): name -> {key: JSON row}.
         self.extra: dict[str, dict[str, Any]] = {}
 
@@ -179,6 +182,7 @@ class StateStore:
             changes = self._changes
             self._changes = set()
             self._refresh_derived(changes)
+            self._tags_dirty = set()
         if changes and self.on_change is not None:
             self.on_change(idx, changes)
         return result
@@ -186,9 +190,8 @@ class StateStore:
     def _refresh_derived(self, changes: set[str]) -> None:
         if not changes.isdisjoint(_CATALOG_TABLES):
             self.catalog_version += 1
-        for key in changes:
-            if key.startswith("svc:"):
-                self.refresh_service_tags(key[4:])
+        for name_key in self._tags_dirty:
+            self.refresh_service_tags(name_key)
 
     def refresh_service_tags(self, name_key: str) -> None:
         for display in self._service_displays.pop(name_key, ()):
@@ -211,6 +214,7 @@ class StateStore:
     def discard_changes(self) -> None:
         """Forget this apply's watch keys (a rolled-back transaction changed nothing)."""
         self._changes = set()
+        self._tags_dirty = set()
 
     def bump_table(self, name: str, idx: int) -> None:
         self.tables[name] = idx
@@ -297,6 +301,7 @@ class StateStore:
             service.create_index = idx
         service.modify_index = idx
         self.services[key] = service
+        self._tags_dirty.add(_lower(service.service))
         self.services_by_node.setdefault(node_key, set()).add(service.id)
         self.services_by_name.setdefault(_lower(service.service), set()).add(key)
         self.bump_table("services", idx)
@@ -314,6 +319,7 @@ class StateStore:
 
     def _unindex_service_name(self, svc: Service) -> None:
         name_key = _lower(svc.service)
+        self._tags_dirty.add(name_key)
         members = self.services_by_name.get(name_key)
         if members is not None:
             members.discard((_lower(svc.node), svc.id))
