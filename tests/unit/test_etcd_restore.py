@@ -10,11 +10,12 @@ import socket
 import subprocess
 import time
 
+import orjson
 import pytest
 
 from beacon.errors import Failed
 from beacon.server import commands as cmd
-from beacon.server import etcd_restore
+from beacon.server import durable, etcd_restore
 from beacon.server.etcd_client import EtcdClient, EtcdCompacted, prefix_end
 from beacon.server.fsm import StateStore
 
@@ -26,6 +27,11 @@ def _state(n: int) -> dict:
                                           service={"id": f"web-{i}", "service": "web", "port": 1000 + i}))
         assert result.error is None
     return store.snapshot()
+
+
+def _plain(doc: dict) -> dict:
+    """A decoded state with its rows as dicts (the decoder gives model records)."""
+    return orjson.loads(durable.encode(doc))
 
 
 def _ref(chunks: list[bytes], **kw) -> cmd.SnapshotRestoreChunks:
@@ -46,7 +52,7 @@ def test_verify_gives_back_the_state_and_refuses_any_damage() -> None:
     snap = _state(200)
     chunks = _split(snap, 300)
     assert len(chunks) > 2
-    assert etcd_restore.verify(_ref(chunks), chunks) == snap
+    assert _plain(etcd_restore.verify(_ref(chunks), chunks)) == snap
     with pytest.raises(etcd_restore.RestoreChunksInvalid):
         etcd_restore.verify(_ref(chunks), chunks[:-1])  # a chunk missing
     with pytest.raises(etcd_restore.RestoreChunksInvalid):
@@ -126,13 +132,15 @@ async def test_every_reader_at_the_entry_revision_sees_the_same_chunks(etcd, mon
         assert ref.chunks > 2 and ref.now == 12.0
         rev = await client.put(prefix + b"log", b"the entry naming it")
         env = {"t": 1.0, "b": [{"i": "r", "x": 9.0, "c": list(cmd.encode(ref))}]}
-        assert await etcd_restore.resolve(client, prefix, env, rev) == {0: cmd.SnapshotRestore(snapshot=snap, now=12.0)}
+        got = await etcd_restore.resolve(client, prefix, env, rev)
+        assert list(got) == [0] and isinstance(got[0], cmd.SnapshotRestore) and got[0].now == 12.0
+        assert _plain(got[0].snapshot) == snap
 
         # The leader deletes the set once a snapshot covers it: a late reader at `rev` still gets it.
         assert await etcd_restore.collect(client, prefix, rev, {ref.name: rev}) == [ref.name]
         base = etcd_restore.set_prefix(prefix, ref.name)
         assert (await client.range(base, prefix_end(base)))[1] == []
-        assert await etcd_restore.fetch(client, prefix, ref, rev) == snap
+        assert _plain(await etcd_restore.fetch(client, prefix, ref, rev)) == snap
 
         # A set missing a chunk at the entry's revision fails the same way for everyone.
         broken = await etcd_restore.stage(client, prefix, snap, now=1.0)

@@ -17,7 +17,7 @@ import time
 import zlib
 from typing import Any
 
-from beacon.server.durable import decode, encode
+from beacon.server.durable import decode_state, encode_large
 
 ARCHIVE_VERSION = 1
 MAX_MEMBER_BYTES = 1 << 30
@@ -37,7 +37,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
 
 def write_archive(snapshot: dict[str, Any], now: float | None = None) -> bytes:
     now = time.time() if now is None else now
-    state = encode(snapshot)
+    state = encode_large(snapshot)
     meta = json.dumps({"Version": ARCHIVE_VERSION, "Index": snapshot.get("index", 0), "Term": 0,
                        "Time": now, "Size": len(state)}).encode()
     sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n"
@@ -79,7 +79,7 @@ def read_archive(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
             raise ArchiveError(f"snapshot archive checksum mismatch for {name}")
     try:
         meta = json.loads(members["meta.json"])
-        snapshot = decode(members["state.json"])
+        snapshot = decode_state(members["state.json"])
     except ValueError as exc:
         raise ArchiveError(f"snapshot archive is not valid JSON: {exc}") from None
     if meta.get("Version") != ARCHIVE_VERSION or not isinstance(snapshot, dict):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -23,8 +24,10 @@ import struct
 import zlib
 from typing import Any
 
+import msgspec
 import orjson
 
+from beacon.model import HealthCheck, Node, Service
 from beacon.server import gcpause
 
 log = logging.getLogger("beacon.server.durable")
@@ -54,6 +57,8 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def _default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):  # a record (orjson writes them itself)
+        return obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
     if isinstance(obj, bytes | bytearray):
         return {"$b": base64.b64encode(obj).decode()}
     if isinstance(obj, set | tuple):
@@ -77,6 +82,34 @@ def encode(obj: Any) -> bytes:
         return json.dumps(obj, default=_default, separators=(",", ":")).encode()
 
 
+SLICE = 2048  # list items per orjson call in encode_large
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _sliced(obj: Any, depth: int) -> bytes:
+    if type(obj) is dict and depth < 3 and all(type(k) is str for k in obj):
+        return b"{" + b",".join(_dumps(k) + b":" + _sliced(v, depth + 1) for k, v in obj.items()) + b"}"
+    if type(obj) is list and len(obj) > SLICE:
+        return b"[" + b",".join(_dumps(obj[i:i + SLICE])[1:-1] for i in range(0, len(obj), SLICE)) + b"]"
+    return _dumps(obj)
+
+
+def encode_large(obj: Any) -> bytes:
+    """:func:`encode` of a whole state (a snapshot), byte for byte, in many short orjson calls.
+
+    One orjson call holds the GIL throughout: over a 172,000-instance snapshot that is ~0.5 s in
+    which a worker thread encoding it keeps the event loop's thread from running. Long lists (the
+    catalog's rows) are encoded ``SLICE`` items at a time, so the interpreter can hand the GIL to
+    the loop between slices (every few milliseconds)."""
+    try:
+        return _sliced(obj, 0)
+    except (orjson.JSONEncodeError, TypeError):
+        return encode(obj)
+
+
 def decode(data: bytes) -> Any:
     if len(data) > 1 << 20:  # a snapshot: millions of objects in a row (see beacon.server.gcpause)
         with gcpause.paused():
@@ -91,6 +124,73 @@ def _decode(data: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass  # e.g. NaN or a > 64-bit integer, which the standard library reads
     return json.loads(data, object_hook=_hook)
+
+
+class DecodedRows(list):  # type: ignore[type-arg]
+    """Records decoded for one restore, referenced by nothing else: the store takes them as they are."""
+
+
+class _State(msgspec.Struct):
+    """A :meth:`StateStore.snapshot` with its catalog rows typed (every other field as JSON).
+    The fields are the snapshot's keys; a test checks they stay so."""
+
+    version: Any = None
+    index: Any = 0
+    tables: Any = msgspec.field(default_factory=dict)
+    service_index: Any = msgspec.field(default_factory=dict)
+    node_index: Any = msgspec.field(default_factory=dict)
+    nodes: list[Node] = msgspec.field(default_factory=list)
+    services: list[Service] = msgspec.field(default_factory=list)
+    checks: list[HealthCheck] = msgspec.field(default_factory=list)
+    kv: Any = msgspec.field(default_factory=list)
+    tombstones: Any = msgspec.field(default_factory=dict)
+    tombstone_floor: Any = 0
+    sessions: Any = msgspec.field(default_factory=list)
+    lock_delays: Any = msgspec.field(default_factory=dict)
+    session_expires: Any = msgspec.field(default_factory=dict)
+    extra: Any = msgspec.field(default_factory=dict)
+
+
+class _Wrapped(msgspec.Struct):
+    """The etcd log's snapshot document around a state."""
+
+    state: _State
+    log_clock: Any = 0.0
+    rev: Any = 0
+    recent: Any = msgspec.field(default_factory=dict)
+
+
+_STATE_DECODER = msgspec.json.Decoder(_State)
+_WRAPPED_DECODER = msgspec.json.Decoder(_Wrapped)
+
+
+def _state_dict(state: _State) -> dict[str, Any]:
+    doc = msgspec.structs.asdict(state)
+    for name in ("nodes", "services", "checks"):
+        doc[name] = DecodedRows(doc[name])
+    return doc
+
+
+def decode_state(data: bytes, wrapped: bool = False) -> Any:
+    """:func:`decode` of an encoded :meth:`StateStore.snapshot` (``wrapped``: of ``{"state": ...,
+    "log_clock", "rev", "recent"}``), with the nodes, services and checks decoded straight into model
+    records (msgspec) rather than into dicts that a restore then turns into records.
+
+    At 172,000 instances the dicts were ~450 MiB more at the peak, left behind as fragmented heap
+    (the restored server's RSS roughly tripled), and building records from them was most of the
+    restore's time. Anything the typed decoder refuses (a row of another shape, encoded bytes) is
+    decoded by :func:`decode` as before, and restored from dicts."""
+    if b'"$b"' not in data:
+        try:
+            with gcpause.paused():
+                if wrapped:
+                    w = _WRAPPED_DECODER.decode(data)
+                    return {"state": _state_dict(w.state), "log_clock": w.log_clock, "rev": w.rev,
+                            "recent": w.recent}
+                return _state_dict(_STATE_DECODER.decode(data))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+    return decode(data)
 
 
 def fsync_dir(path: str) -> None:
@@ -154,7 +254,7 @@ class CommandLog:
                 f"snapshot {self.snapshot_path} is corrupt (checksum mismatch or truncated); "
                 "restore it from a backup or remove the data dir to start empty")
         try:
-            return decode(body)
+            return decode_state(body)
         except ValueError as exc:
             raise DataDirError(f"snapshot {self.snapshot_path} cannot be decoded: {exc}") from exc
 
@@ -267,7 +367,7 @@ class CommandLog:
     def write_snapshot(self, snap: dict[str, Any]) -> None:
         """Persist a snapshot, then start a new empty log (records up to it are in the snapshot).
         A snapshot that cannot be written leaves the old snapshot and the whole log in place."""
-        body = encode(snap)
+        body = encode_large(snap)
         atomic_write(self.snapshot_path, b"sha256:" + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
         self.close()
         atomic_write(self.log_path, b"")

@@ -282,6 +282,9 @@ class EtcdConsensus:
                         if ev["type"] == "PUT":
                             await self._apply_watched(ev["kv"])
                             self._drain_early()
+                            # One entry at a time: lookups queued behind a watch response of many
+                            # entries are answered between them, not after the whole burst.
+                            await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except EtcdCompacted as exc:
@@ -450,7 +453,7 @@ class EtcdConsensus:
             if self.applied - self.snapshot_rev < self.snapshot_threshold:
                 return
             rev, clock = self.applied, self.log_clock
-            doc = {"state": self.store.snapshot(), "log_clock": clock, "rev": rev,
+            doc = {"state": self.store.snapshot(records=True), "log_clock": clock, "rev": rev,
                    "recent": {k: x for k, x in self.recent.items() if x >= clock}}
             size, n = await etcd_snapshot.write(self.client, self.prefix, rev, doc, previous=self.snapshot_rev)
             self.snapshot_rev = rev

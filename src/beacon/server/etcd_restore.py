@@ -29,7 +29,7 @@ import zlib
 from typing import Any
 
 from beacon.server import commands as cmd
-from beacon.server.durable import decode, encode
+from beacon.server.durable import decode_state, encode_large
 from beacon.server.etcd_client import EtcdClient, EtcdCompacted, EtcdError, prefix_end
 
 log = logging.getLogger("beacon.etcd")
@@ -47,11 +47,11 @@ def set_prefix(prefix: bytes, name: str) -> bytes:
 
 
 def _compress(snapshot: dict[str, Any]) -> bytes:
-    return zlib.compress(encode(snapshot), 3)
+    return zlib.compress(encode_large(snapshot), 3)
 
 
 def _decompress(data: bytes) -> Any:
-    return decode(zlib.decompress(data))
+    return decode_state(zlib.decompress(data))
 
 
 async def stage(client: EtcdClient, prefix: bytes, snapshot: dict[str, Any], now: float) -> cmd.SnapshotRestoreChunks:

@@ -15,7 +15,7 @@ import json
 import zlib
 from typing import Any
 
-from beacon.server.durable import decode, encode
+from beacon.server.durable import decode_state, encode_large
 from beacon.server.etcd_client import EtcdClient, EtcdError, EtcdUnavailable, prefix_end
 
 CHUNK = 1024 * 1024
@@ -70,8 +70,8 @@ async def write(client: EtcdClient, prefix: bytes, rev: int, doc: dict[str, Any]
 
 
 def _compress(doc: dict[str, Any]) -> bytes:
-    return zlib.compress(encode(doc), 3)
+    return zlib.compress(encode_large(doc), 3)
 
 
 def _decompress(data: bytes) -> Any:
-    return decode(zlib.decompress(data))
+    return decode_state(zlib.decompress(data), wrapped=True)

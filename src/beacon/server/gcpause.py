@@ -26,6 +26,7 @@ later. The catalog's records hold no cycles; the cost is bounded by the transien
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import threading
 import time
@@ -94,3 +95,21 @@ def install_freezer() -> None:
 def uninstall_freezer() -> None:
     while _on_collection in gc.callbacks:
         gc.callbacks.remove(_on_collection)
+
+
+_libc: Any = None
+
+
+def release_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``). After a restore,
+    the replaced state's large blocks stay in the heap, counted in the RSS, until something reuses
+    them (measured: 874 -> 674 MiB after a 172,000-instance restore, in 12 ms). A no-op elsewhere."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")  # not find_library: it runs ldconfig in a subprocess
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
