@@ -272,6 +272,35 @@ def local_restore(archive: bytes) -> float:
     return float(secs)
 
 
+async def loop_lag(s: aiohttp.ClientSession, p: Proc) -> dict[str, float]:
+    """The server's event-loop lag histogram (cumulative counts by upper bound) and collector gauges,
+    from its own metrics (``beacon.server.looplag``)."""
+    async with s.get(f"{p.base}/v1/agent/metrics?format=prometheus") as r:
+        text = (await r.read()).decode()
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^beacon_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)', text, re.M):
+        out[m.group(1)] = float(m.group(2))
+    for name in ("beacon_gc_full_collections", "beacon_gc_full_collection_max_seconds",
+                 "beacon_event_loop_lag_max_seconds"):
+        m = re.search(rf"^{name} (\S+)", text, re.M)
+        out[name] = float(m.group(1)) if m else float("nan")
+    return out
+
+
+def lag_line(name: str, before: dict[str, float], after: dict[str, float]) -> str:
+    """Wake-ups of the 20 ms probe during a phase, how many ran late by more than 10/50/100 ms."""
+    if "+Inf" not in after:
+        return f"{name}: no loop-lag metrics"
+    total = after["+Inf"] - before.get("+Inf", 0)
+    late = {le: total - (after[le] - before.get(le, 0)) for le in ("0.01", "0.05", "0.1")}
+    worst = next((le for le in sorted((k for k in after if k[0].isdigit()), key=float)
+                  if after[le] - before.get(le, 0) >= total), "+Inf")
+    return (f"{name}: {total:,.0f} probes, late > 10 ms {late['0.01']:,.0f}, > 50 ms {late['0.05']:,.0f}, "
+            f"> 100 ms {late['0.1']:,.0f}, worst <= {worst} s; full collections "
+            f"{after['beacon_gc_full_collections'] - before.get('beacon_gc_full_collections', 0):,.0f} "
+            f"(longest since start {after['beacon_gc_full_collection_max_seconds'] * 1e3:.0f} ms)")
+
+
 def dns_query(name: str, ident: int) -> bytes:
     q = ident.to_bytes(2, "big") + bytes.fromhex("01000001000000000000")
     for label in name.split("."):
@@ -433,12 +462,16 @@ async def run(args: argparse.Namespace, servers: list[Proc], clients: list[Proc]
         for p in clients:
             print(f"memory: client {p.name} {rss_mib(p.proc.pid):,.0f} MiB", flush=True)
 
+        lag0 = [await loop_lag(s, p) for p in servers]
         look = await lookups_under_churn(s, servers, done or args.instances, args.nodes, args.churn_seconds)
+        lag1 = [await loop_lag(s, p) for p in servers]
         print(f"lookups under churn ({look['changes_per_s']:,.0f} health changes/s applied): DNS p50 "
               f"{look['dns_p50_ms']:.2f} ms p99 {look['dns_p99_ms']:.2f} ms ({look['dns_n']:,} queries); HTTP p50 "
               f"{look['http_p50_ms']:.2f} ms p99 {look['http_p99_ms']:.2f} ms ({look['http_n']:,}); HTTP ?stale p50 "
               f"{look['stale_p50_ms']:.2f} ms p99 {look['stale_p99_ms']:.2f} ms ({look['stale_n']:,}) "
               f"(load {loadavg()})", flush=True)
+        for p, b, a in zip(servers, lag0, lag1, strict=True):
+            print(f"  event loop during the churn, {lag_line(p.name, b, a)}", flush=True)
 
         fan = await fanout(s, clients, servers, leader, args.watchers, args.nodes, services)
         print(f"fan-out: {fan['woken']:,.0f} of {args.watchers:,} watchers on {len(clients)} client agents woken; "
@@ -447,13 +480,15 @@ async def run(args: argparse.Namespace, servers: list[Proc], clients: list[Proc]
 
         leader = await leader_of(s, servers)  # last: a failed restore can leave the cluster busy
         if not args.skip_snapshot:
+            lag0 = [await loop_lag(s, p) for p in servers]
             snap = await snapshot(s, leader)
             print(f"snapshot: {snap['size_mib']:.1f} MiB, save {snap['save_s']:.2f} s, restore "
                   f"{snap['restore_s']:.2f} s ({'ok' if snap['restore_ok'] else 'FAILED'}); decode + apply in one process "
                   f"{snap['local_s']:.2f} s (load {loadavg()})",
                   flush=True)
-            for p in servers:
-                print(f"memory after restore: {p.name} agent {rss_mib(p.proc.pid):,.0f} MiB", flush=True)
+            for p, b in zip(servers, lag0, strict=True):
+                print(f"memory after restore: {p.name} agent {rss_mib(p.proc.pid):,.0f} MiB; event loop during "
+                      f"save and restore, {lag_line(p.name, b, await loop_lag(s, p))}", flush=True)
 
 
 def main() -> int:

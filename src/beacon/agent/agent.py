@@ -49,7 +49,7 @@ from beacon.model import (
     Service,
 )
 from beacon.server import commands as cmd
-from beacon.server import gcpause, sessions
+from beacon.server import gcpause, looplag, sessions
 from beacon.server.commands import Record
 from beacon.server.consensus import Consensus, NoLeaderError, SingleServer
 from beacon.server.fsm import ApplyResult, Command, StateStore
@@ -193,6 +193,7 @@ class Agent:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.hub.bind(asyncio.get_running_loop())
+        self.spawn(looplag.probe(), "loop-lag")  # beacon_event_loop_lag_seconds: stalls, measured
         await self.consensus.start()
         if self.mode == "single":
             telemetry.leader_changed(self.consensus.leader_address())
