@@ -298,7 +298,7 @@ def lag_line(name: str, before: dict[str, float], after: dict[str, float]) -> st
     return (f"{name}: {total:,.0f} probes, late > 10 ms {late['0.01']:,.0f}, > 50 ms {late['0.05']:,.0f}, "
             f"> 100 ms {late['0.1']:,.0f}, worst <= {worst} s; full collections "
             f"{after['beacon_gc_full_collections'] - before.get('beacon_gc_full_collections', 0):,.0f} "
-            f"(longest since start {after['beacon_gc_full_collection_max_seconds'] * 1e3:.0f} ms)")
+            f"(longest since start {after['beacon_gc_full_collection_max_seconds'] * 1e3:.0f} ms of CPU)")
 
 
 def dns_query(name: str, ident: int) -> bytes:
@@ -463,8 +463,16 @@ async def run(args: argparse.Namespace, servers: list[Proc], clients: list[Proc]
             print(f"memory: client {p.name} {rss_mib(p.proc.pid):,.0f} MiB", flush=True)
 
         lag0 = [await loop_lag(s, p) for p in servers]
+        spy = None
+        if args.py_spy:  # where server 1 (the DNS lookups' target) spends the churn, as collapsed stacks
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(servers[0].proc.pid), "-d", str(int(args.churn_seconds)),
+                                    "-r", "200", "-f", "raw", "-o", args.py_spy, "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         look = await lookups_under_churn(s, servers, done or args.instances, args.nodes, args.churn_seconds)
         lag1 = [await loop_lag(s, p) for p in servers]
+        if spy is not None:
+            await asyncio.to_thread(spy.wait, 60)
+            print(f"  py-spy samples of {servers[0].name} during the churn: {args.py_spy}", flush=True)
         print(f"lookups under churn ({look['changes_per_s']:,.0f} health changes/s applied): DNS p50 "
               f"{look['dns_p50_ms']:.2f} ms p99 {look['dns_p99_ms']:.2f} ms ({look['dns_n']:,} queries); HTTP p50 "
               f"{look['http_p50_ms']:.2f} ms p99 {look['http_p99_ms']:.2f} ms ({look['http_n']:,}); HTTP ?stale p50 "
@@ -500,6 +508,7 @@ def main() -> int:
     ap.add_argument("--churn-seconds", type=float, default=20)
     ap.add_argument("--load-timeout", type=float, default=420)
     ap.add_argument("--skip-snapshot", action="store_true")
+    ap.add_argument("--py-spy", metavar="FILE", help="record server 1 with py-spy during the churn (collapsed stacks)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:

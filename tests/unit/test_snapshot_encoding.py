@@ -83,3 +83,17 @@ def test_restoring_another_stores_records_copies_them() -> None:
     # The restore stamps every row with its own index: on copies, not on the first store's records.
     assert {c.modify_index for c in other.checks.values()} == {other.index}
     assert {c.modify_index for c in store.checks.values()} != {other.index}
+
+
+def test_an_archived_state_is_staged_with_the_archives_own_encoding() -> None:
+    import zlib
+
+    from beacon.server import etcd_restore
+    from beacon.server.archive import read_archive, write_archive
+
+    store = catalog(20)
+    _, state = read_archive(write_archive(store.snapshot(records=True)))
+    assert state.encoded and zlib.decompress(etcd_restore._compress(state)) == state.encoded
+    restored = StateStore()
+    restored.restore(etcd_restore._decompress(etcd_restore._compress(state)))
+    assert restored.snapshot() == store.snapshot()

@@ -27,6 +27,13 @@ class ArchiveError(Exception):
     """The archive is not a valid Beacon snapshot (corrupt, truncated, wrong version)."""
 
 
+class ArchivedState(dict):  # type: ignore[type-arg]
+    """A snapshot read from an archive, with the archive's verified encoding of it (``encoded``):
+    a restore through the etcd log stores those bytes instead of encoding the state again."""
+
+    encoded: bytes = b""
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -86,4 +93,6 @@ def read_archive(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ArchiveError(f"unsupported snapshot archive version {meta.get('Version')!r}")
     if snapshot.get("version") != 1:
         raise ArchiveError(f"unsupported state version {snapshot.get('version')!r}")
-    return meta, snapshot
+    state = ArchivedState(snapshot)
+    state.encoded = members["state.json"]
+    return meta, state

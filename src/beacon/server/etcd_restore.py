@@ -47,7 +47,10 @@ def set_prefix(prefix: bytes, name: str) -> bytes:
 
 
 def _compress(snapshot: dict[str, Any]) -> bytes:
-    return zlib.compress(encode_large(snapshot), 3)
+    # An archive's state comes with its own verified encoding (beacon.server.archive.ArchivedState):
+    # the same JSON, so not encoded again (0.5 s of CPU at 172,000 instances).
+    encoded = getattr(snapshot, "encoded", None)
+    return zlib.compress(encoded if isinstance(encoded, bytes) and encoded else encode_large(snapshot), 3)
 
 
 def _decompress(data: bytes) -> Any:

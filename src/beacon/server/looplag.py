@@ -24,7 +24,7 @@ LAG = Histogram("beacon_event_loop_lag_seconds", "How late a periodic timer on t
 LAG_MAX = Gauge("beacon_event_loop_lag_max_seconds", "The longest event loop stall measured since start.",
                 registry=REGISTRY)
 GC_FULL = Gauge("beacon_gc_full_collections", "Full (generation 2) collections since start.", registry=REGISTRY)
-GC_FULL_MAX = Gauge("beacon_gc_full_collection_max_seconds", "The longest full collection since start.",
+GC_FULL_MAX = Gauge("beacon_gc_full_collection_max_seconds", "The longest full collection since start (CPU seconds).",
                     registry=REGISTRY)
 
 
