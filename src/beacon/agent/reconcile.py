@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from beacon.gossip.reconcile import CatalogNode, Deregister, Register, dead_servers, full_pass
@@ -38,15 +39,25 @@ log = logging.getLogger("beacon.reconcile")
 FULL_PASS_EVERY = 5.0
 
 
-def catalog_view(store: Any) -> dict[str, CatalogNode]:
-    """What the catalog holds for every node, in the shape the reconcile rules compare against."""
+def catalog_view(store: Any, names: Iterable[str] = ()) -> dict[str, CatalogNode]:
+    """What the catalog holds for the nodes the reconcile rules can act on (the members' ``names``
+    and every node with a ``serfHealth`` check), in the shape the rules compare against. Not every
+    node: a catalog of 10,000 nodes registered through the API took the leader's loop 0.1-0.5 s a pass."""
     out: dict[str, CatalogNode] = {}
     with store.lock:
-        for key, node in store.nodes.items():
+        stale = set()
+        wanted = {n.lower() for n in names}
+        for key in wanted | store.serf_nodes:
+            node = store.nodes.get(key)
             serf = store.checks.get((key, SERF_CHECK_ID))
+            if serf is None:
+                stale.add(key)
+            if node is None or (serf is None and key not in wanted):
+                continue
             consul = store.services.get((key, "consul"))
             out[node.node] = CatalogNode(address=node.address, serf_health=serf.status if serf else None,
                                          consul_service_port=consul.port if consul else None)
+        store.serf_nodes -= stale  # a superset the store never shrinks itself (see StateStore.serf_nodes)
     return out
 
 
@@ -118,7 +129,7 @@ class Reconciler:
         for m in members.values():
             if m.tags.get("role") == "consul" and m.tags.get("dc") == cfg.datacenter and m.name != cfg.node_name:
                 await self._autopilot(m, m.name in dead)
-        for action in full_pass(members.values(), catalog_view(store), cfg.datacenter, cfg.node_name):
+        for action in full_pass(members.values(), catalog_view(store, members), cfg.datacenter, cfg.node_name):
             if isinstance(action, Deregister):
                 if action.reason == "reaped" and action.node.lower() not in self.seen:
                     continue  # never listed by this server's gossip: not evidence of a reap

@@ -35,6 +35,7 @@ from typing import Any
 
 from beacon.errors import BeaconError, Failed, Invalid, NotFound
 from beacon.model import (
+    SERF_CHECK_ID,
     STATUS_RANK,
     HealthCheck,
     KVEntry,
@@ -111,6 +112,10 @@ class StateStore:
         self.services_by_name: dict[str, set[tuple[str, str]]] = {}
         self.checks: dict[tuple[str, str], HealthCheck] = {}
         self.checks_by_node: dict[str, set[str]] = {}
+        # Node keys that have (or had: a superset, pruned by readers that verify) a serfHealth check:
+        # the leader's membership reconcile reads these few instead of walking every node (0.1-0.5 s
+        # of its event loop every 5 s at 10,000 nodes).
+        self.serf_nodes: set[str] = set()
         self.service_index: dict[str, int] = {}
         self.node_index: dict[str, int] = {}
         self.kv: dict[str, KVEntry] = {}
@@ -361,6 +366,8 @@ class StateStore:
             check.create_index = old.create_index
         else:
             check.create_index = idx
+            if check.check_id == SERF_CHECK_ID:
+                self.serf_nodes.add(node_key)
         check.modify_index = idx
         self.checks[key] = check
         self.checks_by_node.setdefault(node_key, set()).add(check.check_id)
@@ -784,6 +791,8 @@ class StateStore:
         for chk in _records(snap["checks"], HealthCheck):
             fresh.checks[(_lower(chk.node), chk.check_id)] = chk
             fresh.checks_by_node.setdefault(_lower(chk.node), set()).add(chk.check_id)
+            if chk.check_id == SERF_CHECK_ID:
+                fresh.serf_nodes.add(_lower(chk.node))
         for e in snap["kv"]:
             entry = KVEntry.from_dict(e)
             fresh.kv[entry.key] = entry
@@ -805,7 +814,7 @@ class StateStore:
             self.generation += 1
             self.catalog_version += 1
             for attr in ("index", "tables", "nodes", "services", "services_by_node", "services_by_name",
-                         "checks", "checks_by_node", "service_index", "node_index", "kv", "kv_keys",
+                         "checks", "checks_by_node", "serf_nodes", "service_index", "node_index", "kv", "kv_keys",
                          "tombstones", "tombstone_floor", "sessions", "lock_delays", "session_expires", "session_keys",
                          "service_tags", "_service_displays", "extra"):
                 setattr(self, attr, getattr(fresh, attr))
