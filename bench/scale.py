@@ -278,8 +278,8 @@ async def loop_lag(s: aiohttp.ClientSession, p: Proc) -> dict[str, float]:
     async with s.get(f"{p.base}/v1/agent/metrics?format=prometheus") as r:
         text = (await r.read()).decode()
     out: dict[str, float] = {}
-    for m in re.finditer(r'^beacon_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)', text, re.M):
-        out[m.group(1)] = float(m.group(2))
+    for m in re.finditer(r'^beacon_event_loop_lag(_cpu)?_seconds_bucket\{le="([^"]+)"\} (\S+)', text, re.M):
+        out[("cpu " if m.group(1) else "") + m.group(2)] = float(m.group(3))
     for name in ("beacon_gc_full_collections", "beacon_gc_full_collection_max_seconds",
                  "beacon_event_loop_lag_max_seconds"):
         m = re.search(rf"^{name} (\S+)", text, re.M)
@@ -293,10 +293,12 @@ def lag_line(name: str, before: dict[str, float], after: dict[str, float]) -> st
         return f"{name}: no loop-lag metrics"
     total = after["+Inf"] - before.get("+Inf", 0)
     late = {le: total - (after[le] - before.get(le, 0)) for le in ("0.01", "0.05", "0.1")}
+    cpu = {le: total - (after.get("cpu " + le, 0) - before.get("cpu " + le, 0)) for le in ("0.01", "0.05", "0.1")}
     worst = next((le for le in sorted((k for k in after if k[0].isdigit()), key=float)
                   if after[le] - before.get(le, 0) >= total), "+Inf")
     return (f"{name}: {total:,.0f} probes, late > 10 ms {late['0.01']:,.0f}, > 50 ms {late['0.05']:,.0f}, "
-            f"> 100 ms {late['0.1']:,.0f}, worst <= {worst} s; full collections "
+            f"> 100 ms {late['0.1']:,.0f}, worst <= {worst} s (of which the loop's own CPU time > 10/50/100 ms: "
+            f"{cpu['0.01']:,.0f}/{cpu['0.05']:,.0f}/{cpu['0.1']:,.0f}); full collections "
             f"{after['beacon_gc_full_collections'] - before.get('beacon_gc_full_collections', 0):,.0f} "
             f"(longest since start {after['beacon_gc_full_collection_max_seconds'] * 1e3:.0f} ms of CPU)")
 
@@ -463,16 +465,18 @@ async def run(args: argparse.Namespace, servers: list[Proc], clients: list[Proc]
             print(f"memory: client {p.name} {rss_mib(p.proc.pid):,.0f} MiB", flush=True)
 
         lag0 = [await loop_lag(s, p) for p in servers]
-        spy = None
-        if args.py_spy:  # where server 1 (the DNS lookups' target) spends the churn, as collapsed stacks
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(servers[0].proc.pid), "-d", str(int(args.churn_seconds)),
-                                    "-r", "200", "-f", "raw", "-o", args.py_spy, "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies = []
+        if args.py_spy:  # where each server spends the churn, as collapsed stacks (FILE.s1, ...)
+            spies = [subprocess.Popen(["py-spy", "record", "-p", str(p.proc.pid), "-d", str(int(args.churn_seconds)),
+                                       "-r", "100", "-f", "raw", "-o", f"{args.py_spy}.{p.name}", "--nonblocking"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in servers]
         look = await lookups_under_churn(s, servers, done or args.instances, args.nodes, args.churn_seconds)
         lag1 = [await loop_lag(s, p) for p in servers]
-        if spy is not None:
+        for spy in spies:
             await asyncio.to_thread(spy.wait, 60)
-            print(f"  py-spy samples of {servers[0].name} during the churn: {args.py_spy}", flush=True)
+        if spies:
+            print(f"  py-spy samples of each server during the churn: {args.py_spy}.s1-s3 (leader {leader.name})",
+                  flush=True)
         print(f"lookups under churn ({look['changes_per_s']:,.0f} health changes/s applied): DNS p50 "
               f"{look['dns_p50_ms']:.2f} ms p99 {look['dns_p99_ms']:.2f} ms ({look['dns_n']:,} queries); HTTP p50 "
               f"{look['http_p50_ms']:.2f} ms p99 {look['http_p99_ms']:.2f} ms ({look['http_n']:,}); HTTP ?stale p50 "
@@ -508,7 +512,7 @@ def main() -> int:
     ap.add_argument("--churn-seconds", type=float, default=20)
     ap.add_argument("--load-timeout", type=float, default=420)
     ap.add_argument("--skip-snapshot", action="store_true")
-    ap.add_argument("--py-spy", metavar="FILE", help="record server 1 with py-spy during the churn (collapsed stacks)")
+    ap.add_argument("--py-spy", metavar="FILE", help="record each server with py-spy during the churn (collapsed stacks)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:

@@ -135,6 +135,9 @@ class StateStore:
         # Service names whose instances (not just their checks) changed in this apply: only their tag
         # unions need recomputing (a health change leaves every service's tags as they were).
         self._tags_dirty: set[str] = set()
+        # While a transaction that may roll back runs: (map, key, value before or None) for every
+        # per-service and per-node index it sets, so its undo need not copy the two whole maps.
+        self.index_journal: list[tuple[dict[str, int], str, int | None]] | None = None
         # Tables of later command families (prepared queries, config entries): name -> {key: JSON row}.
         self.extra: dict[str, dict[str, Any]] = {}
 
@@ -237,11 +240,17 @@ class StateStore:
         self.touch(name)
 
     def _bump_service(self, name: str, idx: int) -> None:
-        self.service_index[_lower(name)] = idx
+        key = _lower(name)
+        if self.index_journal is not None:
+            self.index_journal.append((self.service_index, key, self.service_index.get(key)))
+        self.service_index[key] = idx
         self.touch("svc:" + _lower(name))
 
     def _bump_node(self, node: str, idx: int) -> None:
-        self.node_index[_lower(node)] = idx
+        key = _lower(node)
+        if self.index_journal is not None:
+            self.index_journal.append((self.node_index, key, self.node_index.get(key)))
+        self.node_index[key] = idx
         self.touch("node:" + _lower(node))
 
     def _bump_services_on_node(self, node_key: str, idx: int) -> None:
