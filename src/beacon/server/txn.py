@@ -128,18 +128,15 @@ class _CheckJournal:
     node and service index maps, the table indexes). Proportional to the ops, where the full copy is
     proportional to the catalog (seconds per transaction at 172,000 instances)."""
 
-    def __init__(self, store: StateStore, nodes: set[str], ops: list[dict[str, Any]]) -> None:
+    def __init__(self, store: StateStore, ops: list[dict[str, Any]]) -> None:
         self.store = store
         self.tables = dict(store.tables)
         # The per-node and per-service indexes it sets, as it sets them (StateStore.index_journal):
         # copying the two 10,000-entry maps cost ~1 ms per transaction on a busy server, and walking
         # every service on the touched nodes 2-4 ms.
         store.index_journal = self.indexes = []
-        self.by_node: dict[str, Any] = {}
-        for node in nodes:
-            ids = store.checks_by_node.get(node)
-            self.by_node[node] = set(ids) if ids is not None else _MISSING
-        # A check op writes or deletes exactly the check it names (its ID, else its name).
+        # A check op writes or deletes exactly the check it names (its ID, else its name), and adds
+        # or removes only that ID in its node's check set: saving the named checks undoes both.
         self.checks: dict[tuple[str, str], Any] = {}
         for op in ops:
             chk = op["check"]
@@ -162,16 +159,18 @@ class _CheckJournal:
 
     def rollback(self) -> None:
         s = self.store
-        for node, ids in self.by_node.items():
-            if ids is _MISSING:
-                s.checks_by_node.pop(node, None)
-            else:
-                s.checks_by_node[node] = ids
         for key, old in self.checks.items():
+            node, cid = key
             if old is _MISSING:
                 s.checks.pop(key, None)
+                ids = s.checks_by_node.get(node)
+                if ids is not None:
+                    ids.discard(cid)
+                    if not ids:
+                        del s.checks_by_node[node]
             else:
                 s.checks[key] = old
+                s.checks_by_node.setdefault(node, set()).add(cid)
         for table, key, value in reversed(self.indexes):
             if value is None:
                 table.pop(key, None)
@@ -199,7 +198,7 @@ class TxnCommands:
             journal = _KVJournal(store)
         else:
             nodes = _CheckJournal.applies(store, ops)
-            journal = _FullCheckpoint(store) if nodes is None else _CheckJournal(store, nodes, ops)
+            journal = _FullCheckpoint(store) if nodes is None else _CheckJournal(store, ops)
         try:
             outcome = self.run(idx, ops, float(c.now), journal)
         finally:
