@@ -244,14 +244,14 @@ class StateStore:
         if self.index_journal is not None:
             self.index_journal.append((self.service_index, key, self.service_index.get(key)))
         self.service_index[key] = idx
-        self.touch("svc:" + _lower(name))
+        self.touch("svc:" + key)
 
     def _bump_node(self, node: str, idx: int) -> None:
         key = _lower(node)
         if self.index_journal is not None:
             self.index_journal.append((self.node_index, key, self.node_index.get(key)))
         self.node_index[key] = idx
-        self.touch("node:" + _lower(node))
+        self.touch("node:" + key)
 
     def _bump_services_on_node(self, node_key: str, idx: int) -> None:
         for sid in self.services_by_node.get(node_key, ()):
