@@ -1,0 +1,557 @@
+"""The hot reads answered from their cached view bytes before aiohttp builds a request at all.
+
+Which requests: ``GET /v1/kv/<key>``, ``GET /v1/health/service/<name>`` and
+``GET /v1/catalog/services``, with no query parameters but ``index``, ``wait``, ``stale``,
+``consistent``, ``pretty`` (and ``passing`` on health), no body, no ``Expect``, no namespace header,
+HTTP/1.1 keep-alive, on an agent whose reads need no network round trip (a single server: ``-dev``
+or a bootstrapped lone server). With ACLs on, the token is resolved as the ACL layer resolves it
+(:mod:`beacon.agent.http.acl_enforce`), and only a token that may read everything the answer holds is
+answered here (a management token; ``key:read`` on the key for KV); a denial or a reply the ACL layer
+would filter goes to aiohttp, which answers it. Everything else, and everything after
+the first request a connection hands over, goes to aiohttp unchanged: the aiohttp path
+(:mod:`beacon.agent.http.core`, the route handlers) is the reference behaviour, and this path
+answers only what it can answer byte for byte as that path would (tests/integration/test_fastpath.py
+runs the same requests through both and compares them).
+
+Why: a bare aiohttp handler spends most of a small read building the request (URL, headers
+multidict, match info, a task) and the response object; for a view whose bytes are already cached,
+that machinery is nearly all the work. Here one C parser (httptools, as uvicorn uses; it rejects
+malformed and ambiguous requests, which then go to aiohttp for its error answer) reads the head, a
+dict lookup finds the view, and the cached body goes to the transport with a formatted header block.
+
+Blocking queries (``?index=N`` not yet reached) park the connection itself, with its wait index and
+one deadline timer, in a per-view group; one write wakes the group with one read of the view and one
+rendered answer shared by every watcher. No coroutine, future or aiohttp handler exists for a parked
+query, which is what keeps an idle watcher small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+import httptools
+from aiohttp.http import SERVER_SOFTWARE
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from beacon import telemetry
+from beacon.acl.resolver import ACLNotFound
+from beacon.agent.http.core import Encoded
+from beacon.agent.http.limits import ConnectionGuard, GuardedProtocol
+from beacon.agent.http.metrics import observe
+from beacon.agent.http.views import views_of
+from beacon.durations import parse_duration
+
+if TYPE_CHECKING:
+    from beacon.agent.agent import Agent
+
+MAX_HEAD = 8190          # aiohttp's own line limit: a longer head goes to aiohttp for its 4xx
+JOIN_BELOW = 16 * 1024   # bodies up to this size are sent in one buffer with their head (larger: not copied)
+MAX_PENDING = 64 * 1024  # bytes a parked or write-paused connection may send ahead before it is cut
+
+# Route kinds, and the route labels aiohttp's path gives the same requests in the request metrics.
+KV, HEALTH, SERVICES = 0, 1, 2
+LABELS = {KV: "/v1/kv/{key}", HEALTH: "/v1/health/service/{service}", SERVICES: "/v1/catalog/services"}
+_KNOWN = {b"index", b"wait", b"stale", b"consistent", b"pretty", b"passing"}
+_TRUE = {b"", b"1", b"t", b"T", b"TRUE", b"true", b"True"}
+_FALSE = {b"0", b"f", b"F", b"FALSE", b"false", b"False"}
+_CONSISTENCY = (b"leader", b"stale", b"consistent")
+
+_HEAD = (b"HTTP/1.1 %s\r\nX-Consul-Index: %d\r\nX-Consul-KnownLeader: %s\r\nX-Consul-LastContact: %d\r\n"
+         b"X-Consul-Effective-Consistency: %s\r\n%sContent-Length: %d\r\nDate: %s\r\nServer: "
+         + SERVER_SOFTWARE.encode() + b"\r\n\r\n")
+
+
+class Request:
+    """What the fast path needs of one parsed request: its view and how to answer it."""
+
+    __slots__ = ("kind", "arg", "passing", "index", "wait", "consistency", "pretty", "t0")
+
+    def __init__(self, kind: int, arg: str, passing: bool, index: int, wait: float, consistency: int,
+                 pretty: bool, t0: float) -> None:
+        self.kind = kind
+        self.arg = arg
+        self.passing = passing
+        self.index = index
+        self.wait = wait
+        self.consistency = consistency
+        self.pretty = pretty
+        self.t0 = t0
+
+
+def parse_target(url: bytes) -> tuple[int, str, bool, int, float | None, int, bool] | None:
+    """(kind, argument, passing, index, wait, consistency, pretty) of a request target the fast path
+    answers, or None for anything aiohttp must see: escapes, dot segments, unknown or repeated
+    parameters, values aiohttp would refuse with a 400."""
+    if b"%" in url or b"#" in url or b"/." in url or b"//" in url or b"+" in url or not url.isascii():
+        return None
+    path, _, query = url.partition(b"?")
+    if path == b"/v1/catalog/services":
+        kind, arg = SERVICES, ""
+    elif path.startswith(b"/v1/kv/") and len(path) > 7:
+        kind, arg = KV, path[7:].decode()
+    elif path.startswith(b"/v1/health/service/") and len(path) > 19:
+        kind, arg = HEALTH, path[19:].decode()
+    else:
+        return None
+    index, wait, consistency, pretty, passing = 0, None, 0, False, False
+    if query:
+        seen: set[bytes] = set()
+        for part in query.split(b"&"):
+            if not part:
+                continue
+            name, _, value = part.partition(b"=")
+            if name not in _KNOWN or name in seen or (name == b"passing" and kind != HEALTH):
+                return None
+            seen.add(name)
+            if name == b"index":
+                if not value.isdigit():
+                    return None
+                index = int(value)
+            elif name == b"wait":
+                try:
+                    wait = parse_duration(value.decode())
+                except ValueError:
+                    return None
+            elif name == b"stale":
+                consistency = 1
+            elif name == b"consistent":
+                consistency = 2
+            elif name == b"pretty":
+                pretty = True
+            elif value in _TRUE:
+                passing = True
+            elif value not in _FALSE:
+                return None
+        if b"stale" in seen and b"consistent" in seen:
+            return None
+    return kind, arg, passing, index, wait, consistency, pretty
+
+
+class _Answered(Collector):
+    """``beacon_http_fast_answers_total``: reads this path answered (read at scrape time; the tests
+    use it to prove a request took this path and not aiohttp's)."""
+
+    def __init__(self) -> None:
+        self.paths: weakref.WeakSet[FastPath] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("beacon_http_fast_answers", "HTTP reads answered from cached views before "
+                                  "aiohttp parsed them.", value=sum(p.answered for p in self.paths))
+
+
+_answered = _Answered()
+telemetry.REGISTRY.register(_answered)
+
+
+class FastPath:
+    """One agent's fast reads: its eligibility, its parked blocking queries and their wake-ups."""
+
+    def __init__(self, agent: Agent, guard: ConnectionGuard, idle_timeout: float) -> None:
+        self.agent = agent
+        self.guard = guard
+        self.idle_timeout = idle_timeout
+        self.dev = agent.config.dev
+        self.conns: set[FastProtocol] = set()
+        # view key -> parked connections; hub key -> the view keys it wakes
+        self.groups: dict[tuple[int, str, bool], set[FastProtocol]] = {}
+        self.by_hub_key: dict[str, set[tuple[int, str, bool]]] = {}
+        self.pending: set[tuple[int, str, bool]] = set()
+        self.answered = 0  # requests answered here: tests prove the path is armed with it
+        self.parked_total = 0
+        self._date = (0, b"")
+        self._sweeper: asyncio.TimerHandle | None = None
+        agent.hub.listeners.append(self._changed)
+        _answered.paths.add(self)
+
+    def enabled(self) -> bool:
+        """Reads need no barrier (single server) and a token resolves without waiting: checked per
+        connection, as neither changes after start."""
+        agent = self.agent
+        return agent.mode == "single" and (agent.acl is None or agent.acl.fetch is None)
+
+    def allowed(self, req: Request, secret: str) -> bool:
+        """Whether the ACL layer would let the handler's reply through untouched for this token."""
+        resolver = self.agent.acl
+        if resolver is None:
+            return True
+        try:
+            ident = resolver.resolve_here(secret)
+        except ACLNotFound:
+            return False  # aiohttp's path answers "ACL not found"
+        authz = ident.authz
+        if authz.allow_all:
+            return True
+        return req.kind == KV and authz.key_read(req.arg)  # acl_enforce.kv_get's gate
+
+    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: FastProtocol(self.guard, inner, self)
+
+    # ------------------------------------------------------------------ reading and rendering
+    def read(self, req: Request) -> tuple[int, Encoded | None]:
+        views = views_of(self.agent)  # per read: a snapshot restore may bring a new store
+        if req.kind == KV:
+            return views.kv_entry(req.arg)
+        if req.kind == HEALTH:
+            return views.health_service(req.arg, req.passing)
+        return views.catalog_services()
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+    def render(self, req: Request, index: int, body: Encoded | None) -> tuple[bytes, bytes, int]:
+        """(head, body, status) as core.render writes them for the same reply."""
+        consensus = self.agent.consensus
+        leader = b"true" if consensus.known_leader() else b"false"
+        contact = consensus.last_contact_ms()
+        if index < 1:
+            index = 1
+        if body is None:  # KV miss: 404, empty, no Content-Type
+            return (_HEAD % (b"404 Not Found", index, leader, contact, _CONSISTENCY[req.consistency], b"", 0,
+                             self.date()), b"", 404)
+        data = body.pretty() if (self.dev or req.pretty) else body.compact()
+        head = _HEAD % (b"200 OK", index, leader, contact, _CONSISTENCY[req.consistency],
+                        b"Content-Type: application/json\r\n", len(data), self.date())
+        if len(data) <= JOIN_BELOW:  # one buffer, one send: what a woken watcher's answer costs
+            return head + data, b"", 200
+        return head, data, 200
+
+    # ------------------------------------------------------------------ blocking queries
+    def park(self, conn: FastProtocol, req: Request) -> None:
+        cfg = self.agent.config
+        wait = req.wait or cfg.default_query_time
+        wait = min(wait, cfg.max_query_time)
+        wait = min(wait + random.random() * wait / 16, cfg.max_query_time)  # Consul's jitter
+        key = (req.kind, req.arg, req.passing)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = set()
+            for hub_key in self.hub_keys(req):
+                self.by_hub_key.setdefault(hub_key, set()).add(key)
+        group.add(conn)
+        self.agent.hub.waiting += 1  # the blocking-queries gauge counts these with aiohttp's
+        self.parked_total += 1
+        conn.parked = req
+        conn.timer = asyncio.get_running_loop().call_later(wait, conn.expire)
+
+    def unpark(self, conn: FastProtocol) -> None:
+        req = conn.parked
+        if req is None:
+            return
+        conn.parked = None
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        self.agent.hub.waiting -= 1
+        key = (req.kind, req.arg, req.passing)
+        group = self.groups.get(key)
+        if group is not None:
+            group.discard(conn)
+            if not group:
+                del self.groups[key]
+                for hub_key in self.hub_keys(req):
+                    keys = self.by_hub_key.get(hub_key)
+                    if keys is not None:
+                        keys.discard(key)
+                        if not keys:
+                            del self.by_hub_key[hub_key]
+
+    @staticmethod
+    def hub_keys(req: Request) -> tuple[str, ...]:
+        """What the aiohttp handlers of the same routes watch (kv.py, health.py, catalog.py)."""
+        if req.kind == KV:
+            return ("kv:" + req.arg,)
+        if req.kind == HEALTH:
+            return ("svc:" + req.arg.lower(),)
+        return ("services", "nodes")
+
+    def _changed(self, index: int, keys: set[str]) -> None:
+        """A hub listener: runs on every change, possibly inside the store's write; only notes what
+        to wake and wakes it on the next loop turn."""
+        if not self.groups:
+            return
+        if "*" in keys:
+            woken: set[tuple[int, str, bool]] = set(self.groups)
+        else:
+            woken = set()
+            for key in keys:
+                views = self.by_hub_key.get(key)
+                if views:
+                    woken |= views
+        if woken:
+            if not self.pending:
+                asyncio.get_running_loop().call_soon(self._wake)
+            self.pending |= woken
+
+    def _wake(self) -> None:
+        pending, self.pending = self.pending, set()
+        for key in pending:
+            group = self.groups.get(key)
+            if not group:
+                continue
+            rendered: dict[tuple[int, bool], tuple[bytes, bytes, int]] = {}
+            index, body = -1, None
+            for conn in list(group):
+                req = conn.parked
+                if req is None:
+                    continue
+                if index < 0:
+                    index, body = self.read(req)
+                if index <= req.index:
+                    continue  # the view did not move past this watcher's index: keep waiting
+                form = (req.consistency, req.pretty)
+                answer = rendered.get(form)
+                if answer is None:
+                    answer = rendered[form] = self.render(req, index, body)
+                conn.finish_parked(answer)
+
+    # ------------------------------------------------------------------ idle keep-alive
+    def track(self, conn: FastProtocol) -> None:
+        self.conns.add(conn)
+        if self._sweeper is None and self.idle_timeout > 0:
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
+
+    def _sweep_every(self) -> float:
+        return max(0.25, min(5.0, self.idle_timeout / 4))
+
+    def _sweep(self) -> None:
+        """Close fast connections idle for the keep-alive timeout, as aiohttp closes its own."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for conn in [c for c in self.conns if c.parked is None and now - c.active >= self.idle_timeout]:
+            conn.idle_close()
+        if self.conns:
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
+
+    def close(self) -> None:
+        """Close every fast connection (agent stop: aiohttp's runner does not know them)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self.conns):
+            conn.idle_close()
+        if self._changed in self.agent.hub.listeners:
+            self.agent.hub.listeners.remove(self._changed)
+
+
+class FastProtocol(GuardedProtocol):
+    """A guarded connection that answers fast reads itself until its first request that is not
+    one; from then on (and for good) it hands every byte to aiohttp's handler."""
+
+    __slots__ = ("_fast", "_buf", "_parser", "_url", "_plain", "_token", "_done", "_paused", "parked", "timer",
+                 "active")
+
+    def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol], fast: FastPath) -> None:
+        super().__init__(guard, factory)
+        self._fast: FastPath | None = fast
+        self._buf = b""
+        self._parser: Any = None
+        self._url = b""
+        self._plain = True   # no header that needs aiohttp's path
+        self._token: dict[bytes, bytes] = {}  # X-Consul-Token and Authorization, when sent
+        self._done = False   # the head fed to the parser was a whole message (no body)
+        self._paused = False
+        self.parked: Request | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.active = 0.0
+
+    # ------------------------------------------------------------------ connection
+    def start(self, transport: Any) -> None:
+        fast = self._fast
+        if fast is None or not fast.enabled():
+            self._fast = None
+            super().start(transport)
+            return
+        self._parser = httptools.HttpRequestParser(self)
+        self.active = asyncio.get_running_loop().time()
+        fast.track(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._fast is None:
+            super().data_received(data)
+            return
+        self._buf = self._buf + data if self._buf else data
+        if self.parked is not None or self._paused:
+            if len(self._buf) > MAX_PENDING:
+                self.abort()
+            return
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        if self._fast is None:
+            return super().eof_received()
+        return False  # close: a parked query whose client half-closed ends as aiohttp's would
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        fast = self._fast
+        if fast is not None:
+            self._fast = None
+            fast.conns.discard(self)
+            req = self.parked
+            if req is not None:
+                fast.unpark(self)
+                observe("GET", LABELS[req.kind], 499, time.perf_counter() - req.t0)  # as aiohttp's path
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._fast is None:
+            super().pause_writing()
+            return
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._fast is None:
+            super().resume_writing()
+            return
+        self._paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()
+            if self._buf and self.parked is None:
+                self._process()
+
+    # ------------------------------------------------------------------ httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        n = name.lower()
+        if n == b"x-consul-token" or n == b"authorization":
+            if n in self._token:
+                self._plain = False  # repeated: aiohttp's first-wins lookup decides
+            self._token[n] = value
+        elif n in (b"x-consul-namespace", b"expect", b"upgrade", b"transfer-encoding") or (
+                n == b"content-length" and value.strip() != b"0") or (
+                n == b"accept-encoding" and b"gzip" in value):  # aiohttp compresses bodies over 1 KiB
+            self._plain = False
+
+    def on_message_complete(self) -> None:
+        self._done = True
+
+    # ------------------------------------------------------------------ requests
+    def _process(self) -> None:
+        fast = self._fast
+        while fast is not None and self._buf and self.parked is None and not self._paused:
+            buf = self._buf
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    self._handoff()
+                return
+            self.head_complete()
+            head = buf[:end + 4]
+            req = self._parse(head)
+            if req is None:
+                self._handoff()
+                return
+            self._buf = buf[end + 4:]
+            index, body = fast.read(req)
+            if req.index == 0 or index > req.index:
+                self._answer(fast.render(req, index, body), req)
+            else:
+                fast.park(self, req)
+                return
+
+    def _parse(self, head: bytes) -> Request | None:
+        self._url = b""
+        self._plain = True
+        if self._token:
+            self._token = {}
+        self._done = False
+        parser = self._parser
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserError:
+            return None
+        if not (self._done and self._plain and parser.get_method() == b"GET"
+                and parser.get_http_version() == "1.1" and parser.should_keep_alive()):
+            return None
+        target = parse_target(self._url)
+        if target is None:
+            return None
+        kind, arg, passing, index, wait, consistency, pretty = target
+        if consistency != 1 and not self.agent_knows_leader():
+            return None  # aiohttp's path answers its 500
+        req = Request(kind, arg, passing, index, wait or 0.0, consistency, pretty, time.perf_counter())
+        secret = self._secret()
+        if secret is None or self._fast is None or not self._fast.allowed(req, secret):
+            return None
+        return req
+
+    def _secret(self) -> str | None:
+        """acl_enforce.token_of for the headers seen (``?token=`` is never taken here)."""
+        tok = self._token.get(b"x-consul-token", b"")
+        if not tok:
+            auth = self._token.get(b"authorization", b"")
+            if auth[:7].lower() == b"bearer ":
+                tok = auth[7:].strip()
+        return tok.decode() if tok.isascii() else None  # aiohttp's own decoding decides the rest
+
+    def agent_knows_leader(self) -> bool:
+        fast = self._fast
+        return fast is not None and fast.agent.consensus.known_leader()
+
+    def _answer(self, answer: tuple[bytes, bytes, int], req: Request) -> None:
+        transport = self._transport
+        assert transport is not None and self._fast is not None
+        head, body, status = answer
+        if body:
+            transport.writelines((head, body))
+        else:
+            transport.write(head)
+        self._fast.answered += 1
+        self.active = asyncio.get_running_loop().time()
+        observe("GET", LABELS[req.kind], status, time.perf_counter() - req.t0)
+
+    def finish_parked(self, answer: tuple[bytes, bytes, int]) -> None:
+        req = self.parked
+        fast = self._fast
+        if req is None or fast is None:
+            return
+        fast.unpark(self)
+        self._answer(answer, req)
+        if self._buf:
+            self._process()
+
+    def expire(self) -> None:
+        """The wait is over: answer with the view as it is now (what blocking_query returns)."""
+        self.timer = None
+        req = self.parked
+        fast = self._fast
+        if req is None or fast is None:
+            return
+        index, body = fast.read(req)
+        self.finish_parked(fast.render(req, index, body))
+
+    def _handoff(self) -> None:
+        """From here on aiohttp serves this connection: it gets every byte not answered yet."""
+        fast = self._fast
+        assert fast is not None
+        self._fast = None
+        fast.conns.discard(self)
+        self._parser = None
+        buf, self._buf = self._buf, b""
+        self.set_tail(buf)
+        inner = self.start_inner()
+        if self._paused:
+            inner.pause_writing()
+        if buf:
+            inner.data_received(buf)
+
+    def idle_close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
