@@ -243,27 +243,33 @@ class FastPath:
         conn.parked = req
         conn.timer = asyncio.get_running_loop().call_later(wait, conn.expire)
 
-    def unpark(self, conn: FastProtocol) -> None:
+    def unpark(self, conn: FastProtocol, answered: bool = False) -> None:
+        """Take one watcher out of its group (``answered``: it stays marked parked for
+        :meth:`FastProtocol.woken`, which answers it next)."""
         req = conn.parked
         if req is None:
             return
-        conn.parked = None
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
+        if not answered:
+            conn.parked = None
+            if conn.timer is not None:
+                conn.timer.cancel()
+                conn.timer = None
         self.agent.hub.waiting -= 1
         key = (req.kind, req.arg, req.passing)
         group = self.groups.get(key)
         if group is not None:
             group.discard(conn)
             if not group:
-                del self.groups[key]
-                for hub_key in self.hub_keys(req):
-                    keys = self.by_hub_key.get(hub_key)
-                    if keys is not None:
-                        keys.discard(key)
-                        if not keys:
-                            del self.by_hub_key[hub_key]
+                self.drop_group(key, req)
+
+    def drop_group(self, key: tuple[int, str, bool], req: Request) -> None:
+        del self.groups[key]
+        for hub_key in self.hub_keys(req):
+            keys = self.by_hub_key.get(hub_key)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_hub_key[hub_key]
 
     @staticmethod
     def hub_keys(req: Request) -> tuple[str, ...]:
@@ -298,21 +304,28 @@ class FastPath:
             group = self.groups.get(key)
             if not group:
                 continue
+            first = next(iter(group)).parked
+            assert first is not None
+            index, body = self.read(first)
+            woken = [conn for conn in group if conn.parked is not None and index > conn.parked.index]
+            if not woken:
+                continue  # the view did not move past any watcher's index: all keep waiting
+            if len(woken) == len(group):  # the usual case: the whole group at once, no per-watcher unpark
+                self.drop_group(key, first)
+                self.agent.hub.waiting -= len(woken)
+            else:
+                for conn in woken:
+                    self.unpark(conn, answered=True)
             rendered: dict[tuple[int, bool], tuple[bytes, bytes, int]] = {}
-            index, body = -1, None
-            for conn in list(group):
+            now, perf = asyncio.get_running_loop().time(), time.perf_counter()
+            for conn in woken:
                 req = conn.parked
-                if req is None:
-                    continue
-                if index < 0:
-                    index, body = self.read(req)
-                if index <= req.index:
-                    continue  # the view did not move past this watcher's index: keep waiting
+                assert req is not None
                 form = (req.consistency, req.pretty)
                 answer = rendered.get(form)
                 if answer is None:
                     answer = rendered[form] = self.render(req, index, body)
-                conn.finish_parked(answer)
+                conn.woken(answer, now, perf)
 
     # ------------------------------------------------------------------ idle keep-alive
     def track(self, conn: FastProtocol) -> None:
@@ -512,6 +525,27 @@ class FastProtocol(GuardedProtocol):
         self._fast.answered += 1
         self.active = asyncio.get_running_loop().time()
         observe("GET", LABELS[req.kind], status, time.perf_counter() - req.t0)
+
+    def woken(self, answer: tuple[bytes, bytes, int], now: float, perf: float) -> None:
+        """Answer a watcher its group has already let go (FastPath._wake): the per-watcher part
+        of a wake-up, kept to a timer cancel, one write and the request tally."""
+        req, self.parked = self.parked, None
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
+        transport = self._transport
+        if req is None or transport is None or self._fast is None:
+            return
+        head, body, status = answer
+        if body:
+            transport.writelines((head, body))
+        else:
+            transport.write(head)
+        self._fast.answered += 1
+        self.active = now
+        observe("GET", LABELS[req.kind], status, perf - req.t0)
+        if self._buf:
+            self._process()
 
     def finish_parked(self, answer: tuple[bytes, bytes, int]) -> None:
         req = self.parked
