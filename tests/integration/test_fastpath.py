@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 import urllib.request
 
 import pytest
@@ -236,3 +237,25 @@ def accessor(agent) -> str:
     req = urllib.request.Request(agent.http + "/v1/acl/token/self", headers={"X-Consul-Token": LIMITED})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())["AccessorID"]
+
+
+def test_idle_fast_connections_close_after_the_idle_timeout_but_parked_ones_wait(tmp_path) -> None:
+    cfg = tmp_path / "idle.json"
+    cfg.write_text(json.dumps({"http_config": {"idle_timeout": "1s"}}))
+    agent = launch("-config-file", str(cfg))
+    try:
+        before = fast_answers(agent)
+        idle, parked = Conn(agent.http_port), Conn(agent.http_port)
+        index = dict(idle.call("/v1/kv/idle")[1])[b"X-Consul-Index"].decode()
+        assert fast_answers(agent) == before + 1  # armed: the fast path served this connection
+        parked.send(f"/v1/kv/idle?index={index}&wait=3s")
+        started = time.monotonic()
+        idle.sock.settimeout(15)
+        assert idle.sock.recv(1) == b""  # closed by the agent, not by us
+        assert time.monotonic() - started < 10
+        answer = parked.read()  # a parked query is not idle: it gets its answer at its deadline
+        assert answer[0] == b"HTTP/1.1 404 Not Found"  # the key still does not exist
+        assert time.monotonic() - started >= 2.5
+        parked.close()
+    finally:
+        agent.stop()
