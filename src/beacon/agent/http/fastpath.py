@@ -360,12 +360,13 @@ class FastProtocol(GuardedProtocol):
     """A guarded connection that answers fast reads itself until its first request that is not
     one; from then on (and for good) it hands every byte to aiohttp's handler."""
 
-    __slots__ = ("_fast", "_buf", "_parser", "_url", "_plain", "_token", "_done", "_paused", "parked", "timer",
+    __slots__ = ("_path", "_fast", "_buf", "_parser", "_url", "_plain", "_token", "_done", "_paused", "parked", "timer",
                  "active")
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol], fast: FastPath) -> None:
         super().__init__(guard, factory)
-        self._fast: FastPath | None = fast
+        self._path = fast
+        self._fast: FastPath | None = None  # set once admitted: a refused (429) connection stays None
         self._buf = b""
         self._parser: Any = None
         self._url = b""
@@ -379,17 +380,17 @@ class FastProtocol(GuardedProtocol):
 
     # ------------------------------------------------------------------ connection
     def start(self, transport: Any) -> None:
-        fast = self._fast
-        if fast is None or not fast.enabled():
-            self._fast = None
+        fast = self._path
+        if not fast.enabled():
             super().start(transport)
             return
+        self._fast = fast
         self._parser = httptools.HttpRequestParser(self)
         self.active = asyncio.get_running_loop().time()
         fast.track(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._fast is None:
+        if self._fast is None:  # aiohttp's connection, or a refused one (the guard discards its bytes)
             super().data_received(data)
             return
         self._buf = self._buf + data if self._buf else data
