@@ -63,18 +63,21 @@ _TRUE = {b"", b"1", b"t", b"T", b"TRUE", b"true", b"True"}
 _FALSE = {b"0", b"f", b"F", b"FALSE", b"false", b"False"}
 _CONSISTENCY = (b"leader", b"stale", b"consistent")
 
+# core.render compresses a JSON body over this size when the client accepts gzip
+COMPRESS_ABOVE = 1024
 _HEAD = (b"HTTP/1.1 %s\r\nX-Consul-Index: %d\r\nX-Consul-KnownLeader: %s\r\nX-Consul-LastContact: %d\r\n"
          b"X-Consul-Effective-Consistency: %s\r\n%sContent-Length: %d\r\nDate: %s\r\nServer: "
          + SERVER_SOFTWARE.encode() + b"\r\n\r\n")
+_HEAD_CODED = _HEAD.replace(b"Content-Length: %d\r\n", b"Content-Length: %d\r\nContent-Encoding: %s\r\n")
 
 
 class Request:
     """What the fast path needs of one parsed request: its view and how to answer it."""
 
-    __slots__ = ("kind", "arg", "passing", "index", "wait", "consistency", "pretty", "t0")
+    __slots__ = ("kind", "arg", "passing", "index", "wait", "consistency", "pretty", "t0", "coding")
 
     def __init__(self, kind: int, arg: str, passing: bool, index: int, wait: float, consistency: int,
-                 pretty: bool, t0: float) -> None:
+                 pretty: bool, t0: float, coding: str = "") -> None:
         self.kind = kind
         self.arg = arg
         self.passing = passing
@@ -83,6 +86,7 @@ class Request:
         self.consistency = consistency
         self.pretty = pretty
         self.t0 = t0
+        self.coding = coding  # "gzip"/"deflate": what aiohttp's path would compress a large body with
 
 
 def parse_target(url: bytes) -> tuple[int, str, bool, int, float | None, int, bool] | None:
@@ -218,9 +222,16 @@ class FastPath:
         if body is None:  # KV miss: 404, empty, no Content-Type
             return (_HEAD % (b"404 Not Found", index, leader, contact, _CONSISTENCY[req.consistency], b"", 0,
                              self.date()), b"", 404)
-        data = body.pretty() if (self.dev or req.pretty) else body.compact()
-        head = _HEAD % (b"200 OK", index, leader, contact, _CONSISTENCY[req.consistency],
-                        b"Content-Type: application/json\r\n", len(data), self.date())
+        pretty = self.dev or req.pretty
+        data = body.pretty() if pretty else body.compact()
+        content = b"Content-Type: application/json\r\n"
+        if req.coding and len(data) > COMPRESS_ABOVE:  # core.render's rule; the bytes made once per view
+            data = body.compressed(pretty, req.coding)
+            head = _HEAD_CODED % (b"200 OK", index, leader, contact, _CONSISTENCY[req.consistency], content,
+                                  len(data), req.coding.encode(), self.date())
+        else:
+            head = _HEAD % (b"200 OK", index, leader, contact, _CONSISTENCY[req.consistency], content, len(data),
+                            self.date())
         if len(data) <= JOIN_BELOW:  # one buffer, one send: what a woken watcher's answer costs
             return head + data, b"", 200
         return head, data, 200
@@ -316,12 +327,12 @@ class FastPath:
             else:
                 for conn in woken:
                     self.unpark(conn, answered=True)
-            rendered: dict[tuple[int, bool], tuple[bytes, bytes, int]] = {}
+            rendered: dict[tuple[int, bool, str], tuple[bytes, bytes, int]] = {}
             now, perf = asyncio.get_running_loop().time(), time.perf_counter()
             for conn in woken:
                 req = conn.parked
                 assert req is not None
-                form = (req.consistency, req.pretty)
+                form = (req.consistency, req.pretty, req.coding)
                 answer = rendered.get(form)
                 if answer is None:
                     answer = rendered[form] = self.render(req, index, body)
@@ -360,7 +371,7 @@ class FastProtocol(GuardedProtocol):
     """A guarded connection that answers fast reads itself until its first request that is not
     one; from then on (and for good) it hands every byte to aiohttp's handler."""
 
-    __slots__ = ("_path", "_fast", "_buf", "_parser", "_url", "_plain", "_token", "_done", "_paused", "parked", "timer",
+    __slots__ = ("_path", "_fast", "_buf", "_parser", "_url", "_plain", "_headers", "_done", "_paused", "parked", "timer",
                  "active")
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol], fast: FastPath) -> None:
@@ -371,7 +382,7 @@ class FastProtocol(GuardedProtocol):
         self._parser: Any = None
         self._url = b""
         self._plain = True   # no header that needs aiohttp's path
-        self._token: dict[bytes, bytes] = {}  # X-Consul-Token and Authorization, when sent
+        self._headers: dict[bytes, bytes] = {}  # X-Consul-Token, Authorization, Accept-Encoding, when sent
         self._done = False   # the head fed to the parser was a whole message (no body)
         self._paused = False
         self.parked: Request | None = None
@@ -441,12 +452,15 @@ class FastProtocol(GuardedProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         n = name.lower()
         if n == b"x-consul-token" or n == b"authorization":
-            if n in self._token:
+            if n in self._headers:
                 self._plain = False  # repeated: aiohttp's first-wins lookup decides
-            self._token[n] = value
+            self._headers[n] = value
+        elif n == b"accept-encoding":
+            if n in self._headers or not value.isascii():
+                self._plain = False  # repeated or odd: aiohttp's own lookup decides
+            self._headers[n] = value
         elif n in (b"x-consul-namespace", b"expect", b"upgrade", b"transfer-encoding") or (
-                n == b"content-length" and value.strip() != b"0") or (
-                n == b"accept-encoding" and b"gzip" in value):  # aiohttp compresses bodies over 1 KiB
+                n == b"content-length" and value.strip() != b"0"):
             self._plain = False
 
     def on_message_complete(self) -> None:
@@ -479,8 +493,8 @@ class FastProtocol(GuardedProtocol):
     def _parse(self, head: bytes) -> Request | None:
         self._url = b""
         self._plain = True
-        if self._token:
-            self._token = {}
+        if self._headers:
+            self._headers = {}
         self._done = False
         parser = self._parser
         try:
@@ -496,7 +510,11 @@ class FastProtocol(GuardedProtocol):
         kind, arg, passing, index, wait, consistency, pretty = target
         if consistency != 1 and not self.agent_knows_leader():
             return None  # aiohttp's path answers its 500
-        req = Request(kind, arg, passing, index, wait or 0.0, consistency, pretty, time.perf_counter())
+        coding = ""
+        accept = self._headers.get(b"accept-encoding")
+        if accept is not None and b"gzip" in accept:  # core.render's test, then aiohttp's choice:
+            coding = "deflate" if b"deflate" in accept.lower() else "gzip"  # deflate first, then gzip
+        req = Request(kind, arg, passing, index, wait or 0.0, consistency, pretty, time.perf_counter(), coding)
         secret = self._secret()
         if secret is None or self._fast is None or not self._fast.allowed(req, secret):
             return None
@@ -504,9 +522,9 @@ class FastProtocol(GuardedProtocol):
 
     def _secret(self) -> str | None:
         """acl_enforce.token_of for the headers seen (``?token=`` is never taken here)."""
-        tok = self._token.get(b"x-consul-token", b"")
+        tok = self._headers.get(b"x-consul-token", b"")
         if not tok:
-            auth = self._token.get(b"authorization", b"")
+            auth = self._headers.get(b"authorization", b"")
             if auth[:7].lower() == b"bearer ":
                 tok = auth[7:].strip()
         return tok.decode() if tok.isascii() else None  # aiohttp's own decoding decides the rest
