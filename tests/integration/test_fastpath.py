@@ -169,6 +169,7 @@ def test_reads_match_the_aiohttp_path(server) -> None:
     assert (b"X-Cache", b"MISS") in Conn(server.http_port).call("/v1/health/service/web?cached&x=1")[1]
     assert fast_answers(server) == before
     both(server, "/v1/kv/foo", {"X-Consul-Namespace": "ns1"}, fast=False)
+    assert (b"Connection", b"close") in both(server, "/v1/kv/foo", {"Connection": "close"}, fast=False)[1]
     # Compressed as aiohttp compresses a body over 1 KiB (deflate first when both are accepted).
     assert len(both(server, "/v1/health/service/web")[2]) > 1024
     for accept in ("gzip", "gzip, deflate", "br;q=1, GZIP", "deflate"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from beacon.agent.http.fastpath import HEALTH, KV, SERVICES, parse_target
+from beacon.agent.http.fastpath import HEALTH, KV, SERVICES, HeadParser, parse_target
 
 
 def test_the_hot_reads_and_their_options_are_taken() -> None:
@@ -27,3 +27,25 @@ def test_the_hot_reads_and_their_options_are_taken() -> None:
 ])
 def test_anything_else_goes_to_aiohttp(target: bytes) -> None:
     assert parse_target(target) is None
+
+
+def test_one_shared_head_parser_takes_only_plain_keep_alive_gets_and_survives_the_rest() -> None:
+    heads = HeadParser()
+    get = b"GET /v1/kv/foo HTTP/1.1\r\nHost: x\r\n\r\n"
+    for other in (
+        b"GET /v1/kv/foo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/kv/foo HTTP/1.0\r\nHost: x\r\n\r\n",
+        b"GET /v1/kv/foo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"PUT /v1/kv/foo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n",
+        b"GET /v1/kv/foo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /v1/kv/foo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+        b"GET /v1/kv/foo HTTP/1.1\r\nHost: x\r\nX-Consul-Token: a\r\nX-Consul-Token: b\r\n\r\n",
+        b"GET /v1/kv/foo HTTP/1.1\r\nHost: x\r\nX-Consul-Namespace: ns\r\n\r\n",
+        b"GET /v1/kv/foo HTTP/1.1\r\nHost x\r\n\r\n",  # malformed
+        b"HEAD /v1/kv/foo HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        assert heads.parse(other) is None, other
+        assert heads.parse(get) == (b"/v1/kv/foo", {}), other  # the next connection's head still parses
+    assert heads.parse(b"GET /v1/kv/foo?index=3 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n"
+                       b"x-consul-token: t\r\nAccept-Encoding: gzip\r\n\r\n") == (
+        b"/v1/kv/foo?index=3", {b"x-consul-token": b"t", b"accept-encoding": b"gzip"})

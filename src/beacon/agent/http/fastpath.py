@@ -154,6 +154,61 @@ _answered = _Answered()
 telemetry.REGISTRY.register(_answered)
 
 
+class HeadParser:
+    """One httptools parser shared by every fast connection of an agent: a head is fed whole and
+    parsed synchronously, so one parser serves them all in turn, and a parked watcher keeps no
+    parser of its own (about 0.5 KiB each). A head that leaves the parser mid-message (a body
+    follows), closed (``Connection: close``, HTTP/1.0) or failed gets a fresh parser."""
+
+    __slots__ = ("parser", "url", "plain", "headers", "done")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.plain = True   # no header that needs aiohttp's path
+        self.headers: dict[bytes, bytes] = {}  # X-Consul-Token, Authorization, Accept-Encoding, when sent
+        self.done = False   # the head was a whole message (no body)
+
+    def parse(self, head: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
+        """(target, headers of interest) of a plain keep-alive HTTP/1.1 GET, else None."""
+        self.url = b""
+        self.plain = True
+        if self.headers:
+            self.headers = {}
+        self.done = False
+        parser = self.parser
+        try:
+            parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.parser = httptools.HttpRequestParser(self)
+            return None
+        if not (self.done and self.plain and parser.get_method() == b"GET"
+                and parser.get_http_version() == "1.1" and parser.should_keep_alive()):
+            self.parser = httptools.HttpRequestParser(self)
+            return None
+        return self.url, self.headers
+
+    # httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        n = name.lower()
+        if n in (b"x-consul-token", b"authorization", b"accept-encoding"):
+            if n in self.headers or not value.isascii():
+                self.plain = False  # repeated or odd: aiohttp's own first-wins lookup and decoding decide
+            self.headers[n] = value
+        elif n in (b"x-consul-namespace", b"expect", b"upgrade", b"transfer-encoding") or (
+                n == b"content-length" and value.strip() != b"0") or (
+                n == b"connection" and value.strip().lower() != b"keep-alive"):
+            # Connection: close (and its parser state after the message) is left to aiohttp; httptools'
+            # should_keep_alive() does not see it once the message is complete.
+            self.plain = False
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
 class FastPath:
     """One agent's fast reads: its eligibility, its parked blocking queries and their wake-ups."""
 
@@ -170,6 +225,7 @@ class FastPath:
         self.answered = 0  # requests answered here: tests prove the path is armed with it
         self.parked_total = 0
         self._date = (0, b"")
+        self.heads = HeadParser()
         self._sweeper: asyncio.TimerHandle | None = None
         agent.hub.listeners.append(self._changed)
         _answered.paths.add(self)
@@ -371,19 +427,13 @@ class FastProtocol(GuardedProtocol):
     """A guarded connection that answers fast reads itself until its first request that is not
     one; from then on (and for good) it hands every byte to aiohttp's handler."""
 
-    __slots__ = ("_path", "_fast", "_buf", "_parser", "_url", "_plain", "_headers", "_done", "_paused", "parked", "timer",
-                 "active")
+    __slots__ = ("_path", "_fast", "_buf", "_paused", "parked", "timer", "active")
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol], fast: FastPath) -> None:
         super().__init__(guard, factory)
         self._path = fast
         self._fast: FastPath | None = None  # set once admitted: a refused (429) connection stays None
         self._buf = b""
-        self._parser: Any = None
-        self._url = b""
-        self._plain = True   # no header that needs aiohttp's path
-        self._headers: dict[bytes, bytes] = {}  # X-Consul-Token, Authorization, Accept-Encoding, when sent
-        self._done = False   # the head fed to the parser was a whole message (no body)
         self._paused = False
         self.parked: Request | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -396,7 +446,6 @@ class FastProtocol(GuardedProtocol):
             super().start(transport)
             return
         self._fast = fast
-        self._parser = httptools.HttpRequestParser(self)
         self.active = asyncio.get_running_loop().time()
         fast.track(self)
 
@@ -445,27 +494,6 @@ class FastProtocol(GuardedProtocol):
             if self._buf and self.parked is None:
                 self._process()
 
-    # ------------------------------------------------------------------ httptools callbacks
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        n = name.lower()
-        if n == b"x-consul-token" or n == b"authorization":
-            if n in self._headers:
-                self._plain = False  # repeated: aiohttp's first-wins lookup decides
-            self._headers[n] = value
-        elif n == b"accept-encoding":
-            if n in self._headers or not value.isascii():
-                self._plain = False  # repeated or odd: aiohttp's own lookup decides
-            self._headers[n] = value
-        elif n in (b"x-consul-namespace", b"expect", b"upgrade", b"transfer-encoding") or (
-                n == b"content-length" and value.strip() != b"0"):
-            self._plain = False
-
-    def on_message_complete(self) -> None:
-        self._done = True
-
     # ------------------------------------------------------------------ requests
     def _process(self) -> None:
         fast = self._fast
@@ -491,43 +519,27 @@ class FastProtocol(GuardedProtocol):
                 return
 
     def _parse(self, head: bytes) -> Request | None:
-        self._url = b""
-        self._plain = True
-        if self._headers:
-            self._headers = {}
-        self._done = False
-        parser = self._parser
-        try:
-            parser.feed_data(head)
-        except httptools.HttpParserError:
+        fast = self._fast
+        assert fast is not None
+        parsed = fast.heads.parse(head)
+        if parsed is None:
             return None
-        if not (self._done and self._plain and parser.get_method() == b"GET"
-                and parser.get_http_version() == "1.1" and parser.should_keep_alive()):
-            return None
-        target = parse_target(self._url)
+        url, headers = parsed
+        target = parse_target(url)
         if target is None:
             return None
         kind, arg, passing, index, wait, consistency, pretty = target
         if consistency != 1 and not self.agent_knows_leader():
             return None  # aiohttp's path answers its 500
         coding = ""
-        accept = self._headers.get(b"accept-encoding")
+        accept = headers.get(b"accept-encoding")
         if accept is not None and b"gzip" in accept:  # core.render's test, then aiohttp's choice:
             coding = "deflate" if b"deflate" in accept.lower() else "gzip"  # deflate first, then gzip
         req = Request(kind, arg, passing, index, wait or 0.0, consistency, pretty, time.perf_counter(), coding)
-        secret = self._secret()
-        if secret is None or self._fast is None or not self._fast.allowed(req, secret):
+        secret = token_of(headers)
+        if secret is None or not fast.allowed(req, secret):
             return None
         return req
-
-    def _secret(self) -> str | None:
-        """acl_enforce.token_of for the headers seen (``?token=`` is never taken here)."""
-        tok = self._headers.get(b"x-consul-token", b"")
-        if not tok:
-            auth = self._headers.get(b"authorization", b"")
-            if auth[:7].lower() == b"bearer ":
-                tok = auth[7:].strip()
-        return tok.decode() if tok.isascii() else None  # aiohttp's own decoding decides the rest
 
     def agent_knows_leader(self) -> bool:
         fast = self._fast
@@ -592,7 +604,6 @@ class FastProtocol(GuardedProtocol):
         assert fast is not None
         self._fast = None
         fast.conns.discard(self)
-        self._parser = None
         buf, self._buf = self._buf, b""
         self.set_tail(buf)
         inner = self.start_inner()
@@ -608,3 +619,13 @@ class FastProtocol(GuardedProtocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def token_of(headers: dict[bytes, bytes]) -> str | None:
+    """acl_enforce.token_of for the headers seen (``?token=`` is never taken here)."""
+    tok = headers.get(b"x-consul-token", b"")
+    if not tok:
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            tok = auth[7:].strip()
+    return tok.decode() if tok.isascii() else None  # aiohttp's own decoding decides the rest
