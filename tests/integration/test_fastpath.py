@@ -187,6 +187,16 @@ def test_keep_alive_pipelining_and_a_hand_over_keep_the_order(server) -> None:
     assert fast_answers(server) - before == 3
     slow = Conn(server.http_port, via_aiohttp=True)
     assert [without_date(a) for a in answers] == [without_date(slow.call(t)) for t in targets]
+    # A burst in one write (answered from one buffer, in order), ending in a partial head.
+    before = fast_answers(server)
+    burst = ["/v1/kv/foo?stale" if i % 2 else "/v1/health/service/web" for i in range(100)]
+    tail = request("/v1/kv/foo")
+    conn.sock.sendall(b"".join(request(t) for t in burst) + tail[:10])
+    got = [conn.read() for _ in burst]
+    conn.sock.sendall(tail[10:])
+    got.append(conn.read())
+    assert fast_answers(server) - before == 101
+    assert [without_date(a) for a in got] == [without_date(slow.call(t)) for t in [*burst, "/v1/kv/foo"]]
     # A write hands the connection to aiohttp; a read pipelined behind it still comes after it.
     conn.sock.sendall(request("/v1/kv/foo", method="PUT", body=b"baz") + request("/v1/kv/foo?raw"))
     assert conn.read()[2] == b"true"

@@ -497,26 +497,30 @@ class FastProtocol(GuardedProtocol):
     # ------------------------------------------------------------------ requests
     def _process(self) -> None:
         fast = self._fast
-        while fast is not None and self._buf and self.parked is None and not self._paused:
-            buf = self._buf
-            end = buf.find(b"\r\n\r\n")
+        if fast is None:
+            return
+        buf, pos = self._buf, 0  # an offset, not a slice per request: a pipelined burst stays linear
+        while pos < len(buf) and self.parked is None and not self._paused:
+            end = buf.find(b"\r\n\r\n", pos)
             if end < 0:
-                if len(buf) > MAX_HEAD:
+                if len(buf) - pos > MAX_HEAD:
+                    self._buf = buf[pos:]
                     self._handoff()
-                return
+                    return
+                break
             self.head_complete()
-            head = buf[:end + 4]
-            req = self._parse(head)
+            req = self._parse(buf[pos:end + 4])
             if req is None:
+                self._buf = buf[pos:]
                 self._handoff()
                 return
-            self._buf = buf[end + 4:]
+            pos = end + 4
             index, body = fast.read(req)
             if req.index == 0 or index > req.index:
                 self._answer(fast.render(req, index, body), req)
             else:
                 fast.park(self, req)
-                return
+        self._buf = buf[pos:] if pos else buf
 
     def _parse(self, head: bytes) -> Request | None:
         fast = self._fast
