@@ -9,10 +9,13 @@
   request headers are not complete in time is closed (slowloris). Later requests on a kept-alive
   connection are bounded by the idle timeout below: aiohttp closes a connection that has not delivered
   a whole request by then.
-* **Idle keep-alive timeout** (``http_config.idle_timeout``, default 90 s), handed to aiohttp.
+* **Idle keep-alive timeout** (``http_config.idle_timeout``, default 90 s), handed to aiohttp (and
+  kept by the fast read path for the connections it serves itself).
 
 The guard is a thin protocol wrapped around each of aiohttp's request handlers: it decides at
 ``connection_made`` and otherwise only forwards, so the cost per request is one extra call per read.
+On the plain HTTP listener a subclass (:mod:`beacon.agent.http.fastpath`) answers hot reads itself
+and creates aiohttp's handler only when a connection sends something else.
 """
 
 from __future__ import annotations
