@@ -20,6 +20,8 @@ from tests.conftest import launch, wait_until
 
 MGMT = "0f6e3c1a-8d5b-4b1e-9a57-3f2c4d1e5a01"
 LIMITED = "1a2b3c4d-0000-4000-8000-00000000beef"
+READER = "1a2b3c4d-0000-4000-8000-00000000cafe"   # reads every service and node
+WEB_N1 = "1a2b3c4d-0000-4000-8000-00000000f00d"   # reads service web and node n1 only
 
 
 class Conn:
@@ -139,9 +141,15 @@ def acl_agent(tmp_path_factory):
     try:
         put(agent, "/v1/acl/policy", json.dumps({"Name": "app-read", "Rules": 'key_prefix "app/" { policy = "read" }'}))
         put(agent, "/v1/acl/token", json.dumps({"SecretID": LIMITED, "Policies": [{"Name": "app-read"}]}))
+        for name, rules, secret in (
+                ("all-read", 'service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }', READER),
+                ("web-n1", 'service "web" { policy = "read" } node "n1" { policy = "read" }', WEB_N1)):
+            put(agent, "/v1/acl/policy", json.dumps({"Name": name, "Rules": rules}))
+            put(agent, "/v1/acl/token", json.dumps({"SecretID": secret, "Policies": [{"Name": name}]}))
         put(agent, "/v1/kv/app/x", "1")
         put(agent, "/v1/kv/other/y", "2")
         register(agent, "n1", "passing")
+        register(agent, "n2", "passing")
         yield agent
     finally:
         agent.stop()
@@ -240,6 +248,21 @@ def test_acl_decisions_match_the_aiohttp_path(acl_agent) -> None:
     filtered = both(acl_agent, "/v1/health/service/web", {"X-Consul-Token": LIMITED}, fast=False)
     assert (b"X-Consul-Results-Filtered-By-ACLs", b"true") in filtered[1] and json.loads(filtered[2]) == []
     both(acl_agent, "/v1/catalog/services", {"X-Consul-Token": LIMITED}, fast=False)
+    # Lists the filter keeps whole are answered here; one it would thin goes to aiohttp.
+    assert len(json.loads(both(acl_agent, "/v1/health/service/web", {"X-Consul-Token": READER})[2])) == 2
+    both(acl_agent, "/v1/catalog/services", {"X-Consul-Token": READER})
+    thinned = both(acl_agent, "/v1/health/service/web", {"X-Consul-Token": WEB_N1}, fast=False)
+    assert (b"X-Consul-Results-Filtered-By-ACLs", b"true") in thinned[1]
+    assert [e["Node"]["Node"] for e in json.loads(thinned[2])] == ["n1"]
+    assert (b"X-Consul-Results-Filtered-By-ACLs", b"true") in both(
+        acl_agent, "/v1/catalog/services", {"X-Consul-Token": WEB_N1}, fast=False)[1]
+    # A blocking read by a token the filter must check item by item parks on aiohttp's path.
+    index = dict(both(acl_agent, "/v1/health/service/web", {"X-Consul-Token": READER})[1])[b"X-Consul-Index"]
+    before = fast_answers(acl_agent)
+    watcher = Conn(acl_agent.http_port)
+    watcher.send(f"/v1/health/service/web?index={index.decode()}&wait=1s", {"X-Consul-Token": READER})
+    assert watcher.read()[0] == b"HTTP/1.1 200 OK" and fast_answers(acl_agent) == before
+    watcher.close()
     # The token goes away: the next read is refused on both paths, not served from anything cached.
     req = urllib.request.Request(acl_agent.http + f"/v1/acl/token/{accessor(acl_agent)}", method="DELETE",
                                  headers={"X-Consul-Token": MGMT})

@@ -1,11 +1,11 @@
-"""Which request targets the fast read path takes (beacon.agent.http.fastpath.parse_target): only
+"""Which request targets the fast read path takes (beacon.agent.http.fastparse.parse_target): only
 those it can answer exactly as aiohttp's path does; everything else (None) goes to aiohttp."""
 
 from __future__ import annotations
 
 import pytest
 
-from beacon.agent.http.fastpath import HEALTH, KV, SERVICES, HeadParser, parse_target
+from beacon.agent.http.fastparse import HEALTH, KV, SERVICES, HeadParser, parse_target
 
 
 def test_the_hot_reads_and_their_options_are_taken() -> None:

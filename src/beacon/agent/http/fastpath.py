@@ -6,8 +6,9 @@ Which requests: ``GET /v1/kv/<key>``, ``GET /v1/health/service/<name>`` and
 HTTP/1.1 keep-alive, on an agent whose reads need no network round trip (a single server: ``-dev``
 or a bootstrapped lone server). With ACLs on, the token is resolved as the ACL layer resolves it
 (:mod:`beacon.agent.http.acl_enforce`), and only a token that may read everything the answer holds is
-answered here (a management token; ``key:read`` on the key for KV); a denial or a reply the ACL layer
-would filter goes to aiohttp, which answers it. Everything else, and everything after
+answered here (a management token; ``key:read`` on the key for KV; for the health and service lists a
+token whose reading keeps every item of the view); a denial or a reply the ACL layer would filter goes
+to aiohttp, which answers it. Heads are read by :mod:`beacon.agent.http.fastparse`. Everything else, and everything after
 the first request a connection hands over, goes to aiohttp unchanged: the aiohttp path
 (:mod:`beacon.agent.http.core`, the route handlers) is the reference behaviour, and this path
 answers only what it can answer byte for byte as that path would (tests/integration/test_fastpath.py
@@ -35,18 +36,18 @@ from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-import httptools
 from aiohttp.http import SERVER_SOFTWARE
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from beacon import telemetry
 from beacon.acl.resolver import ACLNotFound
+from beacon.acl.rules import READ
 from beacon.agent.http.core import Encoded
+from beacon.agent.http.fastparse import HEALTH, KV, LABELS, HeadParser, parse_target, token_of
 from beacon.agent.http.limits import ConnectionGuard, GuardedProtocol
 from beacon.agent.http.metrics import observe
 from beacon.agent.http.views import views_of
-from beacon.durations import parse_duration
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -55,12 +56,6 @@ MAX_HEAD = 8190          # aiohttp's own line limit: a longer head goes to aioht
 JOIN_BELOW = 16 * 1024   # bodies up to this size are sent in one buffer with their head (larger: not copied)
 MAX_PENDING = 64 * 1024  # bytes a parked or write-paused connection may send ahead before it is cut
 
-# Route kinds, and the route labels aiohttp's path gives the same requests in the request metrics.
-KV, HEALTH, SERVICES = 0, 1, 2
-LABELS = {KV: "/v1/kv/{key}", HEALTH: "/v1/health/service/{service}", SERVICES: "/v1/catalog/services"}
-_KNOWN = {b"index", b"wait", b"stale", b"consistent", b"pretty", b"passing"}
-_TRUE = {b"", b"1", b"t", b"T", b"TRUE", b"true", b"True"}
-_FALSE = {b"0", b"f", b"F", b"FALSE", b"false", b"False"}
 _CONSISTENCY = (b"leader", b"stale", b"consistent")
 
 # core.render compresses a JSON body over this size when the client accepts gzip
@@ -74,7 +69,7 @@ _HEAD_CODED = _HEAD.replace(b"Content-Length: %d\r\n", b"Content-Length: %d\r\nC
 class Request:
     """What the fast path needs of one parsed request: its view and how to answer it."""
 
-    __slots__ = ("kind", "arg", "passing", "index", "wait", "consistency", "pretty", "t0", "coding")
+    __slots__ = ("kind", "arg", "passing", "index", "wait", "consistency", "pretty", "t0", "coding", "authz")
 
     def __init__(self, kind: int, arg: str, passing: bool, index: int, wait: float, consistency: int,
                  pretty: bool, t0: float, coding: str = "") -> None:
@@ -87,55 +82,7 @@ class Request:
         self.pretty = pretty
         self.t0 = t0
         self.coding = coding  # "gzip"/"deflate": what aiohttp's path would compress a large body with
-
-
-def parse_target(url: bytes) -> tuple[int, str, bool, int, float | None, int, bool] | None:
-    """(kind, argument, passing, index, wait, consistency, pretty) of a request target the fast path
-    answers, or None for anything aiohttp must see: escapes, dot segments, unknown or repeated
-    parameters, values aiohttp would refuse with a 400."""
-    if b"%" in url or b"#" in url or b"/." in url or b"//" in url or b"+" in url or not url.isascii():
-        return None
-    path, _, query = url.partition(b"?")
-    if path == b"/v1/catalog/services":
-        kind, arg = SERVICES, ""
-    elif path.startswith(b"/v1/kv/") and len(path) > 7:
-        kind, arg = KV, path[7:].decode()
-    elif path.startswith(b"/v1/health/service/") and len(path) > 19:
-        kind, arg = HEALTH, path[19:].decode()
-    else:
-        return None
-    index, wait, consistency, pretty, passing = 0, None, 0, False, False
-    if query:
-        seen: set[bytes] = set()
-        for part in query.split(b"&"):
-            if not part:
-                continue
-            name, _, value = part.partition(b"=")
-            if name not in _KNOWN or name in seen or (name == b"passing" and kind != HEALTH):
-                return None
-            seen.add(name)
-            if name == b"index":
-                if not value.isdigit():
-                    return None
-                index = int(value)
-            elif name == b"wait":
-                try:
-                    wait = parse_duration(value.decode())
-                except ValueError:
-                    return None
-            elif name == b"stale":
-                consistency = 1
-            elif name == b"consistent":
-                consistency = 2
-            elif name == b"pretty":
-                pretty = True
-            elif value in _TRUE:
-                passing = True
-            elif value not in _FALSE:
-                return None
-        if b"stale" in seen and b"consistent" in seen:
-            return None
-    return kind, arg, passing, index, wait, consistency, pretty
+        self.authz: Any = None  # an ACL authorizer whose reply must be checked item by item (FastPath.readable)
 
 
 class _Answered(Collector):
@@ -152,61 +99,6 @@ class _Answered(Collector):
 
 _answered = _Answered()
 telemetry.REGISTRY.register(_answered)
-
-
-class HeadParser:
-    """One httptools parser shared by every fast connection of an agent: a head is fed whole and
-    parsed synchronously, so one parser serves them all in turn, and a parked watcher keeps no
-    parser of its own (about 0.5 KiB each). A head that leaves the parser mid-message (a body
-    follows), closed (``Connection: close``, HTTP/1.0) or failed gets a fresh parser."""
-
-    __slots__ = ("parser", "url", "plain", "headers", "done")
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.plain = True   # no header that needs aiohttp's path
-        self.headers: dict[bytes, bytes] = {}  # X-Consul-Token, Authorization, Accept-Encoding, when sent
-        self.done = False   # the head was a whole message (no body)
-
-    def parse(self, head: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
-        """(target, headers of interest) of a plain keep-alive HTTP/1.1 GET, else None."""
-        self.url = b""
-        self.plain = True
-        if self.headers:
-            self.headers = {}
-        self.done = False
-        parser = self.parser
-        try:
-            parser.feed_data(head)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self.parser = httptools.HttpRequestParser(self)
-            return None
-        if not (self.done and self.plain and parser.get_method() == b"GET"
-                and parser.get_http_version() == "1.1" and parser.should_keep_alive()):
-            self.parser = httptools.HttpRequestParser(self)
-            return None
-        return self.url, self.headers
-
-    # httptools callbacks
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        n = name.lower()
-        if n in (b"x-consul-token", b"authorization", b"accept-encoding"):
-            if n in self.headers or not value.isascii():
-                self.plain = False  # repeated or odd: aiohttp's own first-wins lookup and decoding decide
-            self.headers[n] = value
-        elif n in (b"x-consul-namespace", b"expect", b"upgrade", b"transfer-encoding") or (
-                n == b"content-length" and value.strip() != b"0") or (
-                n == b"connection" and value.strip().lower() != b"keep-alive"):
-            # Connection: close (and its parser state after the message) is left to aiohttp; httptools'
-            # should_keep_alive() does not see it once the message is complete.
-            self.plain = False
-
-    def on_message_complete(self) -> None:
-        self.done = True
 
 
 class FastPath:
@@ -226,6 +118,7 @@ class FastPath:
         self.parked_total = 0
         self._date = (0, b"")
         self.heads = HeadParser()
+        self._readable: dict[tuple[int, int], tuple[Any, Encoded, bool]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         agent.hub.listeners.append(self._changed)
         _answered.paths.add(self)
@@ -237,7 +130,9 @@ class FastPath:
         return agent.mode == "single" and (agent.acl is None or agent.acl.fetch is None)
 
     def allowed(self, req: Request, secret: str) -> bool:
-        """Whether the ACL layer would let the handler's reply through untouched for this token."""
+        """Whether the ACL layer may let the handler's reply through untouched for this token (the
+        rules of acl_enforce.TABLE for these routes). For a list whose items the layer filters, the
+        token's authorizer goes on ``req.authz`` and :meth:`readable` decides once the view is read."""
         resolver = self.agent.acl
         if resolver is None:
             return True
@@ -248,7 +143,32 @@ class FastPath:
         authz = ident.authz
         if authz.allow_all:
             return True
-        return req.kind == KV and authz.key_read(req.arg)  # acl_enforce.kv_get's gate
+        if req.kind == KV:
+            return bool(authz.key_read(req.arg))  # kv_get's gate
+        if req.kind == HEALTH and not authz.allowed("service", req.arg, READ):
+            return False  # _named_then: an emptied, filtered reply
+        req.authz = authz
+        return True
+
+    def readable(self, req: Request, body: Encoded | None) -> bool:
+        """Whether the ACL layer's filter keeps every item of this view for ``req.authz`` (so it
+        sends the reply unchanged): health entries by node:read, the service list by service:read.
+        Decided once per authorizer and view version."""
+        authz = req.authz
+        if body is None:
+            return True
+        key = (id(authz), id(body))
+        hit = self._readable.get(key)
+        if hit is not None and hit[0] is authz and hit[1] is body:
+            return hit[2]
+        if req.kind == HEALTH:
+            ok = all(authz.node_read(_node_name(e)) for e in body.value)
+        else:
+            ok = all(authz.service_read(name) for name in body.value)
+        if len(self._readable) >= 1024:
+            self._readable.clear()  # bounded: tokens times view versions
+        self._readable[key] = (authz, body, ok)  # holding both: their ids cannot be reused meanwhile
+        return ok
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: FastProtocol(self.guard, inner, self)
@@ -514,8 +434,13 @@ class FastProtocol(GuardedProtocol):
                 self._buf = buf[pos:]
                 self._handoff()
                 return
-            pos = end + 4
             index, body = fast.read(req)
+            if req.authz is not None and not ((req.index == 0 or index > req.index) and fast.readable(req, body)):
+                # The ACL layer would filter this reply, or it would park: aiohttp's path does both.
+                self._buf = buf[pos:]
+                self._handoff()
+                return
+            pos = end + 4
             if req.index == 0 or index > req.index:
                 self._answer(fast.render(req, index, body), req)
             else:
@@ -625,11 +550,8 @@ class FastProtocol(GuardedProtocol):
             self._transport.abort()
 
 
-def token_of(headers: dict[bytes, bytes]) -> str | None:
-    """acl_enforce.token_of for the headers seen (``?token=`` is never taken here)."""
-    tok = headers.get(b"x-consul-token", b"")
-    if not tok:
-        auth = headers.get(b"authorization", b"")
-        if auth[:7].lower() == b"bearer ":
-            tok = auth[7:].strip()
-    return tok.decode() if tok.isascii() else None  # aiohttp's own decoding decides the rest
+def _node_name(entry: Any) -> str:
+    """acl_enforce's ``_get(entry, "Node", "Node")``."""
+    node = entry.get("Node") if isinstance(entry, dict) else None
+    name = node.get("Node") if isinstance(node, dict) else None
+    return name if isinstance(name, str) else ""
