@@ -29,6 +29,7 @@ query, which is what keeps an idle watcher small.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import weakref
@@ -51,6 +52,8 @@ from beacon.agent.http.views import views_of
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
+
+log = logging.getLogger("beacon.agent.http")
 
 MAX_HEAD = 8190          # aiohttp's own line limit: a longer head goes to aiohttp for its 4xx
 JOIN_BELOW = 16 * 1024   # bodies up to this size are sent in one buffer with their head (larger: not copied)
@@ -293,7 +296,13 @@ class FastPath:
                 continue
             first = next(iter(group)).parked
             assert first is not None
-            index, body = self.read(first)
+            try:
+                index, body = self.read(first)
+            except Exception:  # a bug, not a client's doing: log it, and let the clients retry
+                log.exception("fast path: reading %s for its blocking queries failed", LABELS[first.kind])
+                for conn in list(group):
+                    conn.abort()
+                continue
             woken = [conn for conn in group if conn.parked is not None and index > conn.parked.index]
             if not woken:
                 continue  # the view did not move past any watcher's index: all keep waiting
@@ -434,7 +443,13 @@ class FastProtocol(GuardedProtocol):
                 self._buf = buf[pos:]
                 self._handoff()
                 return
-            index, body = fast.read(req)
+            try:
+                index, body = fast.read(req)
+            except Exception:  # a bug, not a client's doing: aiohttp's path answers (and logs) it
+                log.exception("fast path: reading %s failed; handing the request to aiohttp", LABELS[req.kind])
+                self._buf = buf[pos:]
+                self._handoff()
+                return
             if req.authz is not None and not ((req.index == 0 or index > req.index) and fast.readable(req, body)):
                 # The ACL layer would filter this reply, or it would park: aiohttp's path does both.
                 self._buf = buf[pos:]
@@ -524,7 +539,12 @@ class FastProtocol(GuardedProtocol):
         fast = self._fast
         if req is None or fast is None:
             return
-        index, body = fast.read(req)
+        try:
+            index, body = fast.read(req)
+        except Exception:
+            log.exception("fast path: reading %s at a blocking query's deadline failed", LABELS[req.kind])
+            self.abort()
+            return
         self.finish_parked(fast.render(req, index, body))
 
     def _handoff(self) -> None:
