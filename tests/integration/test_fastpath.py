@@ -27,8 +27,8 @@ WEB_N1 = "1a2b3c4d-0000-4000-8000-00000000f00d"   # reads service web and node n
 class Conn:
     """A raw HTTP/1.1 keep-alive connection (no client library between the test and the bytes)."""
 
-    def __init__(self, port: int, via_aiohttp: bool = False) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def __init__(self, agent, via_aiohttp: bool = False) -> None:
+        self.sock = socket.create_connection((agent.host, agent.http_port), timeout=30)
         self.buf = b""
         if via_aiohttp:  # a request the fast path never takes: the connection is aiohttp's from here on
             self.send("/v1/status/leader")
@@ -91,11 +91,11 @@ def both(agent, target: str, headers: dict[str, str] | None = None, fast: bool =
     """The answer from a fresh connection and from an aiohttp connection; assert they are equal and
     that the fast path took the first exactly when ``fast``."""
     before = fast_answers(agent)
-    conn = Conn(agent.http_port)
+    conn = Conn(agent)
     first = conn.call(target, headers)
     conn.close()
     assert fast_answers(agent) - before == (1 if fast else 0), target
-    slow = Conn(agent.http_port, via_aiohttp=True)
+    slow = Conn(agent, via_aiohttp=True)
     reference = slow.call(target, headers)
     slow.close()
     assert without_date(first) == without_date(reference), target
@@ -174,7 +174,7 @@ def test_reads_match_the_aiohttp_path(server) -> None:
                    "/v1/health/service/web?near=_agent"):
         both(server, target, fast=False)
     before = fast_answers(server)  # ?cached is stateful (MISS, then HIT): aiohttp's alone, not compared
-    assert (b"X-Cache", b"MISS") in Conn(server.http_port).call("/v1/health/service/web?cached&x=1")[1]
+    assert (b"X-Cache", b"MISS") in Conn(server).call("/v1/health/service/web?cached&x=1")[1]
     assert fast_answers(server) == before
     both(server, "/v1/kv/foo", {"X-Consul-Namespace": "ns1"}, fast=False)
     assert (b"Connection", b"close") in both(server, "/v1/kv/foo", {"Connection": "close"}, fast=False)[1]
@@ -187,13 +187,13 @@ def test_reads_match_the_aiohttp_path(server) -> None:
 
 
 def test_keep_alive_pipelining_and_a_hand_over_keep_the_order(server) -> None:
-    conn = Conn(server.http_port)
+    conn = Conn(server)
     before = fast_answers(server)
     targets = ["/v1/kv/foo", "/v1/health/service/web?passing", "/v1/catalog/services"]
     conn.sock.sendall(b"".join(request(t) for t in targets))  # three requests in one segment
     answers = [conn.read() for _ in targets]
     assert fast_answers(server) - before == 3
-    slow = Conn(server.http_port, via_aiohttp=True)
+    slow = Conn(server, via_aiohttp=True)
     assert [without_date(a) for a in answers] == [without_date(slow.call(t)) for t in targets]
     # A burst in one write (answered from one buffer, in order), ending in a partial head.
     before = fast_answers(server)
@@ -215,10 +215,10 @@ def test_keep_alive_pipelining_and_a_hand_over_keep_the_order(server) -> None:
 
 
 def test_blocking_queries_wake_with_the_same_answer_and_a_closed_one_is_let_go(server) -> None:
-    index = dict(Conn(server.http_port).call("/v1/kv/blk")[1])[b"X-Consul-Index"].decode()
+    index = dict(Conn(server).call("/v1/kv/blk")[1])[b"X-Consul-Index"].decode()
     target = f"/v1/kv/blk?index={index}&wait=60s"
     parked = metric(server, "beacon_http_blocking_queries")
-    fast, slow, gone = Conn(server.http_port), Conn(server.http_port, via_aiohttp=True), Conn(server.http_port)
+    fast, slow, gone = Conn(server), Conn(server, via_aiohttp=True), Conn(server)
     for conn in (fast, slow, gone):
         conn.send(target)
     wait_until(lambda: metric(server, "beacon_http_blocking_queries") >= parked + 3, timeout=20)
@@ -259,7 +259,7 @@ def test_acl_decisions_match_the_aiohttp_path(acl_agent) -> None:
     # A blocking read by a token the filter must check item by item parks on aiohttp's path.
     index = dict(both(acl_agent, "/v1/health/service/web", {"X-Consul-Token": READER})[1])[b"X-Consul-Index"]
     before = fast_answers(acl_agent)
-    watcher = Conn(acl_agent.http_port)
+    watcher = Conn(acl_agent)
     watcher.send(f"/v1/health/service/web?index={index.decode()}&wait=1s", {"X-Consul-Token": READER})
     assert watcher.read()[0] == b"HTTP/1.1 200 OK" and fast_answers(acl_agent) == before
     watcher.close()
@@ -284,7 +284,7 @@ def test_idle_fast_connections_close_after_the_idle_timeout_but_parked_ones_wait
     agent = launch("-config-file", str(cfg))
     try:
         before = fast_answers(agent)
-        idle, parked = Conn(agent.http_port), Conn(agent.http_port)
+        idle, parked = Conn(agent), Conn(agent)
         index = dict(idle.call("/v1/kv/idle")[1])[b"X-Consul-Index"].decode()
         assert fast_answers(agent) == before + 1  # armed: the fast path served this connection
         parked.send(f"/v1/kv/idle?index={index}&wait=3s")

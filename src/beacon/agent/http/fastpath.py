@@ -121,16 +121,43 @@ class FastPath:
         self.parked_total = 0
         self._date = (0, b"")
         self.heads = HeadParser()
+        self.barrier = agent.mode == "server"  # reads wait for the log (Agent.consistent_read)
+        self.barrier_batch: list[FastProtocol] = []
+        self.barrier_open = False
+        self.tasks: set[asyncio.Task[None]] = set()
         self._readable: dict[tuple[int, int], tuple[Any, Encoded, bool]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         agent.hub.listeners.append(self._changed)
         _answered.paths.add(self)
 
     def enabled(self) -> bool:
-        """Reads need no barrier (single server) and a token resolves without waiting: checked per
-        connection, as neither changes after start."""
+        """A server (whose state is local) and a token that resolves without waiting: checked per
+        connection, as neither changes after start. Client agents relay reads to servers."""
         agent = self.agent
-        return agent.mode == "single" and (agent.acl is None or agent.acl.fetch is None)
+        return agent.mode in ("single", "server") and (agent.acl is None or agent.acl.fetch is None)
+
+    # ------------------------------------------------------------------ read barriers (cluster servers)
+    def join_barrier(self, conn: FastProtocol) -> None:
+        self.barrier_batch.append(conn)
+        if not self.barrier_open:
+            self.barrier_open = True
+            task = asyncio.get_running_loop().create_task(self._barrier())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _barrier(self) -> None:
+        # Taken when the task starts: Agent.consistent_read joins the log's next linearizable read
+        # before its first suspension, so that read starts after every request of this batch
+        # arrived; requests arriving from now on start the next batch.
+        batch, self.barrier_batch = self.barrier_batch, []
+        self.barrier_open = False
+        try:
+            await self.agent.consistent_read(False, False)
+            ok = True
+        except Exception:  # NoLeaderError and the like: aiohttp's path answers each request's error
+            ok = False
+        for conn in batch:
+            conn.after_barrier(ok)
 
     def allowed(self, req: Request, secret: str) -> bool:
         """Whether the ACL layer may let the handler's reply through untouched for this token (the
@@ -336,13 +363,16 @@ class FastPath:
         """Close fast connections idle for the keep-alive timeout, as aiohttp closes its own."""
         self._sweeper = None
         now = asyncio.get_running_loop().time()
-        for conn in [c for c in self.conns if c.parked is None and now - c.active >= self.idle_timeout]:
+        for conn in [c for c in self.conns
+                     if c.parked is None and c.held is None and now - c.active >= self.idle_timeout]:
             conn.idle_close()
         if self.conns:
             self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
 
     def close(self) -> None:
         """Close every fast connection (agent stop: aiohttp's runner does not know them)."""
+        for task in self.tasks:
+            task.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -356,7 +386,7 @@ class FastProtocol(GuardedProtocol):
     """A guarded connection that answers fast reads itself until its first request that is not
     one; from then on (and for good) it hands every byte to aiohttp's handler."""
 
-    __slots__ = ("_path", "_fast", "_buf", "_paused", "parked", "timer", "active")
+    __slots__ = ("_path", "_fast", "_buf", "_paused", "parked", "timer", "active", "held")
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol], fast: FastPath) -> None:
         super().__init__(guard, factory)
@@ -367,6 +397,7 @@ class FastProtocol(GuardedProtocol):
         self.parked: Request | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.active = 0.0
+        self.held: tuple[Request, bytes] | None = None  # a request (and its head) waiting for a read barrier
 
     # ------------------------------------------------------------------ connection
     def start(self, transport: Any) -> None:
@@ -383,7 +414,7 @@ class FastProtocol(GuardedProtocol):
             super().data_received(data)
             return
         self._buf = self._buf + data if self._buf else data
-        if self.parked is not None or self._paused:
+        if self.parked is not None or self.held is not None or self._paused:
             if len(self._buf) > MAX_PENDING:
                 self.abort()
             return
@@ -420,7 +451,7 @@ class FastProtocol(GuardedProtocol):
         self._paused = False
         if self._transport is not None:
             self._transport.resume_reading()
-            if self._buf and self.parked is None:
+            if self._buf and self.parked is None and self.held is None:
                 self._process()
 
     # ------------------------------------------------------------------ requests
@@ -429,7 +460,7 @@ class FastProtocol(GuardedProtocol):
         if fast is None:
             return
         buf, pos = self._buf, 0  # an offset, not a slice per request: a pipelined burst stays linear
-        while pos < len(buf) and self.parked is None and not self._paused:
+        while pos < len(buf) and self.parked is None and self.held is None and not self._paused:
             end = buf.find(b"\r\n\r\n", pos)
             if end < 0:
                 if len(buf) - pos > MAX_HEAD:
@@ -439,28 +470,49 @@ class FastProtocol(GuardedProtocol):
                 break
             self.head_complete()
             req = self._parse(buf[pos:end + 4])
-            if req is None:
-                self._buf = buf[pos:]
-                self._handoff()
+            if req is not None and fast.barrier and req.consistency != 1:
+                # A cluster server's default and ?consistent reads first wait for a linearizable
+                # read of the log (Agent.consistent_read), shared by every request of a burst.
+                self._buf = buf[end + 4:]
+                self.held = (req, buf[pos:end + 4])
+                fast.join_barrier(self)
                 return
-            try:
-                index, body = fast.read(req)
-            except Exception:  # a bug, not a client's doing: aiohttp's path answers (and logs) it
-                log.exception("fast path: reading %s failed; handing the request to aiohttp", LABELS[req.kind])
-                self._buf = buf[pos:]
-                self._handoff()
-                return
-            if req.authz is not None and not ((req.index == 0 or index > req.index) and fast.readable(req, body)):
-                # The ACL layer would filter this reply, or it would park: aiohttp's path does both.
+            if req is None or not self._serve(req):
                 self._buf = buf[pos:]
                 self._handoff()
                 return
             pos = end + 4
-            if req.index == 0 or index > req.index:
-                self._answer(fast.render(req, index, body), req)
-            else:
-                fast.park(self, req)
         self._buf = buf[pos:] if pos else buf
+
+    def _serve(self, req: Request) -> bool:
+        """Answer or park a parsed request; False: aiohttp's path must answer it."""
+        fast = self._fast
+        assert fast is not None
+        try:
+            index, body = fast.read(req)
+        except Exception:  # a bug, not a client's doing: aiohttp's path answers (and logs) it
+            log.exception("fast path: reading %s failed; handing the request to aiohttp", LABELS[req.kind])
+            return False
+        if req.authz is not None and not ((req.index == 0 or index > req.index) and fast.readable(req, body)):
+            return False  # the ACL layer would filter this reply, or it would park: aiohttp's path does both
+        if req.index == 0 or index > req.index:
+            self._answer(fast.render(req, index, body), req)
+        else:
+            fast.park(self, req)
+        return True
+
+    def after_barrier(self, ok: bool) -> None:
+        """The read barrier this connection's request waited for is done (``ok``) or failed."""
+        held, self.held = self.held, None
+        if held is None or self._fast is None:
+            return
+        req, head = held
+        if not (ok and self.agent_knows_leader() and self._serve(req)):
+            self._buf = head + self._buf  # aiohttp's path reads it again and answers (its 500, say)
+            self._handoff()
+            return
+        if self._buf and self.parked is None and not self._paused:
+            self._process()
 
     def _parse(self, head: bytes) -> Request | None:
         fast = self._fast
