@@ -3,8 +3,9 @@
 Which requests: ``GET /v1/kv/<key>``, ``GET /v1/health/service/<name>`` and
 ``GET /v1/catalog/services``, with no query parameters but ``index``, ``wait``, ``stale``,
 ``consistent``, ``pretty`` (and ``passing`` on health), no body, no ``Expect``, no namespace header,
-HTTP/1.1 keep-alive, on an agent whose reads need no network round trip (a single server: ``-dev``
-or a bootstrapped lone server). With ACLs on, the token is resolved as the ACL layer resolves it
+HTTP/1.1 keep-alive, on a server (``-dev``, a lone bootstrapped server, or a server of a cluster,
+whose default and ``?consistent`` reads first wait for the log's linearizable read, once per burst of
+requests; client agents relay reads to servers and are not served here). With ACLs on, the token is resolved as the ACL layer resolves it
 (:mod:`beacon.agent.http.acl_enforce`), and only a token that may read everything the answer holds is
 answered here (a management token; ``key:read`` on the key for KV; for the health and service lists a
 token whose reading keeps every item of the view); a denial or a reply the ACL layer would filter goes
