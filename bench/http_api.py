@@ -200,6 +200,9 @@ def acl_share(pid: int, url: str, token: str, args: argparse.Namespace) -> float
                 stack, _, n = line.rstrip().rpartition(" ")
                 frames = stack.split(";")
                 total += int(n)
+                if any(fr.startswith("FastPath.allowed ") for fr in frames):
+                    inside += int(n)  # the fast read path's ACL decision (FastPath.allowed)
+                    continue
                 at = next((i for i, fr in enumerate(frames) if fr.startswith("enforcer.<locals>.enforce ")), None)
                 if at is None:
                     continue

@@ -149,6 +149,7 @@ class Agent:
         self._http_server: asyncio.Server | None = None
         self._engine_tmp = ""  # a -dev agent's own engine dir when the shared one is taken
         self.http_guard: limits.ConnectionGuard | None = None
+        self.http_fast: Any = None  # beacon.agent.http.fastpath.FastPath: hot reads before aiohttp
         self._dns: Any = None
         self.shutdown_requested = asyncio.Event()
         self.left_gracefully = False
@@ -249,6 +250,9 @@ class Agent:
             self._http_server.close()  # stop accepting; open connections end in cleanup()
             self._http_server = None
         security.stop_https(self)
+        if self.http_fast is not None:  # its connections are not aiohttp's: the runner cannot end them
+            self.http_fast.close()
+            self.http_fast = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -477,7 +481,10 @@ class Agent:
         if cfg.http_port >= 0:
             sock = bind_tcp(self.config.http_bind, self.config.http_port)
             self.http_port = sock.getsockname()[1]
-            self._http_server = await limits.serve(self._runner, sock, self.http_guard)
+            from beacon.agent.http.fastpath import FastPath
+
+            self.http_fast = FastPath(self, self.http_guard, cfg.http_idle_timeout)
+            self._http_server = await limits.serve(self._runner, sock, self.http_guard, wrap=self.http_fast.factory)
         await security.start_https(self, self._runner, self.http_guard)
 
     async def _root(self, request: web.Request) -> web.StreamResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,12 +54,13 @@ class Encoded:
     thousand readers of one unchanged view cost one encode.
     """
 
-    __slots__ = ("value", "_compact", "_pretty")
+    __slots__ = ("value", "_compact", "_pretty", "_compressed")
 
     def __init__(self, value: Any) -> None:
         self.value = value
         self._compact: bytes | None = None
         self._pretty: bytes | None = None
+        self._compressed: dict[tuple[bool, str], bytes] | None = None
 
     def compact(self) -> bytes:
         b = self._compact
@@ -70,6 +72,19 @@ class Encoded:
         b = self._pretty
         if b is None:
             b = self._pretty = encode_pretty(self.value)
+        return b
+
+    def compressed(self, pretty: bool, coding: str) -> bytes:
+        """One encoding compressed as aiohttp compresses a response body (``gzip`` or ``deflate``,
+        zlib's default level), made once: the fast read path sends these bytes to every client that
+        accepts them, where aiohttp's path compresses per request."""
+        cache = self._compressed
+        if cache is None:
+            cache = self._compressed = {}
+        b = cache.get((pretty, coding))
+        if b is None:
+            z = zlib.compressobj(wbits=(16 + zlib.MAX_WBITS) if coding == "gzip" else zlib.MAX_WBITS)
+            b = cache[(pretty, coding)] = z.compress(self.pretty() if pretty else self.compact()) + z.flush()
         return b
 
 

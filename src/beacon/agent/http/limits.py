@@ -9,10 +9,13 @@
   request headers are not complete in time is closed (slowloris). Later requests on a kept-alive
   connection are bounded by the idle timeout below: aiohttp closes a connection that has not delivered
   a whole request by then.
-* **Idle keep-alive timeout** (``http_config.idle_timeout``, default 90 s), handed to aiohttp.
+* **Idle keep-alive timeout** (``http_config.idle_timeout``, default 90 s), handed to aiohttp (and
+  kept by the fast read path for the connections it serves itself).
 
 The guard is a thin protocol wrapped around each of aiohttp's request handlers: it decides at
 ``connection_made`` and otherwise only forwards, so the cost per request is one extra call per read.
+On the plain HTTP listener a subclass (:mod:`beacon.agent.http.fastpath`) answers hot reads itself
+and creates aiohttp's handler only when a connection sends something else.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class GuardedProtocol(asyncio.Protocol):
     """Admits a connection (or answers 429 and closes it) and enforces the header deadline, then
     hands everything to aiohttp's handler unchanged."""
 
-    __slots__ = ("_guard", "_factory", "_inner", "_ip", "_transport", "_timer", "_tail", "_lingering")
+    __slots__ = ("_guard", "_factory", "_inner", "_ip", "_transport", "_timer", "_tail", "_lingering", "_admitted")
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]) -> None:
         self._guard = guard
@@ -105,6 +108,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""
         self._lingering = False
+        self._admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not registered subclasses
@@ -129,11 +133,32 @@ class GuardedProtocol(asyncio.Protocol):
             return
         self._ip = ip
         self._transport = transport
+        self._admitted = True
         timeout = self._guard.limits.read_header_timeout
         if timeout > 0:
             self._timer = asyncio.get_running_loop().call_later(timeout, self._header_timeout)
-        self._inner = self._factory()
-        self._inner.connection_made(transport)
+        self.start(transport)
+
+    def start(self, transport: asyncio.Transport) -> None:
+        """The connection is admitted: hand it to aiohttp (a subclass may serve it first)."""
+        self.start_inner()
+
+    def start_inner(self) -> asyncio.Protocol:
+        inner = self._inner = self._factory()
+        inner.connection_made(self._transport)  # type: ignore[arg-type]
+        return inner
+
+    def head_complete(self) -> None:
+        """A request head was seen whole: the header deadline no longer applies."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._tail = b""
+
+    def set_tail(self, data: bytes) -> None:
+        """Bytes seen before aiohttp takes over: the header-end search continues after them."""
+        if self._timer is not None:
+            self._tail = data[-3:]
 
     def _header_timeout(self) -> None:
         self._timer = None
@@ -165,11 +190,13 @@ class GuardedProtocol(asyncio.Protocol):
         if self._lingering:
             self._lingering = False
             self._guard.lingering -= 1
-        if self._inner is None:
+        if not self._admitted:
             return
+        self._admitted = False
         self._guard.release(self._ip)
         inner, self._inner, self._transport = self._inner, None, None
-        inner.connection_lost(exc)
+        if inner is not None:
+            inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         if self._inner is not None:
@@ -181,7 +208,9 @@ class GuardedProtocol(asyncio.Protocol):
 
 
 async def serve(runner: Any, sock: Any, guard: ConnectionGuard, backlog: int = 1024,
-                ssl_context: Any = None) -> asyncio.Server:
+                ssl_context: Any = None,
+                wrap: Callable[[Callable[[], asyncio.Protocol]], Callable[[], asyncio.Protocol]] | None = None,
+                ) -> asyncio.Server:
     """Serve an aiohttp ``AppRunner`` (already set up) on a bound socket, through the guard.
 
     This stands in for ``web.SockSite``: the only difference is the wrapped protocol factory. With
@@ -193,6 +222,7 @@ async def serve(runner: Any, sock: Any, guard: ConnectionGuard, backlog: int = 1
     if ssl_context is not None and guard.limits.read_header_timeout > 0:
         # The guard sees a TLS connection only once its handshake is done: bound the handshake too.
         extra["ssl_handshake_timeout"] = guard.limits.read_header_timeout
-    server = await loop.create_server(guard.wrap(runner.server), sock=sock, backlog=backlog, ssl=ssl_context,
+    factory = (wrap or guard.wrap)(runner.server)  # wrap: the fast read path's protocol (fastpath.py)
+    server = await loop.create_server(factory, sock=sock, backlog=backlog, ssl=ssl_context,
                                       **extra)
     return server

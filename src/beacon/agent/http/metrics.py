@@ -129,7 +129,7 @@ _BOUNDS = sorted(b for b in telemetry.HTTP_LATENCY._upper_bounds if b != float("
 _tally: dict[tuple[str, str, int], list[Any]] = {}
 
 
-def _observe(method: str, endpoint: str, status: int, seconds: float) -> None:
+def observe(method: str, endpoint: str, status: int, seconds: float) -> None:
     key = (method, endpoint, status)
     row = _tally.get(key)
     if row is None:
@@ -275,7 +275,7 @@ def serve_api(runner: web.AppRunner) -> None:
 def _finished(request: web.Request, status: int, t0: float) -> None:
     seconds = time.perf_counter() - t0
     method = request.method if request.method in _METHODS else "OTHER"
-    _observe(method, _endpoint(request), status, seconds)
+    observe(method, _endpoint(request), status, seconds)
     if log.isEnabledFor(logging.DEBUG):  # never at info: this is the hot path
         log.debug("Request finished: method=%s url=%s from=%s status=%d latency=%.3fms", request.method,
                   request.path_qs, request.remote, status, seconds * 1000)

@@ -1,0 +1,130 @@
+"""Reading a request head for the fast read path (:mod:`beacon.agent.http.fastpath`): which
+targets and headers it may answer, decided from the bytes alone. Anything not recognised here is
+aiohttp's to answer, so every rule errs towards handing over."""
+
+from __future__ import annotations
+
+import httptools
+
+from beacon.durations import parse_duration
+
+# Route kinds, and the route labels aiohttp's path gives the same requests in the request metrics.
+KV, HEALTH, SERVICES = 0, 1, 2
+LABELS = {KV: "/v1/kv/{key}", HEALTH: "/v1/health/service/{service}", SERVICES: "/v1/catalog/services"}
+_KNOWN = {b"index", b"wait", b"stale", b"consistent", b"pretty", b"passing"}
+_TRUE = {b"", b"1", b"t", b"T", b"TRUE", b"true", b"True"}
+_FALSE = {b"0", b"f", b"F", b"FALSE", b"false", b"False"}
+
+
+def parse_target(url: bytes) -> tuple[int, str, bool, int, float | None, int, bool] | None:
+    """(kind, argument, passing, index, wait, consistency, pretty) of a request target the fast path
+    answers, or None for anything aiohttp must see: escapes, dot segments, unknown or repeated
+    parameters, values aiohttp would refuse with a 400."""
+    if b"%" in url or b"#" in url or b"/." in url or b"//" in url or b"+" in url or not url.isascii():
+        return None
+    path, _, query = url.partition(b"?")
+    if path == b"/v1/catalog/services":
+        kind, arg = SERVICES, ""
+    elif path.startswith(b"/v1/kv/") and len(path) > 7:
+        kind, arg = KV, path[7:].decode()
+    elif path.startswith(b"/v1/health/service/") and len(path) > 19:
+        kind, arg = HEALTH, path[19:].decode()
+    else:
+        return None
+    index, wait, consistency, pretty, passing = 0, None, 0, False, False
+    if query:
+        seen: set[bytes] = set()
+        for part in query.split(b"&"):
+            if not part:
+                continue
+            name, _, value = part.partition(b"=")
+            if name not in _KNOWN or name in seen or (name == b"passing" and kind != HEALTH):
+                return None
+            seen.add(name)
+            if name == b"index":
+                if not value.isdigit():
+                    return None
+                index = int(value)
+            elif name == b"wait":
+                try:
+                    wait = parse_duration(value.decode())
+                except ValueError:
+                    return None
+            elif name == b"stale":
+                consistency = 1
+            elif name == b"consistent":
+                consistency = 2
+            elif name == b"pretty":
+                pretty = True
+            elif value in _TRUE:
+                passing = True
+            elif value not in _FALSE:
+                return None
+        if b"stale" in seen and b"consistent" in seen:
+            return None
+    return kind, arg, passing, index, wait, consistency, pretty
+
+
+class HeadParser:
+    """One httptools parser shared by every fast connection of an agent: a head is fed whole and
+    parsed synchronously, so one parser serves them all in turn, and a parked watcher keeps no
+    parser of its own (about 0.5 KiB each). A head that leaves the parser mid-message (a body
+    follows), closed (``Connection: close``, HTTP/1.0) or failed gets a fresh parser."""
+
+    __slots__ = ("parser", "url", "plain", "headers", "done")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.plain = True   # no header that needs aiohttp's path
+        self.headers: dict[bytes, bytes] = {}  # X-Consul-Token, Authorization, Accept-Encoding, when sent
+        self.done = False   # the head was a whole message (no body)
+
+    def parse(self, head: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
+        """(target, headers of interest) of a plain keep-alive HTTP/1.1 GET, else None."""
+        self.url = b""
+        self.plain = True
+        if self.headers:
+            self.headers = {}
+        self.done = False
+        parser = self.parser
+        try:
+            parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.parser = httptools.HttpRequestParser(self)
+            return None
+        if not (self.done and self.plain and parser.get_method() == b"GET"
+                and parser.get_http_version() == "1.1" and parser.should_keep_alive()):
+            self.parser = httptools.HttpRequestParser(self)
+            return None
+        return self.url, self.headers
+
+    # httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        n = name.lower()
+        if n in (b"x-consul-token", b"authorization", b"accept-encoding"):
+            if n in self.headers or not value.isascii():
+                self.plain = False  # repeated or odd: aiohttp's own first-wins lookup and decoding decide
+            self.headers[n] = value
+        elif n in (b"x-consul-namespace", b"expect", b"upgrade", b"transfer-encoding") or (
+                n == b"content-length" and value.strip() != b"0") or (
+                n == b"connection" and value.strip().lower() != b"keep-alive"):
+            # Connection: close (and its parser state after the message) is left to aiohttp; httptools'
+            # should_keep_alive() does not see it once the message is complete.
+            self.plain = False
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+def token_of(headers: dict[bytes, bytes]) -> str | None:
+    """acl_enforce.token_of for the headers seen (``?token=`` is never taken here)."""
+    tok = headers.get(b"x-consul-token", b"")
+    if not tok:
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            tok = auth[7:].strip()
+    return tok.decode() if tok.isascii() else None  # aiohttp's own decoding decides the rest

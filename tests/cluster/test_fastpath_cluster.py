@@ -1,0 +1,76 @@
+"""The fast read path on servers of a cluster: a default-mode read waits for the log's linearizable
+read first (one barrier per burst of requests), so a write acknowledged by one server is seen by a
+fast read on another; answers equal aiohttp's path byte for byte (but Date)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from tests.conftest import launch, wait_until
+from tests.integration.test_fastpath import Conn, both, fast_answers, request, without_date
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_fast_reads_on_a_cluster_server_see_every_acknowledged_write(tmp_path) -> None:
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed")
+    cport, pport = _free_port(), _free_port()
+    etcd = subprocess.Popen(
+        ["etcd", "--name", "fp", "--data-dir", str(tmp_path / "etcd"),
+         "--listen-client-urls", f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+         "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+         "--initial-cluster", f"fp=http://127.0.0.1:{pport}", "--log-level", "warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agents = []
+    try:
+        block = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}"
+        for i, name in enumerate(("f1", "f2"), 1):
+            agents.append(launch("-server", "-node", name, "-data-dir", str(tmp_path / name),
+                                 "-bind", f"{block}.{i}", "-client", f"{block}.{i}",
+                                 "-etcd-endpoints", f"http://127.0.0.1:{cport}", dev=False))
+        a, b = agents
+        wait_until(lambda: a.request("PUT", "/v1/kv/lin", "0", timeout=10)[2] == b"true", timeout=30)
+        wait_until(lambda: b.request("GET", "/v1/kv/lin?raw", timeout=10)[2] == b"0", timeout=30)
+        before = fast_answers(b)
+        conn = Conn(b)
+        for i in range(1, 21):  # written through a, read at once through b's fast path: never stale
+            assert a.request("PUT", "/v1/kv/lin", str(i), timeout=10)[2] == b"true"
+            status, _, body = conn.call("/v1/kv/lin")
+            assert status == b"HTTP/1.1 200 OK" and base64.b64decode(json.loads(body)[0]["Value"]) == str(i).encode()
+        # A burst shares barriers and still answers in order.
+        conn.sock.sendall(b"".join(request("/v1/kv/lin" if n % 2 else "/v1/kv/nope") for n in range(20)))
+        burst = [conn.read() for _ in range(20)]
+        assert [s for s, _, _ in burst] == [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 OK"] * 10
+        assert fast_answers(b) - before == 40
+        for target in ("/v1/kv/lin", "/v1/kv/nope", "/v1/kv/lin?stale", "/v1/kv/lin?consistent",
+                       "/v1/catalog/services", "/v1/health/service/consul"):
+            both(b, target)
+        # A blocking read parked on b's fast path wakes on a write through a.
+        index = dict(conn.call("/v1/kv/lin")[1])[b"X-Consul-Index"].decode()
+        conn.send(f"/v1/kv/lin?index={index}&wait=30s")
+        wait_until(lambda: b.request("GET", "/v1/agent/metrics?format=prometheus")[2].find(
+            b"\nbeacon_http_blocking_queries 1.0") >= 0, timeout=20)
+        assert a.request("PUT", "/v1/kv/lin", "woken", timeout=10)[2] == b"true"
+        woken = conn.read()
+        assert base64.b64decode(json.loads(woken[2])[0]["Value"]) == b"woken"
+        assert without_date(woken)[0] == b"HTTP/1.1 200 OK"
+        conn.close()
+    finally:
+        for x in agents:
+            x.stop()
+        etcd.kill()
+        etcd.wait(10)
