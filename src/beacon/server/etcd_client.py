@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 
 class EtcdError(Exception):
@@ -160,13 +161,16 @@ class EtcdClient:
             await self._session.close()
             self._session = None
 
-    async def _connect(self, ep: str) -> _Conn:
+    def _idle_conn(self, ep: str) -> _Conn | None:
         idle = self._idle.get(ep)
         while idle:
             conn = idle.pop()
             if conn.usable():
                 return conn
             conn.close()
+        return None
+
+    async def _connect(self, ep: str) -> _Conn:
         scheme, _, hostport = ep.partition("://")
         host, _, port = hostport.rstrip("/").rpartition(":")
         host = host.strip("[]")
@@ -176,11 +180,13 @@ class EtcdClient:
         return _Conn(reader, writer)
 
     async def _post(self, ep: str, path: str, payload: bytes, timeout: float) -> tuple[int, bytes]:
-        try:
-            async with asyncio.timeout(timeout):
-                conn = await self._connect(ep)
-        except (OSError, TimeoutError, ssl.SSLError) as exc:  # never reached etcd: nothing was proposed
-            raise EtcdNotConnected(f"etcd at {ep}: {str(exc) or type(exc).__name__}") from None
+        conn = self._idle_conn(ep)  # the usual case: no connect, and no timer armed for one
+        if conn is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    conn = await self._connect(ep)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:  # never reached etcd: nothing was proposed
+                raise EtcdNotConnected(f"etcd at {ep}: {str(exc) or type(exc).__name__}") from None
         host = ep.partition("://")[2].rstrip("/").encode()
         request = (b"POST /v3/%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                    b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host, len(payload), payload))
@@ -200,8 +206,11 @@ class EtcdClient:
 
     async def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """POST one request; tries the endpoints in order while they refuse connections."""
+        return await self.call_raw(path, orjson.dumps(body), timeout)
+
+    async def call_raw(self, path: str, payload: bytes, timeout: float | None = None) -> dict[str, Any]:
+        """:meth:`call` with the JSON body already encoded."""
         last: Exception | None = None
-        payload = json.dumps(body).encode()
         for i, ep in enumerate(self.endpoints):
             try:
                 status, data = await self._post(ep, path, payload, timeout or self.timeout)
@@ -211,9 +220,11 @@ class EtcdClient:
                     continue
                 raise
             try:
-                doc = json.loads(data) if data else {}
+                doc = orjson.loads(data) if data else {}
             except ValueError:
                 raise EtcdError(f"etcd at {ep}: {status} {data[:200]!r}") from None
+            if not isinstance(doc, dict):
+                raise EtcdError(f"etcd at {ep}: {status} {data[:200]!r}")
             if status != 200 or "error" in doc or "code" in doc and "message" in doc:
                 message = doc.get("message") or doc.get("error") or data[:200].decode(errors="replace")
                 if "timed out" in str(message) or "leader changed" in str(message) \
@@ -236,7 +247,9 @@ class EtcdClient:
 
         (A txn of a keys-only range and the put would spare the previous value in the answer, but
         measured slower and costlier in etcd than ``prev_kv`` even with 2 KiB values.)"""
-        doc = await self.call("kv/put", {"key": b64(key), "value": b64(value), "prev_kv": True}, timeout)
+        # Every write's one request: the body is formatted, not built as a dict and encoded.
+        payload = b'{"key":"%s","value":"%s","prev_kv":true}' % (base64.b64encode(key), base64.b64encode(value))
+        doc = await self.call_raw("kv/put", payload, timeout)
         prev = doc.get("prev_kv") or {}
         return int(doc["header"]["revision"]), int(prev.get("mod_revision", 0))
 
@@ -310,7 +323,7 @@ class EtcdClient:
                         line, buf = buf[:nl], buf[nl + 1:]
                         if not line.strip():
                             continue
-                        doc = json.loads(line)
+                        doc = orjson.loads(line)
                         if "error" in doc:
                             raise EtcdUnavailable(f"etcd watch: {doc['error']}")
                         result = doc.get("result", {})
