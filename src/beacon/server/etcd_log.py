@@ -199,10 +199,12 @@ class EtcdConsensus:
         fut: asyncio.Future[ApplyResult | None] = asyncio.get_running_loop().create_future()
         self._pending[cid] = fut
         try:
-            if self._inflight < MAX_INFLIGHT and not self._queue:
-                # A free slot and nothing waiting to be batched: this caller sends its own put, with
-                # no hop through the flush loop and no task of its own (two event-loop turns fewer
-                # on every sequential write). The put's answer usually applies the command at once.
+            if not self._inflight and not self._queue:
+                # Nothing in flight: this caller sends its own put, with no hop through the flush
+                # loop and no task of its own (two event-loop turns fewer on every sequential
+                # write); its answer usually applies the command at once. With puts in flight the
+                # command waits for the next batch instead: under load, sending alone whenever a
+                # slot is free made batches smaller and etcd's CPU per write about a third higher.
                 self._inflight += 1
                 try:
                     await self._send([entry])
