@@ -79,27 +79,35 @@ HANDOFF_TTL = 5     # seconds a transfer-leader's note holds the leader key for 
 
 def _decode_envelope(data: bytes) -> Any:
     """durable.decode for log entries: orjson, then bytes put back where the encoder wrote
-    ``{"$b": base64}`` (a KV value in every KV write). The standard library's object hook costs
-    about 4x this on a small envelope; anything orjson refuses goes to durable.decode."""
+    ``{"$b": base64}`` (a KV value in every KV write), which only command payloads hold. The
+    standard library's object hook cost about 3x this on a small envelope; anything orjson
+    refuses goes to durable.decode."""
     if len(data) > 1 << 16:
         return decode(data)  # large (restores): durable.decode pauses the collector for those
     try:
-        doc = orjson.loads(data)
+        env = orjson.loads(data)
     except orjson.JSONDecodeError:
         return decode(data)
-    return _unwrap(doc) if b'"$b"' in data else doc
+    if b'"$b"' in data and isinstance(env, dict):
+        for e in env.get("b", ()):
+            c = e.get("c") if isinstance(e, dict) else None
+            if isinstance(c, list) and len(c) == 2:
+                c[1] = _unwrap(c[1])
+    return env
 
 
 def _unwrap(obj: Any) -> Any:
-    if isinstance(obj, dict):
+    if type(obj) is dict:
         if len(obj) == 1 and "$b" in obj:
             return base64.b64decode(obj["$b"])
         for k, v in obj.items():
-            if isinstance(v, dict | list):
+            t = type(v)
+            if t is dict or t is list:
                 obj[k] = _unwrap(v)
-    elif isinstance(obj, list):
+    elif type(obj) is list:
         for i, v in enumerate(obj):
-            if isinstance(v, dict | list):
+            t = type(v)
+            if t is dict or t is list:
                 obj[i] = _unwrap(v)
     return obj
 
