@@ -41,7 +41,6 @@ range request that started after they arrived) and wait until this server has ap
 from __future__ import annotations
 
 import asyncio
-import base64
 import heapq
 import json
 import logging
@@ -49,12 +48,10 @@ import time
 import uuid
 from typing import Any
 
-import orjson
-
 from beacon.server import commands as cmd
 from beacon.server import etcd_restore, etcd_snapshot
 from beacon.server.consensus import NoLeaderError
-from beacon.server.durable import decode, encode
+from beacon.server.durable import encode
 from beacon.server.etcd_client import (
     KV,
     EtcdClient,
@@ -64,6 +61,7 @@ from beacon.server.etcd_client import (
     EtcdUnavailable,
     b64,
 )
+from beacon.server.etcd_envelope import decode_envelope
 from beacon.server.fsm import ApplyResult, Command, StateStore
 
 log = logging.getLogger("beacon.etcd")
@@ -75,41 +73,6 @@ MAX_INFLIGHT = 4    # batch puts in flight per server
 INDEX_STRIDE = 1000  # Consul index = etcd revision * 1000 + position in the batch
 EXPIRY_MARGIN = 2.0
 HANDOFF_TTL = 5     # seconds a transfer-leader's note holds the leader key for its target
-
-
-def _decode_envelope(data: bytes) -> Any:
-    """durable.decode for log entries: orjson, then bytes put back where the encoder wrote
-    ``{"$b": base64}`` (a KV value in every KV write), which only command payloads hold. The
-    standard library's object hook cost about 3x this on a small envelope; anything orjson
-    refuses goes to durable.decode."""
-    if len(data) > 1 << 16:
-        return decode(data)  # large (restores): durable.decode pauses the collector for those
-    try:
-        env = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return decode(data)
-    if b'"$b"' in data and isinstance(env, dict):
-        for e in env.get("b", ()):
-            c = e.get("c") if isinstance(e, dict) else None
-            if isinstance(c, list) and len(c) == 2:
-                c[1] = _unwrap(c[1])
-    return env
-
-
-def _unwrap(obj: Any) -> Any:
-    if type(obj) is dict:
-        if len(obj) == 1 and "$b" in obj:
-            return base64.b64decode(obj["$b"])
-        for k, v in obj.items():
-            t = type(v)
-            if t is dict or t is list:
-                obj[k] = _unwrap(v)
-    elif type(obj) is list:
-        for i, v in enumerate(obj):
-            t = type(v)
-            if t is dict or t is list:
-                obj[i] = _unwrap(v)
-    return obj
 
 
 class EtcdConsensus:
@@ -386,7 +349,7 @@ class EtcdConsensus:
     @staticmethod
     def _decode(kv: KV) -> dict[str, Any]:
         try:
-            env = _decode_envelope(kv.value)
+            env = decode_envelope(kv.value)
         except ValueError:
             env = None
         if not isinstance(env, dict):
