@@ -5,12 +5,13 @@ was not), and the error split the replicated log relies on: never connected vs o
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 
 import pytest
 
-from beacon.server.etcd_client import EtcdClient, EtcdError, EtcdNotConnected, EtcdUnavailable
+from beacon.server.etcd_client import EtcdClient, EtcdCompacted, EtcdError, EtcdNotConnected, EtcdUnavailable
 
 
 async def _server(answer):  # answer(request_body, n) -> raw response bytes or None (hang up)
@@ -92,6 +93,87 @@ async def test_errors_split_into_refused_unknown_and_answered() -> None:
         with pytest.raises(EtcdError, match="too large"):
             await client.put(b"/k", b"v")
         assert conns() == 2  # the connection that was hung up on was not reused
+    finally:
+        await client.close()
+        server.close()
+
+
+def _msg(result: dict) -> bytes:
+    return json.dumps({"result": result}).encode() + b"\n"
+
+
+async def _watch_server(parts: list[bytes], status: int = 200):
+    """Answers one watch request with ``parts`` written one by one (each its own TCP write), then
+    ends the chunked body."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        seen.append(head + await reader.readexactly(length))
+        if status != 200:
+            writer.write(b"HTTP/1.1 %d Oops\r\nContent-Length: 4\r\n\r\noops" % status)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for part in parts:
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.01)  # separate reads on the client's side
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def test_watch_reads_messages_across_chunk_and_read_boundaries() -> None:
+    def put(rev: int, value: bytes) -> dict:
+        kv = {"key": "L2s=", "mod_revision": str(rev), "value": base64.b64encode(value).decode()}
+        return {"header": {"revision": str(rev)}, "events": [{"kv": kv}]}
+
+    created = _chunk(_msg({"header": {"revision": "4"}, "created": True}))
+    five, six = _chunk(_msg(put(5, b"five"))), _chunk(_msg(put(6, b"six" * 1000)))
+    deleted = _chunk(_msg({"header": {"revision": "7"}, "events": [
+        {"type": "DELETE", "kv": {"key": "L2s=", "mod_revision": "7"}}]}))
+    # A chunk cut in its size line and in its data, two chunks in one write, a large one.
+    parts = [created[:2], created[2:] + five[:30], five[30:], six + deleted]
+    server, url, seen = await _watch_server(parts)
+    client = EtcdClient([url])
+    got = []
+    try:
+        with pytest.raises(EtcdUnavailable, match="ended"):
+            async for rev, events in client.watch(b"/k", 5):
+                got.append((rev, [(e["type"], e["kv"].mod_revision, e["kv"].value) for e in events]))
+    finally:
+        await client.close()
+        server.close()
+    assert b"POST /v3/watch " in seen[0] and b'"start_revision":"5"' in seen[0]
+    assert got == [(4, []), (5, [("PUT", 5, b"five")]), (6, [("PUT", 6, b"six" * 1000)]), (7, [("DELETE", 7, b"")])]
+
+
+async def test_watch_reports_compaction_and_refusal() -> None:
+    compacted = _chunk(_msg({"header": {"revision": "9"}, "canceled": True, "compact_revision": "8"}))
+    server, url, _ = await _watch_server([compacted])
+    client = EtcdClient([url])
+    try:
+        with pytest.raises(EtcdCompacted) as exc:
+            async for _ in client.watch(b"/k", 2):
+                pass
+        assert exc.value.compact_revision == 8
+    finally:
+        await client.close()
+        server.close()
+    server, url, _ = await _watch_server([], status=503)
+    client = EtcdClient([url])
+    try:
+        with pytest.raises(EtcdUnavailable, match="503"):
+            async for _ in client.watch(b"/k", 2):
+                pass
     finally:
         await client.close()
         server.close()

@@ -42,3 +42,24 @@ async def test_restore_wakes_everyone() -> None:
     b = hub.watch([], ["x/"])
     hub.notify(1, {"*"})
     assert a.done() and b.done()
+
+
+async def test_prefix_watchers_of_several_lengths_wake_by_key_and_leave_no_residue() -> None:
+    hub = WatchHub(asyncio.get_running_loop())
+    prefixes = ["", "a", "app/", "app/web/", "apx", "app/web/config/more"]
+    futs = {p: hub.watch([], [p]) for p in prefixes}
+    again = hub.watch([], ["app/"])  # a second watcher of the same prefix
+    hub.notify(7, {"kvs", "kv:app/web/conf"})
+    woken = {p for p, f in futs.items() if f.done()}
+    assert woken == {"", "a", "app/", "app/web/"}
+    assert again.done()
+    # A prefix popped by a write and watched again is counted again, and every unwatch (also of
+    # the watchers a write already woke) leaves nothing behind.
+    renewed = hub.watch([], ["app/web/"])
+    hub.notify(8, {"kv:app/web/x"})
+    assert renewed.done()
+    for p, f in futs.items():
+        hub.unwatch(f, [], [p])
+    hub.unwatch(again, [], ["app/"])
+    hub.unwatch(renewed, [], ["app/web/"])
+    assert hub._prefixes == {} and hub._prefix_lens == {} and hub.waiting == 0

@@ -10,8 +10,9 @@ The state store reports, after every apply, the set of *watch keys* the command 
 * ``*``: everything (snapshot restore)
 
 A query waits on the exact keys it read plus, for KV prefix reads, a *prefix*: a write to ``kv:K``
-wakes the prefix watchers of every prefix of K (a dict lookup per prefix length, so the cost of a
-write does not grow with the number of idle watchers).
+wakes the prefix watchers of every prefix of K. The hub counts its watched prefixes by length, so a
+write costs one dict lookup per length that some watcher uses (typically one or two), not one per
+character of its key, and never grows with the number of idle watchers.
 
 The hub lives on the event loop. ``notify_threadsafe`` is what a Raft thread calls.
 """
@@ -27,6 +28,7 @@ class WatchHub:
         self._loop = loop
         self._keys: dict[str, set[asyncio.Future[None]]] = {}
         self._prefixes: dict[str, set[asyncio.Future[None]]] = {}
+        self._prefix_lens: dict[int, int] = {}  # length -> how many watched prefixes have it
         self.waiting = 0
         # Called on the loop after every change (alias checks); keep them cheap.
         self.listeners: list[Callable[[int, set[str]], None]] = []
@@ -52,11 +54,14 @@ class WatchHub:
         pop_key = self._keys.pop
         for key in keys:
             self._wake(pop_key(key, None))
-            if self._prefixes and key.startswith("kv:"):
+            if self._prefix_lens and key.startswith("kv:"):
                 kv_key = key[3:]
-                pop_prefix = self._prefixes.pop
-                for i in range(len(kv_key) + 1):
-                    self._wake(pop_prefix(kv_key[:i], None))
+                for n in tuple(self._prefix_lens):
+                    if n <= len(kv_key):
+                        futs = self._prefixes.pop(kv_key[:n], None)
+                        if futs is not None:
+                            self._forget_len(n)
+                            self._wake(futs)
 
     def notify_threadsafe(self, index: int, keys: set[str]) -> None:
         loop = self._loop
@@ -77,7 +82,11 @@ class WatchHub:
         for key in keys:
             self._keys.setdefault(key, set()).add(fut)
         for prefix in prefixes:
-            self._prefixes.setdefault(prefix, set()).add(fut)
+            futs = self._prefixes.get(prefix)
+            if futs is None:
+                futs = self._prefixes[prefix] = set()
+                self._prefix_lens[len(prefix)] = self._prefix_lens.get(len(prefix), 0) + 1
+            futs.add(fut)
         self.waiting += 1
         return fut
 
@@ -90,3 +99,12 @@ class WatchHub:
                     futs.discard(fut)
                     if not futs:
                         del group[name]
+                        if group is self._prefixes:
+                            self._forget_len(len(name))
+
+    def _forget_len(self, n: int) -> None:
+        left = self._prefix_lens[n] - 1
+        if left:
+            self._prefix_lens[n] = left
+        else:
+            del self._prefix_lens[n]

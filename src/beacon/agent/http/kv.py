@@ -73,6 +73,8 @@ async def kv_put(req: web.Request, agent: Agent) -> Reply:
     if len(value) > limit:
         raise HTTPError(413, f"Request body({len(value)} bytes) too large, max size: {limit} bytes. "
                         "See the kv_max_value_size limit.")
+    if not req.query_string:  # a plain set: no query to parse
+        return Reply(await kv_endpoint.put(agent.submit, key, value if value else None))
     given = [n for n in ("cas", "acquire", "release") if n in req.query]
     if len(given) > 1:
         raise HTTPError(400, "Conflicting flags: " + "&".join(f"{n}=" for n in given))
