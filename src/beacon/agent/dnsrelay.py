@@ -49,12 +49,23 @@ class DNSRelay:
         self._tcp: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
+        """Listen on UDP and TCP ``host:port``; port 0 picks one ephemeral port free for both (the
+        kernel's UDP choice can be taken on TCP: try a few)."""
         loop = asyncio.get_running_loop()
-        transport, proto = await loop.create_datagram_endpoint(lambda: _Downstream(self), local_addr=(host, port))
-        self._down = proto
-        bound = transport.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._tcp_client, host, bound)
-        return bound
+        attempts = 8 if port == 0 else 1
+        for attempt in range(attempts):
+            transport, proto = await loop.create_datagram_endpoint(lambda: _Downstream(self), local_addr=(host, port))
+            bound = transport.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(self._tcp_client, host, bound)
+            except OSError:
+                transport.close()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self._down = proto
+            return bound
+        raise AssertionError("unreachable")
 
     async def stop(self) -> None:
         if self._down is not None and self._down.transport is not None:
