@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
+import socket
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import AgentProcess, Starting, spawn, wait_until
+from tests.conftest import AgentProcess, Starting, launch, spawn, wait_until
 
 
 def _block() -> str:
@@ -177,3 +181,37 @@ def cluster(tmp_path) -> Iterator[Cluster]:
     c = start_cluster(tmp_path)
     yield c
     c.stop_all()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def external_etcd_servers(tmp_path, names: tuple[str, ...]) -> Iterator[list[AgentProcess]]:
+    """A one-member etcd the test runs itself, and one ``-server`` agent per name using it through
+    ``-etcd-endpoints`` (no member of their own), each on its own loopback address."""
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed")
+    cport, pport = _free_port(), _free_port()
+    etcd = subprocess.Popen(
+        ["etcd", "--name", "ext", "--data-dir", str(tmp_path / "etcd"),
+         "--listen-client-urls", f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+         "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+         "--initial-cluster", f"ext=http://127.0.0.1:{pport}", "--log-level", "warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agents: list[AgentProcess] = []
+    try:
+        block = _block()
+        for i, name in enumerate(names, 1):
+            agents.append(launch("-server", "-node", name, "-data-dir", str(tmp_path / name),
+                                 "-bind", f"{block}.{i}", "-client", f"{block}.{i}",
+                                 "-etcd-endpoints", f"http://127.0.0.1:{cport}", dev=False))
+        yield agents
+    finally:
+        for x in agents:
+            x.stop()
+        etcd.kill()
+        etcd.wait(10)

@@ -6,42 +6,18 @@ from __future__ import annotations
 
 import base64
 import json
-import random
-import shutil
-import socket
-import subprocess
 
 import pytest
 
-from tests.conftest import launch, wait_until
+from tests.cluster.conftest import external_etcd_servers
+from tests.conftest import wait_until
 from tests.integration.test_fastpath import Conn, both, fast_answers, request, without_date
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_fast_reads_on_a_cluster_server_see_every_acknowledged_write(tmp_path) -> None:
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd is not installed")
-    cport, pport = _free_port(), _free_port()
-    etcd = subprocess.Popen(
-        ["etcd", "--name", "fp", "--data-dir", str(tmp_path / "etcd"),
-         "--listen-client-urls", f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-         "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-         "--initial-cluster", f"fp=http://127.0.0.1:{pport}", "--log-level", "warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    agents = []
-    try:
-        block = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}"
-        for i, name in enumerate(("f1", "f2"), 1):
-            agents.append(launch("-server", "-node", name, "-data-dir", str(tmp_path / name),
-                                 "-bind", f"{block}.{i}", "-client", f"{block}.{i}",
-                                 "-etcd-endpoints", f"http://127.0.0.1:{cport}", dev=False))
+    with external_etcd_servers(tmp_path, ("f1", "f2")) as agents:
         a, b = agents
         wait_until(lambda: a.request("PUT", "/v1/kv/lin", "0", timeout=10)[2] == b"true", timeout=30)
         wait_until(lambda: b.request("GET", "/v1/kv/lin?raw", timeout=10)[2] == b"0", timeout=30)
@@ -69,8 +45,3 @@ def test_fast_reads_on_a_cluster_server_see_every_acknowledged_write(tmp_path) -
         assert base64.b64decode(json.loads(woken[2])[0]["Value"]) == b"woken"
         assert without_date(woken)[0] == b"HTTP/1.1 200 OK"
         conn.close()
-    finally:
-        for x in agents:
-            x.stop()
-        etcd.kill()
-        etcd.wait(10)
