@@ -19,12 +19,11 @@ from beacon.telemetry import REGISTRY
 
 INTERVAL = 0.02  # 50 wake-ups a second: well under 1% of a core
 
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LAG = Histogram("beacon_event_loop_lag_seconds", "How late a periodic timer on the event loop ran: the time "
-                "other callbacks held the loop.", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                                           0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
+                "other callbacks held the loop.", buckets=BUCKETS, registry=REGISTRY)
 LAG_CPU = Histogram("beacon_event_loop_lag_cpu_seconds", "The part of each lateness the loop's own thread spent "
-                    "on the CPU (the rest: waiting for a core on a busy machine).",
-                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
+                    "on the CPU (the rest: waiting for a core on a busy machine).", buckets=BUCKETS, registry=REGISTRY)
 LAG_MAX = Gauge("beacon_event_loop_lag_max_seconds", "The longest event loop stall measured since start.",
                 registry=REGISTRY)
 GC_FULL = Gauge("beacon_gc_full_collections", "Full (generation 2) collections since start.", registry=REGISTRY)

@@ -130,11 +130,16 @@ def flag(request: web.Request, name: str) -> bool:
     return name in request.query
 
 
+# The words Go's strconv.ParseBool takes (what Consul parses query flags with); an empty value is true.
+TRUE_WORDS = frozenset({"", "1", "t", "T", "TRUE", "true", "True"})
+FALSE_WORDS = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
 def parse_bool(value: str, what: str) -> bool:
     v = value.strip()
-    if v in ("", "1", "t", "T", "TRUE", "true", "True"):
+    if v in TRUE_WORDS:
         return True
-    if v in ("0", "f", "F", "FALSE", "false", "False"):
+    if v in FALSE_WORDS:
         return False
     raise HTTPError(400, f"Invalid value for {what}")
 

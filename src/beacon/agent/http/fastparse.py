@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import httptools
 
+from beacon.agent.http.core import FALSE_WORDS, TRUE_WORDS
 from beacon.durations import parse_duration
 
 # Route kinds, and the route labels aiohttp's path gives the same requests in the request metrics.
 KV, HEALTH, SERVICES = 0, 1, 2
 LABELS = {KV: "/v1/kv/{key}", HEALTH: "/v1/health/service/{service}", SERVICES: "/v1/catalog/services"}
 _KNOWN = {b"index", b"wait", b"stale", b"consistent", b"pretty", b"passing"}
-_TRUE = {b"", b"1", b"t", b"T", b"TRUE", b"true", b"True"}
-_FALSE = {b"0", b"f", b"F", b"FALSE", b"false", b"False"}
+_TRUE = frozenset(w.encode() for w in TRUE_WORDS)
+_FALSE = frozenset(w.encode() for w in FALSE_WORDS)
 
 
 def parse_target(url: bytes) -> tuple[int, str, bool, int, float | None, int, bool] | None:
