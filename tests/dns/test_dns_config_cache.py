@@ -63,13 +63,31 @@ def test_cache_rotates_variants_and_checks_the_index() -> None:
     cache = AnswerCache()
     key = b"question"
     for i in range(3):
-        assert cache.next_variant(key, 7) == i
-        cache.add(key, 7, b"ID" + bytes([i]), variants=3, time_dependent=False)
+        assert cache.next_variant(key) == i
+        cache.add(key, 7, b"ID" + bytes([i]), variants=3, time_dependent=False, variant=i)
     index, next_tail, _, _ = cache.entries[key]
     assert index == 7 and [next_tail() for _ in range(4)] == [b"\x00", b"\x01", b"\x02", b"\x00"]
+    # Without deps, a newer catalog restarts the collection: the order built for it is not kept.
     cache.add(b"other", 8, b"IDx", variants=2, time_dependent=False)
-    assert cache.next_variant(b"other", 9) == 0  # a newer catalog restarts the collection
-    assert b"other" not in cache.entries
+    assert cache.next_variant(b"other") == 1
+    cache.add(b"other", 9, b"IDy", variants=2, time_dependent=False, variant=1)
+    assert cache.next_variant(b"other") == 0 and b"other" not in cache.entries
+
+
+def test_cache_keeps_collecting_across_versions_while_the_deps_hold() -> None:
+    cache = AnswerCache()
+    deps = (("service_index", "web", 5),)
+    cache.add(b"q", 10, b"ID0", variants=3, time_dependent=False, deps=deps, variant=0)
+    cache.add(b"q", 11, b"ID1", variants=3, time_dependent=False, deps=deps, variant=1)
+    # What it read moved: the collection starts over with this build (variant 0 only).
+    moved = (("service_index", "web", 6),)
+    cache.add(b"q", 12, b"IDa", variants=3, time_dependent=False, deps=moved, variant=2)
+    assert cache.next_variant(b"q") == 0 and b"q" not in cache.entries
+    for i, index in enumerate((13, 14, 15)):
+        cache.add(b"q", index, b"ID" + bytes([65 + i]), variants=3, time_dependent=False, deps=moved, variant=i)
+    index, next_tail, _, _ = cache.entries[b"q"]
+    assert index == 15 and [next_tail() for _ in range(3)] == [b"A", b"B", b"C"]
+    assert cache.deps[b"q"] == moved
 
 
 def test_cache_drops_soa_answers_every_tick_and_bounds_its_size() -> None:

@@ -40,12 +40,11 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def next_variant(self, key: bytes, index: int) -> int:
-        """Which answer order to build next for ``key`` (0 unless some are already collected)."""
+    def next_variant(self, key: bytes) -> int:
+        """Which answer order to build next for ``key`` (0 unless some are already collected; whether
+        the collection still holds is decided when the build is added)."""
         warming = self._warming.get(key)
-        if warming is None or warming[0] != index:
-            return 0
-        return len(warming[1])
+        return 0 if warming is None else len(warming[1])
 
     def revalidate(self, key: bytes, entry: Entry, index: int, store: object) -> bool:
         """Is ``entry`` (stamped with an older catalog version) still the answer at ``index``? If what
@@ -61,8 +60,15 @@ class AnswerCache:
         return True
 
     def add(self, key: bytes, index: int, wire: bytes, variants: int, time_dependent: bool,
-            deps: Deps | None = None) -> None:
-        """Record one built answer; the entry goes live once all ``variants`` orders are in."""
+            deps: Deps | None = None, variant: int = 0) -> None:
+        """Record one built answer (order number ``variant``, from :meth:`next_variant`); the entry
+        goes live once all ``variants`` orders are in.
+
+        The orders collected so far stay valid across catalog versions while what the answer read
+        is unchanged (equal deps): under churn elsewhere the version moves between nearly every two
+        queries, and restarting the collection at each version kept a several-instance answer from
+        ever going live (every query rebuilt it). An answer without deps keeps its orders only at
+        one catalog version."""
         if len(wire) > self.max_entry_bytes:
             return
         tail = wire[2:]
@@ -70,12 +76,19 @@ class AnswerCache:
             self._store(key, index, [tail], time_dependent, deps)
             return
         warming = self._warming.get(key)
-        if warming is None or warming[0] != index:
+        if warming is not None and (variant != len(warming[1]) or (
+                warming[0] != index and (deps is None or deps != warming[2]))):
+            del self._warming[key]  # what the answer read changed: start over
+            warming = None
+        if warming is None:
+            if variant != 0:
+                return  # built for a collection that no longer holds: answered, not kept
             if len(self._warming) >= 4096:
                 self._warming.clear()
             warming = (index, [], deps)
-            self._warming[key] = warming
         warming[1].append(tail)
+        warming = (index, warming[1], warming[2])
+        self._warming[key] = warming
         if len(warming[1]) >= variants:
             del self._warming[key]
             # The first build's deps: they are the oldest reads, so a change after any variant was

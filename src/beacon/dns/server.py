@@ -157,7 +157,7 @@ class DNSServer:
             send(data[:2] + entry[1]())
             return
         tracking = Tracking(self.store)
-        ctx = Context(tracking, self.cfg, tcp=tcp, variant=cache.next_variant(key, index), rng=self._rng)
+        ctx = Context(tracking, self.cfg, tcp=tcp, variant=cache.next_variant(key), rng=self._rng)
         try:
             reply = route(data, ctx)
         except Exception:
@@ -180,7 +180,7 @@ class DNSServer:
         if len(reply.wire) >= 4:
             telemetry.dns_query(_qtype_name(key), RCODE.get(reply.wire[3] & 0x0F, "?"))
         if reply.cacheable:
-            cache.add(key, index, reply.wire, reply.variants, reply.time_dependent, tracking.deps())
+            cache.add(key, index, reply.wire, reply.variants, reply.time_dependent, tracking.deps(), ctx.variant)
 
     def _forward(self, data: bytes, tcp: bool, send: Callable[[bytes], None], servfail: bytes) -> None:
         if len(self._tasks) >= MAX_PENDING_FORWARDS:
