@@ -2,7 +2,7 @@
 supervising its etcd member) and client agents, loaded through the catalog API.
 
     python3 bench/scale.py [--nodes 10000] [--instances 172000] [--clients 2] [--watchers 1000]
-                           [--churn-seconds 20] [--load-timeout 420] [--quick]
+                           [--churn-seconds 20] [--load-timeout 420] [--quick] [--burst]
 
 ``--quick``: 500 nodes, 8,600 instances, 200 watchers, 10 s of churn (about a minute in all).
 
@@ -15,9 +15,10 @@ Phases, each printed as it finishes (issue 16's aims in brackets):
 2. **Memory**: each server's RSS (the agent, and its etcd member separately) [< 2 GiB per server].
 3. **Lookups under churn**: every second 1% of the instances change health (their check flips
    between passing and critical; ``PUT /v1/txn`` with ``Check`` ``set`` operations, 64 a request, as
-   a batch of agents' anti-entropy syncs would), while one client asks a server for one service
-   (``svc-0.service.consul A`` over UDP DNS and ``GET /v1/health/service/svc-0?passing``) back to
-   back. p50/p99 of each [p99 < 10 ms].
+   a batch of agents' anti-entropy syncs would, the requests spread evenly over the second;
+   ``--burst`` sends each second's at once), while a separate probe process asks a server for one
+   service (``svc-0.service.consul A`` over UDP DNS and ``GET /v1/health/service/svc-0?passing``)
+   back to back. p50/p99 of each [p99 < 10 ms].
 4. **Fan-out**: ``--watchers`` blocking queries on ``/v1/health/service/svc-1`` spread over the client
    agents; one health change of an svc-1 instance; time until every watcher has its answer
    [< 1 s].
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import env, loadavg  # noqa: E402
+from _util import cpu_seconds, env, loadavg  # noqa: E402
 
 BLOCK = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}"
 PER_SERVICE = 17
@@ -167,6 +168,17 @@ async def wait_for(what: str, fn, timeout: float) -> object:  # noqa: ANN001
 
 def service_of(i: int, services: int) -> str:
     return f"svc-{i % services}"
+
+
+def cpu_shares(servers: list[Proc], clients: list[Proc]) -> dict[str, float]:
+    """CPU seconds so far of each agent, each server's etcd member and this generator."""
+    out = {"generator": time.process_time()}
+    for p in servers + clients:
+        out[f"{p.name} agent"] = cpu_seconds(p.proc.pid)
+        e = etcd_pid(p.proc.pid) if p in servers else None
+        if e:
+            out[f"{p.name} etcd"] = cpu_seconds(e)
+    return out
 
 
 def node_of(i: int, nodes: int) -> str:
@@ -310,51 +322,21 @@ def dns_query(name: str, ident: int) -> bytes:
     return q + b"\x00\x00\x01\x00\x01"
 
 
-async def lookups_under_churn(s: aiohttp.ClientSession, servers: list[Proc], instances: int, nodes: int,
-                              seconds: float) -> dict[str, float]:
+async def probe_lookups(dns_target: tuple[str, int], http_base: str, seconds: float) -> dict[str, list[float]]:
+    """Back-to-back lookups, timed by a process that does nothing else (see ``--probe``)."""
     stop_at = time.monotonic() + seconds
-    flips = max(1, instances // 100)
-    changed = 0
-    state: dict[int, str] = {}
-
-    async def churn() -> None:
-        nonlocal changed
-        rng = random.Random(7)
-        tick = time.monotonic()
-        k = 0
-        while time.monotonic() < stop_at:
-            picks = [rng.randrange(instances) for _ in range(flips)]
-            ops = []
-            for i in picks:
-                state[i] = "critical" if state.get(i, "passing") == "passing" else "passing"
-                ops.append({"Check": {"Verb": "set", "Check": {
-                    "Node": node_of(i, nodes), "CheckID": f"c-{i}", "Name": "probe", "ServiceID": f"i-{i}",
-                    "Status": state[i]}}})
-
-            async def send(batch: list[dict], base: str) -> int:
-                async with s.put(f"{base}/v1/txn", json=batch, timeout=aiohttp.ClientTimeout(total=10)) as r:
-                    await r.read()
-                    return len(batch) if r.status == 200 else 0
-
-            got = await asyncio.gather(*(send(ops[j:j + 64], servers[(k + j // 64) % 3].base)
-                                         for j in range(0, len(ops), 64)), return_exceptions=True)
-            changed += sum(g for g in got if isinstance(g, int))
-            k += 1
-            tick += 1.0
-            await asyncio.sleep(max(0.0, tick - time.monotonic()))
 
     async def dns_loop() -> list[float]:
         loop = asyncio.get_running_loop()
         out: list[float] = []
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        target = (servers[0].addr, servers[0].dns)
         ident = 0
         try:
             while time.monotonic() < stop_at:
                 ident = (ident + 1) & 0xFFFF
                 t0 = time.perf_counter()
-                await loop.sock_sendto(sock, dns_query("svc-0.service.consul", ident), target)
+                await loop.sock_sendto(sock, dns_query("svc-0.service.consul", ident), dns_target)
                 try:
                     async with asyncio.timeout(2):
                         while (await loop.sock_recv(sock, 4096))[:2] != ident.to_bytes(2, "big"):
@@ -368,12 +350,12 @@ async def lookups_under_churn(s: aiohttp.ClientSession, servers: list[Proc], ins
             sock.close()
         return out
 
-    async def http_loop(query: str) -> list[float]:
+    async def http_loop(s: aiohttp.ClientSession, query: str) -> list[float]:
         out: list[float] = []
         while time.monotonic() < stop_at:
             t0 = time.perf_counter()
             try:  # a lookup that fails or takes over 5 s counts as 5 s
-                async with s.get(f"{servers[1].base}/v1/health/service/svc-0?passing{query}",
+                async with s.get(f"{http_base}/v1/health/service/svc-0?passing{query}",
                                  timeout=aiohttp.ClientTimeout(total=5)) as r:
                     await r.read()
                     ok = r.status == 200
@@ -383,10 +365,71 @@ async def lookups_under_churn(s: aiohttp.ClientSession, servers: list[Proc], ins
             await asyncio.sleep(0.002)
         return out
 
-    # Default consistency (the server first confirms with etcd that it has applied the log's head,
-    # so it waits for its apply backlog) and ?stale (local state, what DNS serves), side by side.
-    _, dns, http, stale = await asyncio.gather(churn(), dns_loop(), http_loop(""), http_loop("&stale"))
-    return {"changes_per_s": changed / seconds, "dns_n": len(dns), "dns_p50_ms": pct(dns, 50) * 1e3,
+    async with aiohttp.ClientSession() as s:
+        # Default consistency (the server first confirms with etcd that it has applied the log's head,
+        # so it waits for its apply backlog) and ?stale (local state, what DNS serves), side by side.
+        dns, http, stale = await asyncio.gather(dns_loop(), http_loop(s, ""), http_loop(s, "&stale"))
+    return {"dns": dns, "http": http, "stale": stale, "cpu": [time.process_time()]}
+
+
+async def lookups_under_churn(s: aiohttp.ClientSession, servers: list[Proc], instances: int, nodes: int,
+                              seconds: float, burst: bool = False) -> dict[str, float]:
+    """1% of the instances change health per second while a separate probe process times lookups.
+
+    The probes run in their own process: timed from this one, a lookup answered while the churn
+    encodes its next requests would be charged the generator's own work. The churn's ``PUT /v1/txn``
+    requests (64 changes each) go out evenly over each second, as independent checks' changes
+    arrive; ``burst`` sends each second's changes at once instead (the harsher load)."""
+    stop_at = time.monotonic() + seconds
+    flips = max(1, instances // 100)
+    changed = 0
+    state: dict[int, str] = {}
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.abspath(__file__), "--probe",
+        json.dumps({"dns": [servers[0].addr, servers[0].dns], "http": servers[1].base, "seconds": seconds}),
+        stdout=subprocess.PIPE)
+
+    async def send(batch: list[dict], base: str) -> int:
+        try:
+            async with s.put(f"{base}/v1/txn", json=batch, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                await r.read()
+                return len(batch) if r.status == 200 else 0
+        except (aiohttp.ClientError, TimeoutError):
+            return 0
+
+    async def churn() -> None:
+        nonlocal changed
+        rng = random.Random(7)
+        tick = time.monotonic()
+        k = 0
+        sent: list[asyncio.Task[int]] = []
+        while time.monotonic() < stop_at:
+            picks = [rng.randrange(instances) for _ in range(flips)]
+            ops = []
+            for i in picks:
+                state[i] = "critical" if state.get(i, "passing") == "passing" else "passing"
+                ops.append({"Check": {"Verb": "set", "Check": {
+                    "Node": node_of(i, nodes), "CheckID": f"c-{i}", "Name": "probe", "ServiceID": f"i-{i}",
+                    "Status": state[i]}}})
+            batches = [ops[j:j + 64] for j in range(0, len(ops), 64)]
+            for n, batch in enumerate(batches):
+                if not burst:  # the n-th request of this second at its share of the second
+                    await asyncio.sleep(max(0.0, tick + n / len(batches) - time.monotonic()))
+                sent.append(asyncio.create_task(send(batch, servers[(k + n) % 3].base)))
+            k += 1
+            tick += 1.0
+            await asyncio.sleep(max(0.0, tick - time.monotonic()))
+        changed = sum(await asyncio.gather(*sent))
+
+    async def finished() -> dict[str, list[float]]:
+        out, _ = await probe.communicate()
+        if probe.returncode != 0:
+            raise RuntimeError(f"the lookup probe process failed ({probe.returncode})")
+        return json.loads(out)
+
+    _, got = await asyncio.gather(churn(), finished())
+    dns, http, stale = got["dns"], got["http"], got["stale"]
+    return {"probe_cpu": got["cpu"][0], "changes_per_s": changed / seconds, "dns_n": len(dns), "dns_p50_ms": pct(dns, 50) * 1e3,
             "dns_p99_ms": pct(dns, 99) * 1e3, "http_n": len(http), "http_p50_ms": pct(http, 50) * 1e3,
             "http_p99_ms": pct(http, 99) * 1e3, "stale_n": len(stale), "stale_p50_ms": pct(stale, 50) * 1e3,
             "stale_p99_ms": pct(stale, 99) * 1e3}
@@ -470,7 +513,10 @@ async def run(args: argparse.Namespace, servers: list[Proc], clients: list[Proc]
             spies = [subprocess.Popen(["py-spy", "record", "-p", str(p.proc.pid), "-d", str(int(args.churn_seconds)),
                                        "-r", "100", "-f", "raw", "-o", f"{args.py_spy}.{p.name}", "--nonblocking"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in servers]
-        look = await lookups_under_churn(s, servers, done or args.instances, args.nodes, args.churn_seconds)
+        cpu0, t0 = cpu_shares(servers, clients), time.monotonic()
+        look = await lookups_under_churn(s, servers, done or args.instances, args.nodes, args.churn_seconds,
+                                         args.burst)
+        cpu1, wall = cpu_shares(servers, clients), time.monotonic() - t0
         lag1 = [await loop_lag(s, p) for p in servers]
         for spy in spies:
             await asyncio.to_thread(spy.wait, 60)
@@ -482,6 +528,10 @@ async def run(args: argparse.Namespace, servers: list[Proc], clients: list[Proc]
               f"{look['http_p50_ms']:.2f} ms p99 {look['http_p99_ms']:.2f} ms ({look['http_n']:,}); HTTP ?stale p50 "
               f"{look['stale_p50_ms']:.2f} ms p99 {look['stale_p99_ms']:.2f} ms ({look['stale_n']:,}) "
               f"(load {loadavg()})", flush=True)
+        shares = {k: (cpu1[k] - cpu0.get(k, 0.0)) / wall for k in cpu1}
+        shares["probe process"] = look["probe_cpu"] / wall
+        print("  CPU during the churn, share of one core: " + ", ".join(
+            f"{k} {v:.0%}" for k, v in shares.items()) + f"; all {sum(shares.values()):.0%} of 200%", flush=True)
         for p, b, a in zip(servers, lag0, lag1, strict=True):
             print(f"  event loop during the churn, {lag_line(p.name, b, a)}", flush=True)
 
@@ -514,7 +564,15 @@ def main() -> int:
     ap.add_argument("--skip-snapshot", action="store_true")
     ap.add_argument("--py-spy", metavar="FILE", help="record each server with py-spy during the churn (collapsed stacks)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--burst", action="store_true",
+                    help="send each second's health changes at once instead of spread over the second")
+    ap.add_argument("--probe", metavar="JSON", help=argparse.SUPPRESS)  # the lookup probe process
     args = ap.parse_args()
+    if args.probe:
+        cfg = json.loads(args.probe)
+        got = asyncio.run(probe_lookups((cfg["dns"][0], int(cfg["dns"][1])), cfg["http"], float(cfg["seconds"])))
+        print(json.dumps(got))
+        return 0
     if args.quick:
         args.nodes, args.instances, args.watchers, args.churn_seconds = 500, 8_600, 200, 10
     t0 = time.monotonic()
