@@ -181,6 +181,16 @@ def cpu_shares(servers: list[Proc], clients: list[Proc]) -> dict[str, float]:
     return out
 
 
+def etcd_client_url(server: Proc) -> str:
+    """The client URL of a server's etcd member (loopback, from its command line)."""
+    pid = etcd_pid(server.proc.pid)
+    if pid is None:
+        raise RuntimeError(f"{server.name} has no etcd member")
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().decode().split("\0")
+    return argv[argv.index("--listen-client-urls") + 1]
+
+
 def node_of(i: int, nodes: int) -> str:
     return f"node-{i % nodes}"
 
@@ -322,8 +332,11 @@ def dns_query(name: str, ident: int) -> bytes:
     return q + b"\x00\x00\x01\x00\x01"
 
 
-async def probe_lookups(dns_target: tuple[str, int], http_base: str, seconds: float) -> dict[str, list[float]]:
-    """Back-to-back lookups, timed by a process that does nothing else (see ``--probe``)."""
+async def probe_lookups(dns_target: tuple[str, int], http_base: str, seconds: float,
+                        etcd_url: str = "") -> dict[str, list[float]]:
+    """Back-to-back lookups, timed by a process that does nothing else (see ``--probe``). With
+    ``etcd_url`` (the HTTP server's own etcd member), also etcd's linearizable range of one key, the
+    step a default-consistency read adds to a stale one, as etcd itself answers it under this load."""
     stop_at = time.monotonic() + seconds
 
     async def dns_loop() -> list[float]:
@@ -365,15 +378,34 @@ async def probe_lookups(dns_target: tuple[str, int], http_base: str, seconds: fl
             await asyncio.sleep(0.002)
         return out
 
+    async def etcd_loop(s: aiohttp.ClientSession) -> list[float]:
+        out: list[float] = []
+        body = {"key": "L2JlYWNvbi9kYzEvbG9n", "keys_only": True}  # /beacon/dc1/log, as the barrier reads it
+        while time.monotonic() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                async with s.post(f"{etcd_url}/v3/kv/range", json=body, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            out.append(time.perf_counter() - t0 if ok else 5.0)
+            await asyncio.sleep(0.002)
+        return out
+
     async with aiohttp.ClientSession() as s:
         # Default consistency (the server first confirms with etcd that it has applied the log's head,
         # so it waits for its apply backlog) and ?stale (local state, what DNS serves), side by side.
-        dns, http, stale = await asyncio.gather(dns_loop(), http_loop(s, ""), http_loop(s, "&stale"))
-    return {"dns": dns, "http": http, "stale": stale, "cpu": [time.process_time()]}
+        loops = [dns_loop(), http_loop(s, ""), http_loop(s, "&stale")]
+        if etcd_url:
+            loops.append(etcd_loop(s))
+        got = await asyncio.gather(*loops)
+    return {"dns": got[0], "http": got[1], "stale": got[2], "etcd": got[3] if etcd_url else [],
+            "cpu": [time.process_time()]}
 
 
 async def lookups_under_churn(s: aiohttp.ClientSession, servers: list[Proc], instances: int, nodes: int,
-                              seconds: float, burst: bool = False) -> dict[str, float]:
+                              seconds: float, burst: bool = False, etcd_probe: bool = False) -> dict[str, float]:
     """1% of the instances change health per second while a separate probe process times lookups.
 
     The probes run in their own process: timed from this one, a lookup answered while the churn
@@ -386,7 +418,8 @@ async def lookups_under_churn(s: aiohttp.ClientSession, servers: list[Proc], ins
     state: dict[int, str] = {}
     probe = await asyncio.create_subprocess_exec(
         sys.executable, os.path.abspath(__file__), "--probe",
-        json.dumps({"dns": [servers[0].addr, servers[0].dns], "http": servers[1].base, "seconds": seconds}),
+        json.dumps({"dns": [servers[0].addr, servers[0].dns], "http": servers[1].base, "seconds": seconds,
+                    "etcd": etcd_client_url(servers[1]) if etcd_probe else ""}),
         stdout=subprocess.PIPE)
 
     async def send(batch: list[dict], base: str) -> int:
@@ -428,8 +461,9 @@ async def lookups_under_churn(s: aiohttp.ClientSession, servers: list[Proc], ins
         return json.loads(out)
 
     _, got = await asyncio.gather(churn(), finished())
-    dns, http, stale = got["dns"], got["http"], got["stale"]
-    return {"probe_cpu": got["cpu"][0], "changes_per_s": changed / seconds, "dns_n": len(dns), "dns_p50_ms": pct(dns, 50) * 1e3,
+    dns, http, stale, etcd = got["dns"], got["http"], got["stale"], got["etcd"]
+    return {"probe_cpu": got["cpu"][0], "etcd_n": len(etcd), "etcd_p50_ms": pct(etcd, 50) * 1e3 if etcd else 0.0,
+            "etcd_p99_ms": pct(etcd, 99) * 1e3 if etcd else 0.0, "changes_per_s": changed / seconds, "dns_n": len(dns), "dns_p50_ms": pct(dns, 50) * 1e3,
             "dns_p99_ms": pct(dns, 99) * 1e3, "http_n": len(http), "http_p50_ms": pct(http, 50) * 1e3,
             "http_p99_ms": pct(http, 99) * 1e3, "stale_n": len(stale), "stale_p50_ms": pct(stale, 50) * 1e3,
             "stale_p99_ms": pct(stale, 99) * 1e3}
@@ -515,7 +549,7 @@ async def run(args: argparse.Namespace, servers: list[Proc], clients: list[Proc]
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in servers]
         cpu0, t0 = cpu_shares(servers, clients), time.monotonic()
         look = await lookups_under_churn(s, servers, done or args.instances, args.nodes, args.churn_seconds,
-                                         args.burst)
+                                         args.burst, args.etcd_probe)
         cpu1, wall = cpu_shares(servers, clients), time.monotonic() - t0
         lag1 = [await loop_lag(s, p) for p in servers]
         for spy in spies:
@@ -527,6 +561,8 @@ async def run(args: argparse.Namespace, servers: list[Proc], clients: list[Proc]
               f"{look['dns_p50_ms']:.2f} ms p99 {look['dns_p99_ms']:.2f} ms ({look['dns_n']:,} queries); HTTP p50 "
               f"{look['http_p50_ms']:.2f} ms p99 {look['http_p99_ms']:.2f} ms ({look['http_n']:,}); HTTP ?stale p50 "
               f"{look['stale_p50_ms']:.2f} ms p99 {look['stale_p99_ms']:.2f} ms ({look['stale_n']:,}) "
+              + (f"; etcd's own linearizable range at s2's member p50 {look['etcd_p50_ms']:.2f} ms p99 "
+                 f"{look['etcd_p99_ms']:.2f} ms ({look['etcd_n']:,}) " if look["etcd_n"] else "") +
               f"(load {loadavg()})", flush=True)
         shares = {k: (cpu1[k] - cpu0.get(k, 0.0)) / wall for k in cpu1}
         shares["probe process"] = look["probe_cpu"] / wall
@@ -566,11 +602,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--burst", action="store_true",
                     help="send each second's health changes at once instead of spread over the second")
+    ap.add_argument("--etcd-probe", action="store_true",
+                    help="also time etcd's own linearizable range at the HTTP server's member (the barrier's step)")
     ap.add_argument("--probe", metavar="JSON", help=argparse.SUPPRESS)  # the lookup probe process
     args = ap.parse_args()
     if args.probe:
         cfg = json.loads(args.probe)
-        got = asyncio.run(probe_lookups((cfg["dns"][0], int(cfg["dns"][1])), cfg["http"], float(cfg["seconds"])))
+        got = asyncio.run(probe_lookups((cfg["dns"][0], int(cfg["dns"][1])), cfg["http"], float(cfg["seconds"]),
+                                        cfg["etcd"]))
         print(json.dumps(got))
         return 0
     if args.quick:

@@ -18,12 +18,13 @@ def txn(n: int, ops: int = 64) -> list[dict[str, Any]]:
 
 def test_small_batches_go_whole() -> None:
     assert _batch_len(kv(7)) == 7
-    assert _batch_len(txn(2)) == 2  # 128 ops: exactly the cap
+    assert _batch_len(txn(1) + kv(3)) == 1  # the txn fills the cap alone
+    assert _batch_len(txn(2, ops=MAX_OPS // 2)) == 2  # exactly the cap
 
 
 def test_ops_cap_cuts_txn_bursts() -> None:
-    assert _batch_len(txn(9)) == 2
-    assert _batch_len(txn(1) + kv(100)) == 1 + MAX_OPS - 64
+    assert _batch_len(txn(9)) == 1
+    assert _batch_len(txn(1, ops=10) + kv(100)) == 1 + MAX_OPS - 10
     assert _batch_len(kv(1000)) == MAX_OPS
 
 

@@ -68,7 +68,7 @@ log = logging.getLogger("beacon.etcd")
 
 TICK_IDLE = 1.0
 ATTEMPT = 1.0       # seconds per put attempt before retrying the same envelope
-MAX_OPS = 128       # operations per put, a txn counting its ops: bounds one entry's apply (the loop's
+MAX_OPS = 64        # operations per put, a txn counting its ops: bounds one entry's apply (the loop's
                     # stall) and keeps the envelope far below etcd's 1.5 MiB request limit
 MAX_INFLIGHT = 4    # batch puts in flight per server
 INDEX_STRIDE = 1000  # Consul index = etcd revision * 1000 + position in the batch
