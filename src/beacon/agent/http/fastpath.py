@@ -43,10 +43,10 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from beacon import telemetry
-from beacon.acl.resolver import ACLNotFound
-from beacon.acl.rules import READ
 from beacon.agent.http.core import Encoded
+from beacon.agent.http.fastacl import FastACL
 from beacon.agent.http.fastparse import HEALTH, KV, LABELS, HeadParser, parse_target, token_of
+from beacon.agent.http.fastwrite import HANDOFF, MORE, FastWrites, Write
 from beacon.agent.http.limits import ConnectionGuard, GuardedProtocol
 from beacon.agent.http.metrics import observe
 from beacon.agent.http.views import views_of
@@ -90,15 +90,15 @@ class Request:
 
 
 class _Answered(Collector):
-    """``beacon_http_fast_answers_total``: reads this path answered (read at scrape time; the tests
-    use it to prove a request took this path and not aiohttp's)."""
+    """``beacon_http_fast_answers_total``: requests this path answered, reads and KV writes (read at
+    scrape time; the tests use it to prove a request took this path and not aiohttp's)."""
 
     def __init__(self) -> None:
         self.paths: weakref.WeakSet[FastPath] = weakref.WeakSet()
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily("beacon_http_fast_answers", "HTTP reads answered from cached views before "
-                                  "aiohttp parsed them.", value=sum(p.answered for p in self.paths))
+        yield CounterMetricFamily("beacon_http_fast_answers", "HTTP reads from cached views and KV writes "
+                                  "answered before aiohttp parsed them.", value=sum(p.answered for p in self.paths))
 
 
 _answered = _Answered()
@@ -126,7 +126,9 @@ class FastPath:
         self.barrier_batch: list[FastProtocol] = []
         self.barrier_open = False
         self.tasks: set[asyncio.Task[None]] = set()
-        self._readable: dict[tuple[int, int], tuple[Any, Encoded, bool]] = {}
+        self.acl = FastACL(agent.acl) if agent.acl is not None else None
+        self.writes = FastWrites(agent.submit, self.acl, agent.config.kv_max_value_size, self.heads, self.date,
+                                 self.tasks)
         self._sweeper: asyncio.TimerHandle | None = None
         agent.hub.listeners.append(self._changed)
         _answered.paths.add(self)
@@ -159,47 +161,6 @@ class FastPath:
             ok = False
         for conn in batch:
             conn.after_barrier(ok)
-
-    def allowed(self, req: Request, secret: str) -> bool:
-        """Whether the ACL layer may let the handler's reply through untouched for this token (the
-        rules of acl_enforce.TABLE for these routes). For a list whose items the layer filters, the
-        token's authorizer goes on ``req.authz`` and :meth:`readable` decides once the view is read."""
-        resolver = self.agent.acl
-        if resolver is None:
-            return True
-        try:
-            ident = resolver.resolve_here(secret)
-        except ACLNotFound:
-            return False  # aiohttp's path answers "ACL not found"
-        authz = ident.authz
-        if authz.allow_all:
-            return True
-        if req.kind == KV:
-            return bool(authz.key_read(req.arg))  # kv_get's gate
-        if req.kind == HEALTH and not authz.allowed("service", req.arg, READ):
-            return False  # _named_then: an emptied, filtered reply
-        req.authz = authz
-        return True
-
-    def readable(self, req: Request, body: Encoded | None) -> bool:
-        """Whether the ACL layer's filter keeps every item of this view for ``req.authz`` (so it
-        sends the reply unchanged): health entries by node:read, the service list by service:read.
-        Decided once per authorizer and view version."""
-        authz = req.authz
-        if body is None:
-            return True
-        key = (id(authz), id(body))
-        hit = self._readable.get(key)
-        if hit is not None and hit[0] is authz and hit[1] is body:
-            return hit[2]
-        if req.kind == HEALTH:
-            ok = all(authz.node_read(_node_name(e)) for e in body.value)
-        else:
-            ok = all(authz.service_read(name) for name in body.value)
-        if len(self._readable) >= 1024:
-            self._readable.clear()  # bounded: tokens times view versions
-        self._readable[key] = (authz, body, ok)  # holding both: their ids cannot be reused meanwhile
-        return ok
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: FastProtocol(self.guard, inner, self)
@@ -387,7 +348,7 @@ class FastProtocol(GuardedProtocol):
     """A guarded connection that answers fast reads itself until its first request that is not
     one; from then on (and for good) it hands every byte to aiohttp's handler."""
 
-    __slots__ = ("_path", "_fast", "_buf", "_paused", "parked", "timer", "active", "held")
+    __slots__ = ("_path", "_fast", "_buf", "_paused", "parked", "timer", "active", "held", "_unread")
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol], fast: FastPath) -> None:
         super().__init__(guard, factory)
@@ -398,7 +359,9 @@ class FastProtocol(GuardedProtocol):
         self.parked: Request | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.active = 0.0
-        self.held: tuple[Request, bytes] | None = None  # a request (and its head) waiting for a read barrier
+        # A request (and its head) waiting for a read barrier, or a write waiting for consensus.
+        self.held: tuple[Request, bytes] | Write | None = None
+        self._unread = False  # reading paused while a write is in flight and much is pipelined behind it
 
     # ------------------------------------------------------------------ connection
     def start(self, transport: Any) -> None:
@@ -417,7 +380,11 @@ class FastProtocol(GuardedProtocol):
         self._buf = self._buf + data if self._buf else data
         if self.parked is not None or self.held is not None or self._paused:
             if len(self._buf) > MAX_PENDING:
-                self.abort()
+                if isinstance(self.held, Write) and self._transport is not None:
+                    self._unread = True  # writes pipelined behind a write: TCP's flow control, as aiohttp
+                    self._transport.pause_reading()
+                else:
+                    self.abort()
             return
         self._process()
 
@@ -470,6 +437,16 @@ class FastProtocol(GuardedProtocol):
                     return
                 break
             self.head_complete()
+            if buf[pos] != 71:  # not b"G": a KV write (fastwrite.py), or aiohttp's
+                taken = fast.writes.take(self, buf, pos, end + 4)
+                if taken == MORE:  # its body is not all here: wait for it
+                    break
+                if taken == HANDOFF:
+                    self._buf = buf[pos:]
+                    self._handoff()
+                    return
+                self._buf = buf[taken:]  # in flight: the rest waits for write_done
+                return
             req = self._parse(buf[pos:end + 4])
             if req is not None and fast.barrier and req.consistency != 1:
                 # A cluster server's default and ?consistent reads first wait for a linearizable
@@ -494,7 +471,8 @@ class FastProtocol(GuardedProtocol):
         except Exception:  # a bug, not a client's doing: aiohttp's path answers (and logs) it
             log.exception("fast path: reading %s failed; handing the request to aiohttp", LABELS[req.kind])
             return False
-        if req.authz is not None and not ((req.index == 0 or index > req.index) and fast.readable(req, body)):
+        if req.authz is not None and not ((req.index == 0 or index > req.index) and fast.acl is not None
+                                          and fast.acl.readable(req, body)):
             return False  # the ACL layer would filter this reply, or it would park: aiohttp's path does both
         if req.index == 0 or index > req.index:
             self._answer(fast.render(req, index, body), req)
@@ -505,7 +483,7 @@ class FastProtocol(GuardedProtocol):
     def after_barrier(self, ok: bool) -> None:
         """The read barrier this connection's request waited for is done (``ok``) or failed."""
         held, self.held = self.held, None
-        if held is None or self._fast is None:
+        if not isinstance(held, tuple) or self._fast is None:
             return
         req, head = held
         if not (ok and self.agent_knows_leader() and self._serve(req)):
@@ -534,9 +512,24 @@ class FastProtocol(GuardedProtocol):
             coding = "deflate" if b"deflate" in accept.lower() else "gzip"  # deflate first, then gzip
         req = Request(kind, arg, passing, index, wait or 0.0, consistency, pretty, time.perf_counter(), coding)
         secret = token_of(headers)
-        if secret is None or not fast.allowed(req, secret):
+        if secret is None or (fast.acl is not None and not fast.acl.allowed(req, secret)):
             return None
         return req
+
+    def write_done(self, answer: bytes) -> None:
+        """The write this connection held its requests for is answered (FastWrites)."""
+        self.held = None
+        transport = self._transport
+        if transport is None or self._fast is None:
+            return  # the client left: the write stands, its answer goes nowhere
+        transport.write(answer)
+        self._fast.answered += 1
+        self.active = asyncio.get_running_loop().time()
+        if self._unread and not self._paused:
+            self._unread = False
+            transport.resume_reading()
+        if self._buf and self.parked is None and not self._paused:
+            self._process()
 
     def agent_knows_leader(self) -> bool:
         fast = self._fast
@@ -622,9 +615,3 @@ class FastProtocol(GuardedProtocol):
         if self._transport is not None:
             self._transport.abort()
 
-
-def _node_name(entry: Any) -> str:
-    """acl_enforce's ``_get(entry, "Node", "Node")``."""
-    node = entry.get("Node") if isinstance(entry, dict) else None
-    name = node.get("Node") if isinstance(node, dict) else None
-    return name if isinstance(name, str) else ""
