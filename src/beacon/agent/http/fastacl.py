@@ -14,7 +14,7 @@ from beacon.agent.http.core import Encoded
 from beacon.agent.http.fastparse import HEALTH, KV
 
 if TYPE_CHECKING:
-    from beacon.agent.http.fastpath import Request
+    from beacon.agent.http.fastparse import Request
 
 
 class FastACL:
@@ -40,6 +40,14 @@ class FastACL:
         if req.kind == HEALTH and not authz.allowed("service", req.arg, READ):
             return False  # _named_then: an emptied, filtered reply
         req.authz = authz
+        return True
+
+    def known(self, secret: str) -> bool:
+        """The token resolves (routes that need no permission still refuse an unknown token)."""
+        try:
+            self.resolver.resolve_here(secret)
+        except ACLNotFound:
+            return False
         return True
 
     def may_write(self, secret: str, key: str) -> bool:

@@ -1,8 +1,11 @@
-"""Reading a request head for the fast read path (:mod:`beacon.agent.http.fastpath`): which
+"""Reading a request head for the fast paths (reads: :mod:`beacon.agent.http.fastpath`, KV writes:
+:mod:`beacon.agent.http.fastwrite`): which
 targets and headers it may answer, decided from the bytes alone. Anything not recognised here is
 aiohttp's to answer, so every rule errs towards handing over."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import httptools
 
@@ -15,6 +18,25 @@ LABELS = {KV: "/v1/kv/{key}", HEALTH: "/v1/health/service/{service}", SERVICES: 
 _KNOWN = {b"index", b"wait", b"stale", b"consistent", b"pretty", b"passing"}
 _TRUE = frozenset(w.encode() for w in TRUE_WORDS)
 _FALSE = frozenset(w.encode() for w in FALSE_WORDS)
+
+
+class Request:
+    """What the fast path needs of one parsed request: its view and how to answer it."""
+
+    __slots__ = ("kind", "arg", "passing", "index", "wait", "consistency", "pretty", "t0", "coding", "authz")
+
+    def __init__(self, kind: int, arg: str, passing: bool, index: int, wait: float, consistency: int,
+                 pretty: bool, t0: float, coding: str = "") -> None:
+        self.kind = kind
+        self.arg = arg
+        self.passing = passing
+        self.index = index
+        self.wait = wait
+        self.consistency = consistency
+        self.pretty = pretty
+        self.t0 = t0
+        self.coding = coding  # "gzip"/"deflate": what aiohttp's path would compress a large body with
+        self.authz: Any = None  # an ACL authorizer whose reply must be checked item by item (FastACL.readable)
 
 
 def plain_url(url: bytes) -> bool:

@@ -9,8 +9,11 @@ requests; client agents relay reads to servers and are not served here). With AC
 (:mod:`beacon.agent.http.acl_enforce`), and only a token that may read everything the answer holds is
 answered here (a management token; ``key:read`` on the key for KV; for the health and service lists a
 token whose reading keeps every item of the view); a denial or a reply the ACL layer would filter goes
-to aiohttp, which answers it. Heads are read by :mod:`beacon.agent.http.fastparse`. Everything else, and everything after
-the first request a connection hands over, goes to aiohttp unchanged: the aiohttp path
+to aiohttp, which answers it (the decisions: :mod:`beacon.agent.http.fastacl`). Heads are read by
+:mod:`beacon.agent.http.fastparse`, answers written by :mod:`beacon.agent.http.fastanswer`; KV writes
+(``PUT``/``DELETE /v1/kv/<key>``) on the same connections are :mod:`beacon.agent.http.fastwrite`'s.
+Everything else, and everything after the first request a connection hands over, goes to aiohttp
+unchanged: the aiohttp path
 (:mod:`beacon.agent.http.core`, the route handlers) is the reference behaviour, and this path
 answers only what it can answer byte for byte as that path would (tests/integration/test_fastpath.py
 runs the same requests through both and compares them).
@@ -35,17 +38,16 @@ import random
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from aiohttp.http import SERVER_SOFTWARE
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from beacon import telemetry
-from beacon.agent.http.core import Encoded
+from beacon.agent.http.core import Encoded, encode_compact, encode_pretty
 from beacon.agent.http.fastacl import FastACL
-from beacon.agent.http.fastparse import HEALTH, KV, LABELS, HeadParser, parse_target, token_of
+from beacon.agent.http.fastanswer import Clock, plain_answer, render_read
+from beacon.agent.http.fastparse import HEALTH, KV, LABELS, HeadParser, Request, parse_target, token_of
 from beacon.agent.http.fastwrite import HANDOFF, MORE, FastWrites, Write
 from beacon.agent.http.limits import ConnectionGuard, GuardedProtocol
 from beacon.agent.http.metrics import observe
@@ -57,37 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("beacon.agent.http")
 
 MAX_HEAD = 8190          # aiohttp's own line limit: a longer head goes to aiohttp for its 4xx
-JOIN_BELOW = 16 * 1024   # bodies up to this size are sent in one buffer with their head (larger: not copied)
 MAX_PENDING = 64 * 1024  # bytes a parked or write-paused connection may send ahead before it is cut
-
-_CONSISTENCY = (b"leader", b"stale", b"consistent")
-
-# core.render compresses a JSON body over this size when the client accepts gzip
-COMPRESS_ABOVE = 1024
-_HEAD = (b"HTTP/1.1 %s\r\nX-Consul-Index: %d\r\nX-Consul-KnownLeader: %s\r\nX-Consul-LastContact: %d\r\n"
-         b"X-Consul-Effective-Consistency: %s\r\n%sContent-Length: %d\r\nDate: %s\r\nServer: "
-         + SERVER_SOFTWARE.encode() + b"\r\n\r\n")
-_HEAD_CODED = _HEAD.replace(b"Content-Length: %d\r\n", b"Content-Length: %d\r\nContent-Encoding: %s\r\n")
-
-
-class Request:
-    """What the fast path needs of one parsed request: its view and how to answer it."""
-
-    __slots__ = ("kind", "arg", "passing", "index", "wait", "consistency", "pretty", "t0", "coding", "authz")
-
-    def __init__(self, kind: int, arg: str, passing: bool, index: int, wait: float, consistency: int,
-                 pretty: bool, t0: float, coding: str = "") -> None:
-        self.kind = kind
-        self.arg = arg
-        self.passing = passing
-        self.index = index
-        self.wait = wait
-        self.consistency = consistency
-        self.pretty = pretty
-        self.t0 = t0
-        self.coding = coding  # "gzip"/"deflate": what aiohttp's path would compress a large body with
-        self.authz: Any = None  # an ACL authorizer whose reply must be checked item by item (FastPath.readable)
-
 
 class _Answered(Collector):
     """``beacon_http_fast_answers_total``: requests this path answered, reads and KV writes (read at
@@ -120,14 +92,14 @@ class FastPath:
         self.pending: set[tuple[int, str, bool]] = set()
         self.answered = 0  # requests answered here: tests prove the path is armed with it
         self.parked_total = 0
-        self._date = (0, b"")
+        self.clock = Clock()
         self.heads = HeadParser()
         self.barrier = agent.mode == "server"  # reads wait for the log (Agent.consistent_read)
         self.barrier_batch: list[FastProtocol] = []
         self.barrier_open = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.acl = FastACL(agent.acl) if agent.acl is not None else None
-        self.writes = FastWrites(agent.submit, self.acl, agent.config.kv_max_value_size, self.heads, self.date,
+        self.writes = FastWrites(agent.submit, self.acl, agent.config.kv_max_value_size, self.heads, self.clock.date,
                                  self.tasks)
         self._sweeper: asyncio.TimerHandle | None = None
         agent.hub.listeners.append(self._changed)
@@ -174,35 +146,23 @@ class FastPath:
             return views.health_service(req.arg, req.passing)
         return views.catalog_services()
 
-    def date(self) -> bytes:
-        now = int(time.time())
-        if self._date[0] != now:
-            self._date = (now, formatdate(now, usegmt=True).encode())
-        return self._date[1]
-
     def render(self, req: Request, index: int, body: Encoded | None) -> tuple[bytes, bytes, int]:
-        """(head, body, status) as core.render writes them for the same reply."""
+        return render_read(self.agent.consensus, self.dev, req, index, body, self.clock.date())
+
+    def status_leader(self, head: bytes) -> bytes | None:
+        """``GET /v1/status/leader`` as status.py answers it (no X-Consul-* headers), or None for
+        aiohttp's path. Clients poll it between KV requests on the same keep-alive connection, which
+        would otherwise hand that connection to aiohttp for good."""
+        parsed = self.heads.parse(head)
+        if parsed is None or parsed[0] != b"/v1/status/leader":
+            return None
+        secret = token_of(parsed[1])
+        if secret is None or (self.acl is not None and not self.acl.known(secret)):
+            return None  # aiohttp's path answers "ACL not found" (the route itself needs no permission)
         consensus = self.agent.consensus
-        leader = b"true" if consensus.known_leader() else b"false"
-        contact = consensus.last_contact_ms()
-        if index < 1:
-            index = 1
-        if body is None:  # KV miss: 404, empty, no Content-Type
-            return (_HEAD % (b"404 Not Found", index, leader, contact, _CONSISTENCY[req.consistency], b"", 0,
-                             self.date()), b"", 404)
-        pretty = self.dev or req.pretty
-        data = body.pretty() if pretty else body.compact()
-        content = b"Content-Type: application/json\r\n"
-        if req.coding and len(data) > COMPRESS_ABOVE:  # core.render's rule; the bytes made once per view
-            data = body.compressed(pretty, req.coding)
-            head = _HEAD_CODED % (b"200 OK", index, leader, contact, _CONSISTENCY[req.consistency], content,
-                                  len(data), req.coding.encode(), self.date())
-        else:
-            head = _HEAD % (b"200 OK", index, leader, contact, _CONSISTENCY[req.consistency], content, len(data),
-                            self.date())
-        if len(data) <= JOIN_BELOW:  # one buffer, one send: what a woken watcher's answer costs
-            return head + data, b"", 200
-        return head, data, 200
+        value = consensus.leader_address() if consensus.known_leader() else ""
+        body = encode_pretty(value) if self.dev else encode_compact(value)
+        return plain_answer(200, b"application/json", body, self.clock.date())
 
     # ------------------------------------------------------------------ blocking queries
     def park(self, conn: FastProtocol, req: Request) -> None:
@@ -437,6 +397,17 @@ class FastProtocol(GuardedProtocol):
                     return
                 break
             self.head_complete()
+            if buf.startswith(b"GET /v1/status/leader ", pos):
+                t0 = time.perf_counter()
+                answer = fast.status_leader(buf[pos:end + 4])
+                if answer is None:
+                    self._buf = buf[pos:]
+                    self._handoff()
+                    return
+                self.write_answer(answer)
+                observe("GET", "/v1/status/leader", 200, time.perf_counter() - t0)
+                pos = end + 4
+                continue
             if buf[pos] != 71:  # not b"G": a KV write (fastwrite.py), or aiohttp's
                 taken = fast.writes.take(self, buf, pos, end + 4)
                 if taken == MORE:  # its body is not all here: wait for it
@@ -516,15 +487,20 @@ class FastProtocol(GuardedProtocol):
             return None
         return req
 
+    def write_answer(self, answer: bytes) -> None:
+        transport = self._transport
+        assert transport is not None and self._fast is not None
+        transport.write(answer)
+        self._fast.answered += 1
+        self.active = asyncio.get_running_loop().time()
+
     def write_done(self, answer: bytes) -> None:
         """The write this connection held its requests for is answered (FastWrites)."""
         self.held = None
         transport = self._transport
         if transport is None or self._fast is None:
             return  # the client left: the write stands, its answer goes nowhere
-        transport.write(answer)
-        self._fast.answered += 1
-        self.active = asyncio.get_running_loop().time()
+        self.write_answer(answer)
         if self._unread and not self._paused:
             self._unread = False
             transport.resume_reading()

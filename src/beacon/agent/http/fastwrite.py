@@ -26,12 +26,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
-from aiohttp.http import SERVER_SOFTWARE
-
 from beacon.agent.http.core import error_answer
+from beacon.agent.http.fastanswer import plain_answer
 from beacon.agent.http.fastparse import KV, LABELS, HeadParser, plain_url, token_of
 from beacon.agent.http.metrics import observe
 from beacon.endpoints import Submit
@@ -46,8 +44,6 @@ UINT64_MAX = 2**64 - 1
 MAX_BODY = 1024 * 1024  # buffered here at most; larger limits' bodies go to aiohttp (client_max_size 16 MiB)
 HANDOFF, MORE = -1, -2  # FastWrites.take: aiohttp answers this request / its body is not all here yet
 
-_ANSWER = (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\nServer: "
-           + SERVER_SOFTWARE.encode() + b"\r\n\r\n")
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"  # aiohttp's web.Response(text=..., content_type="text/plain")
 _PUT_PARAMS = frozenset({b"cas", b"flags", b"token"})
@@ -169,5 +165,5 @@ class FastWrites:
                 log.exception("unexpected error serving %s /v1/kv/%s", "PUT" if write.put else "DELETE", write.key)
                 answer = 500, f"Internal error: {exc}"
             status, ctype, body = answer[0], _TEXT, answer[1].encode()
-        conn.write_done(_ANSWER % (status, HTTPStatus(status).phrase.encode(), ctype, len(body), self.date()) + body)
+        conn.write_done(plain_answer(status, ctype, body, self.date()))
         observe("PUT" if write.put else "DELETE", LABELS[KV], status, time.perf_counter() - write.t0)
