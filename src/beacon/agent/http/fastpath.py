@@ -410,7 +410,8 @@ class FastProtocol(GuardedProtocol):
                 continue
             if buf[pos] != 71:  # not b"G": a KV write (fastwrite.py), or aiohttp's
                 taken = fast.writes.take(self, buf, pos, end + 4)
-                if taken == MORE:  # its body is not all here: wait for it
+                if taken == MORE:  # its body is not all here: wait for it (arriving bytes are not idleness)
+                    self.active = asyncio.get_running_loop().time()
                     break
                 if taken == HANDOFF:
                     self._buf = buf[pos:]
