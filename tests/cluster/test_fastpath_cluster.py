@@ -21,12 +21,15 @@ def test_fast_reads_on_a_cluster_server_see_every_acknowledged_write(tmp_path) -
         a, b = agents
         wait_until(lambda: a.request("PUT", "/v1/kv/lin", "0", timeout=10)[2] == b"true", timeout=30)
         wait_until(lambda: b.request("GET", "/v1/kv/lin?raw", timeout=10)[2] == b"0", timeout=30)
-        before = fast_answers(b)
-        conn = Conn(b)
-        for i in range(1, 21):  # written through a, read at once through b's fast path: never stale
-            assert a.request("PUT", "/v1/kv/lin", str(i), timeout=10)[2] == b"true"
+        before, writes_before = fast_answers(b), fast_answers(a)
+        conn, writer = Conn(b), Conn(a)
+        for i in range(1, 21):  # written through a's fast write path, read at once through b's: never stale
+            writer.send("/v1/kv/lin", method="PUT", body=str(i).encode())
+            assert writer.read()[2] == b"true"
             status, _, body = conn.call("/v1/kv/lin")
             assert status == b"HTTP/1.1 200 OK" and base64.b64decode(json.loads(body)[0]["Value"]) == str(i).encode()
+        assert fast_answers(a) - writes_before == 20
+        writer.close()
         # A burst shares barriers and still answers in order.
         conn.sock.sendall(b"".join(request("/v1/kv/lin" if n % 2 else "/v1/kv/nope") for n in range(20)))
         burst = [conn.read() for _ in range(20)]

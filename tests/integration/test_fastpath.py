@@ -1,7 +1,7 @@
 """The fast read path (beacon.agent.http.fastpath) answers exactly what aiohttp's path answers.
 
 Every case sends the same request bytes twice to a real agent: on a fresh connection (the fast path
-answers it when it can) and on a connection that already went to aiohttp (a ``/v1/status/leader``
+answers it when it can) and on a connection that already went to aiohttp (a ``/v1/status/peers``
 first hands it over for good). Status line, every header but ``Date``, and the body must be equal;
 ``beacon_http_fast_answers_total`` proves which requests the fast path took.
 """
@@ -31,7 +31,7 @@ class Conn:
         self.sock = socket.create_connection((agent.host, agent.http_port), timeout=30)
         self.buf = b""
         if via_aiohttp:  # a request the fast path never takes: the connection is aiohttp's from here on
-            self.send("/v1/status/leader")
+            self.send("/v1/status/peers")
             assert self.read()[0].startswith(b"HTTP/1.1 200")
 
     def send(self, target: str, headers: dict[str, str] | None = None, method: str = "GET", body: bytes = b"") -> None:
@@ -177,6 +177,8 @@ def test_reads_match_the_aiohttp_path(server) -> None:
     assert (b"X-Cache", b"MISS") in Conn(server).call("/v1/health/service/web?cached&x=1")[1]
     assert fast_answers(server) == before
     both(server, "/v1/kv/foo", {"X-Consul-Namespace": "ns1"}, fast=False)
+    assert both(server, "/v1/status/leader")[2].startswith(b'"127.0.0.1:')  # polled between KV requests
+    both(server, "/v1/status/leader?pretty", fast=False)
     assert (b"Connection", b"close") in both(server, "/v1/kv/foo", {"Connection": "close"}, fast=False)[1]
     # Compressed as aiohttp compresses a body over 1 KiB (deflate first when both are accepted).
     assert len(both(server, "/v1/health/service/web")[2]) > 1024
@@ -205,7 +207,7 @@ def test_keep_alive_pipelining_and_a_hand_over_keep_the_order(server) -> None:
     got.append(conn.read())
     assert fast_answers(server) - before == 101
     assert [without_date(a) for a in got] == [without_date(slow.call(t)) for t in [*burst, "/v1/kv/foo"]]
-    # A write hands the connection to aiohttp; a read pipelined behind it still comes after it.
+    # A write (the fast write path's) and a read only aiohttp answers (?raw) pipelined behind it: in order.
     conn.sock.sendall(request("/v1/kv/foo", method="PUT", body=b"baz") + request("/v1/kv/foo?raw"))
     assert conn.read()[2] == b"true"
     assert conn.read()[2] == b"baz"
@@ -244,6 +246,9 @@ def test_acl_decisions_match_the_aiohttp_path(acl_agent) -> None:
     denied = both(acl_agent, "/v1/kv/other/y", {"X-Consul-Token": LIMITED}, fast=False)
     assert denied[0].startswith(b"HTTP/1.1 403")
     assert both(acl_agent, "/v1/kv/app/x", fast=False)[0].startswith(b"HTTP/1.1 403")  # anonymous
+    both(acl_agent, "/v1/status/leader")  # needs no permission (and -dev's pretty JSON)
+    both(acl_agent, "/v1/status/leader", {"X-Consul-Token": LIMITED})
+    assert both(acl_agent, "/v1/status/leader", {"X-Consul-Token": "nope"}, fast=False)[0].startswith(b"HTTP/1.1 403")
     both(acl_agent, "/v1/health/service/web", {"X-Consul-Token": MGMT})
     filtered = both(acl_agent, "/v1/health/service/web", {"X-Consul-Token": LIMITED}, fast=False)
     assert (b"X-Consul-Results-Filtered-By-ACLs", b"true") in filtered[1] and json.loads(filtered[2]) == []

@@ -332,21 +332,28 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return error_response(request, exc)
 
 
+def error_answer(exc: Exception) -> tuple[int, str] | None:
+    """(status, text) of the errors handlers raise on purpose (domain, decode, consensus); None for
+    anything else, a bug. The fast write path (fastwrite.py) answers its errors with the same words."""
+    if isinstance(exc, HTTPError):
+        return exc.status, exc.message
+    if isinstance(exc, BeaconError):
+        return ERROR_STATUS.get(exc.kind, 500), exc.message
+    if isinstance(exc, DecodeError | NoLeaderError):
+        return (400 if isinstance(exc, DecodeError) else 500), str(exc)
+    if isinstance(exc, NotDurableError):
+        return 500, f"Write refused, nothing was changed: {exc}"
+    return None
+
+
 def error_response(request: web.Request, exc: Exception) -> web.Response:
     """The answer for an exception out of a handler. Call it from the ``except`` block (an
     unexpected error is logged with its traceback)."""
-    if isinstance(exc, HTTPError):
-        return web.Response(status=exc.status, text=exc.message, content_type="text/plain")
-    if isinstance(exc, BeaconError):
-        return web.Response(status=ERROR_STATUS.get(exc.kind, 500), text=exc.message, content_type="text/plain")
-    if isinstance(exc, DecodeError):
-        return web.Response(status=400, text=str(exc), content_type="text/plain")
-    if isinstance(exc, NoLeaderError):
-        return web.Response(status=500, text=str(exc), content_type="text/plain")
-    if isinstance(exc, NotDurableError):
-        return web.Response(status=500, text=f"Write refused, nothing was changed: {exc}", content_type="text/plain")
-    log.exception("unexpected error serving %s %s", request.method, request.path)
-    return web.Response(status=500, text=f"Internal error: {exc}", content_type="text/plain")
+    answer = error_answer(exc)
+    if answer is None:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        answer = 500, f"Internal error: {exc}"
+    return web.Response(status=answer[0], text=answer[1], content_type="text/plain")
 
 
 async def read_json(request: web.Request, required: bool = True) -> Any:

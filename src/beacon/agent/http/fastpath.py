@@ -9,8 +9,11 @@ requests; client agents relay reads to servers and are not served here). With AC
 (:mod:`beacon.agent.http.acl_enforce`), and only a token that may read everything the answer holds is
 answered here (a management token; ``key:read`` on the key for KV; for the health and service lists a
 token whose reading keeps every item of the view); a denial or a reply the ACL layer would filter goes
-to aiohttp, which answers it. Heads are read by :mod:`beacon.agent.http.fastparse`. Everything else, and everything after
-the first request a connection hands over, goes to aiohttp unchanged: the aiohttp path
+to aiohttp, which answers it (the decisions: :mod:`beacon.agent.http.fastacl`). Heads are read by
+:mod:`beacon.agent.http.fastparse`, answers written by :mod:`beacon.agent.http.fastanswer`; KV writes
+(``PUT``/``DELETE /v1/kv/<key>``) on the same connections are :mod:`beacon.agent.http.fastwrite`'s.
+Everything else, and everything after the first request a connection hands over, goes to aiohttp
+unchanged: the aiohttp path
 (:mod:`beacon.agent.http.core`, the route handlers) is the reference behaviour, and this path
 answers only what it can answer byte for byte as that path would (tests/integration/test_fastpath.py
 runs the same requests through both and compares them).
@@ -35,18 +38,17 @@ import random
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from aiohttp.http import SERVER_SOFTWARE
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from beacon import telemetry
-from beacon.acl.resolver import ACLNotFound
-from beacon.acl.rules import READ
-from beacon.agent.http.core import Encoded
-from beacon.agent.http.fastparse import HEALTH, KV, LABELS, HeadParser, parse_target, token_of
+from beacon.agent.http.core import Encoded, encode_compact, encode_pretty
+from beacon.agent.http.fastacl import FastACL
+from beacon.agent.http.fastanswer import Clock, plain_answer, render_read
+from beacon.agent.http.fastparse import HEALTH, KV, LABELS, HeadParser, Request, parse_target, token_of
+from beacon.agent.http.fastwrite import HANDOFF, MORE, FastWrites, Write
 from beacon.agent.http.limits import ConnectionGuard, GuardedProtocol
 from beacon.agent.http.metrics import observe
 from beacon.agent.http.views import views_of
@@ -57,48 +59,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("beacon.agent.http")
 
 MAX_HEAD = 8190          # aiohttp's own line limit: a longer head goes to aiohttp for its 4xx
-JOIN_BELOW = 16 * 1024   # bodies up to this size are sent in one buffer with their head (larger: not copied)
 MAX_PENDING = 64 * 1024  # bytes a parked or write-paused connection may send ahead before it is cut
 
-_CONSISTENCY = (b"leader", b"stale", b"consistent")
-
-# core.render compresses a JSON body over this size when the client accepts gzip
-COMPRESS_ABOVE = 1024
-_HEAD = (b"HTTP/1.1 %s\r\nX-Consul-Index: %d\r\nX-Consul-KnownLeader: %s\r\nX-Consul-LastContact: %d\r\n"
-         b"X-Consul-Effective-Consistency: %s\r\n%sContent-Length: %d\r\nDate: %s\r\nServer: "
-         + SERVER_SOFTWARE.encode() + b"\r\n\r\n")
-_HEAD_CODED = _HEAD.replace(b"Content-Length: %d\r\n", b"Content-Length: %d\r\nContent-Encoding: %s\r\n")
-
-
-class Request:
-    """What the fast path needs of one parsed request: its view and how to answer it."""
-
-    __slots__ = ("kind", "arg", "passing", "index", "wait", "consistency", "pretty", "t0", "coding", "authz")
-
-    def __init__(self, kind: int, arg: str, passing: bool, index: int, wait: float, consistency: int,
-                 pretty: bool, t0: float, coding: str = "") -> None:
-        self.kind = kind
-        self.arg = arg
-        self.passing = passing
-        self.index = index
-        self.wait = wait
-        self.consistency = consistency
-        self.pretty = pretty
-        self.t0 = t0
-        self.coding = coding  # "gzip"/"deflate": what aiohttp's path would compress a large body with
-        self.authz: Any = None  # an ACL authorizer whose reply must be checked item by item (FastPath.readable)
-
-
 class _Answered(Collector):
-    """``beacon_http_fast_answers_total``: reads this path answered (read at scrape time; the tests
-    use it to prove a request took this path and not aiohttp's)."""
+    """``beacon_http_fast_answers_total``: requests this path answered, reads and KV writes (read at
+    scrape time; the tests use it to prove a request took this path and not aiohttp's)."""
 
     def __init__(self) -> None:
         self.paths: weakref.WeakSet[FastPath] = weakref.WeakSet()
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily("beacon_http_fast_answers", "HTTP reads answered from cached views before "
-                                  "aiohttp parsed them.", value=sum(p.answered for p in self.paths))
+        yield CounterMetricFamily("beacon_http_fast_answers", "HTTP reads from cached views and KV writes "
+                                  "answered before aiohttp parsed them.", value=sum(p.answered for p in self.paths))
 
 
 _answered = _Answered()
@@ -120,13 +92,15 @@ class FastPath:
         self.pending: set[tuple[int, str, bool]] = set()
         self.answered = 0  # requests answered here: tests prove the path is armed with it
         self.parked_total = 0
-        self._date = (0, b"")
+        self.clock = Clock()
         self.heads = HeadParser()
         self.barrier = agent.mode == "server"  # reads wait for the log (Agent.consistent_read)
         self.barrier_batch: list[FastProtocol] = []
         self.barrier_open = False
         self.tasks: set[asyncio.Task[None]] = set()
-        self._readable: dict[tuple[int, int], tuple[Any, Encoded, bool]] = {}
+        self.acl = FastACL(agent.acl) if agent.acl is not None else None
+        self.writes = FastWrites(agent.submit, self.acl, agent.config.kv_max_value_size, self.heads, self.clock.date,
+                                 self.tasks)
         self._sweeper: asyncio.TimerHandle | None = None
         agent.hub.listeners.append(self._changed)
         _answered.paths.add(self)
@@ -160,47 +134,6 @@ class FastPath:
         for conn in batch:
             conn.after_barrier(ok)
 
-    def allowed(self, req: Request, secret: str) -> bool:
-        """Whether the ACL layer may let the handler's reply through untouched for this token (the
-        rules of acl_enforce.TABLE for these routes). For a list whose items the layer filters, the
-        token's authorizer goes on ``req.authz`` and :meth:`readable` decides once the view is read."""
-        resolver = self.agent.acl
-        if resolver is None:
-            return True
-        try:
-            ident = resolver.resolve_here(secret)
-        except ACLNotFound:
-            return False  # aiohttp's path answers "ACL not found"
-        authz = ident.authz
-        if authz.allow_all:
-            return True
-        if req.kind == KV:
-            return bool(authz.key_read(req.arg))  # kv_get's gate
-        if req.kind == HEALTH and not authz.allowed("service", req.arg, READ):
-            return False  # _named_then: an emptied, filtered reply
-        req.authz = authz
-        return True
-
-    def readable(self, req: Request, body: Encoded | None) -> bool:
-        """Whether the ACL layer's filter keeps every item of this view for ``req.authz`` (so it
-        sends the reply unchanged): health entries by node:read, the service list by service:read.
-        Decided once per authorizer and view version."""
-        authz = req.authz
-        if body is None:
-            return True
-        key = (id(authz), id(body))
-        hit = self._readable.get(key)
-        if hit is not None and hit[0] is authz and hit[1] is body:
-            return hit[2]
-        if req.kind == HEALTH:
-            ok = all(authz.node_read(_node_name(e)) for e in body.value)
-        else:
-            ok = all(authz.service_read(name) for name in body.value)
-        if len(self._readable) >= 1024:
-            self._readable.clear()  # bounded: tokens times view versions
-        self._readable[key] = (authz, body, ok)  # holding both: their ids cannot be reused meanwhile
-        return ok
-
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: FastProtocol(self.guard, inner, self)
 
@@ -213,35 +146,23 @@ class FastPath:
             return views.health_service(req.arg, req.passing)
         return views.catalog_services()
 
-    def date(self) -> bytes:
-        now = int(time.time())
-        if self._date[0] != now:
-            self._date = (now, formatdate(now, usegmt=True).encode())
-        return self._date[1]
-
     def render(self, req: Request, index: int, body: Encoded | None) -> tuple[bytes, bytes, int]:
-        """(head, body, status) as core.render writes them for the same reply."""
+        return render_read(self.agent.consensus, self.dev, req, index, body, self.clock.date())
+
+    def status_leader(self, head: bytes) -> bytes | None:
+        """``GET /v1/status/leader`` as status.py answers it (no X-Consul-* headers), or None for
+        aiohttp's path. Clients poll it between KV requests on the same keep-alive connection, which
+        would otherwise hand that connection to aiohttp for good."""
+        parsed = self.heads.parse(head)
+        if parsed is None or parsed[0] != b"/v1/status/leader":
+            return None
+        secret = token_of(parsed[1])
+        if secret is None or (self.acl is not None and not self.acl.known(secret)):
+            return None  # aiohttp's path answers "ACL not found" (the route itself needs no permission)
         consensus = self.agent.consensus
-        leader = b"true" if consensus.known_leader() else b"false"
-        contact = consensus.last_contact_ms()
-        if index < 1:
-            index = 1
-        if body is None:  # KV miss: 404, empty, no Content-Type
-            return (_HEAD % (b"404 Not Found", index, leader, contact, _CONSISTENCY[req.consistency], b"", 0,
-                             self.date()), b"", 404)
-        pretty = self.dev or req.pretty
-        data = body.pretty() if pretty else body.compact()
-        content = b"Content-Type: application/json\r\n"
-        if req.coding and len(data) > COMPRESS_ABOVE:  # core.render's rule; the bytes made once per view
-            data = body.compressed(pretty, req.coding)
-            head = _HEAD_CODED % (b"200 OK", index, leader, contact, _CONSISTENCY[req.consistency], content,
-                                  len(data), req.coding.encode(), self.date())
-        else:
-            head = _HEAD % (b"200 OK", index, leader, contact, _CONSISTENCY[req.consistency], content, len(data),
-                            self.date())
-        if len(data) <= JOIN_BELOW:  # one buffer, one send: what a woken watcher's answer costs
-            return head + data, b"", 200
-        return head, data, 200
+        value = consensus.leader_address() if consensus.known_leader() else ""
+        body = encode_pretty(value) if self.dev else encode_compact(value)
+        return plain_answer(200, b"application/json", body, self.clock.date())
 
     # ------------------------------------------------------------------ blocking queries
     def park(self, conn: FastProtocol, req: Request) -> None:
@@ -387,7 +308,7 @@ class FastProtocol(GuardedProtocol):
     """A guarded connection that answers fast reads itself until its first request that is not
     one; from then on (and for good) it hands every byte to aiohttp's handler."""
 
-    __slots__ = ("_path", "_fast", "_buf", "_paused", "parked", "timer", "active", "held")
+    __slots__ = ("_path", "_fast", "_buf", "_paused", "parked", "timer", "active", "held", "_unread")
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol], fast: FastPath) -> None:
         super().__init__(guard, factory)
@@ -398,7 +319,9 @@ class FastProtocol(GuardedProtocol):
         self.parked: Request | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.active = 0.0
-        self.held: tuple[Request, bytes] | None = None  # a request (and its head) waiting for a read barrier
+        # A request (and its head) waiting for a read barrier, or a write waiting for consensus.
+        self.held: tuple[Request, bytes] | Write | None = None
+        self._unread = False  # reading paused while a write is in flight and much is pipelined behind it
 
     # ------------------------------------------------------------------ connection
     def start(self, transport: Any) -> None:
@@ -417,7 +340,11 @@ class FastProtocol(GuardedProtocol):
         self._buf = self._buf + data if self._buf else data
         if self.parked is not None or self.held is not None or self._paused:
             if len(self._buf) > MAX_PENDING:
-                self.abort()
+                if isinstance(self.held, Write) and self._transport is not None:
+                    self._unread = True  # writes pipelined behind a write: TCP's flow control, as aiohttp
+                    self._transport.pause_reading()
+                else:
+                    self.abort()
             return
         self._process()
 
@@ -470,6 +397,28 @@ class FastProtocol(GuardedProtocol):
                     return
                 break
             self.head_complete()
+            if buf.startswith(b"GET /v1/status/leader ", pos):
+                t0 = time.perf_counter()
+                answer = fast.status_leader(buf[pos:end + 4])
+                if answer is None:
+                    self._buf = buf[pos:]
+                    self._handoff()
+                    return
+                self.write_answer(answer)
+                observe("GET", "/v1/status/leader", 200, time.perf_counter() - t0)
+                pos = end + 4
+                continue
+            if buf[pos] != 71:  # not b"G": a KV write (fastwrite.py), or aiohttp's
+                taken = fast.writes.take(self, buf, pos, end + 4)
+                if taken == MORE:  # its body is not all here: wait for it (arriving bytes are not idleness)
+                    self.active = asyncio.get_running_loop().time()
+                    break
+                if taken == HANDOFF:
+                    self._buf = buf[pos:]
+                    self._handoff()
+                    return
+                self._buf = buf[taken:]  # in flight: the rest waits for write_done
+                return
             req = self._parse(buf[pos:end + 4])
             if req is not None and fast.barrier and req.consistency != 1:
                 # A cluster server's default and ?consistent reads first wait for a linearizable
@@ -494,7 +443,8 @@ class FastProtocol(GuardedProtocol):
         except Exception:  # a bug, not a client's doing: aiohttp's path answers (and logs) it
             log.exception("fast path: reading %s failed; handing the request to aiohttp", LABELS[req.kind])
             return False
-        if req.authz is not None and not ((req.index == 0 or index > req.index) and fast.readable(req, body)):
+        if req.authz is not None and not ((req.index == 0 or index > req.index) and fast.acl is not None
+                                          and fast.acl.readable(req, body)):
             return False  # the ACL layer would filter this reply, or it would park: aiohttp's path does both
         if req.index == 0 or index > req.index:
             self._answer(fast.render(req, index, body), req)
@@ -505,7 +455,7 @@ class FastProtocol(GuardedProtocol):
     def after_barrier(self, ok: bool) -> None:
         """The read barrier this connection's request waited for is done (``ok``) or failed."""
         held, self.held = self.held, None
-        if held is None or self._fast is None:
+        if not isinstance(held, tuple) or self._fast is None:
             return
         req, head = held
         if not (ok and self.agent_knows_leader() and self._serve(req)):
@@ -534,9 +484,29 @@ class FastProtocol(GuardedProtocol):
             coding = "deflate" if b"deflate" in accept.lower() else "gzip"  # deflate first, then gzip
         req = Request(kind, arg, passing, index, wait or 0.0, consistency, pretty, time.perf_counter(), coding)
         secret = token_of(headers)
-        if secret is None or not fast.allowed(req, secret):
+        if secret is None or (fast.acl is not None and not fast.acl.allowed(req, secret)):
             return None
         return req
+
+    def write_answer(self, answer: bytes) -> None:
+        transport = self._transport
+        assert transport is not None and self._fast is not None
+        transport.write(answer)
+        self._fast.answered += 1
+        self.active = asyncio.get_running_loop().time()
+
+    def write_done(self, answer: bytes) -> None:
+        """The write this connection held its requests for is answered (FastWrites)."""
+        self.held = None
+        transport = self._transport
+        if transport is None or self._fast is None:
+            return  # the client left: the write stands, its answer goes nowhere
+        self.write_answer(answer)
+        if self._unread and not self._paused:
+            self._unread = False
+            transport.resume_reading()
+        if self._buf and self.parked is None and not self._paused:
+            self._process()
 
     def agent_knows_leader(self) -> bool:
         fast = self._fast
@@ -622,9 +592,3 @@ class FastProtocol(GuardedProtocol):
         if self._transport is not None:
             self._transport.abort()
 
-
-def _node_name(entry: Any) -> str:
-    """acl_enforce's ``_get(entry, "Node", "Node")``."""
-    node = entry.get("Node") if isinstance(entry, dict) else None
-    name = node.get("Node") if isinstance(node, dict) else None
-    return name if isinstance(name, str) else ""
