@@ -11,7 +11,14 @@ import socket
 
 import pytest
 
-from beacon.server.etcd_client import EtcdClient, EtcdCompacted, EtcdError, EtcdNotConnected, EtcdUnavailable
+from beacon.server.etcd_client import (
+    EtcdClient,
+    EtcdCompacted,
+    EtcdError,
+    EtcdNoLeader,
+    EtcdNotConnected,
+    EtcdUnavailable,
+)
 
 
 async def _server(answer):  # answer(request_body, n) -> raw response bytes or None (hang up)
@@ -96,6 +103,67 @@ async def test_errors_split_into_refused_unknown_and_answered() -> None:
     finally:
         await client.close()
         server.close()
+
+
+async def _member(leader: bool, heads: list[bytes]):
+    """A member that answers like etcd's gateway: with no leader, a request carrying gRPC's
+    ``hasleader`` metadata is refused at once (503, code 14); everything else is answered."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                heads.append(head)
+                if not leader and b"grpc-metadata-hasleader: true" in head.lower():
+                    status, doc = b"503 Service Unavailable", {"error": "etcdserver: no leader",
+                                                              "message": "etcdserver: no leader", "code": 14}
+                else:
+                    status, doc = b"200 OK", {"header": {"revision": "7"}, "kvs": [], "members": [],
+                                              "prev_kv": {"mod_revision": "6"}}
+                body = json.dumps(doc).encode()
+                writer.write(b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_requests_that_need_a_leader_ask_for_one_and_a_refusal_proposed_nothing() -> None:
+    heads: list[bytes] = []
+    server, url = await _member(False, heads)
+    client = EtcdClient([url], timeout=2)
+    try:
+        with pytest.raises(EtcdNoLeader) as refused:
+            await client.put_prev(b"/k", b"v")
+        assert isinstance(refused.value, EtcdNotConnected)  # the log retries it; nothing can commit later
+        with pytest.raises(EtcdNoLeader):
+            await client.range(b"/k")  # linearizable: needs the leader's read index
+        # Served by the member alone, so they do not ask for a leader and are answered.
+        assert await client.range(b"/k", serializable=True) == (7, [])
+        assert await client.member_list() == []
+    finally:
+        await client.close()
+        server.close()
+    asked = [b"grpc-metadata-hasleader: true" in h.lower() for h in heads]
+    assert asked == [True, True, False, False]
+
+
+async def test_a_member_without_a_leader_sends_the_request_to_the_next_endpoint() -> None:
+    cut_off: list[bytes] = []
+    majority: list[bytes] = []
+    s1, url1 = await _member(False, cut_off)
+    s2, url2 = await _member(True, majority)
+    client = EtcdClient([url1, url2], timeout=2)
+    try:
+        assert await client.put_prev(b"/k", b"v") == (7, 6)
+    finally:
+        await client.close()
+        s1.close()
+        s2.close()
+    assert len(cut_off) == 1 and len(majority) == 1
 
 
 def _msg(result: dict) -> bytes:

@@ -42,6 +42,21 @@ class EtcdNotConnected(EtcdUnavailable):
     """The request never reached etcd (connection refused): nothing was proposed."""
 
 
+class EtcdNoLeader(EtcdNotConnected):
+    """The member has no leader and refused the request before proposing it (a request that asks
+    for a leader, :data:`NEEDS_LEADER`): nothing was proposed; worth retrying in a moment."""
+
+
+# Requests that only a member with a leader can serve. They carry gRPC's ``hasleader`` metadata
+# (the gateway forwards ``Grpc-Metadata-*`` headers), so a member cut off from its leader refuses
+# them at once ("etcdserver: no leader") instead of holding them until a leader is back or etcd's
+# request timeout (~7 s): a write during an election is retried every 50 ms, not once per attempt.
+# Served locally, and so left without it: serializable ranges, member list, status, watches.
+NEEDS_LEADER = frozenset({"kv/put", "kv/txn", "kv/deleterange", "kv/compaction", "lease/grant",
+                          "lease/revoke", "lease/keepalive"})
+_HASLEADER = b"Grpc-Metadata-Hasleader: true\r\n"
+
+
 class EtcdCompacted(Exception):
     """The watch start revision has been compacted away."""
 
@@ -170,12 +185,13 @@ class EtcdClient:
         return _Conn(reader, writer)
 
     @staticmethod
-    def _request(ep: str, path: str, payload: bytes) -> bytes:
+    def _request(ep: str, path: str, payload: bytes, leader: bool = False) -> bytes:
         host = ep.partition("://")[2].rstrip("/").encode()
-        return (b"POST /v3/%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host, len(payload), payload))
+        return (b"POST /v3/%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n%s"
+                b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host, _HASLEADER if leader else b"",
+                                                     len(payload), payload))
 
-    async def _post(self, ep: str, path: str, payload: bytes, timeout: float) -> tuple[int, bytes]:
+    async def _post(self, ep: str, path: str, payload: bytes, timeout: float, leader: bool) -> tuple[int, bytes]:
         conn = self._idle_conn(ep)  # the usual case: no connect, and no timer armed for one
         if conn is None:
             try:
@@ -183,7 +199,7 @@ class EtcdClient:
                     conn = await self._connect(ep)
             except (OSError, TimeoutError, ssl.SSLError) as exc:  # never reached etcd: nothing was proposed
                 raise EtcdNotConnected(f"etcd at {ep}: {str(exc) or type(exc).__name__}") from None
-        request = self._request(ep, path, payload)
+        request = self._request(ep, path, payload, leader)
         keep = False
         try:
             async with asyncio.timeout(timeout):
@@ -198,16 +214,21 @@ class EtcdClient:
                 conn.close()
         return status, data
 
-    async def call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """POST one request; tries the endpoints in order while they refuse connections."""
-        return await self.call_raw(path, orjson.dumps(body), timeout)
+    async def call(self, path: str, body: dict[str, Any], timeout: float | None = None,
+                   leader: bool | None = None) -> dict[str, Any]:
+        """POST one request; tries the endpoints in order while they refuse connections. ``leader``:
+        ask for a member with a leader (default: :data:`NEEDS_LEADER` decides by path)."""
+        return await self.call_raw(path, orjson.dumps(body), timeout, leader)
 
-    async def call_raw(self, path: str, payload: bytes, timeout: float | None = None) -> dict[str, Any]:
+    async def call_raw(self, path: str, payload: bytes, timeout: float | None = None,
+                       leader: bool | None = None) -> dict[str, Any]:
         """:meth:`call` with the JSON body already encoded."""
         last: Exception | None = None
+        if leader is None:
+            leader = path in NEEDS_LEADER
         for i, ep in enumerate(self.endpoints):
             try:
-                status, data = await self._post(ep, path, payload, timeout or self.timeout)
+                status, data = await self._post(ep, path, payload, timeout or self.timeout, leader)
             except EtcdNotConnected as exc:  # never reached etcd: safe to try the next one
                 last = exc
                 if i + 1 < len(self.endpoints):
@@ -221,6 +242,11 @@ class EtcdClient:
                 raise EtcdError(f"etcd at {ep}: {status} {data[:200]!r}")
             if status != 200 or "error" in doc or "code" in doc and "message" in doc:
                 message = doc.get("message") or doc.get("error") or data[:200].decode(errors="replace")
+                if leader and "no leader" in str(message):  # refused before any proposal
+                    last = EtcdNoLeader(f"etcd at {ep}: {message}")
+                    if i + 1 < len(self.endpoints):
+                        continue  # another endpoint may be on the side with a leader
+                    raise last
                 if "timed out" in str(message) or "leader changed" in str(message) \
                         or "no leader" in str(message):
                     raise EtcdUnavailable(f"etcd: {message}")  # proposal outcome unknown
@@ -261,7 +287,7 @@ class EtcdClient:
             body["limit"] = str(limit)
         if keys_only:
             body["keys_only"] = True
-        doc = await self.call("kv/range", body, timeout)
+        doc = await self.call("kv/range", body, timeout, leader=not serializable)
         return int(doc["header"]["revision"]), [KV.from_json(k) for k in doc.get("kvs", [])]
 
     async def get(self, key: bytes, **kw: Any) -> tuple[int, KV | None]:

@@ -233,8 +233,8 @@ class EtcdConsensus:
                     break
                 try:
                     rev, prev = await self.client.put_prev(self.log_key, data, timeout=attempt)
-                except EtcdNotConnected:  # never reached etcd
-                    await asyncio.sleep(0.1)
+                except EtcdNotConnected:  # never reached etcd, or its member has no leader: not proposed
+                    await asyncio.sleep(0.05)
                     continue
                 except EtcdError as exc:  # refused: this copy was not proposed
                     if not uncertain:
