@@ -18,7 +18,6 @@ import asyncio
 import base64
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,46 +29,18 @@ import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import cpu_seconds, loadavg  # noqa: E402
+from raft import Etcd  # noqa: E402  (bench/raft.py's anchor: 3 members with Beacon's member settings)
 
 KEY = b"/beacon/dc1/log"
 MODES = ("none", "json", "grpc")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_cluster(tmp: str) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
-    peers = [free_port() for _ in range(3)]
-    clients = [free_port() for _ in range(3)]
-    initial = ",".join(f"m{i}=http://127.0.0.1:{peers[i]}" for i in range(3))
-    procs = []
-    for i in range(3):
-        argv = ["etcd", "--name", f"m{i}", "--data-dir", f"{tmp}/m{i}",
-                "--listen-peer-urls", f"http://127.0.0.1:{peers[i]}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peers[i]}",
-                "--listen-client-urls", f"http://127.0.0.1:{clients[i]}",
-                "--advertise-client-urls", f"http://127.0.0.1:{clients[i]}",
-                "--initial-cluster", initial, "--initial-cluster-state", "new",
-                "--snapshot-count", "10000", "--logger", "zap", "--log-level", "warn",
-                "--auto-compaction-retention", "0"]  # etcd_member.py's settings
-        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    return procs, [f"http://127.0.0.1:{c}" for c in clients]
-
-
-async def leader_of(s: aiohttp.ClientSession, urls: list[str]) -> int:
+async def leader_of(s: aiohttp.ClientSession, cluster: Etcd) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for i, u in enumerate(urls):
-            try:
-                async with s.post(f"{u}/v3/maintenance/status", json={}) as r:
-                    d = await r.json()
-            except (aiohttp.ClientError, ValueError):
-                continue
-            if d.get("leader") and d.get("leader") == d.get("header", {}).get("member_id"):
-                return i
+        leader = await cluster.leader(s)
+        if leader:
+            return leader
         await asyncio.sleep(0.2)
     raise RuntimeError("no etcd leader within 30 s")
 
@@ -93,11 +64,13 @@ async def drain_watch(url: str, stop: asyncio.Event) -> None:
 
 
 async def one_round(mode: str, tmp: str, seconds: float) -> tuple[float, float, float]:
-    procs, urls = start_cluster(tmp)
+    cluster = Etcd(tmp)
+    procs = list(cluster.procs.values())
+    urls = [f"http://{cluster.client[m]}" for m in cluster.procs]
     watchers: list[subprocess.Popen[bytes]] = []
     try:
         async with aiohttp.ClientSession() as s:
-            leader = await leader_of(s, urls)
+            leader = await leader_of(s, cluster)
             stop = asyncio.Event()
             tasks = []
             if mode == "json":
@@ -114,7 +87,7 @@ async def one_round(mode: str, tmp: str, seconds: float) -> tuple[float, float, 
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 t0 = time.perf_counter()
-                async with s.post(f"{urls[leader]}/v3/kv/put", json=put) as r:
+                async with s.post(f"http://{cluster.client[leader]}/v3/kv/put", json=put) as r:
                     await r.read()
                 lat.append(time.perf_counter() - t0)
             cpu = (sum(cpu_seconds(p.pid) for p in procs) - cpu0) / len(lat)
@@ -124,9 +97,10 @@ async def one_round(mode: str, tmp: str, seconds: float) -> tuple[float, float, 
             lat.sort()
             return statistics.median(lat) * 1e3, lat[int(len(lat) * 0.99)] * 1e3, cpu * 1e6
     finally:
-        for p in watchers + procs:
+        for p in watchers:
             p.kill()
             p.wait()
+        cluster.stop()
 
 
 async def main(rounds: int, seconds: float) -> None:
