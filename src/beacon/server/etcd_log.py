@@ -204,7 +204,8 @@ class EtcdConsensus:
 
     async def _flush_loop(self) -> None:
         """Group commit: whatever queued while earlier puts were in flight goes out as one put (up to
-        MAX_OPS operations, see _batch_len), with at most MAX_INFLIGHT puts in flight (a caller's own put counts)."""
+        MAX_OPS operations, see _batch_len), with at most MAX_INFLIGHT puts in flight (a caller's own
+        put counts)."""
         slots = self._slots
         while True:
             await self._flush_wake.wait()
@@ -730,12 +731,12 @@ class EtcdConsensus:
         await self._retrying(f"removing {raft_addr}", remove)
 
 
-
 def _batch_len(queue: list[dict[str, Any]]) -> int:
     """How many queued commands the next put takes: up to MAX_OPS operations, a txn counting its
-    ops and any other command one (at least one command). A replica applies an entry in one go, so the operations per entry bound how long
-    its loop is away from lookups (a 64-op health txn applies in ~0.8 ms in process; a burst of them
-    could otherwise share one envelope and one multi-millisecond callback)."""
+    ops and any other command one (at least one command). A replica applies an entry in one go, so
+    the operations per entry bound how long its loop is away from lookups (a 64-op health txn
+    applies in ~0.8 ms in an idle process; a burst of them could otherwise share one envelope and
+    one multi-millisecond callback)."""
     ops = 0
     for n, e in enumerate(queue[:MAX_OPS]):
         c = e["c"]
