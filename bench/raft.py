@@ -299,8 +299,8 @@ async def settle(system: System, s: aiohttp.ClientSession, stable: float, timeou
     same for ``stable`` seconds: steady state, for both systems alike. A fresh Beacon cluster's first
     seconds hold its start-up work (the co-location rule hands leader duties off the etcd leader's
     server 5-7 s after an election, then the new leader registers the servers in the catalog), which
-    a running cluster does not pay per write; measured from the first write, it cost 0.5-1 ms of the
-    sequential p50."""
+    a running cluster does not pay per write (rounds measured from the first write gave a
+    sequential p50 of 3.2-4.0 ms, one round with the leader settled 2.9 ms; rounds spread by 30%)."""
     deadline = time.monotonic() + timeout
     leader, since = "", time.monotonic()
     while time.monotonic() < deadline:
