@@ -52,9 +52,16 @@ def test_three_servers_three_clients_events_keys_failures_and_autopilot(tmp_path
         status, _, body = c.clients["c1"].request("PUT", "/v1/event/fire/deploy", b"v2")
         assert status == 200
         event_id = json.loads(body)["ID"]
-        for agent in everyone.values():
-            wait_until(lambda a=agent: any(e["ID"] == event_id and base64.b64decode(e["Payload"]) == b"v2"
-                                           for e in jget(a, "/v1/event/list?name=deploy")[1]), timeout=15)
+        def has_event(agent) -> bool:
+            return any(e["ID"] == event_id and base64.b64decode(e["Payload"]) == b"v2"
+                       for e in jget(agent, "/v1/event/list?name=deploy")[1])
+        for name, agent in everyone.items():
+            try:
+                wait_until(lambda a=agent: has_event(a), timeout=15)
+            except AssertionError:
+                raise AssertionError(f"{name} has not received event {event_id}; received by "
+                                     f"{[n for n, a in everyone.items() if has_event(a)]}; "
+                                     f"{name}'s events: {jget(agent, '/v1/event/list')[1]}") from None
 
         # Key rotation through the keyring API: install, use, remove the old one; gossip keeps working.
         new = base64.b64encode(os.urandom(32)).decode()
@@ -64,9 +71,14 @@ def test_three_servers_three_clients_events_keys_failures_and_autopilot(tmp_path
             assert status == expect, body
         status, _, body = s1.request("DELETE", "/v1/operator/keyring", {"Key": key})
         assert status == 200, body
-        status, rings = jget(s1, "/v1/operator/keyring")
-        lan = [r for r in rings if not r["WAN"]][0]
-        assert lan["Keys"] == {new: 6} and lan["NumNodes"] == 6
+        # A keyring list is a Serf query: members answer over UDP within the query timeout, so a loaded
+        # machine can leave one answer out of a single list. Every member must report the new key alone.
+        def lan_ring() -> dict:
+            return [r for r in jget(s1, "/v1/operator/keyring")[1] if not r["WAN"]][0]
+        try:
+            wait_until(lambda: (lambda r: r["Keys"] == {new: 6} and r["NumNodes"] == 6)(lan_ring()), timeout=30)
+        except AssertionError:
+            raise AssertionError(f"LAN keyring after rotation: {lan_ring()}") from None
         status, _, body = c.clients["c2"].request("PUT", "/v1/event/fire/after-rotation")
         rotated_id = json.loads(body)["ID"]
         for agent in everyone.values():

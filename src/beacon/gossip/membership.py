@@ -33,6 +33,15 @@ log = logging.getLogger("beacon.gossip")
 STATUS_CODES = {"none": 0, "alive": 1, "leaving": 2, "left": 3, "failed": 4}
 MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
 DEFAULT_STREAM = ",".join((*MEMBER_EVENTS, "user", "query"))
+KEYRING_ATTEMPTS = 3
+
+
+def _answers_missing(resp: dict[str, Any]) -> bool:
+    """A keyring answer where some members did not answer in time and none reported an error."""
+    try:
+        return int(resp.get("NumErr", 0)) == 0 and int(resp.get("NumResp", 0)) < int(resp.get("NumNodes", 0))
+    except (TypeError, ValueError):
+        return False
 
 
 class KeyringError(SerfError):
@@ -414,14 +423,24 @@ class Membership:
                 "NumNodes": int(resp.get("NumNodes", 0))}
 
     async def _keyring(self, op: str, key: str | None) -> dict[str, Any]:
+        """One keyring query over the pool. Serf delivers a query and its answers best-effort over UDP
+        within the query timeout, so now and then one member's answer is missing with no member
+        reporting an error. Every keyring operation is idempotent (installing a held key, using the
+        primary or removing an absent key all succeed), so such an incomplete answer is asked again,
+        up to KEYRING_ATTEMPTS times, before it is reported."""
         client = await self._rpc()
-        try:
-            if op == "list":
-                resp = await client.list_keys()
-            else:
-                resp = await getattr(client, f"{op}_key")(key)
-        except SerfRPCError as exc:
-            raise KeyringError(str(exc), self._keyring_json(exc.body)) from None
+        for attempt in range(1, KEYRING_ATTEMPTS + 1):
+            try:
+                if op == "list":
+                    resp = await client.list_keys()
+                else:
+                    resp = await getattr(client, f"{op}_key")(key)
+            except SerfRPCError as exc:
+                if attempt < KEYRING_ATTEMPTS and _answers_missing(exc.body):
+                    log.info("keyring %s: %s; asking again", op, exc)
+                    continue
+                raise KeyringError(str(exc), self._keyring_json(exc.body)) from None
+            break
         out = self._keyring_json(resp)
         if int(resp.get("NumErr", 0)):
             raise KeyringError(f"{resp.get('NumErr')}/{resp.get('NumNodes')} nodes reported failure", out)
