@@ -427,11 +427,14 @@ async def lookups_under_churn(s: aiohttp.ClientSession, servers: list[Proc], ins
     flips = max(1, instances // 100)
     changed = 0
     state: dict[int, str] = {}
+    # The probe hands its samples back in a file: read from its stdout pipe, hundreds of KiB of them
+    # arrived cut at a multiple of 64 KiB now and then (the probe runs uvloop), with exit status 0.
+    result = tempfile.NamedTemporaryFile(prefix="beacon-scale-probe-", suffix=".json", delete=False)
+    result.close()
     probe = await asyncio.create_subprocess_exec(
         sys.executable, os.path.abspath(__file__), "--probe",
         json.dumps({"dns": [servers[0].addr, servers[0].dns], "http": servers[1].base, "seconds": seconds,
-                    "etcd": etcd_client_url(servers[1]) if etcd_probe else ""}),
-        stdout=subprocess.PIPE)
+                    "etcd": etcd_client_url(servers[1]) if etcd_probe else "", "out": result.name}))
 
     async def send(batch: list[dict], base: str) -> int:
         try:
@@ -466,10 +469,13 @@ async def lookups_under_churn(s: aiohttp.ClientSession, servers: list[Proc], ins
         changed = sum(await asyncio.gather(*sent))
 
     async def finished() -> dict[str, list[float]]:
-        out, _ = await probe.communicate()
-        if probe.returncode != 0:
-            raise RuntimeError(f"the lookup probe process failed ({probe.returncode})")
-        return json.loads(out)
+        try:
+            if await probe.wait() != 0:
+                raise RuntimeError(f"the lookup probe process failed ({probe.returncode})")
+            with open(result.name) as f:
+                return json.load(f)
+        finally:
+            os.unlink(result.name)
 
     _, got = await asyncio.gather(churn(), finished())
     dns, http, stale, etcd = got["dns"], got["http"], got["stale"], got["etcd"]
@@ -624,7 +630,8 @@ def main() -> int:
         uvloop.install()
         got = asyncio.run(probe_lookups((cfg["dns"][0], int(cfg["dns"][1])), cfg["http"], float(cfg["seconds"]),
                                         cfg["etcd"]))
-        print(json.dumps(got))
+        with open(cfg["out"], "w") as f:
+            json.dump(got, f)
         return 0
     if args.quick:
         args.nodes, args.instances, args.watchers, args.churn_seconds = 500, 8_600, 200, 10
