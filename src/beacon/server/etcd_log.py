@@ -46,7 +46,6 @@ import heapq
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from beacon.server import commands as cmd
@@ -74,14 +73,6 @@ MAX_OPS = 64        # operations per put, a txn counting its ops: bounds one ent
 MAX_INFLIGHT = 4    # batch puts in flight per server
 INDEX_STRIDE = 1000  # Consul index = etcd revision * 1000 + position in the batch
 EXPIRY_MARGIN = 2.0
-
-
-def _call(callback: Callable[[Any], None], arg: Any) -> None:
-    """Run a barrier callback from the log's own tasks: its failure is the caller's, logged here."""
-    try:
-        callback(arg)
-    except Exception:
-        log.exception("read barrier callback failed")
 
 
 class EtcdConsensus(LeaderAndMembers):
@@ -131,9 +122,7 @@ class EtcdConsensus(LeaderAndMembers):
         self._last_ok = 0.0
         self._last_members = 0.0
         self._ri_next: asyncio.Future[int] | None = None
-        self._ri_callbacks: list[Callable[[int | None], None]] = []  # for the next read, like _ri_next
         self._ri_running = False
-        self._apply_callbacks: list[tuple[int, int, Callable[[bool], None]]] = []  # heap, like _waiters
         self._tasks: list[asyncio.Task[Any]] = []
         self._snapshotting = False
         self._closed = False
@@ -400,8 +389,6 @@ class EtcdConsensus(LeaderAndMembers):
             _, _, w = heapq.heappop(self._waiters)
             if not w.done():
                 w.set_result(None)
-        while self._apply_callbacks and self._apply_callbacks[0][0] <= rev:  # after this apply, not inside it
-            asyncio.get_running_loop().call_soon(_call, heapq.heappop(self._apply_callbacks)[2], True)
 
     async def wait_applied(self, rev: int, timeout: float) -> None:
         if self.applied >= rev:
@@ -433,38 +420,16 @@ class EtcdConsensus(LeaderAndMembers):
         while not self.known_leader() and loop.time() < deadline:  # just started: first election round
             await asyncio.sleep(0.05)
 
-    def read_barrier_soon(self, done: Callable[[bool], None]) -> None:
-        """:meth:`read_barrier` for a caller that is not a coroutine (the HTTP fast path): calls
-        ``done(True)`` once every write acknowledged before this call is applied here, straight from
-        the task that read the revision or from the apply that reached it, with no loop turn in
-        between. ``done(False)`` when that is not known at once (etcd refused or timed out, no
-        leader known yet, or no apply within the hold timeout): the caller then takes
-        :meth:`read_barrier`'s path, which retries and reports the error."""
-        def got(rev: int | None) -> None:
-            if rev is None or not self.known_leader():
-                done(False)
-            elif self.applied >= rev:
-                done(True)
-            else:
-                self._waiter_seq += 1
-                entry = (rev, self._waiter_seq, done)
-                heapq.heappush(self._apply_callbacks, entry)
-                asyncio.get_running_loop().call_later(self.hold_timeout, self._expire_callback, entry)
-
-        self._ri_callbacks.append(got)
-        self._start_read_index()
-
-    def _expire_callback(self, entry: tuple[int, int, Callable[[bool], None]]) -> None:
-        if entry in self._apply_callbacks:
-            self._apply_callbacks.remove(entry)
-            heapq.heapify(self._apply_callbacks)
-            _call(entry[2], False)
-
     async def _read_index(self, timeout: float) -> int:
         """The log's current revision, from a linearizable range read that started after this call."""
+        loop = asyncio.get_running_loop()
         if self._ri_next is None:
-            self._ri_next = asyncio.get_running_loop().create_future()
-            self._start_read_index()
+            self._ri_next = loop.create_future()
+            if not self._ri_running:
+                self._ri_running = True
+                task = loop.create_task(self._read_index_worker())
+                self._tasks.append(task)
+                task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
         try:
             return await asyncio.wait_for(asyncio.shield(self._ri_next), timeout)
         except TimeoutError:
@@ -472,38 +437,19 @@ class EtcdConsensus(LeaderAndMembers):
 
     barrier = read_barrier
 
-    def _start_read_index(self) -> None:
-        if not self._ri_running:
-            self._ri_running = True
-            task = asyncio.get_running_loop().create_task(self._read_index_worker())
-            self._tasks.append(task)
-            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
-
     async def _read_index_worker(self) -> None:
-        """One linearizable range at a time; whoever asked while one was in flight shares the next."""
         try:
-            while self._ri_next is not None or self._ri_callbacks:
+            while self._ri_next is not None:
                 fut, self._ri_next = self._ri_next, None
-                callbacks, self._ri_callbacks = self._ri_callbacks, []
-                rev: int | None = None
                 try:
                     _, kvs = await self.client.range(self.log_key, keys_only=True, timeout=ATTEMPT * 2)
                     self._last_ok = time.monotonic()
-                    rev = kvs[0].mod_revision if kvs else 0
-                    if fut is not None:
-                        fut.set_result(rev)
+                    fut.set_result(kvs[0].mod_revision if kvs else 0)
                 except (EtcdUnavailable, EtcdError) as exc:
-                    if fut is not None:
-                        fut.set_exception(NoLeaderError(f"No cluster leader ({exc})"))
-                        fut.exception()  # retrieved: every waiter may have timed out already
-                finally:  # also when cancelled (shutting down): nobody is left waiting
-                    for cb in callbacks:
-                        _call(cb, rev)
+                    fut.set_exception(NoLeaderError(f"No cluster leader ({exc})"))
+                    fut.exception()  # retrieved: every waiter may have timed out already
         finally:
             self._ri_running = False
-            callbacks, self._ri_callbacks = self._ri_callbacks, []
-            for cb in callbacks:
-                _call(cb, None)
 
     # ------------------------------------------------------------------ snapshots
     async def _load_snapshot(self) -> bool:

@@ -113,11 +113,7 @@ class FastPath:
 
     # ------------------------------------------------------------------ read barriers (cluster servers)
     def join_barrier(self, conn: FastProtocol) -> None:
-        raft = self.agent.raft
-        if raft is not None:  # the usual case: answered from the task that reads the log's revision
-            raft.read_barrier_soon(conn.after_barrier)
-            return
-        self.barrier_batch.append(conn)  # still starting: Agent.consistent_read holds the request
+        self.barrier_batch.append(conn)
         if not self.barrier_open:
             self.barrier_open = True
             task = asyncio.get_running_loop().create_task(self._barrier())
