@@ -102,7 +102,7 @@ def dns_store(agent: Agent) -> Any:
 
 
 def install_http(agent: Agent, app: web.Application) -> None:
-    from beacon.agent.http import acl, acl_enforce
+    from beacon.agent.http import acl, acl_auth, acl_enforce
 
     if agent.acl is None:
         # ACLs off: no middleware on the hot path, only Consul's 401 on the ACL endpoints.
@@ -113,6 +113,7 @@ def install_http(agent: Agent, app: web.Application) -> None:
     acl.agent_router.install(app)
     if agent.mode != "client":
         acl.router.install(app)  # clients forward /v1/acl/* to a server
+        acl_auth.router.install(app)  # auth methods, binding rules, login/logout
 
 
 async def start_https(agent: Agent, runner: web.AppRunner, guard: Any) -> None:

@@ -148,6 +148,8 @@ def decode_token(agent: Agent, body: Any, old: dict[str, Any] | None) -> dict[st
         "Local": f.bool("Local", default=old["Local"] if old else False),
         "CreateTime": old["CreateTime"] if old else acl_endpoint.rfc3339(now),
     }
+    if old is not None and old.get("AuthMethod"):
+        token["AuthMethod"] = old["AuthMethod"]  # a login-made token stays one (logout, method delete)
     if old is not None and old.get("ExpirationTime"):
         token["ExpirationTime"] = old["ExpirationTime"]  # Consul: expiration cannot change on update
     elif expires:
@@ -260,6 +262,8 @@ async def token_update(req: web.Request, agent: Agent) -> Reply:
 async def token_clone(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
     old = _token(agent, req.match_info["id"])
+    if old.get("AuthMethod"):
+        raise HTTPError(400, "Cannot clone a token created by an auth method")
     body = Fields(await read_json(req, required=False) or {})
     return Reply(render_token(agent, await acl_endpoint.clone_token(agent.submit, old, body.str("Description")),
                               True))
