@@ -287,3 +287,41 @@ def _logout(agent, secret: str) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_cli_login_and_logout(agent, tmp_path) -> None:
+    import stat
+    import subprocess
+
+    from tests.conftest import beacon_cmd, beacon_env
+
+    assert _put(agent, "/v1/acl/auth-method", _method("cli"))[0] == 200
+    assert _put(agent, "/v1/acl/binding-rule", {"AuthMethod": "cli", "BindType": "service",
+                                                 "BindName": "${value.service}"})[0] == 200
+    bearer, sink = tmp_path / "jwt", tmp_path / "token"
+    bearer.write_text(jwt(service="cli-web") + "\n")
+    env = beacon_env(CONSUL_HTTP_ADDR=agent.http_addr, CONSUL_HTTP_TOKEN=MGMT)  # not sent by login
+    out = subprocess.run(beacon_cmd("login", "-method", "cli", "-bearer-token-file", str(bearer),
+                                    "-token-sink-file", str(sink), "-meta", "host=ci-1"),
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    secret = sink.read_text()
+    assert stat.S_IMODE(sink.stat().st_mode) == 0o600
+    me = agent.json("GET", f"/v1/acl/token/self?token={secret}")
+    assert me["ServiceIdentities"] == [{"ServiceName": "cli-web"}]
+    assert me["Description"] == 'token created via login: {"host":"ci-1"}'
+    out = subprocess.run(beacon_cmd("login", "-method", "cli", "-token-sink-file", str(sink)),
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1 and "Missing required '-bearer-token-file' flag" in out.stderr
+    bearer.write_text(jwt(service="cli-web", iss="https://evil"))
+    out = subprocess.run(beacon_cmd("login", "-method", "cli", "-bearer-token-file", str(bearer),
+                                    "-token-sink-file", str(tmp_path / "other")),
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1 and "403" in out.stderr and "issuer" in out.stderr
+    out = subprocess.run(beacon_cmd("logout", "-token-file", str(sink)), capture_output=True, text=True,
+                         env=beacon_env(CONSUL_HTTP_ADDR=agent.http_addr), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert agent.request("GET", f"/v1/acl/token/self?token={secret}")[0] == 403
+    out = subprocess.run(beacon_cmd("logout", "-token", MGMT), capture_output=True, text=True,
+                         env=beacon_env(CONSUL_HTTP_ADDR=agent.http_addr), timeout=60)
+    assert out.returncode == 1 and "Permission denied" in out.stderr
