@@ -153,6 +153,7 @@ def test_login_use_logout(agent) -> None:
     # Only a login-made token can log out; the management token cannot.
     status, _, body = agent.request("POST", f"/v1/acl/logout?token={MGMT}")
     assert status == 403 and b"Permission denied" in body
+    assert agent.request("POST", "/v1/acl/logout")[0] == 401  # no token at all
     assert user.acl.logout(tok["SecretID"]) is True
     with pytest.raises(consul.ACLPermissionDenied, match="ACL not found"):
         user.acl.token.read_self()
@@ -189,6 +190,8 @@ def test_login_refusals(agent) -> None:
     ("/v1/acl/binding-rule", {"AuthMethod": "validate", "BindType": "user", "BindName": "a"}, "unknown BindType"),
     ("/v1/acl/binding-rule", {"AuthMethod": "validate", "BindType": "service", "BindName": "a",
                               "Selector": "value.service =="}, "Selector is invalid"),
+    ("/v1/acl/binding-rule", {"AuthMethod": "validate", "BindType": "service", "BindName": "a",
+                              "Selector": 'value.team == "x"'}, "'value.team' is not a variable"),
     ("/v1/acl/binding-rule", {"AuthMethod": "validate", "BindType": "service", "BindName": "${value.nope}"},
      "invalid BindName"),
 ])

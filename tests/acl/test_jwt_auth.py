@@ -279,14 +279,19 @@ def test_a_computed_name_that_is_not_valid_fails_the_login() -> None:
     ("service", "Web_${value.service}", "", "not a valid name"),
     ("service", "web", "value.service ==", "Selector is invalid"),
     ("service", "web", "value.service = 'x'", "Selector is invalid"),
+    ("service", "web", 'value.serivce == "web"', "'value.serivce' is not a variable"),
+    ("service", "web", '"x" in list.service', "'list.service' is not a variable"),
+    ("service", "web", 'value.service == "a" or Name == "b"', "'Name' is not a variable"),
+    ("service", "web", 'value.service.deep == "a"', "is not a variable"),
 ])
 def test_rule_validation(bind_type: str, name: str, selector: str, why: str) -> None:
     with pytest.raises(BindError, match=why):
-        binding.validate_rule(bind_type, name, selector, {"service"})
+        binding.validate_rule(bind_type, name, selector, {"service"}, {"groups"})
 
 
 def test_rule_validation_accepts_good_rules() -> None:
-    binding.validate_rule("service", "svc-${value.service}", '"ops" in list.groups', {"service"})
+    binding.validate_rule("service", "svc-${value.service}", '"ops" in list.groups and value.service != ""',
+                          {"service"}, {"groups"})
     binding.validate_rule("role", "Team_${value.service}", "", {"service"})
 
 

@@ -13,10 +13,11 @@ must be a valid name for the ``BindType``:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from beacon.agent.http.bexpr import FilterError, compile_filter
+from beacon.agent.http.bexpr import FilterError, compile_filter, selectors
 
 BIND_TYPES = ("service", "node", "role", "policy")
 _VAR = re.compile(r"\$\{\s*([^}]*?)\s*\}")
@@ -54,16 +55,24 @@ def check_name(bind_type: str, name: str) -> None:
         raise BindError(f"{name!r} is not a valid name for {what}")
 
 
-def validate_rule(bind_type: str, bind_name: str, selector: str, value_vars: set[str]) -> None:
-    """At write time: the selector parses, and the bind name interpolates (with placeholder values
-    for the method's mapped claims) to a valid name."""
+def validate_rule(bind_type: str, bind_name: str, selector: str, value_vars: set[str],
+                  list_vars: Iterable[str] = ()) -> None:
+    """At write time: the selector parses and reads only the method's mapped claims
+    (``value.<name>`` / ``list.<name>``), and the bind name interpolates (with placeholder values)
+    to a valid name."""
     if bind_type not in BIND_TYPES:
         raise BindError(f"unknown BindType {bind_type!r} (one of {', '.join(BIND_TYPES)})")
     if selector:
         try:
-            compile_filter(selector)
+            paths = selectors(selector)
         except FilterError as exc:
             raise BindError(f"Selector is invalid: {exc}") from None
+        known = {("value", v) for v in value_vars} | {("list", v) for v in list_vars}
+        for path in paths:
+            if tuple(path) not in known:
+                have = ", ".join(sorted(".".join(k) for k in known)) or "none"
+                raise BindError(f"Selector is invalid: {'.'.join(path)!r} is not a variable of this auth method "
+                                f"(its claim mappings give: {have})")
     if not bind_name:
         raise BindError("BindName is required")
     try:

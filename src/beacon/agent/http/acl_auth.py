@@ -149,9 +149,9 @@ def decode_rule(agent: Agent, body: Any, rid: str, old: dict[str, Any] | None) -
     bind_vars = f.get("BindVars")
     if bind_vars is not None and not isinstance(bind_vars, dict):
         raise DecodeError("Request decode failed: BindVars must be an object")
-    value_vars, _ = jwtauth.decode_config(method.get("Config")).variables()
+    value_vars, list_vars = jwtauth.decode_config(method.get("Config")).variables()
     try:
-        binding.validate_rule(bind_type, f.str("BindName"), f.str("Selector"), value_vars)
+        binding.validate_rule(bind_type, f.str("BindName"), f.str("Selector"), value_vars, list_vars)
     except binding.BindError as exc:
         raise HTTPError(400, f"Invalid Binding Rule: {exc}") from None
     row: dict[str, Any] = {"ID": rid, "Description": f.str("Description"), "AuthMethod": method_name,
@@ -230,5 +230,8 @@ async def login(req: web.Request, agent: Agent) -> Reply:
 async def logout(req: web.Request, agent: Agent) -> Reply:
     from beacon.agent.http.acl_enforce import token_of
 
-    await acl_auth.logout(agent.submit, agent.store, token_of(req))
+    secret = token_of(req)
+    if not secret:
+        raise HTTPError(401, "Supplied token does not exist")
+    await acl_auth.logout(agent.submit, agent.store, secret)
     return Reply(True)
