@@ -220,6 +220,13 @@ def test_crud_rights_listing_and_delete_cascade(agent) -> None:
     status, tok = _login(agent, "crud", jwt(service="api"))
     assert status == 200 and tok["Local"] is False  # TokenLocality global
     assert agent.request("GET", f"/v1/acl/token/self?token={tok['SecretID']}")[0] == 200
+    listed = agent.json("GET", f"/v1/acl/tokens?authmethod=crud&token={MGMT}")
+    assert [t["AccessorID"] for t in listed] == [tok["AccessorID"]] and listed[0]["AuthMethod"] == "crud"
+    status, _, body = agent.request("PUT", f"/v1/acl/token/{tok['AccessorID']}/clone?token={MGMT}", {})
+    assert status == 400 and b"auth method" in body
+    status, kept = _put(agent, f"/v1/acl/token/{tok['AccessorID']}", {"Description": "renamed",
+                                                                       "ServiceIdentities": [{"ServiceName": "api"}]})
+    assert status == 200 and kept["AuthMethod"] == "crud"  # still a login token after an update
     assert agent.request("DELETE", f"/v1/acl/auth-method/crud?token={MGMT}")[0] == 200
     # The method's rules and the tokens it issued went with it.
     assert agent.request("GET", f"/v1/acl/binding-rule/{rule['ID']}?token={MGMT}")[0] == 404

@@ -280,8 +280,11 @@ async def token_delete(req: web.Request, agent: Agent) -> Reply:
 async def token_list(req: web.Request, agent: Agent) -> Reply:
     show_secret = _need(req, READ).authz.scalar("acl", WRITE)
     policy, role = req.query.get("policy"), req.query.get("role")
+    method = req.query.get("authmethod")
     out = []
     for tok in state.tokens(agent.store).values():
+        if method and tok.get("AuthMethod") != method:
+            continue
         if policy and all(p["ID"] != policy for p in tok.get("Policies") or []):
             continue
         if role and all(r["ID"] != role for r in tok.get("Roles") or []):
