@@ -335,3 +335,31 @@ def test_cli_login_and_logout(agent, tmp_path) -> None:
     out = subprocess.run(beacon_cmd("logout", "-token", MGMT), capture_output=True, text=True,
                          env=beacon_env(CONSUL_HTTP_ADDR=agent.http_addr), timeout=60)
     assert out.returncode == 1 and "Permission denied" in out.stderr
+
+
+def test_py_consul_client(agent) -> None:
+    mgmt = consul.Consul(host=agent.host, port=agent.http_port, token=MGMT)
+    cfg = _method("pyc")["Config"]
+    made = mgmt.acl.auth_method.create("pyc", "jwt", display_name="Py", config=cfg, max_token_ttl="5m",
+                                       token_locality="local")
+    assert (made["Name"], made["MaxTokenTTL"], made["TokenLocality"]) == ("pyc", "5m0s", "local")
+    assert mgmt.acl.auth_method.read("pyc")["Config"]["BoundAudiences"] == ["beacon"]
+    assert "pyc" in [m["Name"] for m in mgmt.acl.auth_method.list()]
+    assert mgmt.acl.auth_method.update("pyc", "jwt", description="edited", config=cfg)["Description"] == "edited"
+    rule = mgmt.acl.binding_rule.create("pyc", "service", "${value.service}", selector='value.subject == "job-1"')
+    assert mgmt.acl.binding_rule.read(rule["ID"])["BindName"] == "${value.service}"
+    assert [r["ID"] for r in mgmt.acl.binding_rule.list(auth_method="pyc")] == [rule["ID"]]
+    # An update replaces the rule, as in Consul: a Selector left out is gone.
+    updated = mgmt.acl.binding_rule.update(rule["ID"], "pyc", "node", "n-${value.service}",
+                                           selector='value.subject == "job-1"')
+    assert updated["BindType"] == "node" and updated["ModifyIndex"] > rule["ModifyIndex"]
+    tok = consul.Consul(host=agent.host, port=agent.http_port).acl.login("pyc", jwt(service="web"), meta={"a": "b"})
+    assert tok["NodeIdentities"] == [{"NodeName": "n-web", "Datacenter": "dc1"}]
+    assert mgmt.acl.logout(tok["SecretID"]) is True
+    with pytest.raises(consul.ACLPermissionDenied):
+        mgmt.acl.login("pyc", jwt(service="web", sub="job-2"))  # no rule matches
+    with pytest.raises(consul.ConsulException):
+        mgmt.acl.auth_method.create("k8s", "kubernetes", config={})
+    assert mgmt.acl.binding_rule.delete(rule["ID"]) is True
+    assert mgmt.acl.auth_method.delete("pyc") is True
+    assert mgmt.acl.auth_method.read("pyc") is None  # a 404, which py-consul answers with None
