@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import socket
+import ssl
 import threading
 import time
 
@@ -61,8 +62,9 @@ class JWKSServer:
     """An aiohttp app serving one JWKS on 127.0.0.1, in its own thread and loop; it binds port 0 itself
     and reports readiness with an event."""
 
-    def __init__(self, keyset: KeySet) -> None:
+    def __init__(self, keyset: KeySet, tls: ssl.SSLContext | None = None) -> None:
         self.keyset = keyset
+        self.tls = tls
         self.hits = 0
         self.ready = threading.Event()
         self.port = 0
@@ -82,7 +84,7 @@ class JWKSServer:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=self.tls).start()
         self.stopped = asyncio.Event()
         self.ready.set()
         await self.stopped.wait()
@@ -100,7 +102,7 @@ class JWKSServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/jwks"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/jwks"
 
 
 def _put(agent, path: str, body: object, token: str = MGMT) -> tuple[int, object]:
@@ -363,3 +365,24 @@ def test_py_consul_client(agent) -> None:
     assert mgmt.acl.binding_rule.delete(rule["ID"]) is True
     assert mgmt.acl.auth_method.delete("pyc") is True
     assert mgmt.acl.auth_method.read("pyc") is None  # a 404, which py-consul answers with None
+
+
+def test_jwks_over_https_with_a_private_ca(agent, tmp_path) -> None:
+    from beacon.tls.certs import CertRequest, create_ca, create_cert
+
+    ca_file, ca_key = create_ca(str(tmp_path))
+    cert, key = create_cert(CertRequest("server", ip_addresses=("127.0.0.1",)), ca_file, ca_key, str(tmp_path))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    ca_pem = open(ca_file, encoding="utf-8").read()
+    with JWKSServer(KeySet([RSAKey.import_key(PUB)]), tls) as idp:
+        for name, extra in (("tls-ca", {"JWKSCACert": ca_pem}), ("tls-system", {})):
+            assert _put(agent, "/v1/acl/auth-method",
+                        _method(name, JWTValidationPubKeys=None, JWKSURL=idp.url, **extra))[0] == 200
+            assert _put(agent, "/v1/acl/binding-rule", {"AuthMethod": name, "BindType": "service",
+                                                         "BindName": "${value.service}"})[0] == 200
+        status, tok = _login(agent, "tls-ca", jwt(service="web"))
+        assert status == 200, tok
+        status, body = _login(agent, "tls-system", jwt(service="web"))  # the private CA is not trusted
+        assert status == 403 and "fetching JWKS" in body and "certificate" in body.lower(), body
+        assert idp.hits == 1
