@@ -362,3 +362,27 @@ def test_indexes_and_snapshot_restore() -> None:
     assert log_form == (int(cmd.MessageType.ACL), {"op": "binding_rule_delete", "id": rule["ID"]})
     _ok(other, cmd.decode(*log_form))
     assert auth_state.rules(other) == []
+
+
+def test_the_leader_reaps_expired_tokens_and_apply_rechecks_the_time() -> None:
+    from beacon.acl import reaper
+
+    store = _store()
+    old, fresh, forever = _token("ci"), _token(None), _token(None)
+    old["ExpirationTime"] = "2026-01-01T00:00:00Z"
+    fresh["ExpirationTime"] = "2026-01-01T00:10:00Z"
+    _ok(store, cmd.ACLAuthMethodSet(method=_method()))
+    for tok in (old, fresh, forever):
+        _ok(store, cmd.ACLTokenSet(token=tok))
+    at = 1767225660.0  # 2026-01-01T00:01:00Z
+    assert reaper.expired(store, at) == [old["AccessorID"]]
+    # A command listing a token that had not expired by its time deletes nothing.
+    assert _ok(store, cmd.ACLTokenReap(ids=[fresh["AccessorID"]], now=at)) == 0
+
+    async def submit(record):
+        return store.apply(record)
+
+    assert asyncio.run(reaper.step(store, submit, clock=lambda: at)) == 1
+    assert set(state.tokens(store)) == {state.ANONYMOUS_ACCESSOR, fresh["AccessorID"], forever["AccessorID"]}
+    assert asyncio.run(reaper.step(store, submit, clock=lambda: at + 3600)) == 1
+    assert fresh["AccessorID"] not in state.tokens(store)

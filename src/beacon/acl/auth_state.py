@@ -9,6 +9,7 @@ the proposer; apply re-checks only what another write could have changed meanwhi
 * ``auth_method_set`` ``{"method": {...}}``; ``auth_method_delete`` ``{"name": ...}`` also deletes the
   method's binding rules and every token it issued (as Consul does).
 * ``binding_rule_set`` ``{"rule": {...}}`` (its method must exist); ``binding_rule_delete`` ``{"id": ...}``.
+* ``token_reap`` ``{"ids": [...], "now": t}``: the leader's reaping of expired tokens (:mod:`beacon.acl.reaper`).
 
 Both tables bump the ``acl`` watch key and index, as tokens do, so a token cache keyed on the ACL
 index drops a deleted method's tokens at once. Snapshots carry ``store.extra`` whole.
@@ -61,6 +62,7 @@ class AuthCommands:
             cmd.ACLAuthMethodDelete: lambda idx, c: self.method_delete(idx, c.name),
             cmd.ACLBindingRuleSet: lambda idx, c: self.rule_set(idx, dict(c.rule)),
             cmd.ACLBindingRuleDelete: lambda idx, c: self.rule_delete(idx, c.id),
+            cmd.ACLTokenReap: lambda idx, c: self.token_reap(idx, list(c.ids), c.now),
         }
 
     def _bump(self, idx: int) -> None:
@@ -107,6 +109,24 @@ class AuthCommands:
         if table(self.store, RULES).pop(rid, None) is not None:
             self._bump(idx)
         return True
+
+
+    def token_reap(self, idx: int, ids: list[str], now: float) -> int:
+        """Delete the listed tokens that expired by ``now`` (the proposer's clock); a token renewed or
+        replaced since it was listed stays."""
+        from beacon.acl.resolver import parse_time
+
+        tokens = table(self.store, TOKENS)
+        gone = 0
+        for accessor in ids:
+            tok = tokens.get(accessor)
+            at = parse_time(tok.get("ExpirationTime") or "") if tok is not None else None
+            if at is not None and at <= now:
+                del tokens[accessor]
+                gone += 1
+        if gone:
+            self._bump(idx)
+        return gone
 
 
 def login_token_allowed(store: StateStore, token: dict[str, Any]) -> None:

@@ -66,6 +66,15 @@ async def write_initial_management(agent: Agent) -> None:
         await asyncio.sleep(1.0)
 
 
+async def reap_expired_tokens(agent: Agent) -> None:
+    """Servers with ACLs: the leader deletes expired tokens every 30 s (login tokens expire)."""
+    if agent.acl is None or not (agent.config.server or agent.config.dev):
+        return
+    from beacon.acl import reaper
+
+    await reaper.run(agent.store, agent.submit, agent.consensus.is_leader)
+
+
 def load_persisted_tokens(data_dir: str) -> dict[str, str]:
     path = os.path.join(data_dir, TOKENS_FILE)
     try:

@@ -390,3 +390,12 @@ class ACLBindingRuleSet(Record):
 @dataclass(frozen=True, slots=True)
 class ACLBindingRuleDelete(Record):
     id: str
+
+
+@command(MessageType.ACL, "token_reap")
+@dataclass(frozen=True, slots=True)
+class ACLTokenReap(Record):
+    """Delete these tokens if they expired by ``now`` (the leader's clock, carried so apply stays pure)."""
+
+    ids: list[str]
+    now: float
