@@ -76,7 +76,7 @@ def validate(cfg: jwtauth.JWTConfig, token: str, jwks=None, now: float = NOW) ->
 def test_rs256_token_maps_claims() -> None:
     ident = validate(config(), sign(claims()))
     assert ident.value == {"service": "web", "subject": "job-1"}
-    assert ident.list == {"groups": ["dev", "ops"]}
+    assert ident.lists == {"groups": ["dev", "ops"]}
 
 
 def test_es256_token_with_es256_allowed() -> None:
@@ -94,9 +94,9 @@ def test_claim_values_are_stringified_and_pointers_reach_nested_claims() -> None
                  ListClaimMappings={"ids": "ids"})
     ident = validate(cfg, sign(claims(nomad={"job": "api"}, admin=True, n=3, ids=[1, False])))
     assert ident.value == {"job": "api", "admin": "true", "n": "3"}
-    assert ident.list == {"ids": ["1", "false"]}
+    assert ident.lists == {"ids": ["1", "false"]}
     missing = validate(cfg, sign(claims()))
-    assert missing.value == {"job": "", "admin": "", "n": ""} and missing.list == {"ids": []}
+    assert missing.value == {"job": "", "admin": "", "n": ""} and missing.lists == {"ids": []}
 
 
 # ---------------------------------------------------------------------- bad tokens
@@ -163,6 +163,13 @@ def test_unsupported_algorithms_are_refused() -> None:
 def test_malformed_tokens(token: str) -> None:
     with pytest.raises(JWTError):
         validate(config(), token)
+
+
+def test_a_signed_payload_that_is_not_a_json_object_is_refused() -> None:
+    for payload in (b"not json", b"[1, 2]"):
+        token = jws.serialize_compact({"alg": "RS256"}, payload, RSA_KEY, algorithms=["RS256"])
+        with pytest.raises(JWTError, match="not a JSON object"):
+            validate(config(), token)
 
 
 # ---------------------------------------------------------------------- config

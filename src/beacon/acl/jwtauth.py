@@ -75,10 +75,10 @@ class JWTConfig:
 @dataclass(frozen=True)
 class Identity:
     value: dict[str, str]
-    list: dict[str, list[str]]
+    lists: dict[str, list[str]]
 
     def selectable(self) -> dict[str, Any]:
-        return {"value": dict(self.value), "list": {k: list(v) for k, v in self.list.items()}}
+        return {"value": dict(self.value), "list": {k: list(v) for k, v in self.lists.items()}}
 
 
 # ---------------------------------------------------------------------- config
@@ -256,7 +256,10 @@ def _verify(token: str, keys: list[Any], alg: str) -> dict[str, Any]:
                 sig = jws.deserialize_compact(token, key, algorithms=[alg])
         except JoseError:
             continue
-        claims = orjson.loads(sig.payload) if sig.payload else None
+        try:
+            claims = orjson.loads(sig.payload) if sig.payload else None
+        except orjson.JSONDecodeError:
+            claims = None
         if not isinstance(claims, dict):
             raise JWTError("malformed JWT: the payload is not a JSON object")
         return claims
