@@ -386,3 +386,37 @@ def test_jwks_over_https_with_a_private_ca(agent, tmp_path) -> None:
         status, body = _login(agent, "tls-system", jwt(service="web"))  # the private CA is not trusted
         assert status == 403 and "fetching JWKS" in body and "certificate" in body.lower(), body
         assert idp.hits == 1
+
+
+def test_cli_auth_method_and_binding_rule_commands(agent, tmp_path) -> None:
+    import subprocess
+
+    from tests.conftest import beacon_cmd, beacon_env
+
+    env = beacon_env(CONSUL_HTTP_ADDR=agent.http_addr, CONSUL_HTTP_TOKEN=MGMT)
+
+    def acl(*args: str) -> str:
+        out = subprocess.run(beacon_cmd("acl", *args), capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(_method("x")["Config"]))
+    made = json.loads(acl("auth-method", "create", "-type", "jwt", "-name", "cli-m", "-max-token-ttl", "2m",
+                          "-config", f"@{cfg}", "-format", "json"))
+    assert made["MaxTokenTTL"] == "2m0s" and made["Config"]["BoundIssuer"] == ISSUER
+    assert "Type:" in acl("auth-method", "read", "-name", "cli-m")
+    updated = json.loads(acl("auth-method", "update", "-name", "cli-m", "-description", "edited", "-format", "json"))
+    assert updated["Description"] == "edited" and updated["MaxTokenTTL"] == "2m0s"  # merged
+    assert "cli-m:" in acl("auth-method", "list")
+    rule = json.loads(acl("binding-rule", "create", "-method", "cli-m", "-bind-name", "${value.service}",
+                          "-selector", '"deploy" in list.groups', "-format", "json"))
+    assert rule["BindType"] == "service"
+    changed = json.loads(acl("binding-rule", "update", "-id", rule["ID"], "-bind-type", "node", "-format", "json"))
+    assert changed["BindType"] == "node" and changed["Selector"] == '"deploy" in list.groups'
+    assert rule["ID"] in acl("binding-rule", "list", "-method", "cli-m")
+    assert "deleted successfully" in acl("binding-rule", "delete", "-id", rule["ID"])
+    assert "deleted successfully" in acl("auth-method", "delete", "-name", "cli-m")
+    out = subprocess.run(beacon_cmd("acl", "auth-method", "create", "-type", "kubernetes", "-name", "k",
+                                    "-config", "{}"), capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1 and "not supported by this build" in out.stderr

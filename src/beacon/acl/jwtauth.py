@@ -254,7 +254,7 @@ def _verify(token: str, keys: list[Any], alg: str) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # joserfc warns that RFC 9864 deprecates "EdDSA"
                 sig = jws.deserialize_compact(token, key, algorithms=[alg])
-        except JoseError:
+        except (JoseError, ValueError, TypeError):  # wrong key for the alg, bad signature bytes ...
             continue
         try:
             claims = orjson.loads(sig.payload) if sig.payload else None
