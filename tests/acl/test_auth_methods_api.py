@@ -420,3 +420,9 @@ def test_cli_auth_method_and_binding_rule_commands(agent, tmp_path) -> None:
     out = subprocess.run(beacon_cmd("acl", "auth-method", "create", "-type", "kubernetes", "-name", "k",
                                     "-config", "{}"), capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 1 and "not supported by this build" in out.stderr
+
+
+def test_login_with_acls_disabled_is_401(dev_agent) -> None:
+    for path in ("/v1/acl/login", "/v1/acl/logout", "/v1/acl/auth-methods", "/v1/acl/binding-rule"):
+        status, _, body = dev_agent.request("PUT", path, {"AuthMethod": "x", "BearerToken": "y"})
+        assert (status, body) == (401, b"ACL support disabled"), path

@@ -393,3 +393,11 @@ def test_the_leader_reaps_expired_tokens_and_apply_rechecks_the_time() -> None:
     assert set(state.tokens(store)) == {state.ANONYMOUS_ACCESSOR, fresh["AccessorID"], forever["AccessorID"]}
     assert asyncio.run(reaper.step(store, submit, clock=lambda: at + 3600)) == 1
     assert fresh["AccessorID"] not in state.tokens(store)
+
+
+def test_login_description_is_meta_marshalled_as_go_does() -> None:
+    from beacon.endpoints.acl_auth import description
+
+    assert description(None) == description({}) == "token created via login"
+    assert description({"pod": "default/web", "a": "é<&>"}) == \
+        'token created via login: {"a":"é\\u003c\\u0026\\u003e","pod":"default/web"}'

@@ -43,11 +43,19 @@ async def delete_rule(submit: Submit, rid: str) -> None:
     await apply(submit, cmd.ACLBindingRuleDelete(id=rid))
 
 
+# Go's encoding/json escapes these even in UTF-8 output; tools parse the description back as JSON.
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
 def description(meta: dict[str, str] | None) -> str:
-    """Consul's login token description: the fixed text, then the Meta as compact sorted JSON."""
+    """Consul's login token description: the fixed text, then the Meta as Go would marshal it
+    (compact, keys sorted, UTF-8, HTML characters escaped)."""
     if not meta:
         return LOGIN_DESCRIPTION
-    return f"{LOGIN_DESCRIPTION}: {json.dumps(meta, sort_keys=True, separators=(',', ':'))}"
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for char, escaped in _GO_ESCAPES.items():
+        text = text.replace(char, escaped)
+    return f"{LOGIN_DESCRIPTION}: {text}"
 
 
 async def login(submit: Submit, store: StateStore, method: Doc, bearer: str, meta: dict[str, str] | None,
