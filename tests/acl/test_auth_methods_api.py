@@ -76,9 +76,13 @@ class JWKSServer:
         self.hits += 1
         return web.json_response(self.keyset.as_dict())
 
+    async def _discovery(self, request: web.Request) -> web.Response:
+        return web.json_response({"issuer": self.base, "jwks_uri": self.url})
+
     async def _serve(self) -> None:
         app = web.Application()
         app.router.add_get("/jwks", self._jwks)
+        app.router.add_get("/.well-known/openid-configuration", self._discovery)
         runner = web.AppRunner(app)
         await runner.setup()
         sock = socket.socket()
@@ -101,8 +105,12 @@ class JWKSServer:
         self.thread.join(10)
 
     @property
+    def base(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/jwks"
+        return self.base + "/jwks"
 
 
 def _put(agent, path: str, body: object, token: str = MGMT) -> tuple[int, object]:
@@ -426,3 +434,15 @@ def test_login_with_acls_disabled_is_401(dev_agent) -> None:
     for path in ("/v1/acl/login", "/v1/acl/logout", "/v1/acl/auth-methods", "/v1/acl/binding-rule"):
         status, _, body = dev_agent.request("PUT", path, {"AuthMethod": "x", "BearerToken": "y"})
         assert (status, body) == (401, b"ACL support disabled"), path
+
+
+def test_oidc_discovery_url(agent) -> None:
+    with JWKSServer(KeySet([RSAKey.import_key(PUB)])) as idp:
+        method = _method("oidc-disc", JWTValidationPubKeys=None, BoundIssuer=None, OIDCDiscoveryURL=idp.base)
+        assert _put(agent, "/v1/acl/auth-method", method)[0] == 200
+        assert _put(agent, "/v1/acl/binding-rule", {"AuthMethod": "oidc-disc", "BindType": "service",
+                                                     "BindName": "${value.service}"})[0] == 200
+        status, tok = _login(agent, "oidc-disc", jwt(service="web", iss=idp.base))
+        assert status == 200 and tok["ServiceIdentities"] == [{"ServiceName": "web"}], tok
+        status, body = _login(agent, "oidc-disc", jwt(service="web"))  # iss is not the discovered issuer
+        assert status == 403 and "the OIDC issuer is" in body, body

@@ -179,7 +179,9 @@ def test_a_signed_payload_that_is_not_a_json_object_is_refused() -> None:
     ({"JWTValidationPubKeys": ["not a key"]}, "not a PEM public key"),
     ({"JWKSURL": "ftp://x"}, "not an http"),
     ({"JWKSURL": "https://x", "JWKSCACert": "junk"}, "JWKSCACert is not a PEM"),
-    ({"OIDCDiscoveryURL": "https://x"}, "OIDCDiscoveryURL is not supported"),
+    ({"OIDCDiscoveryURL": "https://x", "JWKSURL": "https://y"}, "exactly one of"),
+    ({"OIDCDiscoveryURL": "x.example"}, "OIDCDiscoveryURL 'x.example' is not an http"),
+    ({"JWKSURL": "https://x", "OIDCDiscoveryCACert": "junk"}, "OIDCDiscoveryCACert needs"),
     ({"JWKSURL": "https://x", "BoundAudience": ["typo"]}, "unknown keys.*BoundAudience"),
     ({"JWKSURL": "https://x", "ExpirationLeeway": "soon"}, "ExpirationLeeway"),
     ({"JWKSURL": "https://x", "ClaimMappings": {"a": "x"}, "ListClaimMappings": {"b": "x"}}, "both"),
@@ -401,3 +403,38 @@ def test_login_description_is_meta_marshalled_as_go_does() -> None:
     assert description(None) == description({}) == "token created via login"
     assert description({"pod": "default/web", "a": "é<&>"}) == \
         'token created via login: {"a":"é\\u003c\\u0026\\u003e","pod":"default/web"}'
+
+
+class FakeIdP:
+    """Answers the discovery document and the JWKS by URL; counts fetches."""
+
+    def __init__(self, issuer: str, doc_issuer: str | None = None) -> None:
+        self.issuer = issuer
+        self.doc_issuer = issuer if doc_issuer is None else doc_issuer
+        self.fetched: list[str] = []
+
+    async def __call__(self, url: str, ca: str):
+        self.fetched.append(url)
+        if url == self.issuer + "/.well-known/openid-configuration":
+            return {"issuer": self.doc_issuer, "jwks_uri": self.issuer + "/keys"}
+        if url == self.issuer + "/keys":
+            return KeySet([RSAKey.import_key(RSA_PUB)]).as_dict()
+        raise OSError(f"404 for {url}")
+
+
+def test_oidc_discovery_finds_the_keys_and_pins_the_issuer() -> None:
+    idp = FakeIdP("https://ci.example")
+    cache = jwtauth.JWKSCache(idp)
+    cfg = config(JWTValidationPubKeys=None, OIDCDiscoveryURL="https://ci.example/", BoundIssuer=None)
+    assert validate(cfg, sign(claims()), cache).value["service"] == "web"
+    assert validate(cfg, sign(claims()), cache)
+    assert idp.fetched == ["https://ci.example/.well-known/openid-configuration", "https://ci.example/keys"]
+    with pytest.raises(JWTError, match="the OIDC issuer is"):
+        validate(cfg, sign(claims(iss="https://other.example")), cache)
+
+
+def test_oidc_discovery_document_for_another_issuer_is_refused() -> None:
+    cache = jwtauth.JWKSCache(FakeIdP("https://ci.example", doc_issuer="https://evil.example"))
+    cfg = config(JWTValidationPubKeys=None, OIDCDiscoveryURL="https://ci.example")
+    with pytest.raises(JWTError, match="names issuer 'https://evil.example'"):
+        validate(cfg, sign(claims()), cache)

@@ -2,7 +2,8 @@
 
 A :class:`JWTConfig` is decoded (and refused with a clear message) when the method is written, so a
 stored method always decodes. At login, :func:`validate` checks the signature against the static
-PEM keys (``JWTValidationPubKeys``) or the keys a :class:`JWKSCache` fetched from ``JWKSURL``, then
+PEM keys (``JWTValidationPubKeys``) or the keys a :class:`JWKSCache` fetched from ``JWKSURL`` or from
+the ``jwks_uri`` of the ``OIDCDiscoveryURL``'s discovery document (whose issuer a token must name), then
 the time claims with the three leeways, ``iss`` and ``aud``, and projects the claims through
 ``ClaimMappings`` / ``ListClaimMappings`` into an :class:`Identity`:
 ``{"value": {name: str}, "list": {name: [str]}}``, the object a binding rule's Selector is evaluated
@@ -58,6 +59,8 @@ class JWTConfig:
     pub_keys: tuple[Any, ...] = ()          # joserfc keys from JWTValidationPubKeys
     jwks_url: str = ""
     jwks_ca_cert: str = ""
+    discovery_url: str = ""                  # OIDC discovery: the issuer, whose document names the JWKS
+    discovery_ca_cert: str = ""
     algs: tuple[str, ...] = ("RS256",)
     bound_issuer: str = ""
     bound_audiences: tuple[str, ...] = ()
@@ -136,24 +139,26 @@ def decode_config(raw: Any) -> JWTConfig:
     for name in _STRING_KEYS:
         if raw.get(name) is not None and not isinstance(raw[name], str):
             raise ConfigError(f"Invalid Auth Method: Config.{name} must be a string")
-    if raw.get("OIDCDiscoveryURL"):
-        raise ConfigError("Invalid Auth Method: Config.OIDCDiscoveryURL is not supported by this build; "
-                          "use JWKSURL or JWTValidationPubKeys")
     pems = _str_list(raw.get("JWTValidationPubKeys"), "JWTValidationPubKeys")
     jwks_url = raw.get("JWKSURL") or ""
-    if bool(pems) == bool(jwks_url):
-        raise ConfigError("Invalid Auth Method: exactly one of Config.JWTValidationPubKeys and Config.JWKSURL "
-                          "must be set")
-    if jwks_url and not jwks_url.startswith(("https://", "http://")):
-        raise ConfigError(f"Invalid Auth Method: Config.JWKSURL {jwks_url!r} is not an http(s) URL")
-    ca = raw.get("JWKSCACert") or ""
-    if ca:
-        if not jwks_url:
-            raise ConfigError("Invalid Auth Method: Config.JWKSCACert needs Config.JWKSURL")
+    discovery_url = raw.get("OIDCDiscoveryURL") or ""
+    if [bool(pems), bool(jwks_url), bool(discovery_url)].count(True) != 1:
+        raise ConfigError("Invalid Auth Method: exactly one of Config.JWTValidationPubKeys, Config.JWKSURL and "
+                          "Config.OIDCDiscoveryURL must be set")
+    for name, url in (("JWKSURL", jwks_url), ("OIDCDiscoveryURL", discovery_url)):
+        if url and not url.startswith(("https://", "http://")):
+            raise ConfigError(f"Invalid Auth Method: Config.{name} {url!r} is not an http(s) URL")
+    ca, discovery_ca = raw.get("JWKSCACert") or "", raw.get("OIDCDiscoveryCACert") or ""
+    for name, pem, needs, url in (("JWKSCACert", ca, "JWKSURL", jwks_url),
+                                  ("OIDCDiscoveryCACert", discovery_ca, "OIDCDiscoveryURL", discovery_url)):
+        if not pem:
+            continue
+        if not url:
+            raise ConfigError(f"Invalid Auth Method: Config.{name} needs Config.{needs}")
         try:
-            ssl.create_default_context(cadata=ca)
+            ssl.create_default_context(cadata=pem)
         except (ssl.SSLError, ValueError) as exc:
-            raise ConfigError(f"Invalid Auth Method: Config.JWKSCACert is not a PEM certificate: {exc}") from None
+            raise ConfigError(f"Invalid Auth Method: Config.{name} is not a PEM certificate: {exc}") from None
     algs = _str_list(raw.get("JWTSupportedAlgs"), "JWTSupportedAlgs") or ("RS256",)
     bad = [a for a in algs if a not in SUPPORTED_ALGS]
     if bad:
@@ -166,7 +171,8 @@ def decode_config(raw: Any) -> JWTConfig:
         raise ConfigError(f"Invalid Auth Method: Config: {sorted(clash)[0]!r} is the target of both "
                           "ClaimMappings and ListClaimMappings")
     return JWTConfig(
-        pub_keys=tuple(_public_key(p) for p in pems), jwks_url=jwks_url, jwks_ca_cert=ca, algs=algs,
+        pub_keys=tuple(_public_key(p) for p in pems), jwks_url=jwks_url, jwks_ca_cert=ca,
+        discovery_url=discovery_url, discovery_ca_cert=discovery_ca, algs=algs,
         bound_issuer=raw.get("BoundIssuer") or "",
         bound_audiences=_str_list(raw.get("BoundAudiences"), "BoundAudiences"),
         claim_mappings=claims, list_claim_mappings=list_claims,
@@ -194,13 +200,41 @@ async def fetch_jwks(url: str, ca_pem: str) -> Any:
 
 class JWKSCache:
     """Key sets by (URL, CA), kept :data:`JWKS_CACHE_SECONDS`; a token whose ``kid`` the cached set
-    lacks triggers one early refetch (keys rotate), at most every :data:`JWKS_REFETCH_SECONDS`."""
+    lacks triggers one early refetch (keys rotate), at most every :data:`JWKS_REFETCH_SECONDS`.
+    OIDC discovery documents are kept as long."""
 
     def __init__(self, fetch: Fetch = fetch_jwks, clock: Callable[[], float] = time.monotonic) -> None:
         self.fetch = fetch
         self.clock = clock
         self._sets: dict[tuple[str, str], tuple[float, KeySet]] = {}
+        self._discovered: dict[tuple[str, str], tuple[float, str, str]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def discover(self, issuer_url: str, ca: str) -> tuple[str, str]:
+        """(issuer, jwks_uri) from ``<issuer_url>/.well-known/openid-configuration``; the document's
+        issuer must be the URL configured (OIDC Discovery 1.0, section 4.3)."""
+        key = ("discovery:" + issuer_url, ca)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            hit = self._discovered.get(key)
+            now = self.clock()
+            if hit is not None and now - hit[0] < JWKS_CACHE_SECONDS:
+                return hit[1], hit[2]
+            url = issuer_url.rstrip("/") + "/.well-known/openid-configuration"
+            try:
+                doc = await self.fetch(url, ca)
+            except JWTError:
+                raise
+            except Exception as exc:
+                raise JWTError(f"fetching OIDC discovery document {url}: {exc or type(exc).__name__}") from None
+            issuer, jwks_uri = (doc.get("issuer"), doc.get("jwks_uri")) if isinstance(doc, dict) else (None, None)
+            if not isinstance(issuer, str) or issuer.rstrip("/") != issuer_url.rstrip("/"):
+                raise JWTError(f"OIDC discovery document at {url} names issuer {issuer!r}, not {issuer_url!r}")
+            if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+                raise JWTError(f"OIDC discovery document at {url} has no http(s) jwks_uri")
+            if len(self._discovered) > 64:
+                self._discovered.clear()
+            self._discovered[key] = (now, issuer, jwks_uri)
+            return issuer, jwks_uri
 
     async def keys(self, url: str, ca: str, kid: str | None) -> KeySet:
         key = (url, ca)
@@ -345,11 +379,19 @@ async def validate(cfg: JWTConfig, token: str, jwks: JWKSCache | None = None,
     if alg not in cfg.algs:
         raise JWTError(f"JWT signing algorithm {alg!r} is not one of JWTSupportedAlgs ({', '.join(cfg.algs)})")
     kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-    if cfg.jwks_url:
-        keyset = await (jwks or DEFAULT_JWKS).keys(cfg.jwks_url, cfg.jwks_ca_cert, kid)
-        keys = [k for k in keyset.keys if kid is None or k.kid in (None, kid)]
-    else:
+    cache = jwks or DEFAULT_JWKS
+    issuer = ""
+    if cfg.pub_keys:
         keys = list(cfg.pub_keys)
+    else:
+        if cfg.discovery_url:
+            issuer, jwks_uri = await cache.discover(cfg.discovery_url, cfg.discovery_ca_cert)
+            keyset = await cache.keys(jwks_uri, cfg.discovery_ca_cert, kid)
+        else:
+            keyset = await cache.keys(cfg.jwks_url, cfg.jwks_ca_cert, kid)
+        keys = [k for k in keyset.keys if kid is None or k.kid in (None, kid)]
     claims = _verify(token, keys, alg)
+    if issuer and claims.get("iss") != issuer:  # OIDC: a token is valid only from the discovered issuer
+        raise JWTError(f"invalid issuer (iss) {claims.get('iss')!r}: the OIDC issuer is {issuer!r}")
     check_claims(cfg, claims, time.time() if now is None else now)
     return identity(cfg, claims)
