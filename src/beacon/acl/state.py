@@ -7,6 +7,7 @@ validated links (policy/role names resolved to IDs):
 * ``bootstrap`` ``{"token": {...}}``: once; later attempts fail with Consul's reset-index message.
 * ``token_set`` / ``token_delete`` ``{"token": {...}}`` / ``{"id": accessor}``.
 * ``policy_set`` / ``policy_delete``, ``role_set`` / ``role_delete`` likewise.
+* auth methods and binding rules: :mod:`beacon.acl.auth_state`.
 
 The built-in ``global-management`` policy and the anonymous token exist without being written; a
 write to the anonymous token (to give it policies) stores it like any other.
@@ -140,6 +141,9 @@ class ACLCommands:
         return True
 
     def token_set(self, idx: int, token: dict[str, Any]) -> dict[str, Any]:
+        from beacon.acl.auth_state import login_token_allowed
+
+        login_token_allowed(self.store, token)
         rows = table(self.store, TOKENS)
         accessor = token["AccessorID"]
         for other in rows.values():
@@ -192,4 +196,7 @@ class ACLCommands:
 
 
 def install(store: StateStore) -> None:
+    from beacon.acl import auth_state
+
     store.register_handlers(ACLCommands(store).handlers())
+    auth_state.install(store)

@@ -216,6 +216,7 @@ class Agent:
         if self.config.http_port >= 0 or self.config.https_port >= 0:
             await self._start_http()
         self.spawn(security.write_initial_management(self), "acl-initial-management")
+        self.spawn(security.reap_expired_tokens(self), "acl-token-reaper")
         if self.config.dns_port >= 0:
             await self._start_dns()
         if self.engine is not None:  # containers reach this agent's DNS and HTTP at the bridge gateway

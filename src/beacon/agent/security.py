@@ -66,6 +66,15 @@ async def write_initial_management(agent: Agent) -> None:
         await asyncio.sleep(1.0)
 
 
+async def reap_expired_tokens(agent: Agent) -> None:
+    """Servers with ACLs: the leader deletes expired tokens every 30 s (login tokens expire)."""
+    if agent.acl is None or not (agent.config.server or agent.config.dev):
+        return
+    from beacon.acl import reaper
+
+    await reaper.run(agent.store, agent.submit, agent.consensus.is_leader)
+
+
 def load_persisted_tokens(data_dir: str) -> dict[str, str]:
     path = os.path.join(data_dir, TOKENS_FILE)
     try:
@@ -102,7 +111,7 @@ def dns_store(agent: Agent) -> Any:
 
 
 def install_http(agent: Agent, app: web.Application) -> None:
-    from beacon.agent.http import acl, acl_enforce
+    from beacon.agent.http import acl, acl_auth, acl_enforce
 
     if agent.acl is None:
         # ACLs off: no middleware on the hot path, only Consul's 401 on the ACL endpoints.
@@ -113,6 +122,7 @@ def install_http(agent: Agent, app: web.Application) -> None:
     acl.agent_router.install(app)
     if agent.mode != "client":
         acl.router.install(app)  # clients forward /v1/acl/* to a server
+        acl_auth.router.install(app)  # auth methods, binding rules, login/logout
 
 
 async def start_https(agent: Agent, runner: web.AppRunner, guard: Any) -> None:

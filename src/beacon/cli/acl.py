@@ -1,4 +1,5 @@
-"""`beacon acl bootstrap | policy ... | token ... | role ...`, as Consul's CLI.
+"""`beacon acl bootstrap | policy ... | token ... | role ...`, as Consul's CLI (`auth-method ...` and
+`binding-rule ...` live in :mod:`beacon.cli.acl_auth`).
 
 Every command takes the shared HTTP flags (``-token``, ``-token-file``, ``CONSUL_HTTP_TOKEN``, TLS).
 ``-rules @file`` reads rules from a file (``-`` or ``@-``: stdin). Output is Consul's ``key: value`` block
@@ -16,7 +17,7 @@ from urllib.parse import quote
 from beacon.cli.flags import FlagParser
 from beacon.cli.http import Client, CLIError, add_http_flags, run_subcommand
 
-USAGE = "beacon acl <bootstrap|policy|token|role> <subcommand> [options]"
+USAGE = "beacon acl <bootstrap|policy|token|role|auth-method|binding-rule> <subcommand> [options]"
 
 
 def _parser(name: str) -> FlagParser:
@@ -296,4 +297,7 @@ def _role(argv: list[str]) -> int:
 
 
 def run(argv: list[str]) -> int:
-    return run_subcommand({"bootstrap": _bootstrap, "policy": _policy, "token": _token, "role": _role}, USAGE, argv)
+    from beacon.cli.acl_auth import auth_method, binding_rule
+
+    return run_subcommand({"bootstrap": _bootstrap, "policy": _policy, "token": _token, "role": _role,
+                           "auth-method": auth_method, "binding-rule": binding_rule}, USAGE, argv)

@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exec": ("beacon.cli.exec", "Run a command in a running container"),
     "tls": ("beacon.cli.tls", "Create a CA and agent certificates (tls ca create, tls cert create)"),
     "acl": ("beacon.cli.acl", "Bootstrap ACLs and manage tokens, policies and roles"),
+    "login": ("beacon.cli.login:run_login", "Trade a bearer token (JWT) for an ACL token via an auth method"),
+    "logout": ("beacon.cli.login:run_logout", "Delete an ACL token created by login"),
 }
 
 

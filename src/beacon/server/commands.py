@@ -365,3 +365,37 @@ class ACLPolicyDelete(Record):
 @dataclass(frozen=True, slots=True)
 class ACLRoleDelete(Record):
     id: str
+
+
+# Auth methods and binding rules (beacon.acl.auth_state).
+@command(MessageType.ACL, "auth_method_set")
+@dataclass(frozen=True, slots=True)
+class ACLAuthMethodSet(Record):
+    method: dict[str, Any]
+
+
+@command(MessageType.ACL, "auth_method_delete")
+@dataclass(frozen=True, slots=True)
+class ACLAuthMethodDelete(Record):
+    name: str
+
+
+@command(MessageType.ACL, "binding_rule_set")
+@dataclass(frozen=True, slots=True)
+class ACLBindingRuleSet(Record):
+    rule: dict[str, Any]
+
+
+@command(MessageType.ACL, "binding_rule_delete")
+@dataclass(frozen=True, slots=True)
+class ACLBindingRuleDelete(Record):
+    id: str
+
+
+@command(MessageType.ACL, "token_reap")
+@dataclass(frozen=True, slots=True)
+class ACLTokenReap(Record):
+    """Delete these tokens if they expired by ``now`` (the leader's clock, carried so apply stays pure)."""
+
+    ids: list[str]
+    now: float

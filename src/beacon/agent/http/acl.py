@@ -148,6 +148,8 @@ def decode_token(agent: Agent, body: Any, old: dict[str, Any] | None) -> dict[st
         "Local": f.bool("Local", default=old["Local"] if old else False),
         "CreateTime": old["CreateTime"] if old else acl_endpoint.rfc3339(now),
     }
+    if old is not None and old.get("AuthMethod"):
+        token["AuthMethod"] = old["AuthMethod"]  # a login-made token stays one (logout, method delete)
     if old is not None and old.get("ExpirationTime"):
         token["ExpirationTime"] = old["ExpirationTime"]  # Consul: expiration cannot change on update
     elif expires:
@@ -260,6 +262,8 @@ async def token_update(req: web.Request, agent: Agent) -> Reply:
 async def token_clone(req: web.Request, agent: Agent) -> Reply:
     _need(req, WRITE)
     old = _token(agent, req.match_info["id"])
+    if old.get("AuthMethod"):
+        raise HTTPError(400, "Cannot clone a token created by an auth method")
     body = Fields(await read_json(req, required=False) or {})
     return Reply(render_token(agent, await acl_endpoint.clone_token(agent.submit, old, body.str("Description")),
                               True))
@@ -276,8 +280,11 @@ async def token_delete(req: web.Request, agent: Agent) -> Reply:
 async def token_list(req: web.Request, agent: Agent) -> Reply:
     show_secret = _need(req, READ).authz.scalar("acl", WRITE)
     policy, role = req.query.get("policy"), req.query.get("role")
+    method = req.query.get("authmethod")
     out = []
     for tok in state.tokens(agent.store).values():
+        if method and tok.get("AuthMethod") != method:
+            continue
         if policy and all(p["ID"] != policy for p in tok.get("Policies") or []):
             continue
         if role and all(r["ID"] != role for r in tok.get("Roles") or []):

@@ -66,6 +66,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.toks = _tokenize(text)
         self.i = 0
+        self.paths: list[list[str]] = []  # every selector the expression reads, in order
 
     def peek(self, offset: int = 0) -> tuple[str, str] | None:
         j = self.i + offset
@@ -140,6 +141,7 @@ class _Parser:
                 path.append(self.expect("str")[1])
                 self.expect("op", "]")
             else:
+                self.paths.append(path)
                 return path
 
     def value(self) -> str:
@@ -267,3 +269,10 @@ def _matches(v: Any, rx: re.Pattern[str]) -> bool:
 
 def compile_filter(text: str) -> Pred:
     return _Parser(text).parse()
+
+
+def selectors(text: str) -> list[list[str]]:
+    """The selector paths an expression reads (``a.b["c"]`` -> ``["a", "b", "c"]``); it must parse."""
+    parser = _Parser(text)
+    parser.parse()
+    return parser.paths
