@@ -110,7 +110,6 @@ class AuthCommands:
             self._bump(idx)
         return True
 
-
     def token_reap(self, idx: int, ids: list[str], now: float) -> int:
         """Delete the listed tokens that expired by ``now`` (the proposer's clock); a token renewed or
         replaced since it was listed stays."""
