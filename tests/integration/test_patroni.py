@@ -12,7 +12,9 @@ replica, and DNS follow.
 
 from __future__ import annotations
 
+import base64
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -135,6 +137,8 @@ class Member:
 
 
 def _pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line names ``text``, or whose working directory is under it (a
+    postmaster's children run in its data directory and are titled ``postgres: <cluster>: ...``)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -142,9 +146,10 @@ def _pids_mentioning(text: str) -> list[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read().decode(errors="replace")
+            cwd = os.readlink(f"/proc/{entry}/cwd") if text.startswith("/") else ""
         except OSError:
             continue
-        if text in cmdline:
+        if text in cmdline or (cwd and cwd.startswith(text)):
             pids.append(int(entry))
     return pids
 
@@ -164,8 +169,8 @@ def pg_cluster():
     yield root, scope, members
     for m in members:
         m.kill()
-    # The postmasters' children are titled after the cluster (Patroni's cluster_name is the scope).
-    wait_until(lambda: not _pids_mentioning(scope), timeout=20)
+    # The postmasters' children exit once their parent is gone.
+    wait_until(lambda: not _pids_mentioning(root) and not _pids_mentioning(scope), timeout=20)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -232,3 +237,71 @@ def test_patroni_pair_runs_on_beacon_and_fails_over(start_agent, pg_cluster) -> 
     assert n2.sql("SELECT x FROM t") == "42"
     assert n2.sql("INSERT INTO t VALUES (43)") == "INSERT 0 1"
     wait_until(lambda: srv_ports("primary") == {n2.pg}, timeout=30, interval=0.2)
+
+
+def test_patroni_keeps_its_primary_when_the_beacon_leader_dies(tmp_path, pg_cluster) -> None:
+    """Patroni members talk to client agents of a 3-server cluster; `kill -9` of Beacon's leader server
+    must not cost Patroni its lock: its session renewals and status writes go on through the client
+    agents, and the primary stays primary for longer than the session could survive without them."""
+    from tests.cluster.conftest import start_cluster
+
+    root, scope, members = pg_cluster
+    c = start_cluster(tmp_path, clients=2)
+    try:
+        c1, c2 = c.clients["c1"], c.clients["c2"]
+        n1 = Member(root, scope, "node1", c1.http_addr)
+        n2 = Member(root, scope, "node2", c2.http_addr)
+        members += [n1, n2]
+
+        def kv(key: str) -> dict | None:
+            status, _, body = c2.request("GET", f"/v1/kv/service/{scope}/{key}", timeout=5)
+            return json.loads(body)[0] if status == 200 else None
+
+        def optime() -> int:
+            row = kv("status")
+            return int(json.loads(base64.b64decode(row["Value"]))["optime"]) if row and row["Value"] else 0
+
+        n1.start()
+        try:
+            wait_until(lambda: (kv("leader") or {}).get("Value") == base64.b64encode(b"node1").decode(),
+                       timeout=90, interval=0.2)
+            wait_until(lambda: _http_status(f"http://127.0.0.1:{n1.rest}/primary") == 200, timeout=30, interval=0.2)
+        except AssertionError:
+            pytest.fail("node1 did not become the leader:\n" + n1.tail())
+        n2.start()
+        try:
+            wait_until(lambda: _http_status(f"http://127.0.0.1:{n2.rest}/replica") == 200, timeout=90, interval=0.2)
+        except AssertionError:
+            pytest.fail("node2 did not become a running replica:\n" + n2.tail())
+        assert n1.sql("CREATE TABLE t (x int)") == "CREATE TABLE"
+        session = kv("leader")["Session"]  # type: ignore[index]
+
+        leader = c.leader()
+        c.signal(leader, signal.SIGKILL)
+        killed = time.monotonic()
+        print(f"killed Beacon's leader server {leader}")
+
+        # Armed: Patroni's writes reach the cluster after the kill (the status key carries the
+        # primary's WAL position, which the inserts move).
+        before = optime()
+        assert n1.sql("INSERT INTO t VALUES (1)") == "INSERT 0 1"
+        try:
+            wait_until(lambda: optime() > before, timeout=30, interval=0.2)
+        except AssertionError:
+            pytest.fail("Patroni's status writes did not get through after the server died:\n" + n1.tail())
+
+        # Longer than twice the 10 s session TTL after the kill: the lock and its session stay node1's,
+        # node1 stays primary, and its status keeps moving.
+        i = 1
+        while time.monotonic() - killed < 25:
+            i += 1
+            mark = optime()
+            assert n1.sql(f"INSERT INTO t VALUES ({i})") == "INSERT 0 1"
+            wait_until(lambda mark=mark: optime() > mark, timeout=15, interval=0.2)
+            row = kv("leader")
+            assert row is not None and row["Session"] == session, (row, n1.tail())
+            assert _http_status(f"http://127.0.0.1:{n1.rest}/primary") == 200, n1.tail()
+        assert "demot" not in open(n1.log, errors="replace").read().lower(), n1.tail()
+        wait_until(lambda: n2.sql("SELECT count(*) FROM t") == str(i), timeout=30, interval=0.2)
+    finally:
+        c.stop_all()
