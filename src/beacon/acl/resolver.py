@@ -50,7 +50,7 @@ class ACLConfig:
     down_policy: str = "extend-cache"
     token_ttl: float = 30.0
     enable_token_persistence: bool = False
-    tokens: dict[str, str] = field(default_factory=dict)  # initial_management, agent, agent_recovery, default
+    tokens: dict[str, str] = field(default_factory=dict)  # initial_management, agent, agent_recovery, default, dns
 
 
 @dataclass
