@@ -5,7 +5,7 @@ also join the WAN pool on ``-serf-wan-port`` (8302) as ``<node>.<dc>``. Gossip t
 and where its RPC, HTTP and DNS listeners are, so a client needs no static server list once it joined
 any member. The leader turns member events into the catalog (:mod:`beacon.agent.reconcile`).
 
-Servers also listen for the internal RPC (apply, node_state, and the etcd bootstrap's hello /
+Servers also listen for the internal RPC (apply, node_state, dns, and the etcd bootstrap's hello /
 raft_add / raft_remove) on ``-server-rpc-port`` (8303): 8300 is the etcd peer port (the consensus
 traffic, as Consul's Raft on 8300) and 8301/8302 belong to Serf. The RPC port accepts nothing
 unauthenticated. With a cluster key (``-encrypt``) every RPC body is a Fernet token (AES-128-CBC +
@@ -385,6 +385,12 @@ class Cluster:
         _, checks = store.node_checks(p["node"])
         return {"node": node.to_dict() if node else None, "services": [s.to_dict() for s in services],
                 "checks": [c.to_dict() for c in checks], "leader": self.current_leader()}
+
+    async def rpc_dns(self, p: Any) -> Any:
+        """A client agent's DNS query with its token (ACLs on): see :mod:`beacon.agent.dnsrpc`."""
+        from beacon.agent.dnsrpc import serve_rpc
+
+        return await serve_rpc(self.agent, p)
 
     async def rpc_raft_add(self, p: Any) -> Any:
         """A new server asks to join: etcd MemberAdd (any member may do it), answer the member list."""

@@ -123,9 +123,7 @@ class DNSRelay:
     def _servfail(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._down is None or self._down.transport is None:
             return
-        flags = struct.unpack("!H", data[2:4])[0]
-        reply_flags = 0x8000 | (flags & 0x7900) | 0x0002  # QR, keep opcode/RD, RCODE=SERVFAIL
-        self._down.transport.sendto(data[:2] + struct.pack("!H", reply_flags) + data[4:], addr)
+        self._down.transport.sendto(servfail_reply(data), addr)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -150,3 +148,10 @@ class DNSRelay:
             pass
         finally:
             writer.close()
+
+
+def servfail_reply(data: bytes) -> bytes:
+    """SERVFAIL for the query ``data`` (at least a header): its ID and question, QR set, opcode and RD kept."""
+    flags = struct.unpack("!H", data[2:4])[0]
+    reply_flags = 0x8000 | (flags & 0x7900) | 0x0002  # QR, keep opcode/RD, RCODE=SERVFAIL
+    return data[:2] + struct.pack("!H", reply_flags) + data[4:]
