@@ -12,7 +12,8 @@ import time
 import uuid
 
 import pytest
-from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib import QTYPE, RCODE, RR, DNSRecord
+from dnslib.server import BaseResolver, DNSServer
 
 from tests.conftest import AgentProcess, launch, spawn, wait_until
 
@@ -66,6 +67,18 @@ def put_token(agent: AgentProcess, kind: str, secret: str) -> None:
     assert status == 200, body
 
 
+class _External(BaseResolver):
+    """The servers' recursor: ext.example. is 192.0.2.7."""
+
+    def resolve(self, request, handler):
+        reply = request.reply()
+        if str(request.q.qname).lower() == "ext.example.":
+            reply.add_answer(*RR.fromZone("ext.example. 0 A 192.0.2.7"))
+        else:
+            reply.header.rcode = RCODE.NXDOMAIN
+        return reply
+
+
 def _addrs() -> tuple[str, str]:
     block = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}"
     return f"{block}.10", f"{block}.20"
@@ -79,10 +92,17 @@ def acl_pair(tmp_path):
     cfg = tmp_path / "acl.json"
     cfg.write_text(json.dumps({"acl": {"enabled": True, "default_policy": "deny",
                                        "tokens": {"initial_management": MGMT}}}))
-    server = launch("-server", "-bootstrap-expect", "1", "-node", "srv", "-bind", srv_addr, "-client", srv_addr,
-                    "-retry-join", srv_addr, "-data-dir", str(tmp_path / "srv"), "-config-file", str(cfg),
-                    dev=False)
+    upstream = DNSServer(_External(), address="127.0.0.1", port=0)
+    upstream.start_thread()
+    recursor = f"127.0.0.1:{upstream.server.server_address[1]}"
     client = None
+    try:
+        server = launch("-server", "-bootstrap-expect", "1", "-node", "srv", "-bind", srv_addr, "-client",
+                        srv_addr, "-retry-join", srv_addr, "-data-dir", str(tmp_path / "srv"), "-config-file",
+                        str(cfg), "-recursor", recursor, dev=False)
+    except BaseException:
+        upstream.stop()
+        raise
     try:
         client = launch("-node", "cli", "-bind", cli_addr, "-client", cli_addr, "-data-dir", str(tmp_path / "cli"),
                         "-retry-join", srv_addr, "-config-file", str(cfg), dev=False)
@@ -107,6 +127,7 @@ def acl_pair(tmp_path):
         if client is not None:
             client.stop()
         server.stop()
+        upstream.stop()
 
 
 def test_client_dns_answers_under_the_clients_token_not_the_servers(acl_pair) -> None:
@@ -174,8 +195,9 @@ def test_client_dns_recurses_and_survives_garbage_and_a_lost_server(acl_pair) ->
             s.recv(65535)
     assert sees(client) == {"web"}
     assert sees(client, tcp=True) == {"web"}
-    # Without recursors a name outside the domain is refused by the server's engine (as on its own port).
-    assert ask(client, "example.com")[0] == ask(server, "example.com")[0]
+    # Names outside the domain go to the servers' recursors, whatever the token.
+    assert ask(client, "ext.example") == ("NOERROR", {"192.0.2.7"})
+    assert ask(client, "nothing.example")[0] == "NXDOMAIN"
 
     server.stop()
     t0 = time.monotonic()
