@@ -4,13 +4,17 @@ own. A client agent with ACLs off still relays raw packets to a server's DNS lis
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import os
 import random
 import socket
 import struct
 import time
 import uuid
 
+import aiohttp
 import pytest
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 from dnslib.server import BaseResolver, DNSServer
@@ -85,10 +89,12 @@ def _addrs() -> tuple[str, str]:
 
 
 @pytest.fixture
-def acl_pair(tmp_path):
+def acl_pair(tmp_path, request):
     """A default-deny server and a client agent with ACLs; services web and db; tokens that may read
-    one of them each (and every node)."""
+    one of them each (and every node). Parametrized indirectly with True: a cluster key (-encrypt), so
+    the DNS stream's messages are Fernet tokens rather than checked by the peer's uid."""
     srv_addr, cli_addr = _addrs()
+    key = ("-encrypt", base64.b64encode(os.urandom(32)).decode()) if getattr(request, "param", False) else ()
     cfg = tmp_path / "acl.json"
     cfg.write_text(json.dumps({"acl": {"enabled": True, "default_policy": "deny",
                                        "tokens": {"initial_management": MGMT}}}))
@@ -96,16 +102,18 @@ def acl_pair(tmp_path):
     upstream.start_thread()
     recursor = f"127.0.0.1:{upstream.server.server_address[1]}"
     client = None
+    servers: list[AgentProcess] = []
+
+    def start_server() -> AgentProcess:  # also the test's way to bring the server back
+        servers.append(launch("-server", "-bootstrap-expect", "1", "-node", "srv", "-bind", srv_addr, "-client",
+                              srv_addr, "-retry-join", srv_addr, "-data-dir", str(tmp_path / "srv"),
+                              "-config-file", str(cfg), "-recursor", recursor, *key, dev=False))
+        return servers[-1]
+
     try:
-        server = launch("-server", "-bootstrap-expect", "1", "-node", "srv", "-bind", srv_addr, "-client",
-                        srv_addr, "-retry-join", srv_addr, "-data-dir", str(tmp_path / "srv"), "-config-file",
-                        str(cfg), "-recursor", recursor, dev=False)
-    except BaseException:
-        upstream.stop()
-        raise
-    try:
+        server = start_server()
         client = launch("-node", "cli", "-bind", cli_addr, "-client", cli_addr, "-data-dir", str(tmp_path / "cli"),
-                        "-retry-join", srv_addr, "-config-file", str(cfg), dev=False)
+                        "-retry-join", srv_addr, "-config-file", str(cfg), *key, dev=False)
         wait_until(lambda: client.request("GET", f"/v1/acl/token/self?token={MGMT}")[0] == 200, timeout=60,
                    interval=0.2)
         for name, addr in (("web", WEB), ("db", DB)):
@@ -122,16 +130,18 @@ def acl_pair(tmp_path):
                                              {"Policies": [{"Name": f"read-{name}"}]})
             assert status == 200, body
             secrets[name] = json.loads(body)["SecretID"]
-        yield server, client, secrets
+        yield server, client, secrets, start_server
     finally:
         if client is not None:
             client.stop()
-        server.stop()
+        for server in servers:
+            server.stop()
         upstream.stop()
 
 
+@pytest.mark.parametrize("acl_pair", [False, True], ids=["no-key", "cluster-key"], indirect=True)
 def test_client_dns_answers_under_the_clients_token_not_the_servers(acl_pair) -> None:
-    server, client, secrets = acl_pair
+    server, client, secrets, _ = acl_pair
     # Neither agent has a token yet: anonymous may read nothing, on either.
     assert ask(client, "web.service.consul")[0] == "NXDOMAIN"
     put_token(server, "default", secrets["web"])
@@ -165,8 +175,33 @@ def test_client_dns_answers_under_the_clients_token_not_the_servers(acl_pair) ->
     wait_until(lambda: sees(client) == {"web"}, timeout=10)
 
 
+def test_the_dns_stream_answers_nothing_that_is_not_authenticated_with_the_cluster_key(tmp_path) -> None:
+    """With a cluster key anyone may open the stream, but a message that is not a Fernet token of
+    that key ends it unanswered (as /rpc/ answers 403)."""
+    srv_addr, _ = _addrs()
+    cfg = tmp_path / "acl.json"
+    cfg.write_text(json.dumps({"acl": {"enabled": True, "default_policy": "allow"}}))
+    key = base64.b64encode(os.urandom(32)).decode()
+    server = launch("-server", "-bootstrap-expect", "1", "-node", "srv", "-bind", srv_addr, "-client", srv_addr,
+                    "-retry-join", srv_addr, "-data-dir", str(tmp_path / "srv"), "-config-file", str(cfg),
+                    "-encrypt", key, dev=False)
+    try:
+        query = base64.b64encode(DNSRecord.question("consul.service.consul").pack()).decode()
+
+        async def probe() -> list[object]:
+            async with aiohttp.ClientSession() as session, \
+                    session.ws_connect(f"http://{srv_addr}:8303/rpc-stream/dns") as ws:
+                await ws.send_bytes(json.dumps([[1, query, False, "anonymous"]]).encode())
+                return [msg.type async for msg in ws]
+
+        assert asyncio.run(asyncio.wait_for(probe(), 10)) == []  # closed, no answer
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+
+
 def test_client_dns_follows_policy_changes_and_token_deletion(acl_pair) -> None:
-    server, client, secrets = acl_pair
+    server, client, secrets, _ = acl_pair
     put_token(client, "default", secrets["web"])
     wait_until(lambda: sees(client) == {"web"}, timeout=10)
     pol = json.loads(server.request("GET", f"/v1/acl/policy/name/read-web?token={MGMT}")[2])
@@ -182,7 +217,7 @@ def test_client_dns_follows_policy_changes_and_token_deletion(acl_pair) -> None:
 
 
 def test_client_dns_recurses_and_survives_garbage_and_a_lost_server(acl_pair) -> None:
-    server, client, secrets = acl_pair
+    server, client, secrets, start_server = acl_pair
     put_token(client, "default", secrets["web"])
     wait_until(lambda: sees(client) == {"web"}, timeout=10)
     # Garbage and responses are dropped, as on a server's listener; the listener keeps answering.
@@ -205,6 +240,10 @@ def test_client_dns_recurses_and_survives_garbage_and_a_lost_server(acl_pair) ->
     assert ask(client, "web.service.consul", tcp=True)[0] == "SERVFAIL"
     assert time.monotonic() - t0 < 3.0
     assert client.proc.poll() is None
+    # The server comes back (same data, same address): the client opens a new stream to it.
+    server = start_server()
+    wait_until(lambda: sees(client) == {"web"}, timeout=60, interval=0.2)
+    assert sees(client, tcp=True) == {"web"}
 
 
 def test_a_client_without_acls_relays_to_the_servers_listener(tmp_path) -> None:
