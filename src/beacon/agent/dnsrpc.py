@@ -56,6 +56,7 @@ MAX_VIEWS = 128  # per-token engines a server keeps
 VIEW_CACHE_BYTES = 512 << 10  # answer cache of one such engine, per transport
 MAX_PENDING = 1024  # client: queries in flight; more are answered SERVFAIL at once
 
+
 # ---------------------------------------------------------------------- server side
 class TokenEngines:
     """A server's DNS engines for tokens sent by client agents (see the module docstring)."""
@@ -114,7 +115,13 @@ class TokenEngines:
                 timer.cancel()
             reply(wire)
 
-        if not self.engine(token).handle(query, tcp, finish):
+        try:
+            handled = self.engine(token).handle(query, tcp, finish)
+        except Exception:  # handle answers its own errors; anything else must not end the stream
+            log.exception("DNS: error answering a client agent's query; replying SERVFAIL")
+            handled = True
+            finish(servfail_reply(query))
+        if not handled:
             finish(None)
         elif not done:
             timer = asyncio.get_running_loop().call_later(ANSWER_TIMEOUT, finish, servfail_reply(query))
@@ -258,9 +265,12 @@ class ServerAsker:
         self._connecting[target] = fut
         try:
             ch = _Channel(await self._connect(target), codec)
-        except BaseException as exc:
+        except Exception as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: nobody else may be waiting
+            raise
+        except BaseException:
+            fut.cancel()
             raise
         finally:
             del self._connecting[target]
