@@ -5,6 +5,7 @@ an ACL change drops them all."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import uuid
 
 from dnslib import QTYPE, RCODE, DNSRecord
@@ -104,5 +105,27 @@ def test_dropped_messages_get_no_answer_and_acls_off_uses_the_main_engine() -> N
         assert off.engine(secrets["db"]) is off.main
         assert _addrs(await off.answer(query("web.service.consul"), False, secrets["db"])) == \
             ("NOERROR", {"10.1.1.1"})
+
+    asyncio.run(run())
+
+
+def test_an_expiring_token_stops_reading_at_its_expiration_time_even_from_the_cache() -> None:
+    store, _ = _store_with_tokens()
+    now = [1_800_000_000.0]
+    secret = str(uuid.uuid4())
+    pol = next(p for p in acl_state.policies(store).values() if p["Name"] == "read-web")
+    assert store.apply(cmd.encode(cmd.ACLTokenSet(token={
+        "AccessorID": str(uuid.uuid4()), "SecretID": secret, "Policies": [{"ID": pol["ID"], "Name": "read-web"}],
+        "ExpirationTime": datetime.datetime.fromtimestamp(now[0] + 60, datetime.UTC).isoformat()}))).error is None
+    resolver = Resolver(ACLConfig(enabled=True, default_policy="deny"), "srv", store=store, clock=lambda: now[0])
+    main = DNSServer(ACLStore(store, resolver), DNSConfig.from_consul_json({}, domain="consul", datacenter="dc1",
+                                                                           node_name="srv"))
+    engines = TokenEngines(main, store, resolver)
+
+    async def run() -> None:
+        for _ in range(2):  # the second from the cache
+            assert _addrs(await engines.answer(query("web.service.consul"), False, secret))[1] == {"10.1.1.1"}
+        now[0] += 61  # no write at all: only the clock moved
+        assert _addrs(await engines.answer(query("web.service.consul"), False, secret))[1] == set()
 
     asyncio.run(run())

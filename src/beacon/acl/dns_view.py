@@ -8,9 +8,9 @@ grants nothing.
 :class:`ACLStore` stands in for the store the DNS server reads (``beacon.dns.catalog.Store``): service
 lookups answer nothing for a service the token may not read and drop instances on nodes it may not
 read; node lookups and reverse lookups see only readable nodes. Its ``catalog_version`` and
-``generation`` also move whenever the ACL tables or the token in use change, so the DNS answer
-cache (stamped with the one, re-validated against the other) never serves an answer built under
-other rights. A cache belongs to one view: views of different tokens never share one.
+``generation`` also move whenever the ACL tables or the token in use change, or the token's
+ExpirationTime passes, so the DNS answer cache (stamped with the one, re-validated against the
+other) never serves an answer built under other rights. A cache belongs to one view: views of different tokens never share one.
 """
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ class ACLStore:
         self._store = store
         self._resolver = resolver
         self._token = token
-        self._seen: tuple[int, str] = (-1, "")
+        self._seen: tuple[int, str, bool] = (-1, "", False)
         self._moves = 0
+        self._expires: float | None = None  # of the token last resolved
 
     def _acl_moves(self) -> int:
+        expired = self._expires is not None and self._resolver.clock() >= self._expires
         now = (state.acl_index(self._store), self._token if self._token is not None
-               else agent_dns_token(self._resolver.tokens))
+               else agent_dns_token(self._resolver.tokens), expired)
         if now != self._seen:
             self._seen = now
             self._moves += 1
@@ -53,10 +55,13 @@ class ACLStore:
     def _authz(self) -> Authorizer:
         try:
             if self._token is None:
-                return self._resolver.resolve_here(agent_dns_token(self._resolver.tokens)).authz
-            return self._resolver.resolve_local(self._token or state.ANONYMOUS_SECRET).authz
+                ident = self._resolver.resolve_here(agent_dns_token(self._resolver.tokens))
+            else:
+                ident = self._resolver.resolve_local(self._token or state.ANONYMOUS_SECRET)
         except ACLNotFound:
-            return _DENY_ALL  # a token that names no live token grants nothing
+            return _DENY_ALL  # a token that names no live token (or an expired one) grants nothing
+        self._expires = ident.expires
+        return ident.authz
 
     # ------------------------------------------------------------------ cache stamps
     @property
