@@ -10,7 +10,8 @@ lookups answer nothing for a service the token may not read and drop instances o
 read; node lookups and reverse lookups see only readable nodes. Its ``catalog_version`` and
 ``generation`` also move whenever the ACL tables or the token in use change, or the token's
 ExpirationTime passes, so the DNS answer cache (stamped with the one, re-validated against the
-other) never serves an answer built under other rights. A cache belongs to one view: views of different tokens never share one.
+other) never serves an answer built under other rights. A cache belongs to one view: views of
+different tokens never share one.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ raft_add / raft_remove; client agents' DNS queries on a WebSocket stream) on ``-
 (8303): 8300 is the etcd peer port (the consensus traffic, as Consul's Raft on 8300) and 8301/8302
 belong to Serf. The RPC port accepts nothing unauthenticated. With a cluster key (``-encrypt``) every
 RPC body (and every stream message) is a Fernet token (AES-128-CBC + HMAC-SHA256 with a timestamp,
-rejected when older than 60 s); requests that do not decrypt are refused with 403 (a stream is closed). Without a key (only allowed when every bound and advertised address is loopback) a request is
-accepted only from a socket owned by this agent's own user (or root), which the kernel reports in
+rejected when older than 60 s); requests that do not decrypt are refused with 403 (a stream is
+closed). Without a key (only allowed when every bound and advertised address is loopback) a request
+is accepted only from a socket owned by this agent's own user (or root), which the kernel reports in
 /proc/net/tcp for loopback connections; anything else gets 403.
 """
 

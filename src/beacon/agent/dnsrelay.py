@@ -1,8 +1,10 @@
-"""DNS on client agents: relay each query to a server's DNS listener and the answer back.
+"""DNS on client agents with ACLs off: relay each query to a server's DNS listener and the answer back.
 
 Client agents hold no catalog. Like Consul clients (which turn a DNS query into an RPC to a server),
 they pass the query to a server, rewriting the 2-byte ID so answers from one upstream socket find
-their way back. Over TCP each query is relayed on its own upstream connection.
+their way back. Over TCP each query is relayed on its own upstream connection. The server answers
+with its own DNS token, so with ACLs on a client agent asks over the server RPC with its own token
+instead (:mod:`beacon.agent.dnsrpc`, which reuses this listener).
 """
 
 from __future__ import annotations
