@@ -19,6 +19,7 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 from dnslib.server import BaseResolver, DNSServer
 
+from beacon.agent.cluster import Codec
 from tests.conftest import AgentProcess, launch, spawn, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -186,15 +187,24 @@ def test_the_dns_stream_answers_nothing_that_is_not_authenticated_with_the_clust
                     "-retry-join", srv_addr, "-data-dir", str(tmp_path / "srv"), "-config-file", str(cfg),
                     "-encrypt", key, dev=False)
     try:
-        query = base64.b64encode(DNSRecord.question("consul.service.consul").pack()).decode()
+        question = DNSRecord.question("consul.service.consul")
+        query = base64.b64encode(question.pack()).decode()
 
-        async def probe() -> list[object]:
+        async def probe(body: bytes) -> list[bytes]:
             async with aiohttp.ClientSession() as session, \
                     session.ws_connect(f"http://{srv_addr}:8303/rpc-stream/dns") as ws:
-                await ws.send_bytes(json.dumps([[1, query, False, "anonymous"]]).encode())
-                return [msg.type async for msg in ws]
+                await ws.send_bytes(body)
+                if body.startswith(b"["):
+                    return [msg.data async for msg in ws]  # until the server closes
+                return [(await ws.receive(timeout=5)).data]
 
-        assert asyncio.run(asyncio.wait_for(probe(), 10)) == []  # closed, no answer
+        call = [[1, query, False, "anonymous"]]
+        assert asyncio.run(asyncio.wait_for(probe(json.dumps(call).encode()), 10)) == []  # closed, unanswered
+        codec = Codec(key)  # the same call, sealed with the key: answered
+        (answer,) = asyncio.run(asyncio.wait_for(probe(codec.encode(call)), 10))
+        (ident, wire), = codec.decode(answer)
+        reply = DNSRecord.parse(base64.b64decode(wire))
+        assert ident == 1 and reply.header.qr == 1 and reply.header.id == question.header.id
         assert server.proc.poll() is None
     finally:
         server.stop()
