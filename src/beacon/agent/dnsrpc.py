@@ -237,7 +237,8 @@ class _Channel:
 
 class ServerAsker:
     """A client agent's side: one stream per server, opened on first use; keeps to one server while
-    it answers, moves on when a server refuses the connection. The token is read per query."""
+    it answers, moves on when a stream cannot be opened (the query was not sent). The token is read
+    per query."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -292,7 +293,7 @@ class ServerAsker:
             raise RPCError(f"{target} dns: {exc or type(exc).__name__}") from None
 
     async def __call__(self, query: bytes, tcp: bool) -> bytes | None:
-        from beacon.agent.cluster import RPCError, RPCNotSent
+        from beacon.agent.cluster import RPCError
 
         cluster = self.agent.cluster
         acl = self.agent.acl
@@ -304,12 +305,9 @@ class ServerAsker:
             target = cluster.rpc_target(m)
             try:
                 ch = await self._channel(target, cluster.codec)
-            except RPCNotSent as exc:
+            except RPCError as exc:  # refused, or no stream here (RPCNotSent too): the query was not sent
                 log.debug("DNS: %s", exc)
                 continue
-            except RPCError as exc:
-                log.debug("DNS: %s; replying SERVFAIL", exc)
-                return servfail_reply(query)
             try:
                 answer = await ch.ask(query, tcp, token)
             except TimeoutError:
