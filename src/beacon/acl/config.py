@@ -1,7 +1,7 @@
 """The agent's ``acl`` block (Consul's keys) -> :class:`~beacon.acl.resolver.ACLConfig`.
 
 ``tokens`` takes the current names (``initial_management``, ``agent``, ``agent_recovery``,
-``default``, ``replication``) and the legacy ones (``master`` -> ``initial_management``,
+``default``, ``dns`` (what DNS answers with, before ``default``), ``replication``) and the legacy ones (``master`` -> ``initial_management``,
 ``agent_master`` -> ``agent_recovery``); the pre-1.4 top-level keys are not supported.
 """
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 TOKEN_NAMES = {"initial_management": "initial_management", "master": "initial_management",
                "agent": "agent", "agent_recovery": "agent_recovery", "agent_master": "agent_recovery",
-               "default": "default", "replication": "replication",
+               "default": "default", "dns": "dns", "replication": "replication",
                "config_file_service_registration": "config_file_service_registration"}
 log = logging.getLogger("beacon.config")
 KEYS = ("enabled", "default_policy", "down_policy", "token_ttl", "policy_ttl", "role_ttl",

@@ -1,12 +1,17 @@
-"""The catalog as the DNS server may see it under ACLs: only what the agent's default token (else
-the anonymous token) may read, as Consul's DNS does.
+"""The catalog as the DNS server may see it under ACLs: only what one token may read, as Consul's
+DNS does. For the agent's own listener that token is its ``dns`` token, else its ``default`` token,
+else anonymous (read at every query, so ``PUT /v1/agent/token/dns`` or ``/default`` applies at
+once); for a client agent's query relayed over the server RPC it is the token the client sent
+(:mod:`beacon.agent.dnsrpc`), resolved against this server's replica: one that names no live token
+grants nothing.
 
 :class:`ACLStore` stands in for the store the DNS server reads (``beacon.dns.catalog.Store``): service
 lookups answer nothing for a service the token may not read and drop instances on nodes it may not
 read; node lookups and reverse lookups see only readable nodes. Its ``catalog_version`` and
-``generation`` also move whenever the ACL tables or the default token change, so the DNS answer
-cache (stamped with the one, re-validated against the other) never serves an answer built under
-other rights.
+``generation`` also move whenever the ACL tables or the token in use change, or the token's
+ExpirationTime passes, so the DNS answer cache (stamped with the one, re-validated against the
+other) never serves an answer built under other rights. A cache belongs to one view: views of
+different tokens never share one.
 """
 
 from __future__ import annotations
@@ -22,15 +27,27 @@ from beacon.server.fsm import StateStore
 _DENY_ALL = Authorizer(None, False)
 
 
+def agent_dns_token(tokens: dict[str, str]) -> str:
+    """The SecretID an agent's DNS answers with: ``acl.tokens.dns``, else ``default``, else anonymous."""
+    return tokens.get("dns") or tokens.get("default") or state.ANONYMOUS_SECRET
+
+
 class ACLStore:
-    def __init__(self, store: StateStore, resolver: Resolver) -> None:
+    """``token`` None: the agent's own DNS token (its specials, such as an initial management token
+    set as the default, count); a SecretID: that token as the replica knows it (a client's)."""
+
+    def __init__(self, store: StateStore, resolver: Resolver, token: str | None = None) -> None:
         self._store = store
         self._resolver = resolver
-        self._seen: tuple[int, str] = (-1, "")
+        self._token = token
+        self._seen: tuple[int, str, bool] = (-1, "", False)
         self._moves = 0
+        self._expires: float | None = None  # of the token last resolved
 
     def _acl_moves(self) -> int:
-        now = (state.acl_index(self._store), self._resolver.tokens.get("default") or "")
+        expired = self._expires is not None and self._resolver.clock() >= self._expires
+        now = (state.acl_index(self._store), self._token if self._token is not None
+               else agent_dns_token(self._resolver.tokens), expired)
         if now != self._seen:
             self._seen = now
             self._moves += 1
@@ -38,9 +55,14 @@ class ACLStore:
 
     def _authz(self) -> Authorizer:
         try:
-            return self._resolver.resolve_here("").authz
+            if self._token is None:
+                ident = self._resolver.resolve_here(agent_dns_token(self._resolver.tokens))
+            else:
+                ident = self._resolver.resolve_local(self._token or state.ANONYMOUS_SECRET)
         except ACLNotFound:
-            return _DENY_ALL  # a default token that names no token grants nothing
+            return _DENY_ALL  # a token that names no live token (or an expired one) grants nothing
+        self._expires = ident.expires
+        return ident.authz
 
     # ------------------------------------------------------------------ cache stamps
     @property

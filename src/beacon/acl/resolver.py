@@ -50,7 +50,7 @@ class ACLConfig:
     down_policy: str = "extend-cache"
     token_ttl: float = 30.0
     enable_token_persistence: bool = False
-    tokens: dict[str, str] = field(default_factory=dict)  # initial_management, agent, agent_recovery, default
+    tokens: dict[str, str] = field(default_factory=dict)  # initial_management, agent, agent_recovery, default, dns
 
 
 @dataclass
@@ -58,6 +58,7 @@ class Identity:
     accessor: str
     authz: Authorizer
     description: str = ""
+    expires: float | None = None  # the token's ExpirationTime (servers' local resolution), if any
 
 
 def initial_accessor(secret: str) -> str:
@@ -191,12 +192,13 @@ class Resolver:
             self._local.pop(secret, None)
             raise ACLNotFound()
         is_mgmt, rules = token_rules(self.store, token)
+        expires = parse_time(token.get("ExpirationTime") or "")
         ident = Identity(token["AccessorID"], management() if is_mgmt else Authorizer(rules, self.default_allow),
-                         token.get("Description", ""))
+                         token.get("Description", ""), expires)
         if len(self._local) > 4096:
             self._local.clear()  # bounded: a flood of distinct secrets must not grow memory
         # Expiry is a matter of time, not of the index: the cache entry carries it.
-        self._local[secret] = (stamp, ident, parse_time(token.get("ExpirationTime") or ""))
+        self._local[secret] = (stamp, ident, expires)
         return ident
 
     def _is_expired(self, token: dict[str, Any]) -> bool:

@@ -151,6 +151,7 @@ class Agent:
         self.http_guard: limits.ConnectionGuard | None = None
         self.http_fast: Any = None  # beacon.agent.http.fastpath.FastPath: hot reads before aiohttp
         self._dns: Any = None
+        self.dns_engines: Any = None  # servers with ACLs: beacon.agent.dnsrpc.TokenEngines, for clients' tokens
         self.shutdown_requested = asyncio.Event()
         self.left_gracefully = False
         self.config_loader: Any = None  # () -> AgentConfig, re-reading the same flags and files
@@ -495,7 +496,14 @@ class Agent:
         if self.mode == "client":
             from beacon.agent.dnsrelay import DNSRelay
 
-            self._dns = DNSRelay(self.server_dns_targets)
+            if self.acl is not None:  # answered under this agent's DNS token, over the server RPC
+                from beacon.agent.dnsrpc import ServerAsker, TokenRelay
+
+                self._dns = TokenRelay(ServerAsker(self))
+                log.info("DNS: asking the servers over RPC, under this agent's DNS token")
+            else:  # the fast path: raw packets to a server's DNS listener
+                self._dns = DNSRelay(self.server_dns_targets)
+                log.info("DNS: relaying queries to the servers' DNS listeners")
             try:
                 self.dns_port = await self._dns.start(self.config.dns_bind, self.config.dns_port)
             except ListenError:
@@ -513,6 +521,9 @@ class Agent:
         dns_cfg = DNSConfig.from_consul_json(cfg.dns_config, domain=cfg.domain, datacenter=cfg.datacenter,
                                              node_name=cfg.node_name, recursors=cfg.recursors)
         self._dns = DNSServer(security.dns_store(self), dns_cfg)  # the store itself unless ACLs are on
+        from beacon.agent.dnsrpc import TokenEngines
+
+        self.dns_engines = TokenEngines(self._dns, self.store, self.acl)  # client agents' queries
         from beacon.agent.http.federation import remote_dns_targets
 
         self._dns.remote_targets = lambda dc: remote_dns_targets(self, dc)  # <name>.service.<dc>: WAN

@@ -6,12 +6,13 @@ and where its RPC, HTTP and DNS listeners are, so a client needs no static serve
 any member. The leader turns member events into the catalog (:mod:`beacon.agent.reconcile`).
 
 Servers also listen for the internal RPC (apply, node_state, and the etcd bootstrap's hello /
-raft_add / raft_remove) on ``-server-rpc-port`` (8303): 8300 is the etcd peer port (the consensus
-traffic, as Consul's Raft on 8300) and 8301/8302 belong to Serf. The RPC port accepts nothing
-unauthenticated. With a cluster key (``-encrypt``) every RPC body is a Fernet token (AES-128-CBC +
-HMAC-SHA256 with a timestamp, rejected when older than 60 s); requests that do not decrypt are refused
-with 403. Without a key (only allowed when every bound and advertised address is loopback) a request is
-accepted only from a socket owned by this agent's own user (or root), which the kernel reports in
+raft_add / raft_remove; client agents' DNS queries on a WebSocket stream) on ``-server-rpc-port``
+(8303): 8300 is the etcd peer port (the consensus traffic, as Consul's Raft on 8300) and 8301/8302
+belong to Serf. The RPC port accepts nothing unauthenticated. With a cluster key (``-encrypt``) every
+RPC body (and every stream message) is a Fernet token (AES-128-CBC + HMAC-SHA256 with a timestamp,
+rejected when older than 60 s); requests that do not decrypt are refused with 403 (a stream is
+closed). Without a key (only allowed when every bound and advertised address is loopback) a request
+is accepted only from a socket owned by this agent's own user (or root), which the kernel reports in
 /proc/net/tcp for loopback connections; anything else gets 403.
 """
 
@@ -179,6 +180,7 @@ class Cluster:
         cfg = self.agent.config
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/rpc/{name}", self._handle)
+        app.router.add_get("/rpc-stream/{name}", self._handle_stream)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         sock = bind_tcp(cfg.bind_addr, self._port(cfg.server_rpc_port, False, "server RPC"), "server RPC")
@@ -348,7 +350,34 @@ class Cluster:
             return web.Response(status=500, text=f"{type(exc).__name__}: {exc}")
         return web.Response(body=self.codec.encode(result), content_type="application/octet-stream")
 
+    async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
+        """A long-lived WebSocket for many small calls (client agents' DNS queries): authenticated as
+        /rpc/ is, by the peer check once per connection without a key, and with a key by every
+        message being a Fernet token (``stream_<name>`` decodes each with :attr:`codec`)."""
+        name = request.match_info["name"]
+        if self.codec.fernet is None and not _peer_is_same_user(request):
+            return web.Response(status=403, text="rpc refused: no cluster key, and the caller is not this "
+                                                 "agent's user on loopback")
+        handler = getattr(self, f"stream_{name.replace('-', '_')}", None)
+        if handler is None:
+            return web.Response(status=404, text=f"unknown rpc stream {name}")
+        ws = web.WebSocketResponse(compress=False, max_msg_size=4 << 20)
+        await ws.prepare(request)
+        try:
+            await handler(ws)
+        except Exception as exc:  # the RPC listener must survive anything a peer sends
+            log.warning("rpc stream %s failed: %r", name, exc)
+        finally:
+            await ws.close()
+        return ws
+
     # ------------------------------------------------------------------ RPC handlers (servers only)
+    async def stream_dns(self, ws: web.WebSocketResponse) -> None:
+        """Client agents' DNS queries with their tokens (ACLs on): see :mod:`beacon.agent.dnsrpc`."""
+        from beacon.agent.dnsrpc import serve_stream
+
+        await serve_stream(self.agent, ws, self.codec)
+
     def current_leader(self) -> str:
         if self.agent.mode == "single":
             return self.agent.config.node_name

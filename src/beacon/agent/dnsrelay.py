@@ -1,8 +1,10 @@
-"""DNS on client agents: relay each query to a server's DNS listener and the answer back.
+"""DNS on client agents with ACLs off: relay each query to a server's DNS listener and the answer back.
 
 Client agents hold no catalog. Like Consul clients (which turn a DNS query into an RPC to a server),
 they pass the query to a server, rewriting the 2-byte ID so answers from one upstream socket find
-their way back. Over TCP each query is relayed on its own upstream connection.
+their way back. Over TCP each query is relayed on its own upstream connection. The server answers
+with its own DNS token, so with ACLs on a client agent asks over the server RPC with its own token
+instead (:mod:`beacon.agent.dnsrpc`, which reuses this listener).
 """
 
 from __future__ import annotations
@@ -123,9 +125,7 @@ class DNSRelay:
     def _servfail(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._down is None or self._down.transport is None:
             return
-        flags = struct.unpack("!H", data[2:4])[0]
-        reply_flags = 0x8000 | (flags & 0x7900) | 0x0002  # QR, keep opcode/RD, RCODE=SERVFAIL
-        self._down.transport.sendto(data[:2] + struct.pack("!H", reply_flags) + data[4:], addr)
+        self._down.transport.sendto(servfail_reply(data), addr)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -150,3 +150,10 @@ class DNSRelay:
             pass
         finally:
             writer.close()
+
+
+def servfail_reply(data: bytes) -> bytes:
+    """SERVFAIL for the query ``data`` (at least a header): its ID and question, QR set, opcode and RD kept."""
+    flags = struct.unpack("!H", data[2:4])[0]
+    reply_flags = 0x8000 | (flags & 0x7900) | 0x0002  # QR, keep opcode/RD, RCODE=SERVFAIL
+    return data[:2] + struct.pack("!H", reply_flags) + data[4:]

@@ -102,7 +102,8 @@ def persist_tokens(agent: Agent) -> None:
 
 
 def dns_store(agent: Agent) -> Any:
-    """What the DNS server reads: the store, or with ACLs what the default token may see."""
+    """What the DNS server reads: the store, or with ACLs what the agent's DNS token (``dns``, else
+    ``default``, else anonymous) may see."""
     if agent.acl is None:
         return agent.store
     from beacon.acl.dns_view import ACLStore

@@ -24,7 +24,7 @@ class Handler(Protocol):
     udp_cache: AnswerCache
     store: Store
 
-    def handle(self, data: bytes, tcp: bool, send: Callable[[bytes], None]) -> None: ...
+    def handle(self, data: bytes, tcp: bool, send: Callable[[bytes], None]) -> object: ...
 
 
 class UDPProtocol(asyncio.DatagramProtocol):

@@ -37,14 +37,15 @@ UDP_RCVBUF = 4 << 20
 
 
 class DNSServer:
-    def __init__(self, store: Store, cfg: DNSConfig, recursor: Recursor | None = None) -> None:
+    def __init__(self, store: Store, cfg: DNSConfig, recursor: Recursor | None = None,
+                 cache_bytes: int = 32 << 20) -> None:
         self.store = store
         self.cfg = cfg
         self._own_recursor = recursor is None
         self.recursor: Recursor = recursor or Recursors(cfg.recursors, cfg.recursor_timeout,
                                                         cfg.recursor_strategy)
-        self.udp_cache = AnswerCache()
-        self.tcp_cache = AnswerCache()
+        self.udp_cache = AnswerCache(max_bytes=cache_bytes)
+        self.tcp_cache = AnswerCache(max_bytes=cache_bytes)
         self.hits: dict[bytes, int] = {}
         self._rng = random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -143,19 +144,21 @@ class DNSServer:
             telemetry.dns_query(_qtype_name(key), RCODE.get(rcode, str(rcode)), count=n)
 
     # ------------------------------------------------------------------ requests
-    def handle(self, data: bytes, tcp: bool, send: Callable[[bytes], None]) -> None:
+    def handle(self, data: bytes, tcp: bool, send: Callable[[bytes], None]) -> bool:
+        """Answer ``data`` through ``send``, at once or later (recursion, another datacenter). False:
+        the message is dropped and ``send`` will never be called."""
         if self.remote_targets is not None:
             dc = remote_datacenter(data, self.cfg)
             if dc:
                 self._forward_remote(dc, data, tcp, send)
-                return
+                return True
         cache = self.tcp_cache if tcp else self.udp_cache
         key = data[2:]
         index = self.store.catalog_version  # read before the catalog is: a racing write re-validates
         entry = cache.entries.get(key)
         if entry is not None and (entry[0] == index or cache.revalidate(key, entry, index, self.store)):
             send(data[:2] + entry[1]())
-            return
+            return True
         tracking = Tracking(self.store)
         ctx = Context(tracking, self.cfg, tcp=tcp, variant=cache.next_variant(key), rng=self._rng)
         try:
@@ -164,23 +167,25 @@ class DNSServer:
             log.exception("DNS: error answering a query; replying SERVFAIL")
             if len(data) >= 12:
                 send(servfail_for(data, ctx))
-            return
+                return True
+            return False
         if reply.action is Action.DROP:
-            return
+            return False
         if reply.action is Action.RECURSE:
             self._forward(data, tcp, send, reply.wire)
-            return
+            return True
         if reply.external and len(self._tasks) < MAX_PENDING_FORWARDS:
             task = asyncio.get_running_loop().create_task(
                 self._complete_external(data, reply.wire, reply.external, tcp, send))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            return
+            return True
         send(reply.wire)
         if len(reply.wire) >= 4:
             telemetry.dns_query(_qtype_name(key), RCODE.get(reply.wire[3] & 0x0F, "?"))
         if reply.cacheable:
             cache.add(key, index, reply.wire, reply.variants, reply.time_dependent, tracking.deps(), ctx.variant)
+        return True
 
     def _forward(self, data: bytes, tcp: bool, send: Callable[[bytes], None], servfail: bytes) -> None:
         if len(self._tasks) >= MAX_PENDING_FORWARDS:

@@ -418,6 +418,8 @@ async def agent_token(req: web.Request, agent: Agent) -> Reply:
         raise HTTPError(403, f"Permission denied: token with AccessorID '{ident.accessor}' lacks permission "
                              f"'agent:write' on \"{agent.config.node_name}\"")
     kind = AGENT_TOKEN_TYPES.get(req.match_info["type"])
+    if req.match_info["type"] == "dns":
+        kind = "dns"  # DNS answers with it before the default token (read at every query)
     if kind is None:
         raise HTTPError(404, f"Token \"{req.match_info['type']}\" is unknown")
     body = Fields(await read_json(req))
