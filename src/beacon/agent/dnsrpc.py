@@ -339,6 +339,7 @@ class TokenRelay(DNSRelay):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.ask.close()
+
     def query(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) < 12:
             return
