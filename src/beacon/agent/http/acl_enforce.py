@@ -370,7 +370,9 @@ TABLE: tuple[Route, ...] = (
     _r(R, r"/v1/agent/check/(pass|warn|fail)/", gate(agent_check_write)),  # Consul accepts GET here
     _r(W, r"/v1/agent/(maintenance|join/|leave|reload)", gate(agent_perm(WRITE))),
     _r(W, r"/v1/agent/force-leave/", gate(scalar("operator", WRITE))),
-    _r(R, r"/v1/agent/(self|members|metrics|host|monitor|version)", gate(agent_perm(READ))),
+    _r(R, r"/v1/agent/version$", _allow),  # Consul asks no ACL for the build information
+    _r(R, r"/v1/agent/host$", gate(scalar("operator", READ))),
+    _r(R, r"/v1/agent/(self|members|metrics|monitor)", gate(agent_perm(READ))),
     _r(W, r"/v1/session/", gate(session_write)),
     _r(R, r"/v1/session/", filtered(_keep(lambda a, s: a.allowed("session", _get(s, "Node"), READ)))),
     _r(W, r"/v1/event/fire/", gate(named("event", "/v1/event/fire/"))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from beacon import CONSUL_COMPAT_VERSION, __version__
+from beacon.agent import hostinfo
 from beacon.agent.http.core import (
     HTTPError,
     Reply,
@@ -87,6 +89,19 @@ async def agent_self(req: web.Request, agent: Agent) -> Reply:
         "Stats": stats,
         "Meta": dict(cfg.node_meta),
     })
+
+
+@router.get("/v1/agent/version")
+async def agent_version(req: web.Request, agent: Agent) -> Reply:
+    """Consul's build information; HumanVersion is the Consul API version Beacon answers as."""
+    return Reply({"SHA": "", "BuildDate": "", "HumanVersion": CONSUL_COMPAT_VERSION, "FIPS": "",
+                  "BeaconVersion": __version__})
+
+
+@router.get("/v1/agent/host")
+async def agent_host(req: web.Request, agent: Agent) -> Reply:
+    """Memory, CPUs, host identity and root disk, with gopsutil's keys (operator:read with ACLs)."""
+    return Reply(await asyncio.to_thread(hostinfo.collect))
 
 
 @router.get("/v1/agent/members")

@@ -20,7 +20,7 @@ from aiohttp.web_urldispatcher import MatchInfoError
 from prometheus_client.exposition import choose_encoder, generate_latest
 
 from beacon import telemetry
-from beacon.agent.http.core import AGENT_KEY, Reply, error_response, render
+from beacon.agent.http.core import AGENT_KEY, Reply, encode_pretty, error_response, render
 from beacon.agent.http.federation import forward_to_datacenter, wants_other_datacenter
 from beacon.agent.http.readopts import peer_answer
 
@@ -58,8 +58,58 @@ async def agent_metrics(req: web.Request) -> web.StreamResponse:
     return render(req, Reply(metrics_json()))
 
 
+# Consul streams one summary per 10-second interval of its in-memory sink.
+STREAM_INTERVAL = 10.0
+_STREAMS: web.AppKey[set[asyncio.Event]] = web.AppKey("metric_streams", set)
+
+
+async def agent_metrics_stream(req: web.Request) -> web.StreamResponse:
+    """GET /v1/agent/metrics/stream: the JSON summary, pretty-printed, now and then every interval.
+
+    One JSON document per interval on a chunked response, as Consul's encoder writes them, until the
+    client leaves or the agent shuts down."""
+    if req.method == "OPTIONS":
+        return web.Response(status=200, headers={"Allow": "GET, OPTIONS"})
+    if req.method not in ("GET", "HEAD"):
+        return web.Response(status=405, text=f"method {req.method} not allowed", headers={"Allow": "GET, OPTIONS"})
+    headers = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
+    if req.method == "HEAD":
+        return web.Response(status=200, headers=headers)
+    resp = web.StreamResponse(headers=headers)
+    await resp.prepare(req)
+    stop = asyncio.Event()
+    streams = req.app[_STREAMS]
+    streams.add(stop)
+    try:
+        while True:
+            fold()
+            await resp.write(encode_pretty(metrics_json()) + b"\n")
+            try:
+                await asyncio.wait_for(stop.wait(), STREAM_INTERVAL)
+                break  # the agent is shutting down
+            except TimeoutError:
+                pass
+            if req.transport is None or req.transport.is_closing():
+                break
+    except ConnectionError:
+        pass  # the client left between two summaries
+    finally:
+        streams.discard(stop)
+    if req.transport is not None and not req.transport.is_closing():
+        await resp.write_eof()
+    return resp
+
+
+async def _end_streams(app: web.Application) -> None:
+    for stop in list(app[_STREAMS]):
+        stop.set()
+
+
 def install(app: web.Application) -> None:
+    app[_STREAMS] = set()
     app.router.add_route("*", "/v1/agent/metrics", agent_metrics)
+    app.router.add_route("*", "/v1/agent/metrics/stream", agent_metrics_stream)
+    app.on_shutdown.append(_end_streams)
 
 
 def _json_name(name: str) -> str:
