@@ -135,6 +135,91 @@ def test_generated_requests_answer_alike_on_both_paths(agents, req, which) -> No
     assert _comparable(fresh) == _comparable(reference), raw
 
 
+# ---------------------------------------------------------------------------------------- KV writes
+WRITE_PARAMS = ["cas", "flags", "token", "acquire", "release", "recurse", "x", "dc", "cas"]
+WRITE_VALUES = [None, "", "0", "1", "42", "own", "-1", "abc", "18446744073709551615", "18446744073709551616",
+                MGMT, "dc1"]
+WRITE_HEADERS = [("X-Consul-Token", MGMT), ("X-Consul-Token", "nope"), ("Content-Type", "application/json"),
+                 ("Expect", "100-continue"), ("Transfer-Encoding", "chunked"), ("Connection", "close"),
+                 ("User-Agent", "fuzz/1.0")]
+BODIES = [b"", b"v", b"\x00\xff binary", b'{"json": true}', b"x" * 2000]
+_case = iter(range(10**9))
+
+
+@st.composite
+def writes(draw: st.DrawFn) -> tuple[str, str, list[str], list[tuple[str, str]], bytes, bool]:
+    """(method, key suffix, query parts with ``own`` for the key's own ModifyIndex, headers, body,
+    whether the key exists first)."""
+    near = draw(st.booleans())  # half near what the fast path takes, so that it takes many
+    method = draw(st.sampled_from(["PUT", "PUT", "DELETE"]))
+    suffix = draw(st.sampled_from(["k", "a/b"] if near else ["k", "k/", "a/b", "%6b", "caf%C3%A9", "sp%20ace"]))
+    query = []
+    params = ["cas", "flags", "token"] if near else WRITE_PARAMS
+    values = ["0", "1", "42", "own", "own"] if near else WRITE_VALUES
+    for name in draw(st.lists(st.sampled_from(params), max_size=2 if near else 3, unique=near)):
+        value = MGMT if near and name == "token" else draw(st.sampled_from(values))
+        query.append(name if value is None else f"{name}={value}")
+    headers = draw(st.lists(st.sampled_from(WRITE_HEADERS[:1] + WRITE_HEADERS[-1:] if near else WRITE_HEADERS),
+                            max_size=2, unique_by=lambda h: h[0]))
+    if method == "PUT":
+        body = draw(st.sampled_from(BODIES))
+    else:
+        body = b"" if near else draw(st.sampled_from([b"", b"", b"x"]))
+    return method, suffix, query, headers, body, draw(st.booleans())
+
+
+def _write_bytes(method: str, key: str, query: list[str], headers: list[tuple[str, str]], body: bytes) -> bytes:
+    target = f"/v1/kv/{key}" + ("?" + "&".join(query) if query else "")
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1"] + [f"{n}: {v}" for n, v in headers]
+    if any(n == "Transfer-Encoding" for n, _ in headers):
+        payload = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    else:
+        lines.append(f"Content-Length: {len(body)}")
+        payload = body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+def _entry(agent, key: str) -> tuple[int, object]:
+    status, _, body = agent.request("GET", f"/v1/kv/{key}")
+    if status != 200:
+        return status, None
+    (e,) = json.loads(body)
+    return status, (e["Value"], e["Flags"], e.get("Session"), e["LockIndex"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(w=writes(), which=st.sampled_from([0, 1]))
+def test_generated_kv_writes_answer_and_store_alike_on_both_paths(agents, w, which) -> None:
+    """The same write to two fresh keys, one through a fresh connection (the fast path's first look)
+    and one through an aiohttp connection: equal answers and equal stored entries."""
+    method, suffix, query, headers, body, exists = w
+    agent = agents[which]
+    n = next(_case)
+    answers, entries = [], []
+    for via_aiohttp, side in ((False, "fast"), (True, "slow")):
+        key = f"wf/{n}/{side}/{suffix}"
+        own = "0"
+        if exists:
+            put(agent, f"/v1/kv/{key}", "before")
+            status, _, found = agent.request("GET", f"/v1/kv/{key}")
+            assert status == 200, key
+            own = str(json.loads(found)[0]["ModifyIndex"])
+        raw = _write_bytes(method, key, [q.replace("cas=own", f"cas={own}").replace("=own", "=7") for q in query], headers, body)
+        conn = Conn(agent, via_aiohttp=via_aiohttp)
+        try:
+            conn.sock.sendall(raw)
+            answer = conn.read()
+            while answer[0].startswith(b"HTTP/1.1 1"):  # "100 Continue" before the answer
+                answer = conn.read()
+            answers.append(_comparable(answer))
+        finally:
+            conn.close()
+        entries.append(_entry(agent, key))
+    assert answers[0] == answers[1], (method, suffix, query, headers, body, exists)
+    assert entries[0] == entries[1], (method, suffix, query, headers, body, exists)
+
+
 def test_the_agents_still_answer_after_the_fuzzing(agents) -> None:
     for agent in agents:
         # armed: the fast path did answer a share of the generated requests (not everything went to aiohttp)
