@@ -120,7 +120,8 @@ def host() -> dict[str, Any]:
         uptime = int(float(f.read().split()[0]))
     procs = sum(1 for name in os.listdir("/proc") if name.isdigit())
     release = _os_release()
-    family = release.get("ID_LIKE", release.get("ID", "")).split()[0] if release else ""
+    likes = (release.get("ID_LIKE") or release.get("ID") or "").split()
+    family = likes[0] if likes else ""
     version = _read("/etc/debian_version") if release.get("ID") == "debian" else release.get("VERSION_ID", "")
     host_id = _read("/sys/class/dmi/id/product_uuid") or _read("/proc/sys/kernel/random/boot_id")
     return {
