@@ -74,7 +74,7 @@ async def catalog_register(req: web.Request, agent: Agent) -> Reply:
     raw_checks = []
     if f.get("Check") is not None:
         raw_checks.append(f.get("Check"))
-    raw_checks += f.get("Checks") or []
+    raw_checks += f.list("Checks")
     for rc in raw_checks:
         cf = Fields(rc, "Check")
         status = cf.str("Status") or "critical"

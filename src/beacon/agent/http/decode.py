@@ -89,6 +89,15 @@ class Fields:
         except ValueError as exc:
             raise DecodeError(f"Request decode failed: {names[0]}: {exc}") from exc
 
+    def list(self, *names: str) -> list[Any]:
+        """A JSON array (empty when absent), its items left to the caller."""
+        v = self.get(*names)
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise DecodeError(f"Request decode failed: {names[0]} must be a list")
+        return v
+
     def obj(self, *names: str) -> Fields | None:
         v = self.get(*names)
         return None if v is None else Fields(v, names[0])
