@@ -80,6 +80,9 @@ CASES = [
     ("POST", "/images/create?fromImage=busybox&tag=latest", None, 501, "no default registry"),
     ("POST", "/images/create", None, 400, "fromImage or fromSrc is required"),
     ("GET", "/exec/nope/json", None, 404, "No such exec instance"),
+    # found by tests/runtime/test_engine_fuzz.py: these were internal errors
+    ("POST", "/networks/create", b'{"Name": "n", "Labels": [null]}', 400, "Labels must be an object of strings"),
+    ("POST", "/volumes/create", b'{"Name": ["v"]}', 400, "Name must be a string"),
 ]
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from beacon.runtime._errors import Conflict, InvalidParameter, NotFound, NotImplementedByEngine
 from beacon.runtime._http import Request, Response, Stream
 from beacon.runtime._layers import LayerError, mount_overlay, resolve_in, umount
-from beacon.runtime._model import NAME_RE
+from beacon.runtime._model import NAME_RE, optional_str, str_labels
 
 if TYPE_CHECKING:
     from beacon.runtime._api import ApiServer
@@ -270,8 +270,7 @@ class Extra:
         body = req.json(default={}) or {}
         if not isinstance(body, dict) or not isinstance(body.get("Name"), str):
             raise InvalidParameter("network create needs a Name")
-        net = self.engine.networks.create(body["Name"], str(body.get("Driver") or "bridge"),
-                                          body.get("Labels") or {})
+        net = self.engine.networks.create(body["Name"], optional_str(body, "Driver", "bridge"), str_labels(body))
         self.engine.events.emit("network", "create", net["Id"], {"name": net["Name"], "type": "bridge"})
         return Response(201, {"Id": net["Id"], "Warning": ""})
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from beacon.runtime._errors import EngineError, InvalidParameter, NotFound, NotImplementedByEngine
 from beacon.runtime._http import Request, Response, Stream
 from beacon.runtime._images import normalize, split_ref
+from beacon.runtime._model import optional_str, str_labels
 
 if TYPE_CHECKING:
     from beacon.runtime._api import ApiServer
@@ -322,8 +323,8 @@ class ImageHandlers:
         body = req.json(default={}) or {}
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: volume config must be an object")
-        info = self.engine.volumes.create(str(body.get("Name") or ""), body.get("Labels") or {},
-                                          str(body.get("Driver") or "local"))
+        info = self.engine.volumes.create(optional_str(body, "Name"), str_labels(body),
+                                          optional_str(body, "Driver", "local"))
         self.engine.events.emit("volume", "create", info["Name"], {"driver": "local"})
         return Response(201, info)
 

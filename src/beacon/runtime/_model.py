@@ -254,6 +254,24 @@ class Container:
         return {**self.labels, "image": self.image, "name": self.name}
 
 
+def str_labels(body: dict[str, Any], key: str = "Labels") -> dict[str, str]:
+    """``body[key]`` as Docker's ``map[string]string`` (absent or null: empty), else a 400."""
+    labels = body.get(key) or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidParameter(f"{key} must be an object of strings")
+    return labels
+
+
+def optional_str(body: dict[str, Any], key: str, default: str = "") -> str:
+    """``body[key]`` when it is a string, ``default`` when absent, null or empty, else a 400."""
+    value = body.get(key)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{key} must be a string")
+    return value
+
+
 def parse_create(body: Any, name: str | None) -> dict[str, Any]:
     """Validate a ``POST /containers/create`` body; returns keyword arguments for Container."""
     if not isinstance(body, dict):
@@ -276,11 +294,9 @@ def parse_create(body: Any, name: str | None) -> dict[str, Any]:
         if body.get(key) is not None and not isinstance(body[key], str):
             raise InvalidParameter(f"{key} must be a string")
     env = body.get("Env") or []
-    labels = body.get("Labels") or {}
     if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
         raise InvalidParameter("Env must be a list of strings")
-    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-        raise InvalidParameter("Labels must be an object of strings")
+    labels = str_labels(body)
     exposed = [f"{p}/{t}" for p, t in (port_key(k) for k in _object(body.get("ExposedPorts"), "ExposedPorts"))]
     bindings: dict[str, list[dict[str, str]]] = {}
     for key, items in _object(host.get("PortBindings"), "PortBindings").items():
