@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -200,3 +201,45 @@ def test_checks_that_is_not_a_list_is_a_decode_error(agent) -> None:
     assert (status, body) == (400, b"Request decode failed: Checks must be a list")
     status, _, _ = agent.request("PUT", "/v1/catalog/register", json.dumps(CATALOG))
     assert status == 200  # and the same body with a list is taken
+
+
+# ------------------------------------------------------------------------------ read parameters
+FILTER_TOKENS = ["Service", "ServiceName", "Node", "Node.Node", "Service.Tags", "Tags", "Meta", "Meta.k",
+                 "Checks.Status", "Address", "Port", "ServiceMeta[\"k\"]", "NodeMeta.r", "Weights.Passing",
+                 "==", "!=", "in", "not in", "contains", "not contains", "matches", "not matches", "is empty",
+                 "is not empty", "and", "or", "not", "(", ")", '"web"', '"a"', "`x`", "80", "-1", "1.5", "true",
+                 '"[a-"', '"\\\\"', '"', "[", "]", ".", "\u00e9", ""]
+READ_PATHS = ["/v1/agent/services", "/v1/agent/checks", "/v1/catalog/service/web", "/v1/catalog/nodes",
+              "/v1/health/service/web", "/v1/health/state/any", "/v1/catalog/services", "/v1/kv/fz/?recurse",
+              "/v1/health/checks/web", "/v1/catalog/node-services/fz", "/v1/query/fzq/execute",
+              "/v1/internal/ui/services", "/v1/event/list", "/v1/session/list", "/v1/coordinate/nodes"]
+READ_PARAMS = ["filter", "index", "wait", "near", "node-meta", "tag", "dc", "stale", "consistent", "cached",
+               "passing", "separator", "keys", "limit", "max-age", "stale-if-error", "peer", "ns", "name"]
+READ_VALUES = ["", "0", "1", "-5", "2s", "1ms", "9999999999999999999999", "abc", "_agent", "fz", "r:1", "r",
+               "a", "dc1", "dc9", "%", "%ZZ", "%22", "\u00e9", "10m5s", "1h"]
+
+
+@st.composite
+def reads(draw: st.DrawFn) -> str:
+    path = draw(st.sampled_from(READ_PATHS))
+    parts = []
+    for name in draw(st.lists(st.sampled_from(READ_PARAMS), max_size=3)):
+        if name == "filter":
+            expr = " ".join(draw(st.lists(st.sampled_from(FILTER_TOKENS), min_size=1, max_size=7)))
+            value = quote(expr, safe="")
+        else:
+            value = quote(draw(st.sampled_from(READ_VALUES)), safe="%")
+        if name == "index" and value not in ("", "-5", "abc", "%", "%ZZ"):
+            value = "0"  # a real index could be past an endpoint's current one: that request would block
+        parts.append(f"{name}={value}")
+    sep = "&" if "?" in path else "?"
+    return path + (sep + "&".join(parts) if parts else "")
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(target=reads())
+def test_generated_read_parameters_get_a_clear_answer(agent, target) -> None:
+    status, _, body = agent.request("GET", target, timeout=20)
+    assert not body.startswith(b"Internal error"), (target, status, body[:300])
+    assert status in (200, 400, 403, 404, 405, 500), (target, status, body[:300])
