@@ -75,3 +75,25 @@ def test_the_engine_still_serves_and_holds_nothing_created(process_engine) -> No
         _cleanup(process_engine, path, json.loads(reply))
     assert json.loads(call(process_engine, "GET", "/containers/json?all=1")[2]) == []
     assert_alive(process_engine)
+
+
+def test_names_longer_than_a_file_name_get_docker_answers(process_engine) -> None:
+    """A volume is a directory named after it: a 300-character name is a 400 on create and a 404
+    on inspect and remove, not the filesystem's ENAMETOOLONG as an internal error (found by the
+    generated bodies above). Containers and networks with such names answer as Docker does."""
+    long = "v" * 300
+    status, _, body = call(process_engine, "POST", "/v1.47/volumes/create", json.dumps({"Name": long}).encode())
+    assert status == 400 and b"too long" in body, (status, body[:200])
+    assert call(process_engine, "GET", f"/v1.47/volumes/{long}")[0] == 404
+    assert call(process_engine, "DELETE", f"/v1.47/volumes/{long}")[0] == 404
+    assert call(process_engine, "DELETE", f"/v1.47/volumes/{long}?force=1")[0] == 204
+    for path, doc in (("/v1.47/containers/create?name=" + "c" * 300, CREATE),
+                      ("/v1.47/containers/create", {**CREATE, "HostConfig": {"Binds": [f"{long}:/data"]}}),
+                      ("/v1.47/networks/create", {**NETWORK, "Name": "n" * 300})):
+        status, _, body = call(process_engine, "POST", path, json.dumps(doc).encode())
+        reply = json.loads(body)
+        assert status in (201, 400), (path, status, body[:200])
+        assert not reply.get("message", "").startswith("internal error"), (path, reply)
+        if status == 201:
+            _cleanup(process_engine, path, reply)
+    assert_alive(process_engine)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from beacon.runtime._model import Container
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+NAME_MAX = 255  # a volume is a directory named after it: one path component
 
 
 class Volumes:
@@ -27,6 +28,10 @@ class Volumes:
     def _meta(self, name: str) -> Path:
         return self.root / name / "meta.json"
 
+    def _exists(self, name: str) -> bool:
+        # A longer name cannot be a directory here, and stat would fail with ENAMETOOLONG.
+        return len(name.encode()) <= NAME_MAX and self._meta(name).exists()
+
     def create(self, name: str, labels: dict[str, str] | None = None, driver: str = "local") -> dict[str, Any]:
         if driver not in ("", "local"):
             raise InvalidParameter(f"volume driver {driver!r} is not supported (only local)")
@@ -35,7 +40,9 @@ class Volumes:
         if not NAME_RE.match(name):
             raise InvalidParameter(f'"{name}" includes invalid characters for a local volume name, only '
                                    '"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed')
-        if not self._meta(name).exists():
+        if len(name) > NAME_MAX:
+            raise InvalidParameter(f"volume name is too long ({len(name)} characters, at most {NAME_MAX})")
+        if not self._exists(name):
             (self.root / name / "_data").mkdir(parents=True, exist_ok=True)
             self._meta(name).write_text(json.dumps({"Labels": labels or {}, "CreatedAt": _now()}))
         return self.inspect(name)
@@ -53,7 +60,7 @@ class Volumes:
         return [self.inspect(p.name) for p in sorted(self.root.iterdir()) if (p / "meta.json").exists()]
 
     def remove(self, name: str, users: list[str], force: bool = False) -> None:
-        if not self._meta(name).exists():
+        if not self._exists(name):
             if force:
                 return
             raise NotFound(f"get {name}: no such volume")
@@ -71,7 +78,7 @@ class Volumes:
         """``rm -v`` and ``--rm``: the container's anonymous volumes (64-hex names) go with it."""
         for name in self.names_used(c):
             if len(name) == 64 and all(ch in "0123456789abcdef" for ch in name) and name not in still_used:
-                if self._meta(name).exists():
+                if self._exists(name):
                     shutil.rmtree(self.root / name, ignore_errors=True)
 
     def resolve_binds(self, c: Container, rootfs: str) -> list[tuple[str, str, bool]]:
@@ -83,7 +90,7 @@ class Volumes:
                 os.makedirs(src, exist_ok=True)  # dockerd creates a missing bind source for -v
                 out.append((src, dest, ro))
                 continue
-            fresh = not self._meta(src).exists()
+            fresh = not self._exists(src)
             info = self.create(src)
             data = info["Mountpoint"]
             if fresh:
