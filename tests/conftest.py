@@ -6,6 +6,7 @@ ephemeral ports, waits for its "==> Ready" line and returns a handle with the po
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import re
@@ -24,6 +25,14 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(REPO, "src")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the checkout's modules once. The suite starts hundreds of agent, server and CLI
+    processes; where PYTHONDONTWRITEBYTECODE is set (as on the CI machines) none of them leaves its
+    bytecode behind, and each one compiled all of Beacon's modules again: ~0.35 s of every agent's
+    ~0.95 s start. Python still reads bytecode that exists under that setting."""
+    compileall.compile_dir(os.path.join(SRC, "beacon"), quiet=1, workers=0)
 
 
 def beacon_env(**extra: str) -> dict[str, str]:
