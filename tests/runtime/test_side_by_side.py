@@ -530,7 +530,7 @@ def test_compose_up_ps_logs_down(side: Side, tmp_path: Path) -> None:
 
         until(lambda: "resolved-web" in dc("logs", "client").stdout, 30, "client resolving web")
     finally:
-        dc("down")
+        dc("down", "-t", "1")  # sh and httpd as PID 1 ignore SIGTERM: no need to wait 10 s for SIGKILL
     assert project not in side.docker("ps", "-a", "--format", "{{.Names}}").stdout
     assert f"{project}_default" not in side.docker("network", "ls", "--format", "{{.Name}}").stdout
 
