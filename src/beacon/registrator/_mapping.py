@@ -296,10 +296,10 @@ def _service(ctx: _Context, metadata: dict[str, str], p: _Port, group: bool) -> 
     if md.get("id"):
         sid = md["id"]
     port_s = p.exposed if opts.internal else p.host_port
-    try:
-        port = int(port_s)
-    except ValueError:
-        ctx.warn(f"port {p.exposed}: host port {port_s!r} is not a number; skipped")
+    port = int(port_s) if port_s.isdigit() and port_s.isascii() else 0
+    if not 0 < port < 65536:
+        ctx.warn(f"port {p.exposed}: {'port' if opts.internal else 'host port'} {port_s!r} is not a port "
+                 "number; skipped")
         return None
     address = _address(ctx, p)
     tags = split_tags(md.get("tags", "")) + list(opts.tags)
