@@ -150,6 +150,29 @@ ACL_ENDPOINTS = [
 ]
 
 
+CONFIG_KINDS = ("service-defaults", "proxy-defaults", "service-resolver", "service-splitter", "service-router")
+READ_BACK = {
+    "/v1/agent/service/register": ("/v1/agent/services", "/v1/catalog/services", "/v1/health/state/any"),
+    "/v1/catalog/register": ("/v1/catalog/nodes", "/v1/catalog/services", "/v1/health/state/any"),
+    "/v1/agent/check/register": ("/v1/agent/checks", "/v1/health/state/any"),
+    "/v1/agent/check/update/chk1": ("/v1/agent/checks",),
+    "/v1/txn": ("/v1/kv/?recurse", "/v1/catalog/nodes", "/v1/session/list"),
+    "/v1/session/create": ("/v1/session/list",),
+    "/v1/query": ("/v1/query",),
+    "/v1/config": tuple(f"/v1/config/{k}" for k in CONFIG_KINDS),
+    "/v1/coordinate/update": ("/v1/coordinate/nodes",),
+    "/v1/catalog/deregister": ("/v1/catalog/nodes",),
+}
+ACL_READ_BACK = ("/v1/acl/policies", "/v1/acl/roles", "/v1/acl/tokens", "/v1/acl/auth-methods",
+                 "/v1/acl/binding-rules")
+
+
+def _reads_still_answer(agent, reads, case) -> None:
+    for target in reads:
+        status, _, body = agent.request("GET", target, timeout=20)
+        assert status == 200, (case, target, status, body[:300])
+
+
 @pytest.fixture(scope="module")
 def acl_agent(tmp_path_factory):
     cfg = tmp_path_factory.mktemp("acl-fuzz") / "acl.json"
@@ -168,6 +191,8 @@ def test_generated_acl_bodies_get_a_clear_answer(acl_agent, case) -> None:
     status, _, body = acl_agent.request(method, f"{path}?token={MGMT}", json.dumps(doc))
     assert not body.startswith(b"Internal error"), (method, path, doc, status, body[:300])
     assert status in (200, 400, 403, 404, 409, 413, 500), (method, path, doc, status, body[:300])
+    if status == 200:
+        _reads_still_answer(acl_agent, [f"{r}?token={MGMT}" for r in ACL_READ_BACK], (method, path, doc))
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +212,8 @@ def test_generated_bodies_get_a_clear_answer(agent, case) -> None:
     # node"); Beacon does too, on purpose. An unexpected exception reads "Internal error: ...": a bug.
     assert not body.startswith(b"Internal error"), (method, path, doc, status, body[:300])
     assert status in (200, 400, 403, 404, 405, 409, 413, 500), (method, path, doc, status, body[:300])
+    if status == 200:  # what was accepted must not break the reads that show it (found: LockDelay -1e22)
+        _reads_still_answer(agent, READ_BACK.get(path, ()), (method, path, doc))
 
 
 def test_the_agent_still_serves_after_the_bodies(agent) -> None:
@@ -243,3 +270,21 @@ def test_generated_read_parameters_get_a_clear_answer(agent, target) -> None:
     status, _, body = agent.request("GET", target, timeout=20)
     assert not body.startswith(b"Internal error"), (target, status, body[:300])
     assert status in (200, 400, 403, 404, 405, 500), (target, status, body[:300])
+
+
+def test_integers_beyond_64_bits_are_refused_and_cannot_poison_a_list(agent) -> None:
+    """Found by the generator: ``"LockDelay": -1e22`` was stored, and every later session list was an
+    internal error (the number does not encode). Consul refuses such a body; a negative delay that
+    does fit delays nothing."""
+    status, _, body = agent.request("PUT", "/v1/session/create", json.dumps({"LockDelay": -(10**22)}))
+    assert status == 400 and b"LockDelay" in body, (status, body)
+    status, _, body = agent.request("PUT", "/v1/session/create", json.dumps({"LockDelay": -5}))
+    assert status == 200, body
+    sid = json.loads(body)["ID"]
+    [info] = agent.json("GET", f"/v1/session/info/{sid}")
+    assert info["LockDelay"] == 0
+    status, _, body = agent.request("PUT", "/v1/agent/service/register", json.dumps({
+        "Name": "big", "Port": 80, "Weights": {"Passing": 2**70}}))
+    assert status == 400 and b"must be an integer" in body, (status, body)
+    assert agent.request("GET", "/v1/session/list")[0] == 200
+    assert agent.request("GET", "/v1/catalog/services")[0] == 200

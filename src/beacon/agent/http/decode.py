@@ -52,9 +52,16 @@ class Fields:
         v = self.get(*names)
         if v is None:
             return default
-        if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not INT_MIN <= v <= UINT_MAX or int(v) != v:
             raise DecodeError(f"Request decode failed: {names[0]} must be an integer")
         return int(v)
+
+    def uint(self, *names: str, default: int = 0) -> int:
+        """A Go uint64 field (KV flags, indexes): a negative number does not decode."""
+        v = self.int(*names, default=default)
+        if v < 0:
+            raise DecodeError(f"Request decode failed: {names[0]} must be an unsigned integer")
+        return v
 
     def bool(self, *names: str, default: bool = False) -> bool:
         v = self.get(*names)
@@ -103,6 +110,9 @@ class Fields:
         return None if v is None else Fields(v, names[0])
 
 
+# What a Go int64 or uint64 field decodes; beyond it Consul refuses the body (and orjson could not
+# encode the stored value back: every later read of it would fail).
+INT_MIN, UINT_MAX = -(2**63), 2**64 - 1
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

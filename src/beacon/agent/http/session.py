@@ -31,15 +31,15 @@ def _lock_delay(value: Any) -> float:
     try:
         if isinstance(value, str):
             ns = parse_duration(value) * 1e9
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            ns = float(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+            ns = float(value)  # a Go time.Duration: outside int64 the request does not decode
         else:
             raise ValueError(value)
     except ValueError:
         raise DecodeError(f"Request decode failed: invalid LockDelay {value!r}") from None
     if ns < 1000:
         ns *= 1e9
-    return ns / 1e9
+    return max(0.0, ns / 1e9)  # a negative delay delays nothing
 
 
 def decode_session(obj: Any, agent: Agent) -> Session:

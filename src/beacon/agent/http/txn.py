@@ -39,14 +39,14 @@ def _b64(value: Any, where: str) -> bytes | None:
 def _node_dict(f: Fields) -> dict[str, Any]:
     return {"node": f.str("Node"), "address": f.str("Address"), "id": f.str("ID"),
             "datacenter": f.str("Datacenter"), "tagged_addresses": f.str_map("TaggedAddresses"),
-            "meta": f.str_map("Meta"), "modify_index": f.int("ModifyIndex")}
+            "meta": f.str_map("Meta"), "modify_index": f.uint("ModifyIndex")}
 
 
 def _service_dict(f: Fields) -> dict[str, Any]:
     return {"id": f.str("ID"), "service": f.str("Service"), "tags": f.str_list("Tags"),
             "address": f.str("Address"), "port": f.int("Port"), "meta": f.str_map("Meta"),
             "enable_tag_override": f.bool("EnableTagOverride"), "kind": f.str("Kind"),
-            "modify_index": f.int("ModifyIndex")}
+            "modify_index": f.uint("ModifyIndex")}
 
 
 def _check_dict(f: Fields) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def _check_dict(f: Fields) -> dict[str, Any]:
             "status": f.str("Status") or "critical", "notes": f.str("Notes"), "output": f.str("Output"),
             "service_id": f.str("ServiceID"), "type": f.str("Type"),
             "definition": definition if isinstance(definition, dict) else {},
-            "modify_index": f.int("ModifyIndex")}
+            "modify_index": f.uint("ModifyIndex")}
 
 
 def decode_ops(body: Any) -> list[dict[str, Any]]:
@@ -71,7 +71,7 @@ def decode_ops(body: Any) -> list[dict[str, Any]]:
             if verb not in KV_VERBS:
                 raise DecodeError(f"Request decode failed: unknown KV verb {verb!r} in operation {i}")
             ops.append({"type": "kv", "verb": verb, "key": kv.str("Key"), "value": _b64(kv.get("Value"), "KV"),
-                        "flags": kv.int("Flags"), "index": kv.int("Index"), "session": kv.str("Session")})
+                        "flags": kv.uint("Flags"), "index": kv.uint("Index"), "session": kv.str("Session")})
             continue
         kind, sub = next(((k, f.obj(k)) for k in ("Node", "Service", "Check") if f.obj(k) is not None),
                          (None, None))
