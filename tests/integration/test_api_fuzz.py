@@ -274,7 +274,8 @@ def test_generated_read_parameters_get_a_clear_answer(agent, target) -> None:
 
 def test_integers_beyond_64_bits_are_refused_and_cannot_poison_a_list(agent) -> None:
     """Found by the generator: ``"LockDelay": -1e22`` was stored, and every later session list was an
-    internal error (the number does not encode). Consul refuses such a body; a negative delay that
+    internal error (the number does not encode); so was a check's ``OutputMaxSize`` of 2**70 for the
+    agent's and the catalog's check lists. Consul refuses such a body; a negative lock delay that
     does fit delays nothing."""
     status, _, body = agent.request("PUT", "/v1/session/create", json.dumps({"LockDelay": -(10**22)}))
     assert status == 400 and b"LockDelay" in body, (status, body)
@@ -286,5 +287,9 @@ def test_integers_beyond_64_bits_are_refused_and_cannot_poison_a_list(agent) -> 
     status, _, body = agent.request("PUT", "/v1/agent/service/register", json.dumps({
         "Name": "big", "Port": 80, "Weights": {"Passing": 2**70}}))
     assert status == 400 and b"must be an integer" in body, (status, body)
-    assert agent.request("GET", "/v1/session/list")[0] == 200
-    assert agent.request("GET", "/v1/catalog/services")[0] == 200
+    for field in ("OutputMaxSize", "SuccessBeforePassing", "Interval", "Timeout", "DeregisterCriticalServiceAfter"):
+        doc = {"Name": f"big-{field}", "HTTP": "http://127.0.0.1:1/", "Interval": "10s", field: 2**70}
+        status, _, body = agent.request("PUT", "/v1/agent/check/register", json.dumps(doc))
+        assert status == 400 and field.encode() in body, (field, status, body)
+    for target in ("/v1/session/list", "/v1/catalog/services", "/v1/agent/checks", "/v1/health/state/any"):
+        assert agent.request("GET", target)[0] == 200, target

@@ -107,19 +107,22 @@ def _decode(kind: str, key: str, value: Any) -> Any:
         if value is None or value == "":
             return 0.0
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except DurationError as exc:
             raise CheckDefinitionError(f"{key}: {exc}") from exc
+        if not abs(seconds) * 1e9 < 2**63:  # a Go time.Duration (int64 ns); Go refuses the rest
+            raise CheckDefinitionError(f"{key}: duration {value!r} out of range")
+        return seconds
     if kind == "int":
         if value is None:
             return 0
         if isinstance(value, bool):
             raise CheckDefinitionError(f"{key} must be an integer")
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        if not isinstance(value, int):
+            value = int(value)
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, int) or not -(2**63) <= value < 2**63:  # a Go int
             raise CheckDefinitionError(f"{key} must be an integer")
         return value
     if kind == "bool":
