@@ -43,6 +43,20 @@ def process_engine(tmp_path_factory):
     stop_engine(e.proc)
 
 
+READ_BACK = {"/containers/create": ("/containers/{}/json", "/containers/json?all=1"),
+             "/networks/create": ("/networks/{}", "/networks"), "/volumes/create": ("/volumes/{}", "/volumes")}
+
+
+def _reads_still_answer(engine, path: str, reply: dict) -> None:
+    """What was accepted must not break the reads that show it (inspect and the list)."""
+    ref = reply.get("Id") or reply.get("Name") or ""
+    for kind, reads in READ_BACK.items():
+        if path.endswith(kind):
+            for target in reads:
+                status, _, body = call(engine, "GET", "/v1.47" + target.format(ref))
+                assert status == 200, (path, target, status, body[:300])
+
+
 def _cleanup(engine, path: str, reply: dict) -> None:
     if path.endswith("/containers/create") and "Id" in reply:
         assert call(engine, "DELETE", f"/containers/{reply['Id']}?force=1")[0] == 204
@@ -64,6 +78,7 @@ def test_generated_bodies_get_docker_answers(process_engine, case) -> None:
     assert not message.startswith("internal error"), (path, doc, status, message)
     assert status in (200, 201, 400, 404, 409, 501), (path, doc, status, body[:300])
     if status in (200, 201):
+        _reads_still_answer(process_engine, path, reply)
         _cleanup(process_engine, path, reply)
 
 
