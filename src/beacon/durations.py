@@ -4,7 +4,9 @@
 
 * a Go duration string (``"10s"``, ``"1m30s"``, ``"500ms"``, ``"1.5h"``, ``"-2s"``, ``"0"``), units
   ``ns us µs ms s m h``;
-* a JSON number, meaning **nanoseconds** (``30000000000`` is 30 s).
+* a JSON number, meaning **nanoseconds** (``30000000000`` is 30 s);
+
+either within a Go ``time.Duration`` (int64 nanoseconds, about 292 years), as Go refuses the rest.
 
 A bare numeric string such as ``"30"`` has no unit and is rejected, as Go's ``time.ParseDuration``
 rejects it (``"0"`` is the one exception). Results are float seconds.
@@ -30,6 +32,7 @@ _NS_PER_UNIT = {
     "m": 60_000_000_000,
     "h": 3_600_000_000_000,
 }
+_NS_LIMIT = 2**63  # a Go time.Duration is int64 nanoseconds (about 292 years); Go refuses the rest
 _COMPONENT = re.compile(r"(\d*)(?:\.(\d*))?([a-zA-Z\u00b5\u03bc]+)")
 
 
@@ -41,15 +44,15 @@ def parse_duration(value: object) -> float:
     """Return ``value`` as float seconds; raise :class:`DurationError` if it is not a duration."""
     if isinstance(value, bool):  # bool is an int subclass; true/false are not durations
         raise DurationError(f"invalid duration {value!r}")
-    if isinstance(value, int):
-        return value / 1e9
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise DurationError(f"invalid duration {value!r}")
-        return value / 1e9
-    if not isinstance(value, str):
+    if isinstance(value, int | float):
+        ns: float = value
+    elif isinstance(value, str):
+        ns = _parse_go_string(value)
+    else:
         raise DurationError(f"invalid duration {value!r}")
-    return _parse_go_string(value) / 1e9
+    if not -_NS_LIMIT <= ns < _NS_LIMIT:  # NaN and infinities too
+        raise DurationError(f"invalid duration {value!r}: out of range")
+    return ns / 1e9
 
 
 def _parse_go_string(text: str) -> int:
@@ -78,6 +81,9 @@ def _parse_go_string(text: str) -> int:
         if unit not in _NS_PER_UNIT:
             raise DurationError(f'unknown unit "{unit}" in duration "{text}"')
         scale = _NS_PER_UNIT[unit]
+        whole, frac = whole.lstrip("0"), (frac or "")[:20]  # further digits are below a nanosecond
+        if len(whole) > 20:  # past any Duration (and past what int() takes from a string)
+            raise DurationError(f'invalid duration "{text[:40]}": out of range')
         total += int(whole or "0") * scale
         if frac:
             total += int(frac) * scale // (10 ** len(frac))

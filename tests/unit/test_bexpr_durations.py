@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from beacon.agent.http.bexpr import FilterError, compile_filter
-from beacon.durations import format_duration, parse_duration
+from beacon.durations import DurationError, format_duration, parse_duration
 
 SVC = {"ID": "web1", "Service": "web", "Tags": ["primary", "v1"], "Port": 80,
        "Meta": {"env": "prod", "key-with-dash": "x"}, "Address": "",
@@ -55,6 +55,21 @@ def test_parse_duration(text, seconds) -> None:
 def test_parse_duration_rejects(bad) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+@pytest.mark.parametrize("bad", ["2562048h", "9999999999h", 2**63, -(2**63) - 1024, 2.0**70, float("nan"),
+                                 float("inf"), "1" * 5000 + "s"])
+def test_parse_duration_refuses_what_a_go_duration_cannot_hold(bad) -> None:
+    """Found by generated requests: such a value was stored, and a read that encodes it failed."""
+    with pytest.raises(DurationError, match="out of range"):
+        parse_duration(bad)
+
+
+def test_parse_duration_at_the_edges_of_a_go_duration() -> None:
+    assert parse_duration("2562047h") == 2562047 * 3600
+    assert parse_duration(-(2**63)) == pytest.approx(-(2**63) / 1e9)
+    assert parse_duration("0." + "1" * 5000 + "s") == pytest.approx(0.111111111)
+    assert parse_duration("00010s") == 10
 
 
 @pytest.mark.parametrize("seconds,text", [(10, "10s"), (90, "1m30s"), (0.5, "500ms"), (3600, "1h0m0s"), (0, "0s")])
