@@ -291,5 +291,8 @@ def test_integers_beyond_64_bits_are_refused_and_cannot_poison_a_list(agent) -> 
         doc = {"Name": f"big-{field}", "HTTP": "http://127.0.0.1:1/", "Interval": "10s", field: 2**70}
         status, _, body = agent.request("PUT", "/v1/agent/check/register", json.dumps(doc))
         assert status == 400 and field.encode() in body, (field, status, body)
+    doc = {"Name": "digits", "TTL": "10s", "SuccessBeforePassing": "1" * 5000}  # past int()'s 4,300 digits
+    status, _, body = agent.request("PUT", "/v1/agent/check/register", json.dumps(doc))
+    assert status == 400 and b"SuccessBeforePassing" in body, (status, body[:200])
     for target in ("/v1/session/list", "/v1/catalog/services", "/v1/agent/checks", "/v1/health/state/any"):
         assert agent.request("GET", target)[0] == 200, target

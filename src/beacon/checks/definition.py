@@ -117,7 +117,7 @@ def _decode(kind: str, key: str, value: Any) -> Any:
             raise CheckDefinitionError(f"{key} must be an integer")
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
             value = int(value)
         if not isinstance(value, int) or not -(2**63) <= value < 2**63:  # a Go int
             raise CheckDefinitionError(f"{key} must be an integer")
