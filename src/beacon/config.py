@@ -125,7 +125,7 @@ def _bool(key: str, v: Any, src: str) -> bool:
 
 def _int(key: str, v: Any, src: str, minimum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, str) and v.lstrip("-").isdigit():
+        if isinstance(v, str) and len(v) < 20 and v.isascii() and v.lstrip("-").isdigit():
             v = int(v)
         else:
             raise ConfigError(f"{src}: '{key}' must be an integer, got {v!r}")

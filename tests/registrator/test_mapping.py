@@ -202,6 +202,10 @@ def test_ignore_and_explicit() -> None:
 
 def test_garbage_inspect_objects_do_not_raise() -> None:
     for obj in ({}, {"Config": None, "NetworkSettings": None}, {"Config": {"Env": ["NOEQUALS", "SERVICE_="]}},
-                inspect(ports={"80/tcp": [{"HostIp": "", "HostPort": "notanumber"}]})):
+                inspect(ports={"80/tcp": [{"HostIp": "", "HostPort": "notanumber"}]}),
+                # str.isdigit() is true of these, int() refuses them: found by the generated containers
+                inspect(ports={}, exposed=[], env=["SERVICE_PORT=\u00b9"]), inspect(ports={}, exposed=["\u00b9/tcp"]),
+                inspect(ports={}, exposed=[], env=["SERVICE_PORT=" + "1" * 5000]),
+                inspect(ports={"80/tcp": [{"HostIp": "", "HostPort": "1" * 5000}]})):
         services, problems = container_services(obj, OPTS)
         assert isinstance(services, list) and isinstance(problems, list)

@@ -112,3 +112,27 @@ def test_names_longer_than_a_file_name_get_docker_answers(process_engine) -> Non
         if status == 201:
             _cleanup(process_engine, path, reply)
     assert_alive(process_engine)
+
+
+def test_digits_int_refuses_get_docker_answers(process_engine) -> None:
+    """``str.isdigit()`` is true of "\u00b9" (superscript one) and of 5,000 digits, and ``int()``
+    refuses both: ports, restart counts, users, signals and query numbers are a 400, not an
+    internal error."""
+    sup, many = "\u00b9", "1" * 5000
+    bodies = [{**CREATE, "ExposedPorts": {f"{sup}/tcp": {}}},
+              {**CREATE, "ExposedPorts": {f"{many}/tcp": {}}},
+              {**CREATE, "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": sup}]}}},
+              {**CREATE, "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": sup}}},
+              {**CREATE, "User": many}, {**CREATE, "StopSignal": sup}]
+    for doc in bodies:
+        status, _, body = call(process_engine, "POST", "/v1.47/containers/create", json.dumps(doc).encode())
+        reply = json.loads(body)
+        assert status in (201, 400), (doc, status, body[:200])
+        assert not reply.get("message", "").startswith("internal error"), (doc, reply)
+        if status == 201:
+            _cleanup(process_engine, "/containers/create", reply)
+    for target in (f"/v1.47/containers/json?limit={many}", f"/v1.47/events?since={many}&until=1",
+                   f"/v1.47/containers/json?limit={sup}"):
+        status, _, body = call(process_engine, "GET", target)
+        assert not body.startswith(b'{"message":"internal error'), (target, status, body[:200])
+    assert_alive(process_engine)

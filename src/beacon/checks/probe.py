@@ -25,7 +25,7 @@ class Probe(Protocol):
 def split_host_port(target: str) -> tuple[str, int]:
     """Split ``host:port`` / ``[v6]:port`` as Go's ``net.SplitHostPort``; raise ValueError if bad."""
     host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise ValueError(f"address {target}: missing port in address")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

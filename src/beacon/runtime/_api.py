@@ -62,7 +62,8 @@ def parse_time_ns(raw: str | None) -> int | None:
         return None
     assert raw is not None
     secs, dot, frac = raw.partition(".")
-    if secs.lstrip("-").isdigit() and (not dot or frac.isdigit()):
+    if (len(secs) < 20 and secs.isascii() and secs.lstrip("-").isdigit()
+            and (not dot or (frac.isascii() and frac.isdigit()))):
         return int(secs) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
     value = parse_time(raw)
     return None if value is None else int(value * 1e9)
@@ -190,7 +191,7 @@ class ApiServer:
         out = [views.summary(c, self.engine.isolation) for c in self.engine.containers()
                if views.matches(c, filters, show_all)]
         limit = req.q("limit")
-        if limit and limit.lstrip("-").isdigit() and int(limit) > 0:
+        if limit and len(limit) < 20 and limit.isascii() and limit.lstrip("-").isdigit() and int(limit) > 0:
             out = out[: int(limit)]
         return Response(200, out)
 
@@ -224,7 +225,7 @@ class ApiServer:
         if not streams:
             raise InvalidParameter("Bad parameters: you must choose at least one stream")
         tail_raw = req.q("tail") or "all"
-        tail = None if tail_raw == "all" else int(tail_raw) if tail_raw.isdigit() else None
+        tail = None if tail_raw == "all" else int(tail_raw) if len(tail_raw) < 20 and tail_raw.isascii() and tail_raw.isdigit() else None
         timestamps = req.flag("timestamps")
         running = slot.c.state.status == "running"
         follow = req.flag("follow")
@@ -323,7 +324,7 @@ def _error(status: int, message: str) -> Response:
 
 def _int_q(req: Request, name: str) -> int:
     raw = req.q(name) or "0"
-    if not raw.isdigit():
+    if not (len(raw) < 20 and raw.isascii() and raw.isdigit()):
         raise InvalidParameter(f"invalid {name}: {raw!r}")
     return int(raw)
 

@@ -223,7 +223,7 @@ class HttpServer:
                 chunks.append(await reader.readexactly(size))
                 await reader.readline()
         length = headers.get("content-length", "0") or "0"
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise BadRequest("malformed Content-Length")
         if int(length) > limit:
             raise BadRequest("request body too large")

@@ -41,7 +41,7 @@ def port_key(spec: str) -> tuple[int, str]:
     proto = proto.lower() or "tcp"
     if proto not in ("tcp", "udp"):
         raise InvalidParameter(f"invalid proto: {proto!r} (beacon relays tcp and udp)")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (len(port) < 6 and port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidParameter(f"invalid port specification: {spec!r}")
     return int(port), proto
 
@@ -50,7 +50,7 @@ def host_port(value: Any) -> int:
     text = str(value or "").strip()
     if text == "":
         return 0
-    if not text.isdigit() or not 0 <= int(text) < 65536:
+    if not (len(text) < 6 and text.isascii() and text.isdigit()) or not 0 <= int(text) < 65536:
         raise InvalidParameter(f"invalid port specification: {text!r}")
     return int(text)
 
@@ -83,7 +83,7 @@ def parse_restart(spec: str) -> dict[str, Any]:
     name, _, count = (spec or "no").partition(":")
     if name not in RESTART_POLICIES:
         raise InvalidParameter(f"invalid restart policy {name!r}")
-    if count and (name != "on-failure" or not count.isdigit()):
+    if count and (name != "on-failure" or not (len(count) < 10 and count.isascii() and count.isdigit())):
         raise InvalidParameter(f"invalid restart policy format {spec!r}: maximum retry count only for on-failure")
     return {"Name": name, "MaximumRetryCount": int(count or 0)}
 
@@ -92,7 +92,7 @@ def signal_number(value: str | int | None) -> int:
     if value in (None, ""):
         return signal.SIGKILL
     text = str(value).upper()
-    if text.isdigit():
+    if len(text) < 10 and text.isascii() and text.isdigit():
         num = int(text)
         if 0 < num < signal.NSIG:
             return num

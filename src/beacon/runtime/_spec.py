@@ -211,11 +211,11 @@ def lookup_user(rootfs: str, spec: str) -> tuple[int, int, list[int], str]:
     passwd = _read_db(os.path.join(rootfs, "etc/passwd"))
     groups_db = _read_db(os.path.join(rootfs, "etc/group"))
     uid, gid, home, name = 0, 0, "/", "root"
-    if user == "" or user.isdigit():
+    if user == "" or (len(user) < 11 and user.isascii() and user.isdigit()):
         uid = int(user or 0)
         for row in passwd:
             if len(row) > 5 and row[2] == str(uid):
-                gid, home, name = int(row[3]) if row[3].isdigit() else 0, row[5], row[0]
+                gid, home, name = int(row[3]) if row[3].isascii() and row[3].isdigit() else 0, row[5], row[0]
                 break
         else:
             home = "/root" if uid == 0 else "/"
@@ -227,7 +227,7 @@ def lookup_user(rootfs: str, spec: str) -> tuple[int, int, list[int], str]:
         else:
             raise InvalidParameter(f"unable to find user {user}: no matching entries in passwd file")
     if group:
-        if group.isdigit():
+        if group.isascii() and group.isdigit():
             gid = int(group)
         else:
             for row in groups_db:
@@ -238,7 +238,7 @@ def lookup_user(rootfs: str, spec: str) -> tuple[int, int, list[int], str]:
                 raise InvalidParameter(f"unable to find group {group}: no matching entries in group file")
     extra = []
     for row in groups_db:
-        if len(row) > 3 and name in row[3].split(",") and row[2].isdigit() and int(row[2]) != gid:
+        if len(row) > 3 and name in row[3].split(",") and row[2].isascii() and row[2].isdigit() and int(row[2]) != gid:
             extra.append(int(row[2]))
     return uid, gid, extra, home or "/"
 
