@@ -175,6 +175,14 @@ def dev_agent() -> Iterator[AgentProcess]:
     agent.stop()
 
 
+def launch_acl_deny(directory, management: str, **kw) -> AgentProcess:
+    """A -dev agent with ACLs on, default policy deny, and `management` as its initial management token."""
+    cfg = os.path.join(str(directory), "acl.json")
+    with open(cfg, "w") as f:
+        json.dump({"acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": management}}}, f)
+    return launch("-config-file", cfg, **kw)
+
+
 def dig(port: int, *args: str, timeout: float = 10.0, server: str = "127.0.0.1") -> str:
     if shutil.which("dig") is None:
         pytest.skip("dig is not installed (apt-get install bind9-dnsutils)")

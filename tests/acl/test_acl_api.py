@@ -10,7 +10,7 @@ import consul
 import pytest
 from consul.exceptions import BadRequest
 
-from tests.conftest import beacon_cmd, beacon_env, launch, wait_until
+from tests.conftest import beacon_cmd, beacon_env, launch, launch_acl_deny, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -19,10 +19,7 @@ MGMT = "6d1ae1a6-5d2f-4f3f-9c43-0d3a2b9b1e11"
 
 @pytest.fixture(scope="module")
 def deny_agent(tmp_path_factory):
-    cfg = tmp_path_factory.mktemp("acl") / "acl.json"
-    cfg.write_text(json.dumps({"acl": {"enabled": True, "default_policy": "deny",
-                                       "tokens": {"initial_management": MGMT}}}))
-    agent = launch("-config-file", str(cfg))
+    agent = launch_acl_deny(tmp_path_factory.mktemp("acl"), MGMT)
     yield agent
     agent.stop()
 

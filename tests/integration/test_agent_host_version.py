@@ -9,7 +9,7 @@ import os
 import pytest
 
 from beacon import CONSUL_COMPAT_VERSION
-from tests.conftest import launch
+from tests.conftest import launch_acl_deny
 
 pytestmark = pytest.mark.integration
 
@@ -18,10 +18,7 @@ MGMT = "0b7e3c55-41f4-4c0e-8f38-6f0d3c1c9a21"
 
 @pytest.fixture(scope="module")
 def deny_agent(tmp_path_factory):
-    cfg = tmp_path_factory.mktemp("acl") / "acl.json"
-    cfg.write_text(json.dumps({"acl": {"enabled": True, "default_policy": "deny",
-                                       "tokens": {"initial_management": MGMT}}}))
-    agent = launch("-config-file", str(cfg))
+    agent = launch_acl_deny(tmp_path_factory.mktemp("acl"), MGMT)
     yield agent
     agent.stop()
 

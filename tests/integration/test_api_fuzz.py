@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import launch
+from tests.conftest import launch, launch_acl_deny
 
 pytestmark = pytest.mark.integration
 
@@ -175,10 +175,7 @@ def _reads_still_answer(agent, reads, case) -> None:
 
 @pytest.fixture(scope="module")
 def acl_agent(tmp_path_factory):
-    cfg = tmp_path_factory.mktemp("acl-fuzz") / "acl.json"
-    cfg.write_text(json.dumps({"acl": {"enabled": True, "default_policy": "deny",
-                                       "tokens": {"initial_management": MGMT}}}))
-    a = launch("-config-file", str(cfg))
+    a = launch_acl_deny(tmp_path_factory.mktemp("acl-fuzz"), MGMT)
     yield a
     a.stop()
 
