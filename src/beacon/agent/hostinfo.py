@@ -35,25 +35,25 @@ def memory() -> dict[str, Any]:
     cached = m.get("Cached", 0) + m.get("SReclaimable", 0)  # gopsutil counts reclaimable slab as cache
     available = m.get("MemAvailable", free + buffers + cached)
     used = max(0, total - free - buffers - cached)
-    return {
-        "total": total, "available": available, "used": used,
-        "usedPercent": (used / total * 100.0) if total else 0.0,
-        "free": free, "active": m.get("Active", 0), "inactive": m.get("Inactive", 0),
-        "wired": 0, "laundry": 0, "buffers": buffers, "cached": cached,
-        "writeBack": m.get("Writeback", 0), "dirty": m.get("Dirty", 0),
-        "writeBackTmp": m.get("WritebackTmp", 0), "shared": m.get("Shmem", 0), "slab": m.get("Slab", 0),
-        "sreclaimable": m.get("SReclaimable", 0), "sunreclaim": m.get("SUnreclaim", 0),
-        "pageTables": m.get("PageTables", 0), "swapCached": m.get("SwapCached", 0),
-        "commitLimit": m.get("CommitLimit", 0), "committedAS": m.get("Committed_AS", 0),
-        "highTotal": m.get("HighTotal", 0), "highFree": m.get("HighFree", 0),
-        "lowTotal": m.get("LowTotal", 0), "lowFree": m.get("LowFree", 0),
-        "swapTotal": m.get("SwapTotal", 0), "swapFree": m.get("SwapFree", 0), "mapped": m.get("Mapped", 0),
-        "vmallocTotal": m.get("VmallocTotal", 0), "vmallocUsed": m.get("VmallocUsed", 0),
-        "vmallocChunk": m.get("VmallocChunk", 0), "hugePagesTotal": m.get("HugePages_Total", 0),
-        "hugePagesFree": m.get("HugePages_Free", 0), "hugePagesRsvd": m.get("HugePages_Rsvd", 0),
-        "hugePagesSurp": m.get("HugePages_Surp", 0), "hugePageSize": m.get("Hugepagesize", 0),
-        "anonHugePages": m.get("AnonHugePages", 0),
-    }
+    out: dict[str, Any] = {"total": total, "available": available, "used": used,
+                           "usedPercent": (used / total * 100.0) if total else 0.0, "free": free,
+                           "wired": 0, "laundry": 0, "buffers": buffers, "cached": cached}
+    out.update((name, m.get(key, 0)) for name, key in _MEMINFO_FIELDS.items())
+    return out
+
+
+# gopsutil's VirtualMemoryStat field -> its /proc/meminfo line, for the fields read as they are
+_MEMINFO_FIELDS = {
+    "active": "Active", "inactive": "Inactive", "writeBack": "Writeback", "dirty": "Dirty",
+    "writeBackTmp": "WritebackTmp", "shared": "Shmem", "slab": "Slab", "sreclaimable": "SReclaimable",
+    "sunreclaim": "SUnreclaim", "pageTables": "PageTables", "swapCached": "SwapCached",
+    "commitLimit": "CommitLimit", "committedAS": "Committed_AS", "highTotal": "HighTotal",
+    "highFree": "HighFree", "lowTotal": "LowTotal", "lowFree": "LowFree", "swapTotal": "SwapTotal",
+    "swapFree": "SwapFree", "mapped": "Mapped", "vmallocTotal": "VmallocTotal", "vmallocUsed": "VmallocUsed",
+    "vmallocChunk": "VmallocChunk", "hugePagesTotal": "HugePages_Total", "hugePagesFree": "HugePages_Free",
+    "hugePagesRsvd": "HugePages_Rsvd", "hugePagesSurp": "HugePages_Surp", "hugePageSize": "Hugepagesize",
+    "anonHugePages": "AnonHugePages",
+}
 
 
 def _int(text: str) -> int:
