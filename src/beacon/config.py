@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from beacon.numbers import ascii_int
+
 log = logging.getLogger("beacon.config")
 
 LogLevel = Literal["trace", "debug", "info", "warn", "error"]
@@ -125,8 +127,8 @@ def _bool(key: str, v: Any, src: str) -> bool:
 
 def _int(key: str, v: Any, src: str, minimum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, str) and len(v) < 20 and v.isascii() and v.lstrip("-").isdigit():
-            v = int(v)
+        if isinstance(v, str) and (n := ascii_int(v, signed=True)) is not None:
+            v = n
         else:
             raise ConfigError(f"{src}: '{key}' must be an integer, got {v!r}")
     if minimum is not None and v < minimum:

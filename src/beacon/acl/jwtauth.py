@@ -31,6 +31,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 
 from beacon.durations import DurationError, parse_duration
+from beacon.numbers import ascii_int
 
 # Asymmetric algorithms only: a public-key method must never accept a shared secret or no signature.
 SUPPORTED_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -336,8 +337,8 @@ def _claim(claims: dict[str, Any], name: str) -> Any:
         part = part.replace("~1", "/").replace("~0", "~")
         if isinstance(cur, dict):
             cur = cur.get(part)
-        elif isinstance(cur, list) and part.isascii() and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
+        elif isinstance(cur, list) and (i := ascii_int(part)) is not None and i < len(cur):
+            cur = cur[i]
         else:
             return None
     return cur

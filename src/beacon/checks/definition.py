@@ -27,6 +27,7 @@ from typing import Any
 from beacon.checks.durations import DurationError, format_duration, parse_duration
 from beacon.checks.errors import CheckDefinitionError
 from beacon.model import HEALTH_STATUSES, HealthCheck
+from beacon.numbers import INT64_MAX, INT64_MIN, ascii_int
 
 __all__ = [
     "DEFAULT_OUTPUT_MAX_SIZE",
@@ -117,9 +118,9 @@ def _decode(kind: str, key: str, value: Any) -> Any:
             raise CheckDefinitionError(f"{key} must be an integer")
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        elif isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
-            value = int(value)
-        if not isinstance(value, int) or not -(2**63) <= value < 2**63:  # a Go int
+        elif isinstance(value, str):
+            value = ascii_int(value.strip(), signed=True)
+        if not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:  # a Go int
             raise CheckDefinitionError(f"{key} must be an integer")
         return value
     if kind == "bool":

@@ -11,6 +11,8 @@ import os
 import ssl
 from typing import Protocol
 
+from beacon.numbers import ascii_int
+
 __all__ = ["Probe", "ProbeResult", "describe_os_error", "split_host_port"]
 
 ProbeResult = tuple[str, str]
@@ -25,13 +27,13 @@ class Probe(Protocol):
 def split_host_port(target: str) -> tuple[str, int]:
     """Split ``host:port`` / ``[v6]:port`` as Go's ``net.SplitHostPort``; raise ValueError if bad."""
     host, sep, port = target.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()):
+    number = ascii_int(port)
+    if not sep or not host or number is None:
         raise ValueError(f"address {target}: missing port in address")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
         raise ValueError(f"address {target}: too many colons in address")
-    number = int(port)
     if not 0 < number < 65536:
         raise ValueError(f"address {target}: invalid port")
     return host, number

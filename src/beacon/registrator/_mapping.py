@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from beacon.durations import format_duration, parse_duration
+from beacon.numbers import ascii_int
 
 __all__ = [
     "HEALTH_CHECK_SUFFIX",
@@ -195,7 +196,7 @@ def _ports(inspect: dict[str, Any]) -> list[_Port]:
             found[str(key)] = _Port(port, proto or "tcp", str(b.get("HostIp") or ""), str(b.get("HostPort") or ""))
         else:
             found.setdefault(str(key), _Port(port, proto or "tcp", "", ""))
-    return sorted(found.values(), key=lambda p: (int(p.exposed) if len(p.exposed) < 6 and p.exposed.isascii() and p.exposed.isdigit() else 0, p.proto))
+    return sorted(found.values(), key=lambda p: (ascii_int(p.exposed, 5) or 0, p.proto))
 
 
 def container_ip(inspect: dict[str, Any]) -> str:
@@ -242,7 +243,7 @@ def container_services(inspect: dict[str, Any], opts: MappingOptions,
         candidates.append(p)
     if not candidates and "port" in metadata:
         value = metadata["port"]
-        if len(value) < 6 and value.isascii() and value.isdigit() and 0 < int(value) < 65536:
+        if 0 < (ascii_int(value, 5) or 0) < 65536:
             candidates = [_Port(value, "tcp", "", value)]
         else:
             ctx.warn(f"SERVICE_PORT={value!r} is not a port number; no service registered")
@@ -296,7 +297,7 @@ def _service(ctx: _Context, metadata: dict[str, str], p: _Port, group: bool) -> 
     if md.get("id"):
         sid = md["id"]
     port_s = p.exposed if opts.internal else p.host_port
-    port = int(port_s) if len(port_s) < 6 and port_s.isascii() and port_s.isdigit() else 0
+    port = ascii_int(port_s, 5) or 0
     if not 0 < port < 65536:
         ctx.warn(f"port {p.exposed}: {'port' if opts.internal else 'host port'} {port_s!r} is not a port "
                  "number; skipped")

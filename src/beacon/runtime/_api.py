@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from beacon.numbers import ascii_int
 from beacon.runtime import _api_extra, _api_images, _stdio
 from beacon.runtime import _views as views
 from beacon.runtime._errors import Conflict, EngineError, InvalidParameter
@@ -62,9 +63,9 @@ def parse_time_ns(raw: str | None) -> int | None:
         return None
     assert raw is not None
     secs, dot, frac = raw.partition(".")
-    if (len(secs) < 20 and secs.isascii() and secs.lstrip("-").isdigit()
-            and (not dot or (frac.isascii() and frac.isdigit()))):
-        return int(secs) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
+    whole = ascii_int(secs, signed=True)
+    if whole is not None and (not dot or (frac.isascii() and frac.isdigit())):
+        return whole * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
     value = parse_time(raw)
     return None if value is None else int(value * 1e9)
 
@@ -190,9 +191,9 @@ class ApiServer:
         show_all = req.flag("all")
         out = [views.summary(c, self.engine.isolation) for c in self.engine.containers()
                if views.matches(c, filters, show_all)]
-        limit = req.q("limit")
-        if limit and len(limit) < 20 and limit.isascii() and limit.lstrip("-").isdigit() and int(limit) > 0:
-            out = out[: int(limit)]
+        limit = ascii_int(req.q("limit") or "", signed=True)
+        if limit is not None and limit > 0:
+            out = out[:limit]
         return Response(200, out)
 
     async def prune(self, req: Request, args: dict[str, str]) -> Response:
@@ -225,7 +226,7 @@ class ApiServer:
         if not streams:
             raise InvalidParameter("Bad parameters: you must choose at least one stream")
         tail_raw = req.q("tail") or "all"
-        tail = None if tail_raw == "all" else int(tail_raw) if len(tail_raw) < 20 and tail_raw.isascii() and tail_raw.isdigit() else None
+        tail = None if tail_raw == "all" else ascii_int(tail_raw)
         timestamps = req.flag("timestamps")
         running = slot.c.state.status == "running"
         follow = req.flag("follow")
@@ -324,9 +325,10 @@ def _error(status: int, message: str) -> Response:
 
 def _int_q(req: Request, name: str) -> int:
     raw = req.q(name) or "0"
-    if not (len(raw) < 20 and raw.isascii() and raw.isdigit()):
+    value = ascii_int(raw)
+    if value is None:
         raise InvalidParameter(f"invalid {name}: {raw!r}")
-    return int(raw)
+    return value
 
 
 def _timeout(req: Request) -> float | None:

@@ -21,6 +21,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from beacon.numbers import ascii_int
 from beacon.runtime._errors import EngineError, InvalidParameter
 
 log = logging.getLogger(__name__)
@@ -222,12 +223,12 @@ class HttpServer:
                     raise BadRequest("request body too large")
                 chunks.append(await reader.readexactly(size))
                 await reader.readline()
-        length = headers.get("content-length", "0") or "0"
-        if not (length.isascii() and length.isdigit()):
+        length = ascii_int(headers.get("content-length", "0") or "0")
+        if length is None:
             raise BadRequest("malformed Content-Length")
-        if int(length) > limit:
+        if length > limit:
             raise BadRequest("request body too large")
-        return await reader.readexactly(int(length)) if int(length) else b""
+        return await reader.readexactly(length) if length else b""
 
     def _head(self, status: int, headers: dict[str, str]) -> bytes:
         try:

@@ -9,6 +9,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from beacon.numbers import ascii_int
 from beacon.runtime._errors import InvalidParameter
 
 Status = Literal["created", "running", "restarting", "exited", "removing", "dead"]
@@ -41,18 +42,20 @@ def port_key(spec: str) -> tuple[int, str]:
     proto = proto.lower() or "tcp"
     if proto not in ("tcp", "udp"):
         raise InvalidParameter(f"invalid proto: {proto!r} (beacon relays tcp and udp)")
-    if not (len(port) < 6 and port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    number = ascii_int(port, 5) or 0
+    if not 0 < number < 65536:
         raise InvalidParameter(f"invalid port specification: {spec!r}")
-    return int(port), proto
+    return number, proto
 
 
 def host_port(value: Any) -> int:
     text = str(value or "").strip()
     if text == "":
         return 0
-    if not (len(text) < 6 and text.isascii() and text.isdigit()) or not 0 <= int(text) < 65536:
+    number = ascii_int(text, 5)
+    if number is None or not 0 <= number < 65536:
         raise InvalidParameter(f"invalid port specification: {text!r}")
-    return int(text)
+    return number
 
 
 def parse_publish(spec: str) -> tuple[str, dict[str, str]]:
@@ -83,7 +86,7 @@ def parse_restart(spec: str) -> dict[str, Any]:
     name, _, count = (spec or "no").partition(":")
     if name not in RESTART_POLICIES:
         raise InvalidParameter(f"invalid restart policy {name!r}")
-    if count and (name != "on-failure" or not (len(count) < 10 and count.isascii() and count.isdigit())):
+    if count and (name != "on-failure" or ascii_int(count, 9) is None):
         raise InvalidParameter(f"invalid restart policy format {spec!r}: maximum retry count only for on-failure")
     return {"Name": name, "MaximumRetryCount": int(count or 0)}
 
@@ -92,8 +95,8 @@ def signal_number(value: str | int | None) -> int:
     if value in (None, ""):
         return signal.SIGKILL
     text = str(value).upper()
-    if len(text) < 10 and text.isascii() and text.isdigit():
-        num = int(text)
+    num = ascii_int(text, 9)
+    if num is not None:
         if 0 < num < signal.NSIG:
             return num
     else:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from beacon.numbers import ascii_int
 from beacon.runtime._errors import InvalidParameter
 
 DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
@@ -211,11 +212,11 @@ def lookup_user(rootfs: str, spec: str) -> tuple[int, int, list[int], str]:
     passwd = _read_db(os.path.join(rootfs, "etc/passwd"))
     groups_db = _read_db(os.path.join(rootfs, "etc/group"))
     uid, gid, home, name = 0, 0, "/", "root"
-    if user == "" or (len(user) < 11 and user.isascii() and user.isdigit()):
-        uid = int(user or 0)
+    if user == "" or ascii_int(user, 10) is not None:
+        uid = ascii_int(user or "0", 10) or 0
         for row in passwd:
             if len(row) > 5 and row[2] == str(uid):
-                gid, home, name = int(row[3]) if row[3].isascii() and row[3].isdigit() else 0, row[5], row[0]
+                gid, home, name = ascii_int(row[3], 10) or 0, row[5], row[0]
                 break
         else:
             home = "/root" if uid == 0 else "/"
@@ -227,8 +228,8 @@ def lookup_user(rootfs: str, spec: str) -> tuple[int, int, list[int], str]:
         else:
             raise InvalidParameter(f"unable to find user {user}: no matching entries in passwd file")
     if group:
-        if group.isascii() and group.isdigit():
-            gid = int(group)
+        if (number := ascii_int(group, 10)) is not None:
+            gid = number
         else:
             for row in groups_db:
                 if row[0] == group and len(row) > 2:
@@ -238,7 +239,7 @@ def lookup_user(rootfs: str, spec: str) -> tuple[int, int, list[int], str]:
                 raise InvalidParameter(f"unable to find group {group}: no matching entries in group file")
     extra = []
     for row in groups_db:
-        if len(row) > 3 and name in row[3].split(",") and row[2].isascii() and row[2].isdigit() and int(row[2]) != gid:
+        if len(row) > 3 and name in row[3].split(",") and ascii_int(row[2], 10) not in (None, gid):
             extra.append(int(row[2]))
     return uid, gid, extra, home or "/"
 

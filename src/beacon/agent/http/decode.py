@@ -13,6 +13,7 @@ from typing import Any
 
 from beacon.durations import parse_duration
 from beacon.model import Service
+from beacon.numbers import INT64_MIN, UINT64_MAX
 
 
 class DecodeError(Exception):
@@ -52,7 +53,9 @@ class Fields:
         v = self.get(*names)
         if v is None:
             return default
-        if isinstance(v, bool) or not isinstance(v, int | float) or not INT_MIN <= v <= UINT_MAX or int(v) != v:
+        # A Go int64 or uint64 field: beyond it Consul refuses the body (and orjson could not encode
+        # the stored value back, so every later read of it would fail).
+        if isinstance(v, bool) or not isinstance(v, int | float) or not INT64_MIN <= v <= UINT64_MAX or int(v) != v:
             raise DecodeError(f"Request decode failed: {names[0]} must be an integer")
         return int(v)
 
@@ -110,9 +113,6 @@ class Fields:
         return None if v is None else Fields(v, names[0])
 
 
-# What a Go int64 or uint64 field decodes; beyond it Consul refuses the body (and orjson could not
-# encode the stored value back: every later read of it would fail).
-INT_MIN, UINT_MAX = -(2**63), 2**64 - 1
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

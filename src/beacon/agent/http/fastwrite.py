@@ -34,13 +34,13 @@ from beacon.agent.http.fastparse import KV, LABELS, HeadParser, plain_url, token
 from beacon.agent.http.metrics import observe
 from beacon.endpoints import Submit
 from beacon.endpoints import kv as kv_endpoint
+from beacon.numbers import UINT64_MAX
 
 if TYPE_CHECKING:
     from beacon.agent.http.fastacl import FastACL
 
 log = logging.getLogger("beacon.agent.http")
 
-UINT64_MAX = 2**64 - 1
 MAX_BODY = 1024 * 1024  # buffered here at most; larger limits' bodies go to aiohttp (client_max_size 16 MiB)
 HANDOFF, MORE = -1, -2  # FastWrites.take: aiohttp answers this request / its body is not all here yet
 

@@ -10,12 +10,12 @@ from aiohttp import web
 from beacon.agent.http.core import HTTPError, Reply, Router, blocking_query, flag, query_options
 from beacon.agent.http.views import views_of
 from beacon.endpoints import kv as kv_endpoint
+from beacon.numbers import UINT64_MAX
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
 
 router = Router()
-UINT64_MAX = 2**64 - 1
 
 
 def _uint(req: web.Request, name: str, what: str) -> int:

@@ -14,6 +14,7 @@ from beacon.agent.http.encode import session_json
 from beacon.durations import format_duration, parse_duration
 from beacon.endpoints import session as session_endpoint
 from beacon.model import SERF_CHECK_ID, Session
+from beacon.numbers import INT64_MAX, INT64_MIN
 
 if TYPE_CHECKING:
     from beacon.agent.agent import Agent
@@ -31,7 +32,7 @@ def _lock_delay(value: Any) -> float:
     try:
         if isinstance(value, str):
             ns = parse_duration(value) * 1e9
-        elif isinstance(value, int | float) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        elif isinstance(value, int | float) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX:
             ns = float(value)  # a Go time.Duration: outside int64 the request does not decode
         else:
             raise ValueError(value)
