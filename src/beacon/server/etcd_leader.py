@@ -47,6 +47,7 @@ class LeaderAndMembers:
     _absent_since: float
     _handed_off_until: float
     _chosen: bool
+    _took_late: bool
     _last_colocation_check: float
     _last_ok: float
     _last_members: float
@@ -99,6 +100,8 @@ class LeaderAndMembers:
                 self._lease = lease
                 self._leader_since = t0
                 self._chosen = False
+                # taken after the others had their second to take it: maybe as the etcd leader
+                self._took_late = self._absent_since > 0.0 and t0 - self._absent_since >= 1.0
                 self._leader_until = t0 + self.lease_ttl - 0.5
                 self._set_leader({"name": self.node_name, "addr": self.self_addr})
                 log.info("%s is the leader", self.node_name)
@@ -165,6 +168,7 @@ class LeaderAndMembers:
         self._lease = lease
         self._leader_since = t0
         self._leader_until = t0 + self.lease_ttl - 0.5
+        self._took_late = False
         self._chosen = bool(note.get("handoff"))  # the operator's choice stands over the co-location rule
         self._set_leader({"name": self.node_name, "addr": self.self_addr})
         log.info("%s is the leader (handed over)", self.node_name)
@@ -177,9 +181,16 @@ class LeaderAndMembers:
     async def _co_located_too_long(self) -> bool:
         """Leader duties move off the server whose member is the etcd leader: killing that server
         would otherwise cost an etcd election plus the lease TTL (etcd extends leases on a new
-        leader) before anyone takes over; apart, a crash costs one or the other. True if resigned."""
+        leader) before anyone takes over, about 5 s instead of about 2.5 s; apart, a crash costs one
+        or the other. Checked every round, since etcd leadership can move onto this server at any
+        time (a member's restart hands it over), and the co-located window is the slow failover.
+        Only a server that took the key as the etcd leader, because no other server took it within
+        its second, keeps it for 5 s first, which bounds the flapping when the others cannot take
+        it. True if resigned."""
         now = time.monotonic()
-        if self._chosen or now - self._leader_since < 5.0 or now - self._last_colocation_check < 2.0 or len(self.members) < 3:
+        if self._chosen or len(self.members) < 3 or now - self._last_colocation_check < self.lease_ttl / 5 - 0.05:
+            return False
+        if self._took_late and now - self._leader_since < 5.0:
             return False
         self._last_colocation_check = now
         if not await self._member_is_etcd_leader():
