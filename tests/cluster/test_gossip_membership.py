@@ -34,6 +34,22 @@ def statuses(agent) -> dict[str, int]:
     return {m["Name"]: m["Status"] for m in members or []} if status == 200 else {}
 
 
+def wait_for_event(everyone: dict, event_id: str, payload: bytes | None = None) -> None:
+    """Every agent lists the user event. Serf gossips an event to a few random members, which pass it on;
+    one that all of those missed gets it from the next push-pull exchange, whose state carries the recent
+    events (every 30 s on the LAN profile): so the wait covers one push-pull interval."""
+    def has_event(agent) -> bool:
+        return any(e["ID"] == event_id and (payload is None or base64.b64decode(e["Payload"]) == payload)
+                   for e in jget(agent, "/v1/event/list")[1])
+    for name, agent in everyone.items():
+        try:
+            wait_until(lambda a=agent: has_event(a), timeout=35)
+        except AssertionError:
+            raise AssertionError(f"{name} has not received event {event_id}; received by "
+                                 f"{[n for n, a in everyone.items() if has_event(a)]}; {name}'s events: "
+                                 f"{jget(agent, '/v1/event/list')[1]}; its log: {agent.lines[-20:]}") from None
+
+
 def test_three_servers_three_clients_events_keys_failures_and_autopilot(tmp_path) -> None:
     key = base64.b64encode(os.urandom(32)).decode()
     c = start_cluster(tmp_path, clients=3, extra=("-encrypt", key, "-reconnect-timeout", "6s"))
@@ -52,16 +68,7 @@ def test_three_servers_three_clients_events_keys_failures_and_autopilot(tmp_path
         status, _, body = c.clients["c1"].request("PUT", "/v1/event/fire/deploy", b"v2")
         assert status == 200
         event_id = json.loads(body)["ID"]
-        def has_event(agent) -> bool:
-            return any(e["ID"] == event_id and base64.b64decode(e["Payload"]) == b"v2"
-                       for e in jget(agent, "/v1/event/list?name=deploy")[1])
-        for name, agent in everyone.items():
-            try:
-                wait_until(lambda a=agent: has_event(a), timeout=15)
-            except AssertionError:
-                raise AssertionError(f"{name} has not received event {event_id}; received by "
-                                     f"{[n for n, a in everyone.items() if has_event(a)]}; "
-                                     f"{name}'s events: {jget(agent, '/v1/event/list')[1]}") from None
+        wait_for_event(everyone, event_id, b"v2")
 
         # Key rotation through the keyring API: install, use, remove the old one; gossip keeps working.
         new = base64.b64encode(os.urandom(32)).decode()
@@ -81,8 +88,7 @@ def test_three_servers_three_clients_events_keys_failures_and_autopilot(tmp_path
             raise AssertionError(f"LAN keyring after rotation: {lan_ring()}") from None
         status, _, body = c.clients["c2"].request("PUT", "/v1/event/fire/after-rotation")
         rotated_id = json.loads(body)["ID"]
-        for agent in everyone.values():
-            wait_until(lambda a=agent: any(e["ID"] == rotated_id for e in jget(a, "/v1/event/list")[1]), timeout=15)
+        wait_for_event(everyone, rotated_id)
 
         # kill -9 of a client: failed on every other agent, its services leave DNS.
         c3 = c.clients["c3"]
