@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +25,52 @@ from beacon.gossip.supervisor import LAN_PORT, WAN_PORT, SerfConfig, SerfNotFoun
 from beacon.gossip.tags import consul_tags, wan_member_name
 
 log = logging.getLogger("beacon.gossip")
+
+TMP_PREFIX = "beacon-gossip-"
+OWNER_FILE = "owner.pid"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def sweep_stale_tmpdirs(root: str | None = None) -> int:
+    """Remove the temporary gossip directories of agents that died without cleaning up (``kill -9``
+    of a ``-dev`` agent leaves its serf snapshots behind). A directory is stale when the pid in its
+    owner file is no longer running; one without an owner file (being created, or from an older
+    version) is left alone. Returns how many were removed."""
+    root = root or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(TMP_PREFIX)]
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            with open(os.path.join(path, OWNER_FILE), "rb") as f:
+                text = f.read(32).strip()
+        except OSError:
+            continue
+        if not text.isascii() or not text.isdigit() or len(text) > 10 or _pid_alive(int(text)):
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():  # only our own directories
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("removed %d gossip directories left by agents that no longer run", removed)
+    return removed
 
 
 @dataclass
@@ -97,8 +146,11 @@ class Gossip:
         tmpdir = None
         data_dir = s.data_dir
         if not data_dir:
-            tmpdir = tempfile.TemporaryDirectory(prefix="beacon-gossip-")
+            sweep_stale_tmpdirs()
+            tmpdir = tempfile.TemporaryDirectory(prefix=TMP_PREFIX)
             data_dir = tmpdir.name
+            with open(os.path.join(data_dir, OWNER_FILE), "w", encoding="ascii") as f:
+                f.write(f"{os.getpid()}\n")
         common = dict(data_dir=data_dir, bind_addr=s.bind_addr, advertise_addr=s.advertise_addr, encrypt=s.encrypt,
                       serf_bin=s.serf_bin, rejoin_after_leave=s.rejoin, profile=s.profile,
                       reconnect_timeout=f"{max(int(s.reconnect_timeout), 1)}s",
