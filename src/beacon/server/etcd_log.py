@@ -73,6 +73,7 @@ MAX_OPS = 64        # operations per put, a txn counting its ops: bounds one ent
 MAX_INFLIGHT = 4    # batch puts in flight per server
 INDEX_STRIDE = 1000  # Consul index = etcd revision * 1000 + position in the batch
 EXPIRY_MARGIN = 2.0
+APPLY_GRACE = 5.0   # seconds past the hold timeout a committed write waits for this server's apply
 
 
 class EtcdConsensus(LeaderAndMembers):
@@ -190,8 +191,10 @@ class EtcdConsensus(LeaderAndMembers):
                 self._queue.append(entry)
                 self._flush_wake.set()
             # The batch sender answers within the hold timeout; past it, the command was committed
-            # and only this server's apply is late.
-            result = await asyncio.wait_for(asyncio.shield(fut), self.hold_timeout + 30.0)
+            # and only this server's apply is late: its etcd member went down right after the
+            # commit (a full disk crashes it on its backend commit, and it crash-loops until space
+            # returns). The caller learns that within APPLY_GRACE rather than after half a minute.
+            result = await asyncio.wait_for(asyncio.shield(fut), self.hold_timeout + APPLY_GRACE)
             return self._result(result)
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
