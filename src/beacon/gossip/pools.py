@@ -23,6 +23,7 @@ from beacon.gossip.membership import Membership
 from beacon.gossip.rpc import SerfError
 from beacon.gossip.supervisor import LAN_PORT, WAN_PORT, SerfConfig, SerfNotFound, find_serf
 from beacon.gossip.tags import consul_tags, wan_member_name
+from beacon.numbers import ascii_int
 
 log = logging.getLogger("beacon.gossip")
 
@@ -55,10 +56,10 @@ def sweep_stale_tmpdirs(root: str | None = None) -> int:
         path = os.path.join(root, name)
         try:
             with open(os.path.join(path, OWNER_FILE), "rb") as f:
-                text = f.read(32).strip()
+                pid = ascii_int(f.read(32).strip().decode("ascii", "replace"), max_digits=10)
         except OSError:
             continue
-        if not text.isascii() or not text.isdigit() or len(text) > 10 or _pid_alive(int(text)):
+        if pid is None or _pid_alive(pid):
             continue
         try:
             st = os.lstat(path)

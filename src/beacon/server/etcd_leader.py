@@ -48,7 +48,6 @@ class LeaderAndMembers:
     _handed_off_until: float
     _chosen: bool
     _took_late: bool
-    _last_colocation_check: float
     _last_ok: float
     _last_members: float
 
@@ -187,12 +186,10 @@ class LeaderAndMembers:
         Only a server that took the key as the etcd leader, because no other server took it within
         its second, keeps it for 5 s first, which bounds the flapping when the others cannot take
         it. True if resigned."""
-        now = time.monotonic()
-        if self._chosen or len(self.members) < 3 or now - self._last_colocation_check < self.lease_ttl / 5 - 0.05:
+        if self._chosen or len(self.members) < 3:
             return False
-        if self._took_late and now - self._leader_since < 5.0:
+        if self._took_late and time.monotonic() - self._leader_since < 5.0:
             return False
-        self._last_colocation_check = now
         if not await self._member_is_etcd_leader():
             return False
         log.info("%s hands leadership over: its etcd member is the etcd leader", self.node_name)

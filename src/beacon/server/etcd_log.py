@@ -120,7 +120,6 @@ class EtcdConsensus(LeaderAndMembers):
         self._handed_off_until = 0.0  # this server gave leadership away: it does not take it back soon
         self._chosen = False  # this server's leadership came from a transfer-leader naming it
         self._took_late = False  # this server took the leader key only after a second without a leader
-        self._last_colocation_check = 0.0
         self._last_ok = 0.0
         self._last_members = 0.0
         self._ri_next: asyncio.Future[int] | None = None
