@@ -13,6 +13,14 @@ from tests.cluster.conftest import Cluster, start_cluster
 from tests.conftest import beacon_cmd, beacon_env, dig, wait_until
 
 
+# How long Serf may take to declare a killed member failed. Serf's LAN profile (memberlist's
+# DefaultLANConfig) probes every 1 s with SuspicionMult 4 and SuspicionMaxTimeoutMult 6: a suspicion
+# with no independent confirmation runs 6 x 4 x max(1, log10(5 members)) x 1 s = 24 s, and
+# confirmations shrink it towards 4 s. Add a probe round for the first failed probe and the leader's
+# reconcile pass. Measured times (5.7-10.4 s, docs/benchmarks.md) are printed, not asserted.
+SWIM_DETECTION = 6 * 4 * 1.0 + 4
+
+
 def adig(agent, *args: str) -> str:
     return dig(agent.dns_port, *args, server=agent.host)
 
@@ -103,8 +111,8 @@ def test_a_killed_client_goes_critical_and_leaves_dns(cluster: Cluster) -> None:
         return any(c["CheckID"] == "serfHealth" and c["Status"] == "critical" for c in checks or [])
 
     t0 = time.monotonic()
-    wait_until(critical, timeout=10)
-    assert time.monotonic() - t0 < 8
+    wait_until(critical, timeout=SWIM_DETECTION)
+    print(f"client kill -9: serfHealth critical after {time.monotonic() - t0:.1f}s")
     _, _, checks = jget(s1, "/v1/health/node/c2")
     assert [c["Output"] for c in checks if c["CheckID"] == "serfHealth"] == ["Agent not live or unreachable"]
     assert adig(s1, "api.service.consul", "+short").strip() == ""
@@ -164,7 +172,7 @@ def test_force_leave_reaps_a_failed_node(cluster: Cluster) -> None:
     s1 = cluster.servers["s1"]
     cluster.clients["c2"].stop(signal.SIGKILL)
     wait_until(lambda: any(m["Name"] == "c2" and m["Status"] == 4 for m in jget(s1, "/v1/agent/members")[2]),
-               timeout=10)
+               timeout=SWIM_DETECTION)
     r = subprocess.run(beacon_cmd("force-leave", "-http-addr", s1.http_addr, "c2"), capture_output=True,
                        text=True, env=beacon_env(), timeout=30)
     assert r.returncode == 0, r.stderr
