@@ -36,6 +36,7 @@ REGISTRATOR_KEYS = ("resync", "cleanup", "deregister", "internal", "explicit", "
 class AgentConfig:
     node_name: str = ""
     datacenter: str = "dc1"
+    primary_datacenter: str = ""  # ACLs: where tokens come from (empty: this datacenter)
     server: bool = False
     dev: bool = False
     bootstrap_expect: int = 0
@@ -207,6 +208,8 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
         k = key.lower()
         if k in ("datacenter",):
             cfg.datacenter = _str(key, value, src).lower()
+        elif k in ("primary_datacenter", "acl_datacenter"):  # acl_datacenter: Consul's pre-1.4 name
+            cfg.primary_datacenter = _str(key, value, src).lower()
         elif k == "node_name":
             cfg.node_name = _str(key, value, src)
         elif k == "server":
@@ -381,7 +384,7 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
 
             merge_acl_block(cfg.acl, _dict(key, value, src), src)
         elif k in ("log_file", "rejoin_after_leave",
-                   "disable_update_check", "performance", "telemetry", "primary_datacenter",
+                   "disable_update_check", "performance", "telemetry",
                    "connect", "enable_debug", "disable_host_node_id", "raft_protocol"):
             log.debug("%s: key '%s' accepted and not used by Beacon", src, key)
         else:

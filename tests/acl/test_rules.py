@@ -201,3 +201,38 @@ async def test_a_token_the_server_no_longer_knows_is_dropped_from_the_cache() ->
 
     with pytest.raises(ACLUnavailable):  # nothing cached any more to extend
         await r.resolve("s")
+
+
+async def test_a_secondary_datacenter_server_resolves_its_own_tokens_locally_and_asks_the_primary_for_others() -> None:
+    store = _store()
+    _apply(store, {"op": "token_set", "token": {"AccessorID": "local-a", "SecretID": "local-s",
+                                                "Policies": [{"ID": state.MANAGEMENT_POLICY_ID}]}})
+    asked: list[str] = []
+    answers: dict[str, object] = {"global-s": DOC, "gone-s": ACLNotFound()}
+
+    async def primary(secret: str) -> dict:
+        asked.append(secret)
+        answer = answers.get(secret, ACLNotFound())
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    r = Resolver(ACLConfig(enabled=True, default_policy="deny", token_ttl=30.0), "n", store=store, primary=primary)
+    assert r.waits and r.fetch is None
+    assert (await r.resolve("local-s")).authz.management and asked == []  # its own tables, no WAN trip
+    with pytest.raises(ACLNotFound):
+        r.resolve_here("global-s")  # not fetched yet: the non-waiting path cannot know it
+    ident = await r.resolve("global-s")
+    assert asked == ["global-s"] and ident.accessor == "a"
+    assert ident.authz.key_read("app/x") and not ident.authz.key_read("other")
+    assert r.resolve_here("global-s") is ident  # cached for token_ttl: the fast path sees it too
+    await r.resolve("global-s")
+    assert asked == ["global-s"]
+    with pytest.raises(ACLNotFound):
+        await r.resolve("gone-s")
+    assert asked == ["global-s", "gone-s"]
+    # a client agent of this datacenter asking about the primary's token gets the primary's answer
+    assert await r.describe_anywhere("global-s") == DOC
+    assert (await r.describe_anywhere("local-s"))["Management"] is True
+    with pytest.raises(ACLNotFound):
+        await r.describe_anywhere("nobody")

@@ -56,7 +56,9 @@ class ACLStore:
     def _authz(self) -> Authorizer:
         try:
             if self._token is None:
-                ident = self._resolver.resolve_here(agent_dns_token(self._resolver.tokens))
+                # this datacenter's tokens only: a fetched token of the primary datacenter would
+                # change the answers without moving the cache stamps
+                ident = self._resolver.resolve_here(agent_dns_token(self._resolver.tokens), cached_remote=False)
             else:
                 ident = self._resolver.resolve_local(self._token or state.ANONYMOUS_SECRET)
         except ACLNotFound:

@@ -5,6 +5,9 @@ ACL tables change (their index is the stamp), so a cached token costs one dict l
 Client agents have no replica: they ask a server (``fetch``) and keep the answer for ``token_ttl``
 (Consul's default 30 s). When no server answers, ``down_policy`` decides: ``extend-cache`` and
 ``async-cache`` keep using what was cached (deny when nothing was), ``allow`` allows, ``deny`` denies.
+Servers of a datacenter other than ``primary_datacenter`` resolve from their own tables first (the
+tokens made there) and ask the primary datacenter's servers (``primary``) for any other SecretID,
+cached and falling back the same way: Consul's remote token resolution when tokens are not replicated.
 An unknown or expired SecretID is "ACL not found" (403), as in Consul.
 """
 
@@ -127,17 +130,21 @@ def rules_document(rules: Rules) -> dict[str, Any]:
 class Resolver:
     def __init__(self, config: ACLConfig, node_name: str, store: StateStore | None = None,
                  fetch: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 primary: Callable[[str], Awaitable[dict[str, Any]]] | None = None) -> None:
         self.config = config
         self.node_name = node_name
         self.store = store
         self.fetch = fetch
+        self.primary = primary  # servers outside the primary datacenter: how to ask its servers
+        self._ask = fetch or primary
         self.clock = clock
         self.default_allow = config.default_policy == "allow"
         self.tokens = dict(config.tokens)  # /v1/agent/token/:type updates these at runtime
         # servers: secret -> (acl index, identity, expires at or None)
         self._local: dict[str, tuple[int, Identity, float | None]] = {}
-        self._remote: dict[str, tuple[float, Identity]] = {}  # clients: secret -> (fetched at, identity)
+        # clients, and servers for the primary's tokens: secret -> (fetched at, identity)
+        self._remote: dict[str, tuple[float, Identity]] = {}
         self._refreshing: set[str] = set()
         self._specials: dict[tuple[str, str], Identity] = {}
 
@@ -147,20 +154,40 @@ class Resolver:
         rules.add("node", "", READ, True)
         return Identity("agent-recovery", Authorizer(rules, False), "Agent Recovery Token")
 
+    @property
+    def waits(self) -> bool:
+        """Resolving may ask another agent (clients; servers outside the primary datacenter)."""
+        return self._ask is not None
+
     async def resolve(self, secret: str) -> Identity:
-        if self.fetch is None:
+        if self._ask is None:
             return self.resolve_here(secret)
+        if self.primary is not None:
+            try:
+                return self.resolve_here(secret)  # this datacenter's own tokens, or a fresh cached one
+            except ACLNotFound:
+                pass  # perhaps a token of the primary datacenter: ask it
         special = self._special(secret)
         if special is not None:
             return special
         return await self._resolve_remote(secret or self.tokens.get("default") or state.ANONYMOUS_SECRET)
 
-    def resolve_here(self, secret: str) -> Identity:
-        """Servers: resolve without waiting ("" means the default token, else anonymous)."""
+    def resolve_here(self, secret: str, cached_remote: bool = True) -> Identity:
+        """Servers: resolve without waiting ("" means the default token, else anonymous). Outside
+        the primary datacenter, a token of the primary resolves here while its cached answer is
+        fresh (the waiting path, :meth:`resolve`, fetches and refreshes it), unless the caller
+        wants this datacenter's tables only (``cached_remote=False``)."""
         special = self._special(secret)
         if special is not None:
             return special
-        return self.resolve_local(secret or self.tokens.get("default") or state.ANONYMOUS_SECRET)
+        secret = secret or self.tokens.get("default") or state.ANONYMOUS_SECRET
+        try:
+            return self.resolve_local(secret)
+        except ACLNotFound:
+            hit = self._remote.get(secret) if self.primary is not None and cached_remote else None
+            if hit is not None and time.monotonic() - hit[0] < self.config.token_ttl:
+                return hit[1]
+            raise
 
     def _special(self, secret: str) -> Identity | None:
         if not secret:
@@ -206,7 +233,6 @@ class Resolver:
         return expires is not None and expires <= self.clock()
 
     async def _resolve_remote(self, secret: str) -> Identity:
-        assert self.fetch is not None
         now = time.monotonic()
         hit = self._remote.get(secret)
         if hit is not None and now - hit[0] < self.config.token_ttl:
@@ -227,10 +253,10 @@ class Resolver:
             pass  # _fetch_remote already dropped a deleted token; an unreachable server keeps the entry
 
     async def _fetch_remote(self, secret: str, hit: tuple[float, Identity] | None) -> Identity:
-        assert self.fetch is not None
+        assert self._ask is not None
         now = time.monotonic()
         try:
-            doc = await self.fetch(secret)
+            doc = await self._ask(secret)
         except ACLNotFound:
             self._remote.pop(secret, None)
             raise
@@ -249,6 +275,21 @@ class Resolver:
             self._remote.clear()
         self._remote[secret] = (now, ident)
         return ident
+
+    async def describe_anywhere(self, secret: str) -> dict[str, Any]:
+        """:meth:`describe`, and outside the primary datacenter the primary's answer for a token
+        this datacenter does not hold (a client agent here caches it for its own ``token_ttl``)."""
+        try:
+            return self.describe(secret)
+        except ACLNotFound:
+            if self.primary is None:
+                raise
+        try:
+            return await self.primary(secret or self.tokens.get("default") or state.ANONYMOUS_SECRET)
+        except ACLNotFound:
+            raise
+        except Exception as exc:
+            raise ACLUnavailable(str(exc)) from None
 
     def describe(self, secret: str) -> dict[str, Any]:
         """Server side of a client's fetch: what the client needs to build the same authorizer."""

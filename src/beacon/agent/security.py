@@ -37,8 +37,11 @@ def setup(agent: Agent) -> None:
         agent.acl = None
         return
     client = not (cfg.server or cfg.dev)
+    # A server of a secondary datacenter asks the primary's servers for tokens it does not hold.
+    secondary = cfg.server and not cfg.dev and (cfg.primary_datacenter or cfg.datacenter) != cfg.datacenter
     agent.acl = Resolver(acl, cfg.node_name, store=agent.store,
-                         fetch=(lambda secret: fetch_from_server(agent, secret)) if client else None)
+                         fetch=(lambda secret: fetch_from_server(agent, secret)) if client else None,
+                         primary=(lambda secret: fetch_from_primary(agent, secret)) if secondary else None)
     if acl.enable_token_persistence and cfg.data_dir:
         agent.acl.tokens.update(load_persisted_tokens(cfg.data_dir))
 
@@ -168,6 +171,39 @@ def server_api_targets(agent: Agent) -> list[tuple[str, dict[str, Any]]]:
             host = f"[{m.addr}]" if ":" in m.addr else m.addr
             out.append((f"https://{host}:{port}", opts))
     return out
+
+
+async def fetch_from_primary(agent: Agent, secret: str) -> dict[str, Any]:
+    """A secondary datacenter's server: ask the primary datacenter's servers (nearest first, over
+    the WAN pool as ``?dc=`` requests go) what a SecretID it does not hold grants."""
+    import aiohttp
+
+    from beacon.agent.http.federation import remote_servers
+
+    if agent.forward_session is None:
+        raise RuntimeError("not started")
+    primary = agent.config.primary_datacenter
+    targets = [(m.addr, int(m.tags.get("http_port") or 0)) for m in await remote_servers(agent, primary)]
+    last = f"no server of the primary datacenter {primary} is known"
+    headers = {"X-Consul-Token": secret} if secret else {}
+    for host, port in targets:
+        if not port:
+            continue
+        base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        try:
+            async with agent.forward_session.get(f"{base}/v1/internal/acl/resolve", headers=headers,
+                                                 timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                body = await resp.read()
+                if resp.status == 403:
+                    raise ACLNotFound()
+                if resp.status == 200:
+                    return json.loads(body)
+                last = f"{base}: {resp.status} {body[:200].decode(errors='replace')}"
+        except ACLNotFound:
+            raise
+        except (OSError, ValueError, TimeoutError, aiohttp.ClientError) as exc:
+            last = f"{base}: {exc or type(exc).__name__}"
+    raise RuntimeError(last)
 
 
 async def fetch_from_server(agent: Agent, secret: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from beacon.acl import state
-from beacon.acl.resolver import ACLNotFound, Identity
+from beacon.acl.resolver import ACLNotFound, ACLUnavailable, Identity
 from beacon.acl.rules import READ, WRITE, RuleError, parse
 from beacon.agent.http.core import HTTPError, Reply, Router, read_json
 from beacon.agent.http.decode import DecodeError, Fields
@@ -402,9 +402,12 @@ async def resolve_for_client(req: web.Request, agent: Agent) -> Reply:
 
     secret = req.get(SECRET_KEY, "")
     try:
-        return Reply(agent.acl.describe(secret))
+        return Reply(await agent.acl.describe_anywhere(secret))
     except ACLNotFound:
         raise HTTPError(403, "ACL not found") from None
+    except ACLUnavailable as exc:
+        raise HTTPError(500, f"ACL resolution failed (no server of the primary datacenter answered): {exc}") \
+            from None
 
 
 # Agent-local: which token the agent uses for what (Consul's /v1/agent/token/:type).

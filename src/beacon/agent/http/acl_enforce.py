@@ -465,7 +465,7 @@ def enforcer(agent: Agent) -> Callable[[web.Request, Next], Awaitable[web.Stream
     resolver = agent.acl
     assert resolver is not None
     client = agent.mode == "client"
-    local = resolver.fetch is None  # servers hold the ACL tables: resolving never waits
+    local = not resolver.waits  # servers hold the ACL tables: resolving never waits (but see primary)
 
     async def enforce(request: web.Request, handler: Next) -> web.StreamResponse:
         path = request.path
