@@ -12,7 +12,6 @@ import pytest
 from tests.cluster.conftest import Cluster, start_cluster
 from tests.conftest import beacon_cmd, beacon_env, dig, wait_until
 
-
 # How long Serf may take to declare a killed member failed. Serf's LAN profile (memberlist's
 # DefaultLANConfig) probes every 1 s with SuspicionMult 4 and SuspicionMaxTimeoutMult 6: a suspicion
 # with no independent confirmation runs 6 x 4 x max(1, log10(5 members)) x 1 s = 24 s, and

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import ssl
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -183,36 +182,24 @@ async def fetch_from_primary(agent: Agent, secret: str) -> dict[str, Any]:
     if agent.forward_session is None:
         raise RuntimeError("not started")
     primary = agent.config.primary_datacenter
-    targets = [(m.addr, int(m.tags.get("http_port") or 0)) for m in await remote_servers(agent, primary)]
-    last = f"no server of the primary datacenter {primary} is known"
-    headers = {"X-Consul-Token": secret} if secret else {}
-    for host, port in targets:
-        if not port:
-            continue
-        base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        try:
-            async with agent.forward_session.get(f"{base}/v1/internal/acl/resolve", headers=headers,
-                                                 timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                body = await resp.read()
-                if resp.status == 403:
-                    raise ACLNotFound()
-                if resp.status == 200:
-                    return json.loads(body)
-                last = f"{base}: {resp.status} {body[:200].decode(errors='replace')}"
-        except ACLNotFound:
-            raise
-        except (OSError, ValueError, TimeoutError, aiohttp.ClientError) as exc:
-            last = f"{base}: {exc or type(exc).__name__}"
-    raise RuntimeError(last)
+    opts = {"timeout": aiohttp.ClientTimeout(total=5)}
+    targets = [(f"http://[{m.addr}]:{port}" if ":" in m.addr else f"http://{m.addr}:{port}", opts)
+               for m in await remote_servers(agent, primary) if (port := int(m.tags.get("http_port") or 0))]
+    return await _resolve_at(agent, targets, secret, f"no server of the primary datacenter {primary} is known")
 
 
 async def fetch_from_server(agent: Agent, secret: str) -> dict[str, Any]:
     """A client agent's token lookup: ask a server for what the SecretID grants."""
     if agent.forward_session is None:
         raise RuntimeError("not connected to any server yet")
-    last = "no servers known"
+    return await _resolve_at(agent, server_api_targets(agent), secret, "no servers known")
+
+
+async def _resolve_at(agent: Agent, targets: list[tuple[str, dict[str, Any]]], secret: str,
+                      last: str) -> dict[str, Any]:
+    """The first answer of ``/v1/internal/acl/resolve`` among ``targets``; 403 is ACLNotFound."""
     headers = {"X-Consul-Token": secret} if secret else {}
-    for base, opts in server_api_targets(agent):
+    for base, opts in targets:
         try:
             async with agent.forward_session.get(f"{base}/v1/internal/acl/resolve", headers=headers,
                                                  **opts) as resp:
@@ -224,8 +211,6 @@ async def fetch_from_server(agent: Agent, secret: str) -> dict[str, Any]:
                 last = f"{base}: {resp.status} {body[:200].decode(errors='replace')}"
         except ACLNotFound:
             raise
-        except (OSError, ssl.SSLError, ValueError, TimeoutError) as exc:
-            last = f"{base}: {exc}"
-        except Exception as exc:  # aiohttp.ClientError and friends: try the next server
-            last = f"{base}: {exc}"
+        except Exception as exc:  # OSError, ssl.SSLError, a bad body, aiohttp.ClientError: the next one
+            last = f"{base}: {exc or type(exc).__name__}"
     raise RuntimeError(last)
