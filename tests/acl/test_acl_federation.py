@@ -69,6 +69,12 @@ def test_a_secondary_datacenter_resolves_the_primarys_tokens_remotely(tmp_path) 
         assert status == 403 and b"Permission denied" in body
         for _ in range(3):
             assert _get(east, f"/v1/kv/app/x?raw&token={secret}") == (200, b"1")
+        # token/self in dc2 reads the token's record from the primary (tools check a token with it)
+        status, body = _get(east, f"/v1/acl/token/self?token={secret}")
+        assert status == 200, body
+        me = json.loads(body)
+        assert (me["AccessorID"], me["SecretID"], [p["Name"] for p in me["Policies"]]) == (
+            token["AccessorID"], secret, ["readers"])
         # Anonymous (default deny) sees nothing; a token no datacenter holds is "ACL not found".
         status, body = _get(east, "/v1/catalog/service/web")
         assert status == 200 and json.loads(body) == []

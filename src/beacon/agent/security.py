@@ -172,9 +172,10 @@ def server_api_targets(agent: Agent) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-async def fetch_from_primary(agent: Agent, secret: str) -> dict[str, Any]:
+async def fetch_from_primary(agent: Agent, secret: str, path: str = "/v1/internal/acl/resolve") -> Any:
     """A secondary datacenter's server: ask the primary datacenter's servers (nearest first, over
-    the WAN pool as ``?dc=`` requests go) what a SecretID it does not hold grants."""
+    the WAN pool as ``?dc=`` requests go) what a SecretID it does not hold grants (or, with
+    ``path``, another read of that token's own, such as ``/v1/acl/token/self``)."""
     import aiohttp
 
     from beacon.agent.http.federation import remote_servers
@@ -185,7 +186,8 @@ async def fetch_from_primary(agent: Agent, secret: str) -> dict[str, Any]:
     opts = {"timeout": aiohttp.ClientTimeout(total=5)}
     targets = [(f"http://[{m.addr}]:{port}" if ":" in m.addr else f"http://{m.addr}:{port}", opts)
                for m in await remote_servers(agent, primary) if (port := int(m.tags.get("http_port") or 0))]
-    return await _resolve_at(agent, targets, secret, f"no server of the primary datacenter {primary} is known")
+    return await _resolve_at(agent, targets, secret, f"no server of the primary datacenter {primary} is known",
+                             path)
 
 
 async def fetch_from_server(agent: Agent, secret: str) -> dict[str, Any]:
@@ -196,13 +198,12 @@ async def fetch_from_server(agent: Agent, secret: str) -> dict[str, Any]:
 
 
 async def _resolve_at(agent: Agent, targets: list[tuple[str, dict[str, Any]]], secret: str,
-                      last: str) -> dict[str, Any]:
-    """The first answer of ``/v1/internal/acl/resolve`` among ``targets``; 403 is ACLNotFound."""
+                      last: str, path: str = "/v1/internal/acl/resolve") -> Any:
+    """The first answer of ``path`` (a GET under ``secret``) among ``targets``; 403 is ACLNotFound."""
     headers = {"X-Consul-Token": secret} if secret else {}
     for base, opts in targets:
         try:
-            async with agent.forward_session.get(f"{base}/v1/internal/acl/resolve", headers=headers,
-                                                 **opts) as resp:
+            async with agent.forward_session.get(f"{base}{path}", headers=headers, **opts) as resp:
                 body = await resp.read()
                 if resp.status == 403:
                     raise ACLNotFound()

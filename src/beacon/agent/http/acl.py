@@ -223,6 +223,18 @@ def _token(agent: Agent, accessor: str) -> dict[str, Any]:
 async def token_self(req: web.Request, agent: Agent) -> Reply:
     ident = identity(req)
     tok = state.tokens(agent.store).get(ident.accessor)
+    if tok is None and agent.acl.primary is not None and ident.accessor:
+        # a token of the primary datacenter (resolved there): its own record is there too, as
+        # Consul's secondary forwards a token read to the primary without token replication
+        from beacon.agent.http.acl_enforce import SECRET_KEY
+        from beacon.agent.security import fetch_from_primary
+
+        try:
+            return Reply(await fetch_from_primary(agent, req.get(SECRET_KEY, ""), "/v1/acl/token/self"))
+        except ACLNotFound:
+            raise HTTPError(403, "ACL not found") from None
+        except Exception as exc:
+            raise HTTPError(500, f"reading the token from the primary datacenter failed: {exc}") from None
     if tok is None:
         raise HTTPError(403, "ACL not found")
     return Reply(render_token(agent, tok, True))
