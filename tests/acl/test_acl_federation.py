@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from tests.conftest import launch, wait_until
+from tests.conftest import dig, launch, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -100,11 +100,24 @@ def test_a_secondary_datacenter_resolves_the_primarys_tokens_remotely(tmp_path) 
         assert _get(east, f"/v1/acl/token/self?token={local_secret}")[0] == 200
         assert _get(west, f"/v1/acl/token/self?token={local_secret}") == (403, b"ACL not found")
 
+        # DNS in dc2 under a token of the primary: the server's own listener (its dns token) and the
+        # client's, whose queries the server answers under the client's dns token.
+        assert dig(east.dns_port, "web.service.consul", "+short", server=east.host).strip() == ""  # anonymous: deny
+        assert dig(client.dns_port, "web.service.consul", "+short", server=client.host).strip() == ""
+        for agent in (east, client):
+            status, _, body = agent.request("PUT", f"/v1/agent/token/dns?token={MGMT}", {"Token": secret})
+            assert status == 200, body
+            wait_until(lambda a=agent: dig(a.dns_port, "web.service.consul", "+short", server=a.host).strip()
+                       == east_addr, timeout=15, interval=0.2)
+
         # Deleted in the primary: dc2 stops honouring it once its cached answer is older than token_ttl.
         status, _, _ = west.request("DELETE", f"/v1/acl/token/{token['AccessorID']}?token={MGMT}")
         assert status == 200
         wait_until(lambda: _get(east, f"/v1/kv/app/x?token={secret}") == (403, b"ACL not found"), timeout=20,
                    interval=0.2)
+        for agent in (east, client):  # and DNS under it answers nothing again
+            wait_until(lambda a=agent: dig(a.dns_port, "web.service.consul", "+short", server=a.host).strip() == "",
+                       timeout=20, interval=0.2)
 
         # Without the primary: dc2's own tokens still resolve; an unknown one is an error, not a grant.
         west.stop()

@@ -236,3 +236,50 @@ async def test_a_secondary_datacenter_server_resolves_its_own_tokens_locally_and
     assert (await r.describe_anywhere("local-s"))["Management"] is True
     with pytest.raises(ACLNotFound):
         await r.describe_anywhere("nobody")
+
+
+async def test_resolve_nowait_fetches_the_primarys_token_in_the_background_and_keeps_the_last_answer() -> None:
+    import asyncio
+
+    store = _store()
+    answers: list[object] = [DOC]
+    asked: list[str] = []
+
+    async def primary(secret: str) -> dict:
+        asked.append(secret)
+        answer = answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    r = Resolver(ACLConfig(enabled=True, default_policy="deny", token_ttl=0.05), "n", store=store, primary=primary)
+    assert r.remote_stamp("g") == 0.0
+    with pytest.raises(ACLNotFound):
+        r.resolve_nowait("g")  # nothing cached yet: a fetch starts, the caller does not wait
+    with pytest.raises(ACLNotFound):
+        r.resolve_nowait("g")  # one fetch in flight, not two
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if r.remote_stamp("g"):
+            break
+    assert asked == ["g"]
+    first = r.remote_stamp("g")
+    assert r.resolve_nowait("g").authz.key_read("app/x")
+    await asyncio.sleep(0.06)  # older than token_ttl: the last answer stands while the next is fetched
+    answers[0] = ACLNotFound()
+    assert r.resolve_nowait("g").authz.key_read("app/x")
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if r.remote_stamp("g") != first:
+            break
+    assert r.remote_stamp("g") == 0.0  # deleted in the primary: dropped, and the stamp moved
+    with pytest.raises(ACLNotFound):
+        r.resolve_nowait("g")
+    # a token sent by another agent is not this agent's special, and the primary-less resolver never fetches
+    r.tokens["agent_recovery"] = "rec"
+    assert r.resolve_nowait("rec").accessor == "agent-recovery"
+    with pytest.raises(ACLNotFound):
+        r.resolve_nowait("rec", specials=False)
+    lone = Resolver(ACLConfig(enabled=True), "n", store=store)
+    with pytest.raises(ACLNotFound):
+        lone.resolve_nowait("g")

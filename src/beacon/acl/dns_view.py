@@ -3,13 +3,14 @@ DNS does. For the agent's own listener that token is its ``dns`` token, else its
 else anonymous (read at every query, so ``PUT /v1/agent/token/dns`` or ``/default`` applies at
 once); for a client agent's query relayed over the server RPC it is the token the client sent
 (:mod:`beacon.agent.dnsrpc`), resolved against this server's replica: one that names no live token
-grants nothing.
+grants nothing. Outside the primary datacenter, a token the replica does not hold is the primary's
+answer for it, fetched in the background (it grants nothing until that answer arrives).
 
 :class:`ACLStore` stands in for the store the DNS server reads (``beacon.dns.catalog.Store``): service
 lookups answer nothing for a service the token may not read and drop instances on nodes it may not
 read; node lookups and reverse lookups see only readable nodes. Its ``catalog_version`` and
-``generation`` also move whenever the ACL tables or the token in use change, or the token's
-ExpirationTime passes, so the DNS answer cache (stamped with the one, re-validated against the
+``generation`` also move whenever the ACL tables or the token in use change, the token's
+ExpirationTime passes, or a new answer for it arrives from the primary datacenter, so the DNS answer cache (stamped with the one, re-validated against the
 other) never serves an answer built under other rights. A cache belongs to one view: views of
 different tokens never share one.
 """
@@ -40,14 +41,16 @@ class ACLStore:
         self._store = store
         self._resolver = resolver
         self._token = token
-        self._seen: tuple[int, str, bool] = (-1, "", False)
+        self._seen: tuple[int, str, bool, float] = (-1, "", False, 0.0)
         self._moves = 0
         self._expires: float | None = None  # of the token last resolved
 
     def _acl_moves(self) -> int:
         expired = self._expires is not None and self._resolver.clock() >= self._expires
-        now = (state.acl_index(self._store), self._token if self._token is not None
-               else agent_dns_token(self._resolver.tokens), expired)
+        token = self._token if self._token is not None else agent_dns_token(self._resolver.tokens)
+        # the last answer of the primary datacenter for a token of its own (secondary datacenters)
+        fetched = self._resolver.remote_stamp(token or state.ANONYMOUS_SECRET)
+        now = (state.acl_index(self._store), token, expired, fetched)
         if now != self._seen:
             self._seen = now
             self._moves += 1
@@ -56,11 +59,9 @@ class ACLStore:
     def _authz(self) -> Authorizer:
         try:
             if self._token is None:
-                # this datacenter's tokens only: a fetched token of the primary datacenter would
-                # change the answers without moving the cache stamps
-                ident = self._resolver.resolve_here(agent_dns_token(self._resolver.tokens), cached_remote=False)
+                ident = self._resolver.resolve_nowait(agent_dns_token(self._resolver.tokens))
             else:
-                ident = self._resolver.resolve_local(self._token or state.ANONYMOUS_SECRET)
+                ident = self._resolver.resolve_nowait(self._token or state.ANONYMOUS_SECRET, specials=False)
         except ACLNotFound:
             return _DENY_ALL  # a token that names no live token (or an expired one) grants nothing
         self._expires = ident.expires

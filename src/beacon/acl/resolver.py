@@ -172,11 +172,10 @@ class Resolver:
             return special
         return await self._resolve_remote(secret or self.tokens.get("default") or state.ANONYMOUS_SECRET)
 
-    def resolve_here(self, secret: str, cached_remote: bool = True) -> Identity:
+    def resolve_here(self, secret: str) -> Identity:
         """Servers: resolve without waiting ("" means the default token, else anonymous). Outside
         the primary datacenter, a token of the primary resolves here while its cached answer is
-        fresh (the waiting path, :meth:`resolve`, fetches and refreshes it), unless the caller
-        wants this datacenter's tables only (``cached_remote=False``)."""
+        fresh (the waiting path, :meth:`resolve`, fetches and refreshes it)."""
         special = self._special(secret)
         if special is not None:
             return special
@@ -184,10 +183,44 @@ class Resolver:
         try:
             return self.resolve_local(secret)
         except ACLNotFound:
-            hit = self._remote.get(secret) if self.primary is not None and cached_remote else None
+            hit = self._remote.get(secret) if self.primary is not None else None
             if hit is not None and time.monotonic() - hit[0] < self.config.token_ttl:
                 return hit[1]
             raise
+
+    def resolve_nowait(self, secret: str, specials: bool = True) -> Identity:
+        """Like :meth:`resolve_here`, for readers that cannot wait at all (DNS): outside the primary
+        datacenter a token of the primary is fetched in the background when its answer is missing
+        or older than ``token_ttl``; until the first answer it is not found, after that the last
+        answer stands while the next is fetched. :meth:`remote_stamp` moves with each answer.
+        ``specials=False``: a SecretID sent by another agent, which this agent's own tokens (initial
+        management, agent recovery) do not stand for."""
+        special = self._special(secret) if specials else None
+        if special is not None:
+            return special
+        secret = secret or self.tokens.get("default") or state.ANONYMOUS_SECRET
+        try:
+            return self.resolve_local(secret)
+        except ACLNotFound:
+            if self.primary is None:
+                raise
+        hit = self._remote.get(secret)
+        if (hit is None or time.monotonic() - hit[0] >= self.config.token_ttl) and secret not in self._refreshing:
+            try:
+                task = asyncio.get_running_loop().create_task(self._refresh(secret))
+            except RuntimeError:
+                pass  # no loop (a synchronous caller): nothing to fetch with
+            else:
+                self._refreshing.add(secret)
+                task.add_done_callback(lambda _t, s=secret: self._refreshing.discard(s))
+        if hit is None:
+            raise ACLNotFound()
+        return hit[1]
+
+    def remote_stamp(self, secret: str) -> float:
+        """When the primary's answer for ``secret`` was fetched (0.0: none is cached)."""
+        hit = self._remote.get(secret) if self._remote else None
+        return hit[0] if hit is not None else 0.0
 
     def _special(self, secret: str) -> Identity | None:
         if not secret:
