@@ -10,8 +10,9 @@ answer for it, fetched in the background (it grants nothing until that answer ar
 lookups answer nothing for a service the token may not read and drop instances on nodes it may not
 read; node lookups and reverse lookups see only readable nodes. Its ``catalog_version`` and
 ``generation`` also move whenever the ACL tables or the token in use change, the token's
-ExpirationTime passes, or a new answer for it arrives from the primary datacenter, so the DNS answer cache (stamped with the one, re-validated against the
-other) never serves an answer built under other rights. A cache belongs to one view: views of
+ExpirationTime passes, or a new answer for it arrives from the primary datacenter, so the DNS
+answer cache (stamped with the one, re-validated against the other) never serves an answer built
+under other rights. A cache belongs to one view: views of
 different tokens never share one.
 """
 
