@@ -176,17 +176,24 @@ class Resolver:
         """Servers: resolve without waiting ("" means the default token, else anonymous). Outside
         the primary datacenter, a token of the primary resolves here while its cached answer is
         fresh (the waiting path, :meth:`resolve`, fetches and refreshes it)."""
-        special = self._special(secret)
+        secret = secret or self.tokens.get("default") or state.ANONYMOUS_SECRET
+        ident = self._held(secret, True)
+        if ident is not None:
+            return ident
+        hit = self._remote.get(secret) if self.primary is not None else None
+        if hit is not None and time.monotonic() - hit[0] < self.config.token_ttl:
+            return hit[1]
+        raise ACLNotFound()
+
+    def _held(self, secret: str, specials: bool) -> Identity | None:
+        """This agent's own special tokens (when ``specials``) and this datacenter's tables."""
+        special = self._special(secret) if specials else None
         if special is not None:
             return special
-        secret = secret or self.tokens.get("default") or state.ANONYMOUS_SECRET
         try:
             return self.resolve_local(secret)
         except ACLNotFound:
-            hit = self._remote.get(secret) if self.primary is not None else None
-            if hit is not None and time.monotonic() - hit[0] < self.config.token_ttl:
-                return hit[1]
-            raise
+            return None
 
     def resolve_nowait(self, secret: str, specials: bool = True) -> Identity:
         """Like :meth:`resolve_here`, for readers that cannot wait at all (DNS): outside the primary
@@ -195,15 +202,12 @@ class Resolver:
         answer stands while the next is fetched. :meth:`remote_stamp` moves with each answer.
         ``specials=False``: a SecretID sent by another agent, which this agent's own tokens (initial
         management, agent recovery) do not stand for."""
-        special = self._special(secret) if specials else None
-        if special is not None:
-            return special
         secret = secret or self.tokens.get("default") or state.ANONYMOUS_SECRET
-        try:
-            return self.resolve_local(secret)
-        except ACLNotFound:
-            if self.primary is None:
-                raise
+        ident = self._held(secret, specials)
+        if ident is not None:
+            return ident
+        if self.primary is None:
+            raise ACLNotFound()
         hit = self._remote.get(secret)
         if (hit is None or time.monotonic() - hit[0] >= self.config.token_ttl) and secret not in self._refreshing:
             try:
