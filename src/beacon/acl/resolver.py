@@ -162,15 +162,13 @@ class Resolver:
     async def resolve(self, secret: str) -> Identity:
         if self._ask is None:
             return self.resolve_here(secret)
-        if self.primary is not None:
-            try:
-                return self.resolve_here(secret)  # this datacenter's own tokens, or a fresh cached one
-            except ACLNotFound:
-                pass  # perhaps a token of the primary datacenter: ask it
-        special = self._special(secret)
-        if special is not None:
-            return special
-        return await self._resolve_remote(secret or self.tokens.get("default") or state.ANONYMOUS_SECRET)
+        secret = secret or self.tokens.get("default") or state.ANONYMOUS_SECRET
+        # a client holds no tables (only its own special tokens); a server outside the primary
+        # datacenter resolves its datacenter's tokens itself and asks the primary for the others
+        ident = self._held(secret, True) if self.primary is not None else self._special(secret)
+        if ident is not None:
+            return ident
+        return await self._resolve_remote(secret)
 
     def resolve_here(self, secret: str) -> Identity:
         """Servers: resolve without waiting ("" means the default token, else anonymous). Outside
