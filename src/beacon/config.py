@@ -85,6 +85,7 @@ class AgentConfig:
     deregister_critical_service_after_min: float = 60.0
     check_output_max_size: int = 4096
     reconnect_timeout: float = 72 * 3600.0
+    autopilot: dict[str, Any] = field(default_factory=dict)  # Consul's autopilot block, PascalCase keys
     leave_on_terminate: bool | None = None      # default: clients yes, servers no (Consul's)
     skip_leave_on_interrupt: bool | None = None  # default: clients no, servers yes
     default_query_time: float = 300.0
@@ -324,6 +325,13 @@ def apply_file(cfg: AgentConfig, data: dict[str, Any], src: str) -> None:
             cfg.check_output_max_size = _int(key, value, src, minimum=1)
         elif k == "reconnect_timeout":
             cfg.reconnect_timeout = _duration(key, value, src)
+        elif k == "autopilot":
+            from beacon.server import autopilot
+
+            try:
+                cfg.autopilot = autopilot.from_agent_config({**cfg.autopilot, **_dict(key, value, src)})
+            except ValueError as exc:
+                raise ConfigError(f"{src}: autopilot: {exc}") from exc
         elif k == "leave_on_terminate":
             cfg.leave_on_terminate = _bool(key, value, src)
         elif k == "skip_leave_on_interrupt":

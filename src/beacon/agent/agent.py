@@ -314,6 +314,18 @@ class Agent:
                 raise NoLeaderError() from None
         await self.raft.read_barrier()
 
+    def autopilot_defaults(self) -> dict[str, Any]:
+        """The autopilot configuration until one is written: this agent's ``autopilot`` block."""
+        from beacon.server import autopilot
+
+        return self.config.autopilot or dict(autopilot.DEFAULTS)
+
+    def autopilot_config(self) -> dict[str, Any]:
+        """The autopilot configuration in force (replicated, else this agent's block)."""
+        from beacon.server import autopilot
+
+        return autopilot.effective(self.store, self.autopilot_defaults())
+
     async def _fetch_node_state(self) -> tuple[Any, list[Service], list[HealthCheck]]:
         if self.mode == "client":
             from beacon.model import Node

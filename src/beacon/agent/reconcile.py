@@ -11,7 +11,10 @@ leader only, which adds the guard that only a member this server has listed can 
   appears in the member list: a catalog node that carries ``serfHealth`` but is no member is
   deregistered (Consul's reconcileReaped).
 * autopilot ``cleanup_dead_servers``: a server ``failed`` for longer than ``reconnect_timeout`` is
-  removed from etcd's membership (and the node deregistered), so the others' quorum stops counting it.
+  removed from etcd's membership (and the node deregistered), so the others' quorum stops counting it,
+  unless the replicated autopilot configuration (:mod:`beacon.server.autopilot`) says otherwise:
+  ``CleanupDeadServers`` false keeps every dead server, ``MinQuorum`` N keeps one whose removal would
+  leave fewer than N.
 
 Events are at-most-once (a restarted Serf child, a leadership change), so the reconciler runs a full
 pass over the member list whenever a member event arrives and at least every few seconds.
@@ -83,6 +86,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self.failed_since: dict[str, float] = {}   # server name -> when this server first saw it failed
         self.removed: dict[str, float] = {}         # autopilot's removals: name -> when
+        self.held: dict[str, str] = {}              # dead servers autopilot's configuration keeps: name -> why
         # Members this server's gossip has listed: only those can have been reaped. (A leader whose
         # Serf has not rejoined yet lists only itself; that must not deregister everyone.)
         self.seen: set[str] = set()
@@ -149,6 +153,8 @@ class Reconciler:
         dead_for = time.monotonic() - self.failed_since.get(m.name, time.monotonic())
         raft = self.agent.raft
         addr = self.cluster.peer_addr(m)
+        if m.status == "failed" and not self._may_prune(m.name, len(raft.peers()) if raft is not None else 0):
+            return
         if raft is not None and addr in raft.peers() and m.name not in self.removed:
             log.warning("autopilot: removing server %s (%s, %s for %.0fs) from the consensus membership",
                         m.name, addr, m.status, dead_for)
@@ -161,6 +167,24 @@ class Reconciler:
             self.removed[m.name] = time.monotonic()
             if self.agent.store.get_node(m.name) is not None:
                 await self._submit(cmd.Deregister(node=m.name))
+
+    def _may_prune(self, name: str, voters: int) -> bool:
+        """The replicated autopilot configuration lets a dead server go: CleanupDeadServers is on and
+        at least MinQuorum servers would remain (Consul's rules; a server that left is removed
+        regardless, as its leave asked)."""
+        config = self.agent.autopilot_config()
+        why = ""
+        if not config["CleanupDeadServers"]:
+            why = "CleanupDeadServers is false"
+        elif config["MinQuorum"] and name not in self.removed and voters - 1 < config["MinQuorum"]:
+            why = f"it would leave {voters - 1} servers, fewer than MinQuorum {config['MinQuorum']}"
+        if why and self.held.get(name) != why:
+            log.warning("autopilot: keeping dead server %s: %s", name, why)
+        if why:
+            self.held[name] = why
+        else:
+            self.held.pop(name, None)
+        return not why
 
     async def _submit(self, command: cmd.Record) -> None:
         result = await self.agent.submit(command)

@@ -39,6 +39,7 @@ class MessageType(IntEnum):
     TOMBSTONE_REAP = 11  # beacon.server.tombstones
     ACL = 12             # beacon.acl.state
     SNAPSHOT_RESTORE_CHUNKS = 13  # beacon.server.etcd_restore
+    AUTOPILOT = 14       # beacon.server.autopilot
 
 
 # A message type with this bit set may be skipped by a replica that does not know it (Consul's rule).
@@ -129,6 +130,7 @@ _ops(MessageType.SESSION, 'Invalid session operation "{op}"')
 _ops(MessageType.PREPARED_QUERY, 'Invalid prepared query operation "{op}"')
 _ops(MessageType.CONFIG_ENTRY, 'Invalid config entry operation "{op}"')
 _ops(MessageType.ACL, 'Invalid ACL operation "{op}"')
+_ops(MessageType.AUTOPILOT, 'Invalid autopilot operation "{op}"')
 
 
 # ---------------------------------------------------------------------------------------- catalog
@@ -315,6 +317,13 @@ class ConfigSet(Record):
 class ConfigDelete(Record):
     kind: str
     name: str
+    cas: int | None = None
+
+
+@command(MessageType.AUTOPILOT, "set")
+@dataclass(frozen=True, slots=True)
+class AutopilotSet(Record):
+    config: dict[str, Any]
     cas: int | None = None
 
 

@@ -1,4 +1,4 @@
-"""/v1/status/* and /v1/operator/raft/*."""
+"""/v1/status/*, /v1/operator/raft/* and /v1/operator/autopilot/*."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from beacon.agent.http.core import HTTPError, Reply, Router, query_options
+from beacon.agent.http.core import HTTPError, Reply, Router, query_options, read_json
+from beacon.durations import format_duration
+from beacon.endpoints import operator as operator_endpoint
 from beacon.server.consensus import NoLeaderError
 
 if TYPE_CHECKING:
@@ -97,18 +99,35 @@ async def _to_leader(req: web.Request, agent: Agent) -> Reply:
 
 
 # ---------------------------------------------------------------------- autopilot
-# Beacon's autopilot does one thing of Consul's: cleanup_dead_servers, after reconnect_timeout (the
-# leader's reconciler, beacon.agent.reconcile). These endpoints report that configuration and what
-# gossip and etcd say about each server.
+# The configuration is replicated (beacon.server.autopilot); Beacon's autopilot acts on
+# CleanupDeadServers and MinQuorum (the leader's reconciler, beacon.agent.reconcile). The health
+# endpoints report what gossip and etcd say about each server.
 
 @router.get("/v1/operator/autopilot/configuration")
 async def autopilot_configuration(req: web.Request, agent: Agent) -> Reply:
+    opts = query_options(req, agent)
+    await agent.consistent_read(opts.stale, opts.consistent)
+    if not opts.stale and not agent.consensus.known_leader():
+        raise NoLeaderError()
+    config = agent.autopilot_config()
+    # Beacon's own field: how long a failed server stays before autopilot removes it.
+    config["DeadServerReconnectTimeout"] = format_duration(agent.config.reconnect_timeout)
+    return Reply(config)
+
+
+@router.put("/v1/operator/autopilot/configuration")
+async def autopilot_set_configuration(req: web.Request, agent: Agent) -> Reply:
     query_options(req, agent)
-    secs = int(agent.config.reconnect_timeout)
-    return Reply({"CleanupDeadServers": True, "LastContactThreshold": "200ms", "MaxTrailingLogs": 250,
-                  "MinQuorum": 0, "ServerStabilizationTime": f"{secs}s", "RedundancyZoneTag": "",
-                  "DisableUpgradeMigration": True, "UpgradeVersionTag": "", "CreateIndex": 0, "ModifyIndex": 0,
-                  "DeadServerReconnectTimeout": f"{secs}s"})
+    cas = None
+    if "cas" in req.query:
+        try:
+            cas = int(req.query["cas"])
+            if cas < 0:
+                raise ValueError
+        except ValueError:
+            raise HTTPError(400, f"Error parsing cas value: {req.query['cas']!r}") from None
+    body = await read_json(req)
+    return Reply(await operator_endpoint.set_autopilot(agent.submit, body, cas))
 
 
 async def _health(agent: Agent) -> list[dict]:
