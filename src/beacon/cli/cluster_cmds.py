@@ -1,14 +1,17 @@
-"""`beacon join|leave|force-leave|keygen|operator raft ...`."""
+"""`beacon join|leave|force-leave|keygen|operator raft ...|operator autopilot ...`."""
 
 from __future__ import annotations
 
+import argparse
 import base64
+import json
 import os
 import sys
 from urllib.parse import quote
 
 from beacon.cli.flags import FlagParser
 from beacon.cli.http import Client, CLIError, add_http_flags, print_table
+from beacon.durations import format_duration, parse_duration
 
 
 def keygen(argv: list[str]) -> int:
@@ -66,9 +69,77 @@ def force_leave(argv: list[str]) -> int:
     return 0
 
 
+# `operator autopilot set-config` flags: Consul's names, the configuration field, the value's parser.
+def _cli_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "t"):
+        return True
+    if text.lower() in ("false", "0", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
+def _cli_duration(text: str) -> str:
+    try:
+        return format_duration(parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cli_uint(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid unsigned integer {text!r}")
+    return int(text)
+
+
+_AUTOPILOT_FLAGS = (("cleanup-dead-servers", "CleanupDeadServers", _cli_bool),
+                    ("last-contact-threshold", "LastContactThreshold", _cli_duration),
+                    ("max-trailing-logs", "MaxTrailingLogs", _cli_uint),
+                    ("min-quorum", "MinQuorum", _cli_uint),
+                    ("server-stabilization-time", "ServerStabilizationTime", _cli_duration),
+                    ("redundancy-zone-tag", "RedundancyZoneTag", str),
+                    ("disable-upgrade-migration", "DisableUpgradeMigration", _cli_bool),
+                    ("upgrade-version-tag", "UpgradeVersionTag", str))
+_AUTOPILOT_PATH = "/v1/operator/autopilot/configuration"
+
+
+def autopilot(verb: str, argv: list[str]) -> int:
+    """`get-config` prints the configuration as Consul does; `set-config` changes the fields given
+    as flags, the rest kept, with a check-and-set on the ModifyIndex it read (Consul's CLI)."""
+    p = FlagParser(f"beacon operator autopilot {verb}")
+    add_http_flags(p)
+    if verb == "set-config":
+        for flag, _field, parse in _AUTOPILOT_FLAGS:
+            p.flag(flag, type=parse, default=None)
+    args = p.parse_args(argv)
+    client = Client.from_args(args)
+    conf = client.get_json(_AUTOPILOT_PATH + ("?stale" if getattr(args, "stale", False) else ""))
+    if verb == "get-config":
+        for _flag, name, parse in _AUTOPILOT_FLAGS:
+            value = conf.get(name)
+            if parse is _cli_bool:
+                value = str(bool(value)).lower()
+            elif parse is str:
+                value = json.dumps(value or "")
+            print(f"{name} = {value}")
+        return 0
+    new = {name: conf.get(name) for _flag, name, _parse in _AUTOPILOT_FLAGS}
+    for flag, name, _parse in _AUTOPILOT_FLAGS:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            new[name] = value
+    if client.put_json(f"{_AUTOPILOT_PATH}?cas={int(conf.get('ModifyIndex', 0))}", new):
+        print("Configuration updated!")
+        return 0
+    print("Configuration could not be atomically updated, please try again")
+    return 1
+
+
 def operator(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "autopilot" and argv[1] in ("get-config", "set-config"):
+        return autopilot(argv[1], argv[2:])
     if len(argv) < 2 or argv[0] != "raft" or argv[1] not in ("list-peers", "remove-peer"):
-        print("Usage: beacon operator raft <list-peers|remove-peer> [options]", file=sys.stderr)
+        print("Usage: beacon operator raft <list-peers|remove-peer> [options]\n"
+              "       beacon operator autopilot <get-config|set-config> [options]", file=sys.stderr)
         return 1
     p = FlagParser(f"beacon operator raft {argv[1]}")
     add_http_flags(p)

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "leave": ("beacon.cli.cluster_cmds:run_leave", "Gracefully leave the cluster and stop the agent"),
     "reload": ("beacon.cli.cluster_cmds:run_reload", "Re-read the agent's config files (services, checks)"),
     "force-leave": ("beacon.cli.cluster_cmds:run_force_leave", "Force a failed member into the left state"),
-    "operator": ("beacon.cli.cluster_cmds:run_operator", "Raft operator commands (operator raft list-peers)"),
+    "operator": ("beacon.cli.cluster_cmds:run_operator", "Operator commands (operator raft list-peers|remove-peer, operator autopilot get-config|set-config)"),
     "keyring": ("beacon.cli.gossip_cmds:run_keyring", "List, install, use or remove gossip encryption keys"),
     "rtt": ("beacon.cli.gossip_cmds:run_rtt", "Estimate the round trip time between two nodes"),
     "event": ("beacon.cli.gossip_cmds:run_event", "Fire a user event"),
