@@ -1,5 +1,6 @@
 """Membership on Serf, on real processes: 3 servers and 3 clients on their own 127.x addresses, an
-encrypted gossip pool; user events, key rotation, failure detection, autopilot; -dev and -bootstrap."""
+encrypted gossip pool; user events, key rotation, failure detection, autopilot and its replicated
+configuration; -dev and -bootstrap."""
 
 from __future__ import annotations
 
@@ -113,10 +114,24 @@ def test_three_servers_three_clients_events_keys_failures_and_autopilot(tmp_path
         print(f"\nclient kill -9: failed on all 5 other agents after {seen_failed:.1f}s, "
               f"out of DNS after {time.monotonic() - t0:.1f}s")
 
+        # The autopilot configuration is replicated: written through a client agent (forwarded to a
+        # server), read back on every server. The body is the whole configuration (Consul's PUT).
+        status, _, body = c.clients["c1"].request("PUT", "/v1/operator/autopilot/configuration",
+                                                  {"CleanupDeadServers": False, "MaxTrailingLogs": 250})
+        assert status == 200 and body.strip() == b"true", body
+        for name, server in c.servers.items():
+            conf = jget(server, "/v1/operator/autopilot/configuration")[1]
+            assert (conf["CleanupDeadServers"], conf["MaxTrailingLogs"], conf["MinQuorum"]) == (False, 250, 0), (name, conf)
+
         # kill -9 of a server (and its etcd member): clients see it failed; after the reconnect timeout
-        # autopilot removes it from etcd's membership.
+        # autopilot removes it from etcd's membership, once its configuration allows it.
         victim = next(n for n in ("s3", "s2") if n != c.leader())
         victim_peer = f"{c.addr(victim)}:8300"
+
+        def autopilot_kept(why: str) -> bool:
+            """The leader's reconciler logged that it keeps the dead victim (past reconnect_timeout)."""
+            return any(f"keeping dead server {victim}: {why}" in line
+                       for n, a in c.servers.items() if n != victim for line in a.lines)
         t0 = time.monotonic()
         c.signal(victim, signal.SIGKILL)
         for name in ("c1", "c2"):
@@ -132,6 +147,24 @@ def test_three_servers_three_clients_events_keys_failures_and_autopilot(tmp_path
             return {s["Address"] for s in conf["Servers"]}
 
         assert victim_peer in peers()
+        # CleanupDeadServers false: past the reconnect timeout the leader decides to keep it.
+        wait_until(lambda: autopilot_kept("CleanupDeadServers is false"), timeout=60)
+        assert victim_peer in peers()
+        # MinQuorum 3 with 3 servers: removing the dead one would leave 2, so it stays.
+        status, _, body = leader.request("PUT", "/v1/operator/autopilot/configuration",
+                                         {"CleanupDeadServers": True, "MinQuorum": 3})
+        assert status == 200 and body.strip() == b"true", body
+        wait_until(lambda: autopilot_kept("it would leave 2 servers, fewer than MinQuorum 3"), timeout=30)
+        assert victim_peer in peers()
+        # A check-and-set against a stale index changes nothing; against the current one it applies.
+        conf = jget(leader, "/v1/operator/autopilot/configuration")[1]
+        status, _, body = leader.request("PUT", f"/v1/operator/autopilot/configuration?cas={conf['ModifyIndex'] - 1}",
+                                         {"CleanupDeadServers": True, "MinQuorum": 2})
+        assert status == 200 and body.strip() == b"false", body
+        assert victim_peer in peers()
+        status, _, body = leader.request("PUT", f"/v1/operator/autopilot/configuration?cas={conf['ModifyIndex']}",
+                                         {"CleanupDeadServers": True, "MinQuorum": 2})
+        assert status == 200 and body.strip() == b"true", body
         wait_until(lambda: victim_peer not in peers(), timeout=60)
         print(f"server kill -9: removed from the etcd membership after {time.monotonic() - t0:.1f}s")
         _, health = jget(leader, "/v1/operator/autopilot/health")
