@@ -104,6 +104,12 @@ class Authorizer:
     def node_read(self, name: str) -> bool:
         return self.allowed("node", name, READ)
 
+    def intention_read(self, name: str) -> bool:
+        return self.allowed("intention", name, READ)
+
+    def intention_write(self, name: str) -> bool:
+        return self.allowed("intention", name, WRITE)
+
     def node_write(self, name: str) -> bool:
         return self.allowed("node", name, WRITE)
 

@@ -24,6 +24,7 @@ from typing import Any
 from beacon.acl import state
 from beacon.acl.authorizer import Authorizer, management
 from beacon.acl.rules import (
+    DENY,
     READ,
     WRITE,
     RuleError,
@@ -122,7 +123,13 @@ def rules_document(rules: Rules) -> dict[str, Any]:
     doc: dict[str, Any] = dict(rules.scalar)
     for kind, suffix in ((rules.exact, ""), (rules.prefix, "_prefix")):
         for resource, table in kind.items():
-            if table:
+            if resource == "intention" or not table:
+                continue  # carried by the service rules below
+            if resource == "service":
+                intentions = kind["intention"]
+                doc[resource + suffix] = {name: {"policy": pol, "intentions": intentions.get(name, DENY)}
+                                          for name, pol in table.items()}
+            else:
                 doc[resource + suffix] = {name: {"policy": pol} for name, pol in table.items()}
     return doc
 

@@ -2,7 +2,9 @@
 
 A rule names a resource (``key``, ``service``, ``node``, ``session``, ``agent``, ``event``, ``query``;
 each also as ``<resource>_prefix``) and a policy (``read``, ``write``, ``list`` for keys, ``deny``), or
-is one of the scalar rules ``operator``, ``acl``, ``keyring``, ``mesh``::
+is one of the scalar rules ``operator``, ``acl``, ``keyring``, ``mesh``. A service rule may also say
+``intentions`` (``read``, ``write``, ``deny``), kept as the ``intention`` resource; without it,
+read or write on the service means intentions read, as in Consul::
 
     key_prefix "app/" { policy = "write" }
     service "web" { policy = "read" }
@@ -28,7 +30,9 @@ POLICIES = (DENY, READ, LIST, WRITE)
 # Consul's takesPrecedenceOver order (higher wins when two rules name the same thing).
 _RANK = {READ: 1, LIST: 2, WRITE: 3, DENY: 4}
 
-RESOURCES = ("key", "service", "node", "session", "agent", "event", "query")
+RESOURCES = ("key", "service", "node", "session", "agent", "event", "query", "intention")
+# Rules name these; "intention" rights come from a service rule's ``intentions`` field instead.
+NAMED = ("key", "service", "node", "session", "agent", "event", "query")
 SCALARS = ("operator", "acl", "keyring", "mesh", "peering")
 
 
@@ -44,7 +48,16 @@ class Rules:
     prefix: dict[str, dict[str, str]] = field(default_factory=lambda: {r: {} for r in RESOURCES})
     scalar: dict[str, str] = field(default_factory=dict)
 
-    def add(self, resource: str, name: str, policy: str, is_prefix: bool) -> None:
+    def add(self, resource: str, name: str, policy: str, is_prefix: bool, intentions: str | None = None) -> None:
+        self._put(resource, name, policy, is_prefix)
+        if resource == "service":
+            # Consul: a service rule without ``intentions`` grants intentions read with read or
+            # write on the service, and denies them with deny.
+            if intentions is None:
+                intentions = READ if policy in (READ, WRITE) else DENY
+            self._put("intention", name, intentions, is_prefix)
+
+    def _put(self, resource: str, name: str, policy: str, is_prefix: bool) -> None:
         table = (self.prefix if is_prefix else self.exact)[resource]
         old = table.get(name)
         if old is None or _RANK[policy] > _RANK[old]:
@@ -56,11 +69,11 @@ class Rules:
             self.scalar[name] = policy
 
     def merge(self, other: Rules) -> None:
-        for resource in RESOURCES:
+        for resource in RESOURCES:  # "intention" included: merged as it is, not derived again
             for name, policy in other.exact[resource].items():
-                self.add(resource, name, policy, False)
+                self._put(resource, name, policy, False)
             for name, policy in other.prefix[resource].items():
-                self.add(resource, name, policy, True)
+                self._put(resource, name, policy, True)
         for name, policy in other.scalar.items():
             self.add_scalar(name, policy)
 
@@ -73,6 +86,16 @@ def _policy(value: Any, where: str, allow_list: bool) -> str:
         value = value.get("policy")
     if not isinstance(value, str) or value not in POLICIES or (value == LIST and not allow_list):
         raise RuleError(f"Failed to parse ACL rules: Invalid {where} policy: {value!r}")
+    return value
+
+
+def _intentions(body: Any, where: str) -> str | None:
+    """A service rule's ``intentions`` (Consul: read, write or deny), None when not given."""
+    value = body.get("intentions") if isinstance(body, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in (READ, WRITE, DENY):
+        raise RuleError(f"Failed to parse ACL rules: Invalid {where} intentions: {value!r}")
     return value
 
 
@@ -97,10 +120,13 @@ def from_document(doc: Any) -> Rules:
             continue
         is_prefix = key.endswith("_prefix")
         resource = key[: -len("_prefix")] if is_prefix else key
-        if resource not in RESOURCES:
+        if resource not in NAMED:
             raise RuleError(f"Failed to parse ACL rules: unknown rule {key!r}")
         for name, body in _blocks(value, key):
-            rules.add(resource, name, _policy(body, f"{key} {name!r}", resource == "key"), is_prefix)
+            where = f"{key} {name!r}"
+            policy = _policy(body, where, resource == "key")
+            intentions = _intentions(body, where) if resource == "service" else None
+            rules.add(resource, name, policy, is_prefix, intentions)
     return rules
 
 
