@@ -1,5 +1,6 @@
-"""What a client agent adds when it forwards to the servers: sessions are its own node's, and a blocking
-query that has to move to another server keeps its original deadline."""
+"""What a client agent adds when it forwards to the servers: intentions and connect authorize are the
+servers', sessions are its own node's, and a blocking query that has to move to another server keeps
+its original deadline."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ from tests.conftest import wait_until
 def jget(agent, path: str):
     status, headers, body = agent.request("GET", path, timeout=15)
     return status, headers, (json.loads(body) if body.strip() else None)
+
+
+def test_intentions_and_authorize_through_a_client_are_answered_by_the_servers(cluster: Cluster) -> None:
+    c2, s1 = cluster.clients["c2"], cluster.servers["s1"]
+    status, _, body = c2.request("PUT", "/v1/connect/intentions/exact?source=web&destination=db", {"Action": "deny"})
+    assert (status, body.strip()) == (200, b"true")
+    assert jget(s1, "/v1/connect/intentions/exact?source=web&destination=db")[2]["Action"] == "deny"
+    assert jget(c2, "/v1/connect/intentions/check?source=web&destination=db")[2] == {"Allowed": False}
+    status, _, body = c2.request("POST", "/v1/agent/connect/authorize",
+                                 {"Target": "db", "ClientCertURI": "spiffe://t.consul/ns/default/dc/dc1/svc/web"})
+    assert status == 200 and json.loads(body)["Authorized"] is False, body
 
 
 def test_a_session_made_through_a_client_is_the_clients_and_dies_with_it(cluster: Cluster) -> None:

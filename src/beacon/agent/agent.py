@@ -21,6 +21,7 @@ from beacon.agent.http import (
     agent_api,
     catalog,
     config,
+    connect,
     event,
     health,
     kv,
@@ -472,9 +473,12 @@ class Agent:
             from beacon.agent.http import forward
 
             forward.install(app)
+            # Authorize is an agent endpoint that reads the servers' intentions: a server answers it.
+            app.router.add_route("*", "/v1/agent/connect/authorize", forward.forward)
         else:
-            for module in (catalog, health, kv, status, operator, session, txn, snapshot, query, config):
+            for module in (catalog, health, kv, status, operator, session, txn, snapshot, query, config, connect):
                 module.router.install(app)
+            connect.agent_router.install(app)
         security.install_http(self, app)  # ACL middleware and /v1/acl/*, /v1/agent/token/*
         metrics.install(app)
         monitor.install(app)

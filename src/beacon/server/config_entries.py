@@ -243,12 +243,37 @@ def _validate_gateway(entry: dict[str, Any]) -> None:
 
 
 def _validate_intentions(entry: dict[str, Any]) -> None:
-    for i, src in enumerate(entry.get("Sources") or []):
-        if not (src or {}).get("Name"):
+    """Consul's checks, then its normalization: each source gets ``Type`` (``consul``) and the
+    ``Precedence`` it is evaluated with (beacon.server.intentions)."""
+    from beacon.server import intentions
+
+    intentions.check_name(entry["Name"], "Name")
+    sources = entry.get("Sources") or []
+    if not isinstance(sources, list):
+        raise Invalid("Sources must be a list")
+    seen: set[tuple[str, str, str]] = set()
+    for i, src in enumerate(sources):
+        if not isinstance(src, dict) or not src.get("Name"):
             raise Invalid(f"Sources[{i}].Name is required")
+        if not isinstance(src["Name"], str):
+            raise Invalid(f"Sources[{i}].Name must be a string")
+        intentions.check_name(src["Name"], f"Sources[{i}].Name")
+        who = (src["Name"], str(src.get("Peer") or ""), str(src.get("SamenessGroup") or ""))
+        if who in seen:
+            raise Invalid(f"Sources[{i}] defines \"{src['Name']}\" more than once")
+        seen.add(who)
+        if (src.get("Type") or "consul") != "consul":
+            raise Invalid(f"Sources[{i}].Type must be set to 'consul'")
         action = src.get("Action") or ""
-        if not src.get("Permissions") and action not in ("allow", "deny"):
+        if src.get("Permissions"):
+            if not isinstance(src["Permissions"], list):
+                raise Invalid(f"Sources[{i}].Permissions must be a list")
+            if action:
+                raise Invalid(f"Sources[{i}].Action must be omitted if Permissions are specified")
+        elif action not in ("allow", "deny"):
             raise Invalid(f"Sources[{i}].Action must be set to 'allow' or 'deny'")
+        src["Type"] = "consul"
+        src["Precedence"] = intentions.precedence(src["Name"], entry["Name"])
 
 
 def validate(entry: dict[str, Any]) -> None:

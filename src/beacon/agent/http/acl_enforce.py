@@ -306,6 +306,37 @@ def query_result(request: web.Request, agent: Agent, a: Authorizer) -> Callable[
     return keep
 
 
+def intention_exact(request: web.Request, agent: Agent, a: Authorizer) -> None:
+    """Read: intentions read on the source or the destination; write: intentions write on the
+    destination (Consul's Intention.CanRead / the entry's CanWrite)."""
+    src, dst = request.query.get("source", ""), request.query.get("destination", "")
+    if request.method in ("GET", "HEAD"):
+        _need(a.intention_read(src) or a.intention_read(dst), "intentions:read", dst)
+    else:
+        _need(a.intention_write(dst), "intentions:write", dst)
+
+
+def intention_match(request: web.Request, agent: Agent, a: Authorizer) -> None:
+    for name in request.query.getall("name", []):
+        _need(a.intention_read(name), "intentions:read", name)
+
+
+def intention_check(request: web.Request, agent: Agent, a: Authorizer) -> None:
+    """Consul asks only service:read on the destination: the answer is a bare allowed/denied."""
+    dst = request.query.get("destination", "")
+    _need(a.service_read(dst), "service:read", dst)
+
+
+def _intention_visible(a: Authorizer, ixn: Any) -> bool:
+    return a.intention_read(_get(ixn, "SourceName")) or a.intention_read(_get(ixn, "DestinationName"))
+
+
+async def connect_authorize(request: web.Request, agent: Agent, a: Authorizer) -> None:
+    target = _field(await _body(request), "Target")
+    if isinstance(target, str):
+        _need(a.service_write(target), "service:write", target)
+
+
 def _keep(pred: Callable[[Authorizer, Any], bool]) -> Callable[[web.Request, Agent, Authorizer], Any]:
     return lambda request, agent, a: _keep_list(lambda item: pred(a, item))
 
@@ -395,6 +426,11 @@ TABLE: tuple[Route, ...] = (
         a.service_read(_tail(rq, "/v1/discovery-chain/")), "service:read", _tail(rq, "/v1/discovery-chain/")))),
     _r(R, r"/v1/config/", gate(scalar("operator", READ))),
     _r(W, r"/v1/config", gate(scalar("operator", WRITE))),
+    _r(R, r"/v1/connect/intentions$", filtered(_keep(_intention_visible))),
+    _r(R + "," + W, r"/v1/connect/intentions/exact$", gate(intention_exact)),
+    _r(R, r"/v1/connect/intentions/match$", gate(intention_match)),
+    _r(R, r"/v1/connect/intentions/check$", gate(intention_check)),
+    _r(W, r"/v1/agent/connect/authorize$", gate(connect_authorize)),
 )
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger("beacon.http.forward")
 
 # Events stay local: they are best-effort and agent-local in Consul too.
 FORWARDED_PREFIXES = ("catalog", "health", "kv", "session", "txn", "status", "operator", "snapshot",
-                      "coordinate", "query", "internal", "config", "discovery-chain", "acl")
+                      "coordinate", "query", "internal", "config", "discovery-chain", "acl", "connect")
 # Not passed on in either direction: hop-by-hop headers, and the body framing aiohttp redoes (it
 # decompresses what it reads, so Content-Encoding would lie).
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
