@@ -27,6 +27,11 @@ def test_intentions_and_authorize_through_a_client_are_answered_by_the_servers(c
     status, _, body = c2.request("POST", "/v1/agent/connect/authorize",
                                  {"Target": "db", "ClientCertURI": "spiffe://t.consul/ns/default/dc/dc1/svc/web"})
     assert status == 200 and json.loads(body)["Authorized"] is False, body
+    # The CA's roots and a leaf through the client: the servers' one root signs it.
+    roots = jget(c2, "/v1/agent/connect/ca/roots")[2]
+    assert roots == jget(s1, "/v1/connect/ca/roots")[2] and len(roots["Roots"]) == 1
+    leaf = jget(c2, "/v1/agent/connect/ca/leaf/web")[2]
+    assert leaf["ServiceURI"] == f"spiffe://{roots['TrustDomain']}/ns/default/dc/dc1/svc/web"
 
 
 def test_a_session_made_through_a_client_is_the_clients_and_dies_with_it(cluster: Cluster) -> None:

@@ -1,6 +1,7 @@
 """Intentions on a real agent: py-consul's connect.intentions (upsert, read, list, match, check,
 delete) over service-intentions config entries, /v1/agent/connect/authorize, bad requests, and the
-intentions ACLs (read or write from a service rule's `intentions`, check with service:read)."""
+ACLs (intentions read or write from a service rule's `intentions`, check with service:read, leaf
+certificates with service:write, public CA roots)."""
 
 from __future__ import annotations
 
@@ -164,3 +165,11 @@ def test_intention_acls(acl_agent) -> None:
     assert _authorize(acl_agent, "db", "web", reader)[0] == 403
     status, out = _authorize(acl_agent, "db", "mail", MGMT)
     assert out == {"Authorized": False, "Reason": "Default behavior configured by ACLs"}
+    # CA roots are public; a leaf needs service:write on its service.
+    status, body = call(acl_agent, "GET", "/v1/agent/connect/ca/roots")
+    assert status == 200 and json.loads(body)["Roots"]
+    assert call(acl_agent, "GET", "/v1/agent/connect/ca/leaf/db", token=reader)[0] == 403
+    owner = token('service "db" { policy = "write" }')
+    status, body = call(acl_agent, "GET", "/v1/agent/connect/ca/leaf/db", token=owner)
+    assert status == 200 and json.loads(body)["Service"] == "db"
+    assert call(acl_agent, "GET", "/v1/connect/ca/configuration", token=owner)[0] == 403  # operator:read

@@ -126,6 +126,7 @@ class Agent:
         self.events = event.EventBuffer()
         self.session_reaper: SessionReaper | None = None
         self.tombstone_reaper: Any = None
+        self.leaf_certs: dict[str, dict[str, Any]] = {}  # Connect leaf certificates by service (agent/http/connect.py)
         self.raft: Any = None  # EtcdConsensus once a cluster server's etcd log is running
         self.etcd_member: Any = None  # the etcd process a cluster server supervises
         self.etcd_initial: tuple[str, str, str] | None = None  # how that member was first started
@@ -473,8 +474,10 @@ class Agent:
             from beacon.agent.http import forward
 
             forward.install(app)
-            # Authorize is an agent endpoint that reads the servers' intentions: a server answers it.
-            app.router.add_route("*", "/v1/agent/connect/authorize", forward.forward)
+            # Agent endpoints that read the servers' intentions and CA: a server answers them.
+            for path in ("/v1/agent/connect/authorize", "/v1/agent/connect/ca/roots",
+                         "/v1/agent/connect/ca/leaf/{service}"):
+                app.router.add_route("*", path, forward.forward)
         else:
             for module in (catalog, health, kv, status, operator, session, txn, snapshot, query, config, connect):
                 module.router.install(app)

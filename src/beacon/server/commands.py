@@ -40,6 +40,7 @@ class MessageType(IntEnum):
     ACL = 12             # beacon.acl.state
     SNAPSHOT_RESTORE_CHUNKS = 13  # beacon.server.etcd_restore
     AUTOPILOT = 14       # beacon.server.autopilot
+    CONNECT_CA = 15      # beacon.server.connect_ca
 
 
 # A message type with this bit set may be skipped by a replica that does not know it (Consul's rule).
@@ -131,6 +132,7 @@ _ops(MessageType.PREPARED_QUERY, 'Invalid prepared query operation "{op}"')
 _ops(MessageType.CONFIG_ENTRY, 'Invalid config entry operation "{op}"')
 _ops(MessageType.ACL, 'Invalid ACL operation "{op}"')
 _ops(MessageType.AUTOPILOT, 'Invalid autopilot operation "{op}"')
+_ops(MessageType.CONNECT_CA, 'Invalid Connect CA operation "{op}"')
 
 
 # ---------------------------------------------------------------------------------------- catalog
@@ -325,6 +327,14 @@ class ConfigDelete(Record):
 class AutopilotSet(Record):
     config: dict[str, Any]
     cas: int | None = None
+
+
+@command(MessageType.CONNECT_CA, "init")
+@dataclass(frozen=True, slots=True)
+class CAInit(Record):
+    root: dict[str, Any]
+    key: str
+    trust_domain: str
 
 
 # ---------------------------------------------------------------------------------------- ACL

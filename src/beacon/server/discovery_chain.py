@@ -11,8 +11,8 @@ Node names are ``router:<service>.default.default``, ``splitter:<service>.defaul
 resolver of the service's default subset. A router or splitter needs an HTTP-family protocol
 (enforced when entries are written); with ``tcp`` the chain is resolvers only.
 
-Beacon has no Connect CA, so the target ``SNI`` uses a trust domain derived from the datacenter
-name (a stable UUID), not a CA cluster ID.
+The target ``SNI`` uses the trust domain of Beacon's built-in Connect CA (beacon.server.connect_ca),
+which is derived from the datacenter name (a stable UUID), not a random CA cluster ID.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def apply_snapshot_restore(store: StateStore, idx: int, c: cmd.SnapshotRestore) 
 
 def install(store: StateStore) -> None:
     """Register the session, txn and snapshot-restore handlers on a store (before any replay)."""
-    from beacon.server import autopilot, config_entries, queries
+    from beacon.server import autopilot, config_entries, connect_ca, queries
     from beacon.server.txn import TxnCommands
 
     store.register_handlers(SessionCommands(store).handlers())
@@ -145,6 +145,7 @@ def install(store: StateStore) -> None:
     queries.install(store)
     config_entries.install(store)
     autopilot.install(store)
+    connect_ca.install(store)
     from beacon.acl import state as acl_state
 
     acl_state.install(store)

@@ -431,6 +431,12 @@ TABLE: tuple[Route, ...] = (
     _r(R, r"/v1/connect/intentions/match$", gate(intention_match)),
     _r(R, r"/v1/connect/intentions/check$", gate(intention_check)),
     _r(W, r"/v1/agent/connect/authorize$", gate(connect_authorize)),
+    # Roots are public (Consul asks no ACL); a leaf needs service:write on its service.
+    _r(R, r"/v1/connect/ca/roots$", _allow),
+    _r(R, r"/v1/agent/connect/ca/roots$", _allow),
+    _r(R, r"/v1/agent/connect/ca/leaf/", gate(lambda rq, ag, a: _need(
+        a.service_write(_tail(rq, "/v1/agent/connect/ca/leaf/")), "service:write", _tail(rq, "/v1/agent/connect/ca/leaf/")))),
+    _r(R + "," + W, r"/v1/connect/ca/configuration$", gate(scalar("operator"))),
 )
 
 

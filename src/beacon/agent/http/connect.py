@@ -1,5 +1,6 @@
-"""/v1/connect/intentions* and /v1/agent/connect/authorize: intentions over ``service-intentions``
-config entries (beacon.server.intentions), as Consul 1.9+ serves them.
+"""/v1/connect/* and /v1/agent/connect/*: intentions over ``service-intentions`` config entries
+(beacon.server.intentions), as Consul 1.9+ serves them, and the built-in CA
+(beacon.server.connect_ca).
 
 * ``GET /v1/connect/intentions`` lists every intention in evaluation order (``?filter``, blocking).
 * ``GET|PUT|DELETE /v1/connect/intentions/exact?source=&destination=`` reads (404 "Intention not
@@ -9,13 +10,19 @@ config entries (beacon.server.intentions), as Consul 1.9+ serves them.
 * ``POST /v1/agent/connect/authorize`` (``Target``, ``ClientCertURI``: a SPIFFE service URI) answers
   ``{"Authorized": bool, "Reason": ...}`` for a connection to ``Target``; client agents ask a server.
 
-Beacon has no Connect CA or proxies: the intentions are the authorization data a mesh, a
-connect-native application or a tool reads. Legacy ID-based intentions are not served.
+* ``GET /v1/connect/ca/roots`` and ``/v1/agent/connect/ca/roots`` (``?pem=true``: the PEM bundle),
+  ``GET /v1/connect/ca/configuration``, ``GET /v1/agent/connect/ca/leaf/:service`` (blocking). The
+  first of these on a datacenter makes its root. Client agents ask a server, which makes the leaf's
+  key too (Consul's agent makes it itself and sends a CSR).
+
+Together these are what a connect-native application uses (roots, its leaf, authorize). Beacon
+runs no proxies. Legacy ID-based intentions, CA rotation and external CA providers are not served.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -29,8 +36,10 @@ from beacon.agent.http.core import (
     query_options,
     read_json,
 )
+from beacon.endpoints import connect_ca as ca_endpoint
 from beacon.endpoints import intentions as intentions_endpoint
 from beacon.server import config_entries as ce
+from beacon.server import connect_ca
 from beacon.server import intentions as ix
 
 if TYPE_CHECKING:
@@ -121,6 +130,72 @@ async def intention_check(req: web.Request, agent: Agent) -> Reply:
     await agent.consistent_read(opts.stale, opts.consistent)
     _, (allowed, _ixn) = _read(agent, lambda t: ix.decide(t, source, destination, default_allow(agent)))
     return Reply({"Allowed": allowed})
+
+
+# ---------------------------------------------------------------------- the built-in CA
+async def _roots(req: web.Request, agent: Agent) -> Reply:
+    opts = query_options(req, agent)
+    await ca_endpoint.ensure_root(agent.submit, agent.store, agent.config.datacenter)
+    idx, roots = await blocking_query(agent, opts, [connect_ca.WATCH_KEY], lambda: _locked(agent, connect_ca.roots_view))
+    if req.query.get("pem", "").lower() in ("1", "true"):
+        return Reply("".join(r["RootCert"] for r in roots["Roots"]), raw=True, index=idx,
+                     content_type="application/pem-certificate-chain")
+    return Reply(roots, index=idx)
+
+
+def _locked(agent: Agent, fn: Any) -> Any:
+    with agent.store.lock:
+        return fn(agent.store)
+
+
+router.add("GET", "/v1/connect/ca/roots", _roots)
+agent_router.add("GET", "/v1/agent/connect/ca/roots", _roots)
+
+
+@router.get("/v1/connect/ca/configuration")
+async def ca_configuration(req: web.Request, agent: Agent) -> Reply:
+    query_options(req, agent)
+    await ca_endpoint.ensure_root(agent.submit, agent.store, agent.config.datacenter)
+    return Reply(_locked(agent, connect_ca.configuration))
+
+
+@router.put("/v1/connect/ca/configuration")
+async def ca_set_configuration(req: web.Request, agent: Agent) -> Reply:
+    query_options(req, agent)
+    raise HTTPError(400, "Beacon's built-in Connect CA cannot be reconfigured or rotated (provider \"consul\", "
+                         "its defaults)")
+
+
+@agent_router.get("/v1/agent/connect/ca/leaf/{service}")
+async def ca_leaf(req: web.Request, agent: Agent) -> Reply:
+    """A leaf for the service, kept and handed out again until half its lifetime is gone or the root
+    changed (Consul's agent caches it likewise); ``?index`` blocks until a newer one."""
+    opts = query_options(req, agent)
+    service = req.match_info["service"]
+    await ca_endpoint.ensure_root(agent.submit, agent.store, agent.config.datacenter)
+
+    def read() -> tuple[int, dict[str, Any]]:
+        leaf = _current_leaf(agent, service)
+        return leaf["ModifyIndex"], {k: v for k, v in leaf.items() if k not in ("RootID", "_renew_at")}
+
+    idx, leaf = await blocking_query(agent, opts, [connect_ca.WATCH_KEY], read)
+    return Reply(leaf, index=idx)
+
+
+def _current_leaf(agent: Agent, service: str) -> dict[str, Any]:
+    now = time.time()
+    cached = agent.leaf_certs.get(service)
+    with agent.store.lock:
+        root = connect_ca.active_root(agent.store)
+        index = agent.store.index
+    if cached is not None and root is not None and cached["RootID"] == root["ID"] and now < cached["_renew_at"]:
+        return cached
+    index = max(index, cached["ModifyIndex"] + 1 if cached else 0)
+    leaf = connect_ca.sign_leaf(agent.store, agent.config.datacenter, service, index)
+    lifetime = connect_ca.LEAF_TTL.total_seconds()
+    leaf["_renew_at"] = now + lifetime / 2
+    agent.leaf_certs[service] = leaf
+    return leaf
 
 
 @agent_router.put("/v1/agent/connect/authorize")  # and POST, which Consul documents
