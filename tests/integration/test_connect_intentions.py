@@ -6,13 +6,14 @@ certificates with service:write, public CA roots)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.error
 import urllib.request
 
 import consul
 import pytest
 
-from tests.conftest import launch, launch_acl_deny
+from tests.conftest import beacon_cmd, beacon_env, launch, launch_acl_deny
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +174,31 @@ def test_intention_acls(acl_agent) -> None:
     status, body = call(acl_agent, "GET", "/v1/agent/connect/ca/leaf/db", token=owner)
     assert status == 200 and json.loads(body)["Service"] == "db"
     assert call(acl_agent, "GET", "/v1/connect/ca/configuration", token=owner)[0] == 403  # operator:read
+
+
+def test_the_intention_cli(agent) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(beacon_cmd("intention", *args, "-http-addr", agent.http_addr), capture_output=True,
+                              text=True, env=beacon_env(), timeout=30)
+
+    r = cli("create", "-deny", "cli-a", "cli-b")
+    assert (r.returncode, r.stdout.strip()) == (0, "Created: cli-a => cli-b (deny)"), r.stderr
+    r = cli("create", "cli-a", "cli-b")
+    assert r.returncode == 1 and 'source "cli-a" and destination "cli-b" already exists' in r.stderr
+    r = cli("check", "cli-a", "cli-b")
+    assert (r.returncode, r.stdout.strip()) == (2, "Denied")
+    r = cli("create", "-replace", "-allow", "-description", "now allowed", "cli-a", "cli-b")
+    assert (r.returncode, r.stdout.strip()) == (0, "Created: cli-a => cli-b (allow)")
+    r = cli("check", "cli-a", "cli-b")
+    assert (r.returncode, r.stdout.strip()) == (0, "Allowed")
+    r = cli("get", "cli-a", "cli-b")
+    assert r.returncode == 0 and "Description:  now allowed" in r.stdout and "Precedence:   9" in r.stdout
+    r = cli("list", "-filter", 'SourceName == "cli-a"')
+    assert r.stdout.splitlines()[0].split() == ["ID", "Source", "Action", "Destination", "Precedence"]
+    assert r.stdout.splitlines()[1].split() == ["cli-a", "allow", "cli-b", "9"]
+    r = cli("match", "-source", "cli-a")
+    assert r.stdout.strip() == "cli-a => cli-b (allow)"
+    r = cli("delete", "cli-a", "cli-b")
+    assert (r.returncode, r.stdout.strip()) == (0, "Intention deleted.")
+    r = cli("get", "cli-a", "cli-b")
+    assert r.returncode == 1 and "Intention not found" in r.stderr

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "members": ("beacon.cli.members", "List the cluster's members"),
     "kv": ("beacon.cli.kv", "Read and write the KV store (get, put, delete)"),
     "config": ("beacon.cli.config", "Write, read, list and delete config entries (JSON files)"),
+    "intention": ("beacon.cli.intention", "Create, check, list, match and delete service intentions"),
     "catalog": ("beacon.cli.catalog", "List catalog services and nodes"),
     "services": ("beacon.cli.services", "Register and deregister services on the local agent"),
     "version": ("beacon.cli.version", "Print the version"),
