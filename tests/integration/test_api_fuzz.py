@@ -1,7 +1,7 @@
 """Generated request bodies for the write endpoints: a clear answer, never an internal error or a dead agent.
 
 Each case starts from a body the endpoint accepts (a service, a catalog registration, a check, a
-txn, a session, a prepared query, a config entry, a coordinate update) and hypothesis replaces,
+txn, a session, a prepared query, a config entry, an intention, a coordinate update) and hypothesis replaces,
 removes or adds fields anywhere in it with JSON of the wrong kind (null, booleans, huge and negative
 numbers, floats, long and odd strings, lists, objects). Whatever the body, the agent must answer
 with Consul's validation message (400, or 500 where Consul's RPC layer answers 500) or 200 where
@@ -49,6 +49,10 @@ CONFIG = {"Kind": "service-defaults", "Name": "web", "Protocol": "http",
           "Meta": {"owner": "fz"}, "MaxInboundConnections": 10}
 COORD = {"Node": "fz", "Segment": "", "Coord": {"Vec": [0.1] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-5}}
 
+INTENTION = "/v1/connect/intentions/exact?source=web&destination=db"
+INTENTION_READS = ("/v1/connect/intentions", "/v1/connect/intentions/match?by=destination&name=db",
+                   "/v1/connect/intentions/check?source=web&destination=db", INTENTION)
+
 ENDPOINTS = [("PUT", "/v1/agent/service/register", SERVICE), ("PUT", "/v1/catalog/register", CATALOG),
              ("PUT", "/v1/agent/check/register", CHECK), ("PUT", "/v1/txn", TXN),
              ("PUT", "/v1/session/create", SESSION), ("POST", "/v1/query", QUERY),
@@ -61,7 +65,14 @@ ENDPOINTS = [("PUT", "/v1/agent/service/register", SERVICE), ("PUT", "/v1/catalo
                                     "Subsets": {"v1": {"Filter": "Service.Meta.version == 1"}},
                                     "ConnectTimeout": "3s", "Failover": {"*": {"Datacenters": ["dc2"]}}}),
              ("PUT", "/v1/config", {"Kind": "service-splitter", "Name": "web",
-                                    "Splits": [{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10}]})]
+                                    "Splits": [{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10}]}),
+             ("PUT", "/v1/config", {"Kind": "service-intentions", "Name": "db",
+                                    "Sources": [{"Name": "web", "Action": "allow", "Description": "d"},
+                                                {"Name": "*", "Permissions": [{"Action": "deny",
+                                                                              "HTTP": {"PathPrefix": "/a"}}]}]}),
+             ("PUT", INTENTION, {"SourceType": "consul", "Action": "allow", "Description": "d"}),
+             ("POST", "/v1/agent/connect/authorize",
+              {"Target": "db", "ClientCertURI": "spiffe://t.consul/ns/default/dc/dc1/svc/web", "ClientCertSerial": ""})]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
                     st.floats(allow_nan=False, allow_infinity=False),
@@ -150,7 +161,8 @@ ACL_ENDPOINTS = [
 ]
 
 
-CONFIG_KINDS = ("service-defaults", "proxy-defaults", "service-resolver", "service-splitter", "service-router")
+CONFIG_KINDS = ("service-defaults", "proxy-defaults", "service-resolver", "service-splitter", "service-router",
+                "service-intentions")
 READ_BACK = {
     "/v1/agent/service/register": ("/v1/agent/services", "/v1/catalog/services", "/v1/health/state/any"),
     "/v1/catalog/register": ("/v1/catalog/nodes", "/v1/catalog/services", "/v1/health/state/any"),
@@ -159,7 +171,8 @@ READ_BACK = {
     "/v1/txn": ("/v1/kv/?recurse", "/v1/catalog/nodes", "/v1/session/list"),
     "/v1/session/create": ("/v1/session/list",),
     "/v1/query": ("/v1/query",),
-    "/v1/config": tuple(f"/v1/config/{k}" for k in CONFIG_KINDS),
+    "/v1/config": tuple(f"/v1/config/{k}" for k in CONFIG_KINDS) + INTENTION_READS,
+    INTENTION: INTENTION_READS,
     "/v1/coordinate/update": ("/v1/coordinate/nodes",),
     "/v1/catalog/deregister": ("/v1/catalog/nodes",),
 }
