@@ -24,7 +24,8 @@ JSONS = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
                      max_leaves=12)
 GOOD_HCL = ['key_prefix "app/" { policy = "read" }', 'service "web" { policy = "write" }',
             'key_prefix "" { policy = "list" }', 'operator = "read"', 'key "a" { policy = "deny" }',
-            'session_prefix "" {\n  policy = "write"\n}', 'acl = "write"', 'query "q" { policy = "read" }']
+            'session_prefix "" {\n  policy = "write"\n}', 'acl = "write"', 'query "q" { policy = "read" }',
+            'service_prefix "db" {\n  policy = "read"\n  intentions = "write"\n}']
 
 
 def check(text: str) -> None:
