@@ -259,3 +259,47 @@ def test_token_expiration_bounds(deny_agent) -> None:
     tok = mgmt.acl.token.create(expiration_ttl="10m")
     assert tok["ExpirationTime"].endswith("Z")
     assert _c(deny_agent, tok["SecretID"]).acl.token.read_self()["AccessorID"] == tok["AccessorID"]
+
+
+def test_config_entries_need_the_rights_consul_asks_per_kind(deny_agent) -> None:
+    """service-* kinds: service rights on the entry's name; service-intentions: intentions rights;
+    proxy-defaults and gateways: mesh:write (operator:write when no mesh rule), proxy-defaults
+    readable by any token."""
+    mgmt = _c(deny_agent, MGMT)
+
+    def token(rules: str) -> str:
+        pid = mgmt.acl.policy.create(name=f"cfg{abs(hash(rules))}", rules=rules)["ID"]
+        return mgmt.acl.token.create(policies_id=[pid])["SecretID"]
+
+    def put(tok: str, entry: dict) -> tuple[int, bytes]:
+        status, _, body = deny_agent.request("PUT", f"/v1/config?token={tok}", entry)
+        return status, body
+
+    web = token('service "web" { policy = "write" }')
+    assert put(web, {"Kind": "service-defaults", "Name": "web", "Protocol": "http"}) == (200, b"true")
+    status, body = put(web, {"Kind": "service-defaults", "Name": "db", "Protocol": "http"})
+    assert status == 403 and b"lacks permission 'service:write' on \"db\"" in body
+    status, body = put(web, {"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}})
+    assert status == 403 and b"lacks permission 'mesh:write'" in body
+    status, body = put(web, {"Kind": "service-intentions", "Name": "web", "Sources": [{"Name": "a", "Action": "allow"}]})
+    assert status == 403 and b"'intentions:write' on \"web\"" in body  # service write alone: intentions read
+    assert put(MGMT, {"Kind": "service-defaults", "Name": "db", "Protocol": "tcp"})[0] == 200
+    assert put(MGMT, {"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}})[0] == 200
+    # Reads: the named service's read right; a list keeps what the token may read.
+    assert deny_agent.request("GET", f"/v1/config/service-defaults/web?token={web}")[0] == 200
+    assert deny_agent.request("GET", f"/v1/config/service-defaults/db?token={web}")[0] == 403
+    status, headers, body = deny_agent.request("GET", f"/v1/config/service-defaults?token={web}")
+    assert [e["Name"] for e in json.loads(body)] == ["web"] and headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+    assert deny_agent.request("GET", f"/v1/config/proxy-defaults/global?token={web}")[0] == 200
+    assert deny_agent.request("DELETE", f"/v1/config/service-defaults/db?token={web}")[0] == 403
+    # Intentions rights write service-intentions entries of their service only.
+    ixn = token('service "web" { policy = "read"\n intentions = "write" }')
+    assert put(ixn, {"Kind": "service-intentions", "Name": "web", "Sources": [{"Name": "a", "Action": "allow"}]})[0] == 200
+    assert put(ixn, {"Kind": "service-intentions", "Name": "db", "Sources": [{"Name": "a", "Action": "allow"}]})[0] == 403
+    # mesh:write, or operator:write when the token has no mesh rule; a mesh rule wins over operator.
+    for rules, expect in (('mesh = "write"', 200), ('operator = "write"', 200),
+                          ('operator = "write"\nmesh = "read"', 403)):
+        status, body = put(token(rules), {"Kind": "ingress-gateway", "Name": "edge",
+                                          "Listeners": [{"Port": 8080, "Protocol": "tcp",
+                                                         "Services": [{"Name": "db"}]}]})
+        assert status == expect, (rules, status, body)

@@ -11,7 +11,7 @@ import pytest
 from beacon.agent.http.acl_enforce import covered
 
 MODULES = ("agent_api", "catalog", "health", "kv", "status", "operator", "session", "txn", "snapshot", "query",
-           "config", "event", "coordinate", "ui", "keyring", "acl")
+           "config", "event", "coordinate", "ui", "keyring", "acl", "connect")
 # Consul needs a management token (or operator/keyring rules the table names) for these.
 MANAGEMENT_ONLY: set[tuple[str, str]] = set()
 

@@ -337,6 +337,55 @@ async def connect_authorize(request: web.Request, agent: Agent, a: Authorizer) -
         _need(a.service_write(target), "service:write", target)
 
 
+# Config entries, per kind, as Consul's CanRead/CanWrite: service-* kinds on the named service,
+# service-intentions with intentions rights on it, gateways and proxy-defaults with mesh:write (which
+# falls back to operator:write when no mesh rule is given); proxy-defaults is readable by anyone.
+_SERVICE_KINDS = ("service-defaults", "service-router", "service-splitter", "service-resolver")
+_GATEWAY_KINDS = ("ingress-gateway", "terminating-gateway")
+
+
+def _mesh(a: Authorizer, access: str) -> bool:
+    if a.management:
+        return True
+    return a.scalar("mesh" if a.rules.scalar.get("mesh") is not None else "operator", access)
+
+
+def _config_perm(a: Authorizer, kind: str, name: str, access: str) -> tuple[bool, str, str | None]:
+    """(allowed, the permission Consul names, the resource it names)."""
+    if kind in _SERVICE_KINDS or (kind in _GATEWAY_KINDS and access == READ):
+        return a.allowed("service", name, access), f"service:{access}", name
+    if kind == "service-intentions":
+        return a.allowed("intention", name, access), f"intentions:{access}", name
+    if kind in _GATEWAY_KINDS or kind == "proxy-defaults":
+        return (access == READ and kind == "proxy-defaults") or _mesh(a, access), f"mesh:{access}", None
+    return a.scalar("operator", access), f"operator:{access}", None  # unknown kind: the handler's 400
+
+
+def _config_need(a: Authorizer, kind: str, name: str, access: str) -> None:
+    ok, perm, on = _config_perm(a, kind, name, access)
+    _need(ok, perm, on)
+
+
+def config_entry(request: web.Request, agent: Agent, a: Authorizer) -> None:
+    """GET or DELETE /v1/config/:kind/:name."""
+    kind, _, name = _tail(request, "/v1/config/").partition("/")
+    _config_need(a, kind.lower(), name, READ if request.method in ("GET", "HEAD") else WRITE)
+
+
+async def config_apply(request: web.Request, agent: Agent, a: Authorizer) -> None:
+    doc = await _body(request)
+    kind, name = _field(doc, "Kind"), _field(doc, "Name")
+    if isinstance(kind, str) and isinstance(name, str):
+        _config_need(a, kind.lower(), name, WRITE)
+    else:
+        _need(a.scalar("operator", WRITE), "operator:write")  # the handler answers the decode error
+
+
+def config_list(request: web.Request, agent: Agent, a: Authorizer) -> Callable[[Any], tuple[Any, bool]]:
+    kind = _tail(request, "/v1/config/").lower()
+    return _keep_list(lambda entry: _config_perm(a, kind, _get(entry, "Name"), READ)[0])
+
+
 def _keep(pred: Callable[[Authorizer, Any], bool]) -> Callable[[web.Request, Agent, Authorizer], Any]:
     return lambda request, agent, a: _keep_list(lambda item: pred(a, item))
 
@@ -424,8 +473,10 @@ TABLE: tuple[Route, ...] = (
     # POST carries compile overrides: still a read of the service's chain.
     _r(R + ",POST", r"/v1/discovery-chain/", gate(lambda rq, ag, a: _need(
         a.service_read(_tail(rq, "/v1/discovery-chain/")), "service:read", _tail(rq, "/v1/discovery-chain/")))),
-    _r(R, r"/v1/config/", gate(scalar("operator", READ))),
-    _r(W, r"/v1/config", gate(scalar("operator", WRITE))),
+    _r(R, r"/v1/config/[^/]+$", filtered(config_list)),
+    _r(R, r"/v1/config/[^/]+/", gate(config_entry)),
+    _r(W, r"/v1/config/[^/]+/", gate(config_entry)),
+    _r(W, r"/v1/config$", gate(config_apply)),
     _r(R, r"/v1/connect/intentions$", filtered(_keep(_intention_visible))),
     _r(R + "," + W, r"/v1/connect/intentions/exact$", gate(intention_exact)),
     _r(R, r"/v1/connect/intentions/match$", gate(intention_match)),
